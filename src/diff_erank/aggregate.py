@@ -1,0 +1,131 @@
+"""Diff-eRank of a dataset for one model: algorithms (a) and (b), reduced loss, bootstrap CI.
+
+Inputs are the per-text tables of the trained model and of each untrained variant (one per seed,
+or the published initial revision) and optionally of further stages (checkpoints). Texts are
+paired by position, so a text skipped by one variant is dropped from the comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diff_erank.erank import dataset_erank
+from diff_erank.storage import read_provenance
+
+KEY = ["layer", "position"]
+
+
+class MismatchError(ValueError):
+    """Variants of one model that cannot be compared (different hidden sizes or texts)."""
+
+
+def _check_dims(tables: Mapping[str, pd.DataFrame]) -> None:
+    dims = {v: dict(t.groupby("layer")["dim"].first()) for v, t in tables.items()}
+    first = next(iter(dims.values()))
+    for v, d in dims.items():
+        if d != first:
+            raise MismatchError(f"hidden size differs between variants: {dims} (variant {v})")
+
+
+def bootstrap_diff(
+    h_untrained: np.ndarray, h_trained: np.ndarray, algorithm: str, samples: int, seed: int, ci: float
+) -> tuple[float, float]:
+    """Percentile CI of Diff-eRank over texts resampled with replacement (paired)."""
+    if samples == 0 or len(h_trained) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(h_trained), size=(samples, len(h_trained)))
+    hu, ht = h_untrained[idx], h_trained[idx]
+    if algorithm == "a":
+        stats = np.exp(hu.mean(1)) - np.exp(ht.mean(1))
+    else:
+        stats = np.exp(hu).mean(1) - np.exp(ht).mean(1)
+    lo, hi = np.quantile(stats, [(1 - ci) / 2, (1 + ci) / 2])
+    return float(lo), float(hi)
+
+
+def compare(
+    trained: pd.DataFrame,
+    other: pd.DataFrame,
+    algorithms: list[str],
+    bootstrap: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """Rows (per layer x algorithm) of ``other`` (M0 or a stage) against ``trained``."""
+    rows = []
+    for layer, t in trained.groupby("layer", sort=False):
+        m = t.merge(other[other["layer"] == layer], on=KEY, suffixes=("_t", "_u"))
+        if m.empty:
+            raise MismatchError(f"layer {layer}: no text in common between the variants")
+        ht, hu = m["entropy_t"].to_numpy(), m["entropy_u"].to_numpy()
+        for alg in algorithms:
+            e_t, e_u = dataset_erank(ht, alg), dataset_erank(hu, alg)
+            lo, hi = bootstrap_diff(hu, ht, alg, bootstrap["samples"], bootstrap["seed"], bootstrap["ci"])
+            rows.append({
+                "layer": layer,
+                "algorithm": alg,
+                "n_texts": len(m),
+                "erank_untrained": e_u,
+                "erank_trained": e_t,
+                "diff_erank": e_u - e_t,
+                "ci_low": lo,
+                "ci_high": hi,
+                "loss_untrained": float(m["loss_u"].mean()),
+                "loss_trained": float(m["loss_t"].mean()),
+                "reduced_loss": float(m["loss_u"].mean() - m["loss_t"].mean()),
+                "normalized_entropy_trained": float(m["normalized_entropy_t"].mean()),
+            })
+    return rows
+
+
+def diff_table(
+    tables: Mapping[str, pd.DataFrame],
+    untrained: list[str],
+    algorithms: list[str],
+    bootstrap: Mapping[str, Any],
+    model_info: Mapping[str, Any],
+) -> pd.DataFrame:
+    """All comparisons of one model on one dataset.
+
+    ``role`` says what a row is: ``untrained`` (trained vs one M0), ``seeds`` (mean and std over the
+    M0 seeds, when there are several) or ``stage`` (a checkpoint vs M0, for training dynamics:
+    its "trained" columns are the checkpoint's).
+    """
+    _check_dims(tables)
+    rows = []
+    for u in untrained:
+        for r in compare(tables["trained"], tables[u], algorithms, bootstrap):
+            rows.append({"role": "untrained", "variant": u, **r})
+    df = pd.DataFrame(rows)
+    if len(untrained) > 1:
+        agg = df.groupby(["layer", "algorithm"], sort=False).agg(
+            n_texts=("n_texts", "min"),
+            erank_untrained=("erank_untrained", "mean"),
+            erank_trained=("erank_trained", "first"),
+            diff_erank=("diff_erank", "mean"),
+            diff_erank_std=("diff_erank", lambda s: float(np.std(s, ddof=1))),
+            loss_untrained=("loss_untrained", "mean"),
+            loss_trained=("loss_trained", "first"),
+            reduced_loss=("reduced_loss", "mean"),
+            normalized_entropy_trained=("normalized_entropy_trained", "first"),
+        ).reset_index()
+        agg["role"], agg["variant"] = "seeds", f"mean of {len(untrained)}"
+        df = pd.concat([df, agg], ignore_index=True)
+    stages = [v for v in tables if v != "trained" and v not in untrained]
+    for s in [*untrained[:1], *stages, "trained"]:
+        for r in compare(tables[s], tables[untrained[0]], algorithms, bootstrap):
+            df = pd.concat([df, pd.DataFrame([{"role": "stage", "variant": s, **r}])], ignore_index=True)
+    for k, v in model_info.items():
+        df[k] = v
+    return df
+
+
+def load_tables(paths: Mapping[str, str | Path]) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Per-variant tables and the facts the dumps recorded (parameters, dims) for the report."""
+    tables = {v: pd.read_parquet(p) for v, p in paths.items()}
+    prov = read_provenance(paths["trained"])
+    return tables, {"n_params": prov["dump"]["n_params"]}

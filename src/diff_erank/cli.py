@@ -1,0 +1,194 @@
+"""``diff-erank``: the command-line entry points that the Snakemake rules call, one per stage.
+
+Rules pass the part of the resolved config a step needs as JSON (``--spec``), so Snakemake's
+params trigger reruns exactly when that part changes. Heavy imports happen inside each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+def cmd_config(a: argparse.Namespace) -> None:
+    import yaml
+
+    from diff_erank.config import load_config
+
+    cfg = load_config(a.conf_dir, a.overrides)
+    print(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def cmd_corpus(a: argparse.Namespace) -> None:
+    from diff_erank.corpus import write_corpus
+
+    facts = write_corpus(a.out_dir, a.spec["seed"], a.spec["eval_texts"], a.spec["max_chars"])
+    logging.info("corpus: %s", facts)
+
+
+def cmd_tokenizer(a: argparse.Namespace) -> None:
+    from diff_erank.train import train_tokenizer
+
+    tok = train_tokenizer(a.corpus, a.out, a.vocab_size)
+    logging.info("tokenizer with %d tokens -> %s", len(tok), a.out)
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    import torch
+
+    from diff_erank.train import train_model
+
+    torch.set_num_threads(a.threads)
+    facts = train_model(a.spec, a.tokenizer, a.corpus, a.out)
+    logging.info("trained: %s", facts)
+
+
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from diff_erank.data import prepare_to_file
+
+    df = prepare_to_file(a.spec, a.out, a.results_root)
+    logging.info("%d texts -> %s", len(df), a.out)
+
+
+def cmd_dump(a: argparse.Namespace) -> None:
+    import torch
+
+    from diff_erank.dump import dump
+
+    torch.set_num_threads(a.threads)
+    dump(a.spec, a.variant, a.texts, a.out, a.layers, a.device, trained_path=a.trained_path)
+
+
+def cmd_measure(a: argparse.Namespace) -> None:
+    import torch
+
+    from diff_erank.measure import measure_to_file
+
+    torch.set_num_threads(a.threads)
+    df = measure_to_file(a.dump, a.out, a.texts)
+    logging.info("%d rows -> %s", len(df), a.out)
+
+
+def cmd_diff(a: argparse.Namespace) -> None:
+    from diff_erank.aggregate import diff_table, load_tables
+    from diff_erank.provenance import provenance
+    from diff_erank.storage import write_parquet
+
+    paths = dict(item.split("=", 1) for item in a.erank)
+    tables, facts = load_tables(paths)
+    info = {"model": a.model, "family": a.spec["family"], "size": a.spec["size"], "dataset": a.dataset, **facts}
+    df = diff_table(tables, a.untrained, a.algorithms, a.bootstrap, info)
+    write_parquet(df, a.out, provenance(a.spec, inputs=paths, bootstrap=a.bootstrap))
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from diff_erank.report import build
+
+    build(a.diffs, a.out_dir, a.config)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diff-erank", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("config", help="print the resolved, validated configuration")
+    s.add_argument("--conf-dir", default=str(Path.cwd() / "conf"))
+    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ci")
+    s.set_defaults(fn=cmd_config)
+
+    s = sub.add_parser("corpus", help="build the demo corpus from text shipped with Python")
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(fn=cmd_corpus)
+
+    s = sub.add_parser("tokenizer", help="train the demo's BPE tokenizer")
+    s.add_argument("--corpus", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--vocab-size", type=int, default=2048)
+    s.set_defaults(fn=cmd_tokenizer)
+
+    s = sub.add_parser("train", help="train one zoo model with checkpoints")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry's train section")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--corpus", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("prepare", help="sample a dataset's texts to parquet")
+    s.add_argument("--spec", type=_json, required=True, help="the dataset entry")
+    s.add_argument("--out", required=True)
+    s.add_argument("--results-root", default=".")
+    s.set_defaults(fn=cmd_prepare)
+
+    s = sub.add_parser("dump", help="dump hidden states of one model variant on one dataset")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s.add_argument("--variant", required=True)
+    s.add_argument("--texts", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--layers", type=_json, default=["last"])
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--trained-path", default=None, help="zoo model directory (when the entry has no source)")
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_dump)
+
+    s = sub.add_parser("measure", help="per-text eRank of a dump")
+    s.add_argument("--dump", required=True)
+    s.add_argument("--texts", default=None)
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_measure)
+
+    s = sub.add_parser("diff", help="Diff-eRank of one model on one dataset")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s.add_argument("--model", required=True)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--erank", nargs="+", required=True, metavar="VARIANT=PATH")
+    s.add_argument("--untrained", nargs="+", required=True)
+    s.add_argument("--algorithms", nargs="+", default=["a", "b"])
+    s.add_argument("--bootstrap", type=_json, default={"samples": 1000, "seed": 0, "ci": 0.95})
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_diff)
+
+    s = sub.add_parser("report", help="tables, figures and summary of an experiment")
+    s.add_argument("--diffs", nargs="+", required=True)
+    s.add_argument("--config", type=_json, required=True)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from diff_erank.aggregate import MismatchError
+    from diff_erank.config import ConfigError
+    from diff_erank.data import DataError
+    from diff_erank.dump import ShardError
+
+    try:
+        args.fn(args)
+    except (ConfigError, DataError, ShardError, MismatchError) as exc:
+        logging.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

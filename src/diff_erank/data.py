@@ -1,0 +1,138 @@
+"""Dataset preparation: load rows with ``datasets``, make one text per row, sample, save.
+
+A dataset entry says where the rows come from (hub id + config + split + revision, or local
+files), how a text is made from a row (a field, or a template such as question + answer), which
+rows to keep (non-empty fields) and how many to draw. The paper's recipe is
+``random.seed(123); random.sample(rows, k)``; ``method: paper`` reproduces it index for index.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from diff_erank.config import ConfigError
+from diff_erank.provenance import provenance
+from diff_erank.storage import write_parquet
+
+log = logging.getLogger(__name__)
+
+LOCAL_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv", "text": "text"}
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be loaded or turned into texts; the message says which and why."""
+
+
+def demo_corpus_file(results_root: str | Path, part: str) -> Path:
+    """Where the demo corpus rule writes one part (kind ``demo`` datasets read it from there)."""
+    return Path(results_root) / "corpus" / f"{part}.jsonl"
+
+
+def load_rows(source: dict[str, Any], results_root: str | Path = "."):
+    """Rows of the dataset as a ``datasets.Dataset`` through the real ``datasets.load_dataset``."""
+    import datasets
+
+    kind = source["kind"]
+    split = source.get("split") or "train"
+    if kind == "hub":
+        path = source.get("path")
+        if not path:
+            raise ConfigError("dataset source kind 'hub' needs 'path' (the hub id)")
+        try:
+            return datasets.load_dataset(
+                path, source.get("name"), split=split, revision=source.get("revision")
+            )
+        except Exception as exc:  # the library raises many types for "cannot reach the hub"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(
+                f"cannot load hub dataset {path!r} (config {source.get('name')!r}, split {split!r}, "
+                f"revision {source.get('revision')!r}): {type(exc).__name__}: {first}. "
+                "If this machine is offline, point the dataset at local files (kind json/parquet/...) "
+                "or pre-populate the HF cache."
+            ) from None
+    if kind == "demo":
+        files: Any = str(demo_corpus_file(results_root, source["part"]))
+        builder = "json"
+    else:
+        files = source["data_files"]
+        builder = LOCAL_BUILDERS[kind]
+    for f in _file_list(files):
+        if not Path(f).exists():
+            raise DataError(f"dataset file does not exist: {f}")
+    try:
+        return datasets.load_dataset(builder, data_files=files, split=split)
+    except Exception as exc:
+        raise DataError(f"cannot read {builder} files {files!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _file_list(files: Any) -> list[str]:
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [f for v in files.values() for f in _file_list(v)]
+    return [str(f) for f in files]
+
+
+def text_maker(text_cfg: dict[str, Any], columns: list[str]):
+    """A function row -> text, checked against the columns before any row is read."""
+    field, template = text_cfg.get("field"), text_cfg.get("template")
+    if (field is None) == (template is None):
+        raise ConfigError("a dataset's text needs exactly one of 'field' or 'template'")
+    needed = [field] if field else [n for _, n, _, _ in string.Formatter().parse(template) if n]
+    needed += list(text_cfg.get("nonempty") or [])
+    missing = sorted(set(needed) - set(columns))
+    if missing:
+        raise ConfigError(f"text field(s) {missing} not in the dataset; its columns are {sorted(columns)}")
+    if field:
+        return lambda row: "" if row[field] is None else str(row[field])
+    return lambda row: template.format(**row)
+
+
+def sample_indices(n: int, k: int | None, method: str, seed: int) -> list[int]:
+    """Indices of the rows to keep, in the order they are drawn.
+
+    ``paper``: ``random.seed(seed); random.sample(range(n), k)``, the same draw as the authors'
+    ``random.sample(list(rows), k)``; ``first``: the first k; ``all``: every row.
+    """
+    if method == "all" or k is None or k >= n:
+        if method == "paper" and k is not None and k > n:
+            log.warning("asked for %d texts but only %d rows exist: taking all", k, n)
+        return list(range(n))
+    if method == "first":
+        return list(range(k))
+    if method == "paper":
+        random.seed(seed)
+        return random.sample(range(n), k)
+    raise ConfigError(f"sampling.method {method!r}; valid choices: ['paper', 'first', 'all']")
+
+
+def prepare_texts(spec: dict[str, Any], results_root: str | Path = ".") -> pd.DataFrame:
+    """The sampled texts of one dataset entry: columns ``text_id`` (row in the source) and ``text``."""
+    rows = load_rows(spec["source"], results_root)
+    make = text_maker(spec["text"], list(rows.column_names))
+    keep_fields = list(spec["text"].get("nonempty") or [])
+    eligible = [
+        i
+        for i, row in enumerate(rows)
+        if all(row[f] is not None and str(row[f]).strip() for f in keep_fields)
+    ]
+    sampling = spec["sampling"]
+    chosen = sample_indices(len(eligible), spec.get("max_texts"), sampling["method"], sampling["seed"])
+    ids = [eligible[i] for i in chosen]
+    texts = [make(rows[i]) for i in ids]
+    log.info("%d rows, %d eligible, %d sampled", len(rows), len(eligible), len(ids))
+    return pd.DataFrame({"text_id": pd.Series(ids, dtype="int64"), "text": pd.Series(texts, dtype="string")})
+
+
+def prepare_to_file(spec: dict[str, Any], out: str | Path, results_root: str | Path = ".") -> pd.DataFrame:
+    df = prepare_texts(spec, results_root)
+    if df.empty:
+        raise DataError("the dataset yields no texts after filtering and sampling")
+    write_parquet(df, out, provenance(spec, n_texts=len(df)))
+    return df

@@ -1,0 +1,314 @@
+"""Dump the hidden states of one model variant on one dataset to disk, in shards.
+
+Texts are tokenised as the tokenizer does by default (BOS included where the tokenizer adds
+one), truncated at ``max_length``, sorted by length and cut into shards; a shard's texts are run
+in batches under a token budget, right-padded with an attention mask. In a causal model a real
+token attends only to earlier real tokens and its position id does not depend on the padding, so
+a padded batch gives the hidden states of one text at a time (tested to float tolerance).
+
+On disk (``safetensors``, no pickle): one file per shard holding, per layer, the hidden states of
+its texts concatenated along the token axis, the offsets into them, the per-text next-token loss
+and the text positions; a JSON sidecar per shard with its SHA-256. Work happens in
+``<out>.partial/``; a finished shard survives a killed job and is not recomputed, and the
+directory is renamed to ``<out>`` only once the manifest is written, so nothing half-done ever
+looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from diff_erank.config import LAYER_NAMES, ConfigError
+from diff_erank.models import DTYPES, load_tokenizer, load_variant, n_params
+from diff_erank.provenance import provenance
+from diff_erank.storage import atomic_path, atomic_publish_dir, sha256, write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ShardError(RuntimeError):
+    """A shard on disk that is missing, truncated or corrupt; the message names the file."""
+
+
+def layer_indices(layers: Sequence[str | int], num_layers: int) -> dict[str, int]:
+    """Map layer names to indices into ``hidden_states`` (0 = embeddings, L = last block).
+
+    ``first`` = 1 (output of the first block), ``middle`` = L // 2, ``last`` = L, which for OPT and
+    GPTNeoX is after the final layer norm and equals ``AutoModel(...).last_hidden_state``.
+    """
+    named = {"first": 1, "middle": max(1, num_layers // 2), "last": num_layers}
+    out: dict[str, int] = {}
+    for layer in layers:
+        if isinstance(layer, str):
+            if layer not in named:
+                raise ConfigError(f"layer {layer!r}; valid: {list(LAYER_NAMES)} or an integer")
+            out[layer] = named[layer]
+        else:
+            idx = layer if layer >= 0 else num_layers + 1 + layer
+            if not 0 <= idx <= num_layers:
+                raise ConfigError(f"layer {layer} out of range for a model with {num_layers} layers")
+            out[str(layer)] = idx
+    return out
+
+
+@dataclass
+class Tokenised:
+    ids: list[list[int]]
+    positions: list[int]  # row of the texts table each entry comes from
+    n_short: int  # texts with fewer than 2 tokens, skipped
+    n_truncated: int
+
+
+def tokenise(tokenizer, texts: Sequence[str], max_length: int) -> Tokenised:
+    ids, positions, n_short, n_truncated = [], [], 0, 0
+    for pos, text in enumerate(texts):
+        tok = tokenizer(text, add_special_tokens=True)["input_ids"] if text else []
+        if len(tok) > max_length:
+            tok, n_truncated = tok[:max_length], n_truncated + 1
+        if len(tok) < 2:
+            n_short += 1
+            continue
+        ids.append(list(tok))
+        positions.append(pos)
+    return Tokenised(ids, positions, n_short, n_truncated)
+
+
+def plan_shards(lengths: Sequence[int], shard_texts: int) -> list[list[int]]:
+    """Indices sorted by length (longest first, ties by index) and cut into shards."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + shard_texts] for i in range(0, len(order), shard_texts)]
+
+
+def plan_batches(lengths: Sequence[int], members: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Greedy length-bucketed batches: padded size (count x longest) stays within the budget."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in sorted(members, key=lambda i: (-lengths[i], i)):
+        new_longest = max(longest, lengths[i])
+        if current and new_longest * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, new_longest = [], lengths[i]
+        current.append(i)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.no_grad()
+def forward_batch(
+    model, seqs: Sequence[Sequence[int]], layer_idx: dict[str, int], device: torch.device
+) -> tuple[dict[str, list[torch.Tensor]], list[float]]:
+    """Hidden states (per layer, per text, unpadded, on the CPU) and mean next-token loss per text."""
+    longest = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), longest, dtype=torch.long)
+    mask = torch.zeros(len(seqs), longest, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+    hs = out.hidden_states
+    states = {name: [hs[i][row, : len(s)].cpu() for row, s in enumerate(seqs)] for name, i in layer_idx.items()}
+    losses = []
+    for row, s in enumerate(seqs):
+        n = len(s)
+        logits = out.logits[row, : n - 1].float()
+        losses.append(float(F.cross_entropy(logits, ids[row, 1:n].to(logits.device))))
+    return states, losses
+
+
+def run_batches(
+    model, seqs: Sequence[Sequence[int]], batches: list[list[int]], layer_idx: dict[str, int], device
+) -> Iterator[tuple[list[int], dict[str, list[torch.Tensor]], list[float]]]:
+    """Run the batches; on an out-of-memory error split the batch in two and carry on."""
+    pending = list(reversed(batches))
+    while pending:
+        batch = pending.pop()
+        try:
+            states, losses = forward_batch(model, [seqs[i] for i in batch], layer_idx, device)
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            log.warning("out of memory on a batch of %d texts: halving to %d and retrying", len(batch), half)
+            pending += [batch[half:], batch[:half]]
+            continue
+        yield batch, states, losses
+
+
+def _fingerprint(spec: dict[str, Any], variant: str, layers: Sequence, texts_sha: str) -> str:
+    blob = json.dumps([spec, variant, list(layers), texts_sha, FORMAT_VERSION], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _shard_done(partial: Path, k: int) -> bool:
+    side = partial / f"shard-{k:05d}.json"
+    if not side.is_file():
+        return False
+    meta = json.loads(side.read_text())
+    f = partial / meta["file"]
+    return f.is_file() and sha256(f) == meta["sha256"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("device: cuda asked for, but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def dump(
+    spec: dict[str, Any],
+    variant: str,
+    texts_path: str | Path,
+    out_dir: str | Path,
+    layers: Sequence[str | int] = ("last",),
+    device: str = "auto",
+    trained_path: str | None = None,
+    model=None,
+    tokenizer=None,
+) -> dict[str, Any]:
+    """Dump one (model variant, dataset); returns the manifest. ``model``/``tokenizer`` for tests."""
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    texts_path = Path(texts_path)
+    texts = pd.read_parquet(texts_path)
+    fingerprint = _fingerprint(spec, variant, layers, sha256(texts_path))
+    stamp = partial / "fingerprint.txt"
+    if partial.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
+        log.info("discarding %s: it was made for another configuration", partial)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+
+    dev = pick_device(device)
+    tokenizer = tokenizer or load_tokenizer(spec, trained_path)
+    tok = tokenise(tokenizer, list(texts["text"].fillna("")), spec["max_length"])
+    if not tok.ids:
+        raise ConfigError(f"{texts_path}: no text has 2 or more tokens")
+    model = model or load_variant(spec, variant, trained_path)
+    model.to(dev)
+    num_layers = model.config.get_text_config().num_hidden_layers
+    layer_idx = layer_indices(layers, num_layers)
+    store_dtype = DTYPES[spec["dump_dtype"]]
+    lengths = [len(s) for s in tok.ids]
+    shards = plan_shards(lengths, spec.get("shard_texts") or 256)
+    dims: dict[str, int] = {}
+    done = sum(_shard_done(partial, k) for k in range(len(shards)))
+    if done:
+        log.info("resuming: %d of %d shards already on disk", done, len(shards))
+    bar = tqdm(total=sum(lengths), unit="tok", desc=f"dump {variant}", mininterval=2.0)
+    shard_meta = []
+    for k, members in enumerate(shards):
+        name = f"shard-{k:05d}.safetensors"
+        if _shard_done(partial, k):
+            meta = json.loads((partial / f"shard-{k:05d}.json").read_text())
+            dims.update(meta["dims"])
+            shard_meta.append(meta)
+            bar.update(sum(lengths[i] for i in members))
+            continue
+        collected: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+        for batch, states, losses in run_batches(
+            model, tok.ids, plan_batches(lengths, members, spec["batch_tokens"]), layer_idx, dev
+        ):
+            for j, i in enumerate(batch):
+                collected[i] = ({n: states[n][j] for n in layer_idx}, losses[j])
+            bar.update(sum(lengths[i] for i in batch))
+        order = sorted(members)
+        tensors = {
+            f"layer.{n}": torch.cat([collected[i][0][n] for i in order]).to(store_dtype).contiguous()
+            for n in layer_idx
+        }
+        sizes = torch.tensor([lengths[i] for i in order], dtype=torch.long)
+        tensors["offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        tensors["loss"] = torch.tensor([collected[i][1] for i in order], dtype=torch.float64)
+        tensors["position"] = torch.tensor([tok.positions[i] for i in order], dtype=torch.long)
+        shard_dims = {n: int(tensors[f"layer.{n}"].shape[1]) for n in layer_idx}
+        dims.update(shard_dims)
+        with atomic_path(partial / name) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": str(FORMAT_VERSION)})
+        meta = {"file": name, "sha256": sha256(partial / name), "n_texts": len(order), "dims": shard_dims}
+        write_json(meta, partial / f"shard-{k:05d}.json")
+        shard_meta.append(meta)
+    bar.close()
+    if len(set(dims.values())) > 1:
+        log.warning("hidden size differs between layers: %s (e.g. OPT-350m's project_out)", dims)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "variant": variant,
+        "layers": {n: {"index": i, "dim": dims[n]} for n, i in layer_idx.items()},
+        "num_hidden_layers": num_layers,
+        "n_params": n_params(model),
+        "dtype": spec["dtype"],
+        "dump_dtype": spec["dump_dtype"],
+        "device": str(dev),
+        "n_texts_in": len(texts),
+        "n_texts": len(tok.ids),
+        "n_skipped_short": tok.n_short,
+        "n_truncated": tok.n_truncated,
+        "n_tokens": sum(lengths),
+        "shards": shard_meta,
+        "provenance": provenance(spec, variant=variant, texts=str(texts_path), layers=list(layers)),
+    }
+    write_json(manifest, partial / MANIFEST)
+    stamp.unlink()
+    atomic_publish_dir(partial, out_dir)
+    log.info(
+        "%d texts (%d skipped with < 2 tokens, %d truncated), %d tokens -> %s",
+        len(tok.ids), tok.n_short, tok.n_truncated, sum(lengths), out_dir,
+    )
+    return manifest
+
+
+def read_manifest(dump_dir: str | Path) -> dict[str, Any]:
+    path = Path(dump_dir) / MANIFEST
+    if not path.is_file():
+        raise ShardError(f"{dump_dir} is not a finished dump (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, torch.Tensor]]]:
+    """Stream ``(position, loss, {layer: hidden [n, d]})`` one shard in memory at a time.
+
+    Each shard's checksum and internal lengths are verified first; a mismatch names the file.
+    """
+    dump_dir = Path(dump_dir)
+    manifest = read_manifest(dump_dir)
+    for meta in manifest["shards"]:
+        f = dump_dir / meta["file"]
+        if not f.is_file():
+            raise ShardError(f"shard missing: {f}")
+        if sha256(f) != meta["sha256"]:
+            raise ShardError(f"shard corrupt or truncated (checksum mismatch): {f}")
+        try:
+            t = load_file(str(f))
+        except Exception as exc:
+            raise ShardError(f"shard unreadable: {f}: {exc}") from None
+        offsets = t["offsets"]
+        if len(offsets) != meta["n_texts"] + 1 or any(
+            t[f"layer.{n}"].shape[0] != int(offsets[-1]) for n in manifest["layers"]
+        ):
+            raise ShardError(f"shard lengths inconsistent with its offsets: {f}")
+        for j in range(meta["n_texts"]):
+            a, b = int(offsets[j]), int(offsets[j + 1])
+            yield int(t["position"][j]), float(t["loss"][j]), {n: t[f"layer.{n}"][a:b] for n in manifest["layers"]}

@@ -1,0 +1,107 @@
+"""Loading a model variant: the trained checkpoint, a seeded random init, or a named revision.
+
+The dtype is always explicit (transformers 5 otherwise loads the checkpoint's own dtype), remote
+code runs only where the model entry enables it, and weights come from safetensors where the
+repository has them (transformers' default order).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diff_erank.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+
+
+def resolve_source(source: str, revision: str | None) -> tuple[str, str | None]:
+    """``(name_or_path, hub_revision)``; a local directory's revision is a sub-directory.
+
+    The zoo stores checkpoints as ``<dir>/main``, ``<dir>/step0`` ..., mirroring Pythia's
+    ``stepN`` revisions on the hub.
+    """
+    if not _looks_local(source):
+        return source, revision
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"local model path does not exist: {path}")
+    rev = revision or "main"
+    if (path / rev).is_dir():
+        return str(path / rev), None
+    if rev == "main" and (path / "config.json").is_file():
+        return str(path), None
+    raise ConfigError(
+        f"local model {path} has no revision directory {rev!r}; "
+        f"found {sorted(p.name for p in path.iterdir() if p.is_dir())}"
+    )
+
+
+def _source(spec: dict[str, Any], trained_path: str | None) -> str:
+    source = trained_path or spec.get("source")
+    if not source:
+        raise ConfigError("model entry has no source and no trained path")
+    return source
+
+
+def load_tokenizer(spec: dict[str, Any], trained_path: str | None = None):
+    from transformers import AutoTokenizer
+
+    name, rev = resolve_source(spec.get("tokenizer") or _source(spec, trained_path), spec.get("revision"))
+    return _hub_call(
+        AutoTokenizer.from_pretrained, name, revision=rev, trust_remote_code=spec["trust_remote_code"]
+    )
+
+
+def _hub_call(fn, name: str, **kwargs):
+    """Call a ``from_pretrained`` and turn "cannot reach the hub" into one clear sentence."""
+    try:
+        return fn(name, **kwargs)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load {name!r} (revision {kwargs.get('revision')!r}): {str(exc).splitlines()[0]} "
+            "If this machine is offline, use a local directory or pre-populate the HF cache."
+        ) from None
+
+
+def load_variant(spec: dict[str, Any], variant: str, trained_path: str | None = None):
+    """The causal LM for one variant, in eval mode, in the entry's dtype, on the CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = DTYPES[spec["dtype"]]
+    remote = bool(spec["trust_remote_code"])
+    source = _source(spec, trained_path)
+    if variant == "trained":
+        name, rev = resolve_source(source, spec.get("revision"))
+        model = _hub_call(
+            AutoModelForCausalLM.from_pretrained, name, revision=rev, dtype=dtype, trust_remote_code=remote
+        )
+    elif variant.startswith("init-s"):
+        seed = int(variant.removeprefix("init-s"))
+        name, rev = resolve_source(source, spec.get("revision"))
+        cfg = _hub_call(AutoConfig.from_pretrained, name, revision=rev, trust_remote_code=remote)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=remote)
+    elif variant.startswith("rev-"):
+        name, rev = resolve_source(source, variant.removeprefix("rev-"))
+        model = _hub_call(
+            AutoModelForCausalLM.from_pretrained, name, revision=rev, dtype=dtype, trust_remote_code=remote
+        )
+    else:
+        raise ConfigError(f"unknown variant {variant!r}; expected trained, init-s<seed> or rev-<revision>")
+    model.eval()
+    log.info("loaded %s variant %s (%s, %d parameters)", source, variant, dtype, n_params(model))
+    return model
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

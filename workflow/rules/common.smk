@@ -1,0 +1,48 @@
+# Helpers shared by the rules: names, paths and the JSON specs passed to `diff-erank`.
+import json
+
+from diff_erank.config import untrained_variants, variants
+
+NAME = r"[A-Za-z0-9_.-]+"
+
+
+wildcard_constraints:
+    model=NAME,
+    variant=NAME,
+    dataset=NAME,
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True)
+
+
+def model_spec(w):
+    return as_json(C["models"][w.model])
+
+
+def zoo_dir(model):
+    """Directory of a zoo model trained by the workflow (the train rule's output)."""
+    return f"{OUT}/zoo/{model}"
+
+
+def trained_input(w):
+    return [zoo_dir(w.model)] if C["models"][w.model].get("train") else []
+
+
+def trained_path_arg(w):
+    return f"--trained-path {zoo_dir(w.model)}" if C["models"][w.model].get("train") else ""
+
+
+def model_resources(model, key, default):
+    return (C["models"][model].get("resources") or {}).get(key) or default
+
+
+def erank_tables(model, dataset):
+    return {v: f"{OUT}/erank/{model}/{v}/{dataset}.parquet" for v in variants(C["models"][model])}
+
+
+def report_outputs():
+    outs = [f"{OUT}/tables/diff_erank.csv", f"{OUT}/summary.md"]
+    if "size" in C["figures"]:
+        outs.append(f"{OUT}/figures/size.png")
+    return outs

@@ -1,0 +1,24 @@
+# Tables (CSV + Markdown), figures (PNG + PDF) and the generated summary of the experiment.
+
+
+rule report:
+    input:
+        expand(f"{OUT}/diff/{{model}}/{{dataset}}.parquet", model=list(C["models"]), dataset=list(C["datasets"])),
+    output:
+        table=report(f"{OUT}/tables/diff_erank.csv", caption="../report/diff_erank.rst", category="Tables"),
+        summary=report(f"{OUT}/summary.md", caption="../report/summary.rst", category="Summary"),
+        figure=report(f"{OUT}/figures/size.png", caption="../report/size.rst", category="Figures")
+        if "size" in C["figures"]
+        else [],
+    params:
+        config=as_json(C),
+    log:
+        f"{OUT}/logs/report.log",
+    benchmark:
+        f"{OUT}/benchmarks/report.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "diff-erank report --diffs {input} --config {params.config:q} --out-dir {OUT} > {log} 2>&1"
