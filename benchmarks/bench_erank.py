@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from authors_method import authors_erank  # noqa: E402
+from authors_method import authors_erank
 
-from diff_erank.erank import erank  # noqa: E402
+from diff_erank.erank import erank
 
 DEFAULT_SHAPES = [(128, 768), (512, 2048), (256, 4096), (2048, 1024)]
 

@@ -65,20 +65,22 @@ def compare(
         for alg in algorithms:
             e_t, e_u = dataset_erank(ht, alg), dataset_erank(hu, alg)
             lo, hi = bootstrap_diff(hu, ht, alg, bootstrap["samples"], bootstrap["seed"], bootstrap["ci"])
-            rows.append({
-                "layer": layer,
-                "algorithm": alg,
-                "n_texts": len(m),
-                "erank_untrained": e_u,
-                "erank_trained": e_t,
-                "diff_erank": e_u - e_t,
-                "ci_low": lo,
-                "ci_high": hi,
-                "loss_untrained": float(m["loss_u"].mean()),
-                "loss_trained": float(m["loss_t"].mean()),
-                "reduced_loss": float(m["loss_u"].mean() - m["loss_t"].mean()),
-                "normalized_entropy_trained": float(m["normalized_entropy_t"].mean()),
-            })
+            rows.append(
+                {
+                    "layer": layer,
+                    "algorithm": alg,
+                    "n_texts": len(m),
+                    "erank_untrained": e_u,
+                    "erank_trained": e_t,
+                    "diff_erank": e_u - e_t,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "loss_untrained": float(m["loss_u"].mean()),
+                    "loss_trained": float(m["loss_t"].mean()),
+                    "reduced_loss": float(m["loss_u"].mean() - m["loss_t"].mean()),
+                    "normalized_entropy_trained": float(m["normalized_entropy_t"].mean()),
+                }
+            )
     return rows
 
 
@@ -102,17 +104,21 @@ def diff_table(
             rows.append({"role": "untrained", "variant": u, **r})
     df = pd.DataFrame(rows)
     if len(untrained) > 1:
-        agg = df.groupby(["layer", "algorithm"], sort=False).agg(
-            n_texts=("n_texts", "min"),
-            erank_untrained=("erank_untrained", "mean"),
-            erank_trained=("erank_trained", "first"),
-            diff_erank=("diff_erank", "mean"),
-            diff_erank_std=("diff_erank", lambda s: float(np.std(s, ddof=1))),
-            loss_untrained=("loss_untrained", "mean"),
-            loss_trained=("loss_trained", "first"),
-            reduced_loss=("reduced_loss", "mean"),
-            normalized_entropy_trained=("normalized_entropy_trained", "first"),
-        ).reset_index()
+        agg = (
+            df.groupby(["layer", "algorithm"], sort=False)
+            .agg(
+                n_texts=("n_texts", "min"),
+                erank_untrained=("erank_untrained", "mean"),
+                erank_trained=("erank_trained", "first"),
+                diff_erank=("diff_erank", "mean"),
+                diff_erank_std=("diff_erank", lambda s: float(np.std(s, ddof=1))),
+                loss_untrained=("loss_untrained", "mean"),
+                loss_trained=("loss_trained", "first"),
+                reduced_loss=("reduced_loss", "mean"),
+                normalized_entropy_trained=("normalized_entropy_trained", "first"),
+            )
+            .reset_index()
+        )
         agg["role"], agg["variant"] = "seeds", f"mean of {len(untrained)}"
         df = pd.concat([df, agg], ignore_index=True)
     stages = [v for v in tables if v != "trained" and v not in untrained]

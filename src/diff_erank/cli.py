@@ -87,7 +87,13 @@ def cmd_diff(a: argparse.Namespace) -> None:
 
     paths = dict(item.split("=", 1) for item in a.erank)
     tables, facts = load_tables(paths)
-    info = {"model": a.model, "family": a.spec["family"], "size": a.spec["size"], "dataset": a.dataset, **facts}
+    info = {
+        "model": a.model,
+        "family": a.spec["family"],
+        "size": a.spec["size"],
+        "dataset": a.dataset,
+        **facts,
+    }
     df = diff_table(tables, a.untrained, a.algorithms, a.bootstrap, info)
     write_parquet(df, a.out, provenance(a.spec, inputs=paths, bootstrap=a.bootstrap))
 

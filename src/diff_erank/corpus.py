@@ -21,15 +21,77 @@ from diff_erank.storage import atomic_path, write_json
 
 #: Pure-Python modules with long English docstrings; a fixed list keeps the corpus deterministic.
 DOC_MODULES = (
-    "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures",
-    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib",
-    "email", "enum", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "heapq",
-    "hmac", "html", "http.client", "http.server", "imaplib", "inspect", "ipaddress", "json",
-    "logging", "mailbox", "multiprocessing", "numbers", "optparse", "os", "pathlib", "pickle",
-    "pprint", "pydoc", "queue", "random", "shlex", "shutil", "smtplib", "socketserver", "statistics",
-    "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tkinter",
-    "tokenize", "trace", "turtle", "typing", "unittest", "urllib.parse", "urllib.request", "uuid",
-    "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile",
+    "argparse",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "calendar",
+    "collections",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email",
+    "enum",
+    "fractions",
+    "ftplib",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "heapq",
+    "hmac",
+    "html",
+    "http.client",
+    "http.server",
+    "imaplib",
+    "inspect",
+    "ipaddress",
+    "json",
+    "logging",
+    "mailbox",
+    "multiprocessing",
+    "numbers",
+    "optparse",
+    "os",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "pydoc",
+    "queue",
+    "random",
+    "shlex",
+    "shutil",
+    "smtplib",
+    "socketserver",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tkinter",
+    "tokenize",
+    "trace",
+    "turtle",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "xml.dom.minidom",
+    "zipfile",
 )
 
 
@@ -45,7 +107,8 @@ def _paragraphs(text: str, min_chars: int, max_chars: int) -> list[str]:
 def topic_paragraphs(min_chars: int = 80, max_chars: int = 1200) -> list[str]:
     from pydoc_data.topics import topics
 
-    return [p for key in sorted(topics) for p in _paragraphs(topics[key], min_chars, max_chars)]
+    paras = (p for key in sorted(topics) for p in _paragraphs(topics[key], min_chars, max_chars))
+    return list(dict.fromkeys(paras))  # some paragraphs recur under several topics
 
 
 def docstring_paragraphs(min_chars: int = 80, max_chars: int = 1200) -> list[str]:
@@ -59,7 +122,9 @@ def docstring_paragraphs(min_chars: int = 80, max_chars: int = 1200) -> list[str
         objects: list[Any] = [module]
         for attr in sorted(vars(module)):
             obj = getattr(module, attr)
-            if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == module.__name__:
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(
+                obj, "__module__", None
+            ) == module.__name__:
                 objects.append(obj)
                 if inspect.isclass(obj):
                     objects += [m for _, m in sorted(vars(obj).items()) if inspect.isfunction(m)]
@@ -77,8 +142,10 @@ def docstring_paragraphs(min_chars: int = 80, max_chars: int = 1200) -> list[str
 def build_corpus(seed: int, eval_texts: int, max_chars: int) -> dict[str, list[str]]:
     """``{"train": [...], "topics-eval": [...], "docstrings-eval": [...]}``, deterministic."""
     parts: dict[str, list[str]] = {"train": []}
-    for name, paras in (("topics", topic_paragraphs(max_chars=max_chars)),
-                        ("docstrings", docstring_paragraphs(max_chars=max_chars))):
+    for name, paras in (
+        ("topics", topic_paragraphs(max_chars=max_chars)),
+        ("docstrings", docstring_paragraphs(max_chars=max_chars)),
+    ):
         rng = random.Random(f"{seed}-{name}")
         order = list(range(len(paras)))
         rng.shuffle(order)

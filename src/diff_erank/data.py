@@ -85,6 +85,9 @@ def text_maker(text_cfg: dict[str, Any], columns: list[str]):
     if (field is None) == (template is None):
         raise ConfigError("a dataset's text needs exactly one of 'field' or 'template'")
     needed = [field] if field else [n for _, n, _, _ in string.Formatter().parse(template) if n]
+    if template and not all(n.isidentifier() for n in needed):
+        # plain field names only: no attribute or index access from a config string
+        raise ConfigError(f"template {template!r}: use plain {{field}} names, got {needed}")
     needed += list(text_cfg.get("nonempty") or [])
     missing = sorted(set(needed) - set(columns))
     if missing:

@@ -125,7 +125,9 @@ def forward_batch(
         mask[row, : len(s)] = 1
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
     hs = out.hidden_states
-    states = {name: [hs[i][row, : len(s)].cpu() for row, s in enumerate(seqs)] for name, i in layer_idx.items()}
+    states = {
+        name: [hs[i][row, : len(s)].cpu() for row, s in enumerate(seqs)] for name, i in layer_idx.items()
+    }
     losses = []
     for row, s in enumerate(seqs):
         n = len(s)
@@ -275,7 +277,11 @@ def dump(
     atomic_publish_dir(partial, out_dir)
     log.info(
         "%d texts (%d skipped with < 2 tokens, %d truncated), %d tokens -> %s",
-        len(tok.ids), tok.n_short, tok.n_truncated, sum(lengths), out_dir,
+        len(tok.ids),
+        tok.n_short,
+        tok.n_truncated,
+        sum(lengths),
+        out_dir,
     )
     return manifest
 
@@ -311,4 +317,8 @@ def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, tor
             raise ShardError(f"shard lengths inconsistent with its offsets: {f}")
         for j in range(meta["n_texts"]):
             a, b = int(offsets[j]), int(offsets[j + 1])
-            yield int(t["position"][j]), float(t["loss"][j]), {n: t[f"layer.{n}"][a:b] for n in manifest["layers"]}
+            yield (
+                int(t["position"][j]),
+                float(t["loss"][j]),
+                {n: t[f"layer.{n}"][a:b] for n in manifest["layers"]},
+            )

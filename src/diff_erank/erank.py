@@ -31,12 +31,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
+ArrayLike = torch.Tensor | np.ndarray
 Algorithm = Literal["a", "b"]
 
 #: Relative tolerance under which a centred row is treated as the zero vector.

@@ -17,34 +17,51 @@ from diff_erank.erank import erank_stats
 from diff_erank.provenance import provenance
 from diff_erank.storage import write_parquet
 
-COLUMNS = ["position", "text_id", "layer", "layer_index", "n_tokens", "n_dropped", "dim", "entropy",
-           "erank", "normalized_entropy", "loss"]
+COLUMNS = [
+    "position",
+    "text_id",
+    "layer",
+    "layer_index",
+    "n_tokens",
+    "n_dropped",
+    "dim",
+    "entropy",
+    "erank",
+    "normalized_entropy",
+    "loss",
+]
 
 
 def measure(dump_dir: str | Path, texts_path: str | Path | None = None) -> pd.DataFrame:
     manifest = read_manifest(dump_dir)
     text_ids = pd.read_parquet(texts_path, columns=["text_id"])["text_id"] if texts_path else None
     rows: list[dict[str, Any]] = []
-    for pos, loss, layers in tqdm(iter_texts(dump_dir), total=manifest["n_texts"], desc="erank", mininterval=2.0):
+    for pos, loss, layers in tqdm(
+        iter_texts(dump_dir), total=manifest["n_texts"], desc="erank", mininterval=2.0
+    ):
         for name, hidden in layers.items():
             s = erank_stats(hidden)
-            rows.append({
-                "position": pos,
-                "text_id": int(text_ids.iloc[pos]) if text_ids is not None else pos,
-                "layer": name,
-                "layer_index": manifest["layers"][name]["index"],
-                "n_tokens": s.n_tokens,
-                "n_dropped": s.n_dropped,
-                "dim": s.dim,
-                "entropy": s.entropy,
-                "erank": s.erank,
-                "normalized_entropy": s.entropy / math.log(s.dim),
-                "loss": loss,
-            })
+            rows.append(
+                {
+                    "position": pos,
+                    "text_id": int(text_ids.iloc[pos]) if text_ids is not None else pos,
+                    "layer": name,
+                    "layer_index": manifest["layers"][name]["index"],
+                    "n_tokens": s.n_tokens,
+                    "n_dropped": s.n_dropped,
+                    "dim": s.dim,
+                    "entropy": s.entropy,
+                    "erank": s.erank,
+                    "normalized_entropy": s.entropy / math.log(s.dim),
+                    "loss": loss,
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["layer", "position"], ignore_index=True)
 
 
-def measure_to_file(dump_dir: str | Path, out: str | Path, texts_path: str | Path | None = None) -> pd.DataFrame:
+def measure_to_file(
+    dump_dir: str | Path, out: str | Path, texts_path: str | Path | None = None
+) -> pd.DataFrame:
     manifest = read_manifest(dump_dir)
     df = measure(dump_dir, texts_path)
     dump_facts = {k: v for k, v in manifest.items() if k not in ("shards", "provenance")}

@@ -35,12 +35,17 @@ def package_versions() -> dict[str, str]:
 def git_revision(start: str | None = None) -> dict[str, Any]:
     """Commit of the checkout the code runs from (and whether it had uncommitted changes)."""
     where = Path(start or Path(__file__).resolve().parent)
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
+
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
@@ -53,7 +58,11 @@ def provenance(config: dict[str, Any] | None = None, **extra: Any) -> dict[str, 
         "command": " ".join(sys.argv),
         "versions": package_versions(),
         "git": git_revision(),
-        "env": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CUDA_VISIBLE_DEVICES") if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CUDA_VISIBLE_DEVICES")
+            if k in os.environ
+        },
     }
     if config is not None:
         record["config"] = config

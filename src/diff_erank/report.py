@@ -41,10 +41,12 @@ def step_of(variant: str, final_step: float = float("inf")) -> float:
 
 def markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     cols = list(df.columns)
+
     def fmt(v: Any) -> str:
         if isinstance(v, float | np.floating):
             return "" if np.isnan(v) else format(v, floatfmt)
         return str(v)
+
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
@@ -60,8 +62,13 @@ def write_table(df: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> None:
 def _save(fig, stem: Path, prov: dict[str, Any]) -> None:
     for ext in ("png", "pdf"):
         with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
-                        metadata={"Software": f"diff-erank {prov['versions']['diff-erank']}"})
+            fig.savefig(
+                tmp,
+                format=ext,
+                dpi=150,
+                bbox_inches="tight",
+                metadata={"Software": f"diff-erank {prov['versions']['diff-erank']}"},
+            )
     write_json(prov, stem.with_suffix(".provenance.json"))
 
 
@@ -78,10 +85,17 @@ def size_figure(main: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> None:
         ax2 = ax.twinx()
         for fam, g in sub.groupby("family", sort=False):
             g = g.sort_values("n_params")
-            ax.errorbar(g["n_params"], g["diff_erank"],
-                        yerr=[g["diff_erank"] - g["ci_low"], g["ci_high"] - g["diff_erank"]],
-                        marker="o", capsize=3, label=f"{fam} Diff-eRank")
-            ax2.plot(g["n_params"], g["reduced_loss"], marker="s", ls="--", alpha=0.7, label=f"{fam} reduced loss")
+            ax.errorbar(
+                g["n_params"],
+                g["diff_erank"],
+                yerr=[g["diff_erank"] - g["ci_low"], g["ci_high"] - g["diff_erank"]],
+                marker="o",
+                capsize=3,
+                label=f"{fam} Diff-eRank",
+            )
+            ax2.plot(
+                g["n_params"], g["reduced_loss"], marker="s", ls="--", alpha=0.7, label=f"{fam} reduced loss"
+            )
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.set_ylabel("Diff-eRank")
@@ -102,47 +116,72 @@ def stages_figure(stages: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> Non
     import matplotlib.pyplot as plt
 
     metrics = [("erank_trained", "eRank"), ("loss_trained", "loss"), ("diff_erank", "Diff-eRank vs step0")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    models = list(dict.fromkeys(stages["model"]))
+    colors = plt.get_cmap("tab20" if len(models) > 10 else "tab10")
+    styles = dict(zip(dict.fromkeys(stages["dataset"]), ["-", "--", ":", "-."] * 4, strict=False))
     for ax, (col, label) in zip(axes, metrics, strict=True):
         for (model, ds), g in stages.groupby(["model", "dataset"], sort=False):
             g = g.sort_values("step")
-            ax.plot(g["step"], g[col], marker="o", label=f"{model} / {ds}")
+            ax.plot(
+                g["step"],
+                g[col],
+                marker="o",
+                ms=3,
+                ls=styles[ds],
+                color=colors(models.index(model)),
+                label=f"{model} / {ds}",
+            )
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=6)
+    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     _save(fig, stem, prov)
     plt.close(fig)
 
 
+def _trend(g: pd.DataFrame) -> str:
+    g = g.sort_values("n_params")
+    d = g["diff_erank"].to_numpy()
+    if len(g) < 2:
+        return f"a single model (Diff-eRank {d[0]:.3g})"
+    mono = "grows monotonically" if np.all(np.diff(d) > 0) else "does not grow monotonically"
+    return (
+        f"Diff-eRank {mono} with size over {len(g)} models ({', '.join(f'{v:.3g}' for v in d)}); "
+        f"Spearman rho with size {spearman(g['n_params'], g['diff_erank']):.2f}, "
+        f"with reduced loss {spearman(g['diff_erank'], g['reduced_loss']):.2f}"
+    )
+
+
 def summarise(main: pd.DataFrame, stages: pd.DataFrame) -> str:
     """What was measured, in sentences generated from the numbers (no claim is hard-coded)."""
-    out = ["# Summary", "", "Diff-eRank: algorithm (a), last layer, trained vs untrained (mean over seeds).", ""]
+    out = [
+        "# Summary",
+        "",
+        "Diff-eRank: algorithm (a), last layer, trained vs untrained (mean over seeds).",
+        "",
+    ]
     for (fam, ds), g in main.groupby(["family", "dataset"], sort=False):
-        g = g.sort_values("n_params")
-        d = g["diff_erank"].to_numpy()
-        mono = "grows monotonically" if np.all(np.diff(d) > 0) else "does not grow monotonically"
-        rho = spearman(g["diff_erank"], g["reduced_loss"])
-        rho_size = spearman(g["n_params"], g["diff_erank"])
-        out.append(
-            f"- {fam} on {ds}: Diff-eRank {mono} with size over {len(g)} models "
-            f"({', '.join(f'{v:.3g}' for v in d)}); Spearman rho with size {rho_size:.2f}, "
-            f"with reduced loss {rho:.2f}."
-        )
+        out.append(f"- {fam} on {ds}: {_trend(g)}.")
+    if main["family"].nunique() > 1:
+        out += ["", "All families together:", ""]
+        out += [f"- {ds}: {_trend(g)}." for ds, g in main.groupby("dataset", sort=False)]
     if not stages.empty:
         out += ["", "Training stages (checkpoint vs step0, algorithm (a), last layer):", ""]
         for (model, ds), g in stages.groupby(["model", "dataset"], sort=False):
             g = g.sort_values("step")
-            rho = spearman(g["step"].replace(np.inf, 1e18), g["diff_erank"])
+            first, last = g.iloc[0], g.iloc[-1]
             out.append(
-                f"- {model} on {ds}: loss {g['loss_trained'].iloc[0]:.3g} -> {g['loss_trained'].iloc[-1]:.3g}, "
-                f"eRank {g['erank_trained'].iloc[0]:.3g} -> {g['erank_trained'].iloc[-1]:.3g}, "
-                f"Spearman rho(step, Diff-eRank) {rho:.2f}."
+                f"- {model} on {ds}: loss {first.loss_trained:.3g} -> {last.loss_trained:.3g}, "
+                f"eRank {first.erank_trained:.3g} -> {last.erank_trained:.3g}, "
+                f"Spearman rho(step, Diff-eRank) {spearman(g['step'], g['diff_erank']):.2f}."
             )
     return "\n".join(out) + "\n"
 
 
-def build(diff_files: Sequence[str | Path], out_dir: str | Path, config: dict[str, Any]) -> dict[str, pd.DataFrame]:
+def build(
+    diff_files: Sequence[str | Path], out_dir: str | Path, config: dict[str, Any]
+) -> dict[str, pd.DataFrame]:
     """Concatenate per-(model, dataset) results into the experiment's tables and figures."""
     out_dir = Path(out_dir)
     full = pd.concat([pd.read_parquet(f) for f in diff_files], ignore_index=True)
@@ -156,24 +195,42 @@ def build(diff_files: Sequence[str | Path], out_dir: str | Path, config: dict[st
     seeded = set(key[full["role"] == "seeds"])
     main_all = full[(full["role"] == "seeds") | ((full["role"] == "untrained") & ~key.isin(seeded))]
     main = main_all[(main_all["algorithm"] == "a") & (main_all["layer"] == "last")].copy()
-    cols = ["model", "family", "size", "n_params", "dataset", "n_texts", "diff_erank", "ci_low", "ci_high",
-            "reduced_loss", "erank_untrained", "erank_trained", "loss_untrained", "loss_trained"]
+    cols = [
+        "model",
+        "family",
+        "size",
+        "n_params",
+        "dataset",
+        "n_texts",
+        "diff_erank",
+        "ci_low",
+        "ci_high",
+        "reduced_loss",
+        "erank_untrained",
+        "erank_trained",
+        "loss_untrained",
+        "loss_trained",
+    ]
     if "diff_erank_std" in main:
         cols.insert(9, "diff_erank_std")
     main = main[[c for c in cols if c in main]].sort_values(["dataset", "family", "n_params"])
     write_table(main, out_dir / "tables" / "diff_erank", prov)
 
-    by_alg = main_all.pivot_table(index=["model", "dataset", "layer"], columns="algorithm",
-                                  values="diff_erank").reset_index()
+    by_alg = main_all.pivot_table(
+        index=["model", "dataset", "layer"], columns="algorithm", values="diff_erank"
+    ).reset_index()
     write_table(by_alg, out_dir / "tables" / "algorithms_layers", prov)
 
     stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & (full["layer"] == "last")].copy()
     final = {m: float((spec.get("train") or {}).get("steps", np.inf)) for m, spec in config["models"].items()}
-    stages["step"] = [step_of(v, final.get(m, np.inf)) for v, m in zip(stages["variant"], stages["model"], strict=True)]
+    stages["step"] = [
+        step_of(v, final.get(m, np.inf)) for v, m in zip(stages["variant"], stages["model"], strict=True)
+    ]
     has_stages = stages.groupby(["model", "dataset"])["variant"].transform("nunique") > 2
     stages = stages[has_stages]
-    stages = stages[["model", "dataset", "variant", "step", "erank_trained", "loss_trained", "diff_erank",
-                     "reduced_loss"]].sort_values(["model", "dataset", "step"])
+    stages = stages[
+        ["model", "dataset", "variant", "step", "erank_trained", "loss_trained", "diff_erank", "reduced_loss"]
+    ].sort_values(["model", "dataset", "step"])
     write_table(stages, out_dir / "tables" / "stages", prov)
 
     figures = config.get("figures", ["size", "stages"])

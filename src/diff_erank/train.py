@@ -82,15 +82,30 @@ def model_config(arch: str, spec: dict[str, Any], tokenizer):
         "pad_token_id": tokenizer.pad_token_id,
     }
     if arch == "opt":
-        return OPTConfig(ffn_dim=4 * h, word_embed_proj_dim=h, do_layer_norm_before=True, dropout=0.0,
-                         attention_dropout=0.0, **common)
+        return OPTConfig(
+            ffn_dim=4 * h,
+            word_embed_proj_dim=h,
+            do_layer_norm_before=True,
+            dropout=0.0,
+            attention_dropout=0.0,
+            **common,
+        )
     if arch == "gpt_neox":
-        return GPTNeoXConfig(intermediate_size=4 * h, rotary_pct=0.25, use_parallel_residual=True,
-                             hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False, **common)
+        return GPTNeoXConfig(
+            intermediate_size=4 * h,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            tie_word_embeddings=False,
+            **common,
+        )
     raise ValueError(f"unknown zoo architecture {arch!r}; valid: ['opt', 'gpt_neox']")
 
 
-def train_model(spec: dict[str, Any], tokenizer_dir: str | Path, corpus_file: str | Path, out_dir: str | Path) -> dict:
+def train_model(
+    spec: dict[str, Any], tokenizer_dir: str | Path, corpus_file: str | Path, out_dir: str | Path
+) -> dict:
     """Train one zoo model; writes ``main``, ``step<N>`` checkpoints and ``loss.csv``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,7 +115,11 @@ def train_model(spec: dict[str, Any], tokenizer_dir: str | Path, corpus_file: st
     tmp.mkdir(parents=True)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     stream = torch.tensor(
-        [t for text in _read_jsonl(corpus_file) for t in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]]
+        [
+            t
+            for text in _read_jsonl(corpus_file)
+            for t in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+        ]
     )
     seq = spec["seq_len"]
     if len(stream) <= seq + 1:
@@ -142,9 +161,13 @@ def train_model(spec: dict[str, Any], tokenizer_dir: str | Path, corpus_file: st
     save("main")
     with atomic_path(tmp / "loss.csv") as f:
         f.write_text("step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
-    facts = {"n_params": sum(p.numel() for p in model.parameters()), "train_tokens": steps * spec["batch_size"] * seq,
-             "seconds": time.perf_counter() - t0, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-             "checkpoints": [f"step{c}" for c in checkpoints]}
+    facts = {
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train_tokens": steps * spec["batch_size"] * seq,
+        "seconds": time.perf_counter() - t0,
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "checkpoints": [f"step{c}" for c in checkpoints],
+    }
     write_json(provenance(spec, training=facts), tmp / "training.json")
     atomic_publish_dir(tmp, out_dir)
     return facts

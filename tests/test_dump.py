@@ -1,0 +1,212 @@
+"""Hidden-state dumps on tiny real models: exactness, batching, skipping, atomicity, resumption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import model_spec
+from transformers import AutoModel, AutoTokenizer
+
+from diff_erank import dump as D
+from diff_erank.config import ConfigError
+from diff_erank.measure import measure
+from diff_erank.models import load_variant, resolve_source
+
+
+def _collect(dump_dir: Path) -> dict[int, tuple[float, dict[str, torch.Tensor]]]:
+    return {pos: (loss, layers) for pos, loss, layers in D.iter_texts(dump_dir)}
+
+
+def test_last_layer_is_automodel_last_hidden_state(tiny_model, texts_file, tmp_path) -> None:
+    spec = model_spec(tiny_model)
+    out = tmp_path / "dump"
+    manifest = D.dump(spec, "trained", texts_file, out, layers=["first", "last"], device="cpu")
+    assert manifest["layers"]["last"]["index"] == manifest["num_hidden_layers"] == 2
+    base = AutoModel.from_pretrained(tiny_model / "main", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model / "main")
+    texts = pd.read_parquet(texts_file)["text"]
+    got = _collect(out)
+    assert len(got) == manifest["n_texts"] > 5
+    for pos, (_, layers) in got.items():
+        ids = tok(texts[pos], return_tensors="pt")["input_ids"][:, : spec["max_length"]]
+        with torch.no_grad():
+            ref = base(input_ids=ids).last_hidden_state[0]
+        torch.testing.assert_close(layers["last"], ref, rtol=1e-5, atol=1e-5)
+        assert layers["first"].shape == ref.shape
+
+
+def test_batched_equals_one_text_at_a_time(tiny_model, texts_file, tmp_path) -> None:
+    batched = D.dump(
+        model_spec(tiny_model, batch_tokens=4096, shard_texts=100),
+        "trained",
+        texts_file,
+        tmp_path / "b",
+        device="cpu",
+    )
+    single = D.dump(
+        model_spec(tiny_model, batch_tokens=1, shard_texts=1),
+        "trained",
+        texts_file,
+        tmp_path / "s",
+        device="cpu",
+    )
+    assert batched["n_texts"] == single["n_texts"]
+    b, s = _collect(tmp_path / "b"), _collect(tmp_path / "s")
+    assert b.keys() == s.keys()
+    for pos in b:
+        assert b[pos][0] == pytest.approx(s[pos][0], rel=1e-5)
+        torch.testing.assert_close(b[pos][1]["last"], s[pos][1]["last"], rtol=1e-5, atol=1e-5)
+    mb, ms = measure(tmp_path / "b"), measure(tmp_path / "s")
+    pd.testing.assert_series_equal(mb["erank"], ms["erank"], rtol=1e-6)
+
+
+def test_batch_planning_respects_budget() -> None:
+    lengths = [5, 50, 7, 20, 20, 3, 64]
+    batches = D.plan_batches(lengths, range(len(lengths)), batch_tokens=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 64
+    shards = D.plan_shards(lengths, 3)
+    assert [len(s) for s in shards] == [3, 3, 1]
+    assert shards[0][0] == 6  # longest first
+
+
+def test_short_and_long_texts_are_counted(tiny_opt, texts_file, tmp_path) -> None:
+    m = D.dump(model_spec(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
+    assert m["n_skipped_short"] == 1  # the empty text
+    assert m["n_truncated"] >= 1  # the long text, cut at max_length
+    assert m["n_texts"] == m["n_texts_in"] - 1
+    df = measure(tmp_path / "d")
+    assert df["erank"].notna().all() and (df["n_tokens"] <= 64).all()
+    tok = AutoTokenizer.from_pretrained(tiny_opt / "main")
+    assert D.tokenise(tok, ["", "abc def"], max_length=1).n_short == 2  # one-token texts are skipped
+
+
+def test_untrained_variants(tiny_opt, texts_file, tmp_path) -> None:
+    spec = model_spec(tiny_opt)
+    a = load_variant(spec, "init-s0")
+    b = load_variant(spec, "init-s0")
+    c = load_variant(spec, "init-s1")
+    for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True))
+    rev = load_variant(spec, "rev-step0")
+    assert rev.dtype == torch.float32
+    with pytest.raises(ConfigError, match="no revision directory 'step9'"):
+        load_variant(spec, "rev-step9")
+    with pytest.raises(ConfigError, match="unknown variant"):
+        load_variant(spec, "finetuned")
+
+
+def test_missing_local_path_is_clear(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="local model path does not exist"):
+        resolve_source(str(tmp_path / "nope"), "main")
+
+
+def test_hub_id_offline_is_clear() -> None:
+    spec = model_spec("facebook/opt-125m", revision="main")
+    with pytest.raises(ConfigError, match=r"cannot load 'facebook/opt-125m'.*offline"):
+        load_variant(spec, "trained")
+
+
+def test_killed_dump_leaves_nothing_complete_and_resumes(tiny_opt, texts_file, tmp_path, monkeypatch) -> None:
+    spec = model_spec(tiny_opt, shard_texts=3)
+    out = tmp_path / "dump"
+    calls = {"n": 0}
+    real = D.forward_batch
+
+    def dies_after_two_batches(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(D, "forward_batch", dies_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        D.dump(spec, "trained", texts_file, out, device="cpu")
+    assert not out.exists()
+    partial = out.with_name("dump.partial")
+    done = sorted(p.name for p in partial.glob("shard-*.json"))
+    assert done  # at least one finished shard survived
+    monkeypatch.setattr(D, "forward_batch", real)
+    resumed = D.dump(spec, "trained", texts_file, out, device="cpu")
+    fresh = D.dump(spec, "trained", texts_file, tmp_path / "fresh", device="cpu")
+    assert not partial.exists()
+    assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in fresh["shards"]]
+
+
+def test_partial_from_other_config_is_discarded(tiny_opt, texts_file, tmp_path) -> None:
+    out = tmp_path / "dump"
+    partial = out.with_name("dump.partial")
+    partial.mkdir()
+    (partial / "fingerprint.txt").write_text("something else")
+    (partial / "shard-00000.json").write_text(json.dumps({"file": "x", "sha256": "0"}))
+    D.dump(model_spec(tiny_opt), "trained", texts_file, out, device="cpu")
+    assert out.is_dir() and not partial.exists()
+
+
+def test_corrupt_shard_is_named(tiny_opt, texts_file, tmp_path) -> None:
+    out = tmp_path / "dump"
+    D.dump(model_spec(tiny_opt), "trained", texts_file, out, device="cpu")
+    shard = sorted(out.glob("shard-*.safetensors"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(D.ShardError, match=shard.name):
+        measure(out)
+    shutil.rmtree(out)
+    with pytest.raises(D.ShardError, match="not a finished dump"):
+        measure(out)
+
+
+def test_out_of_memory_halves_the_batch(tiny_opt, texts_file, tmp_path, monkeypatch, caplog) -> None:
+    real = D.forward_batch
+    sizes = []
+
+    def oom_on_big_batches(model, seqs, *args, **kw):
+        sizes.append(len(seqs))
+        if len(seqs) > 2:
+            raise torch.OutOfMemoryError("injected")
+        return real(model, seqs, *args, **kw)
+
+    monkeypatch.setattr(D, "forward_batch", oom_on_big_batches)
+    spec = model_spec(tiny_opt, batch_tokens=100000, shard_texts=100)
+    with caplog.at_level("WARNING"):
+        m = D.dump(spec, "trained", texts_file, tmp_path / "d", device="cpu")
+    assert "halving" in caplog.text
+    assert max(sizes) > 2  # the big batch was tried, failed and was split
+    monkeypatch.setattr(D, "forward_batch", real)
+    ref = D.dump(spec, "trained", texts_file, tmp_path / "r", device="cpu")
+    pd.testing.assert_frame_equal(measure(tmp_path / "d"), measure(tmp_path / "r"), rtol=1e-6)
+    assert ref["n_texts"] == m["n_texts"]
+
+
+def test_layer_indices() -> None:
+    assert D.layer_indices(["first", "middle", "last"], 12) == {"first": 1, "middle": 6, "last": 12}
+    assert D.layer_indices([0, -1], 4) == {"0": 0, "-1": 4}
+    with pytest.raises(ConfigError, match="out of range"):
+        D.layer_indices([7], 4)
+    with pytest.raises(ConfigError, match="valid"):
+        D.layer_indices(["top"], 4)
+
+
+def test_remote_code_is_refused_by_default(tiny_opt, tmp_path) -> None:
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_opt / "main", remote)
+    cfg = json.loads((remote / "config.json").read_text())
+    cfg["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModelForCausalLM": "modeling_evil.EvilModel",
+    }
+    (remote / "config.json").write_text(json.dumps(cfg))
+    (remote / "configuration_evil.py").write_text("raise SystemExit('remote code ran')\n")
+    (remote / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
+    spec = model_spec(remote)
+    model = load_variant(spec, "trained")  # the auto_map is ignored without trust_remote_code
+    assert type(model).__module__.startswith("transformers.")
+    with pytest.raises(SystemExit, match="remote code ran"):
+        load_variant({**spec, "trust_remote_code": True}, "trained")
