@@ -27,9 +27,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/prepare.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/dump.smk"
 include: "workflow/rules/erank.smk"
 include: "workflow/rules/diff.smk"
+include: "workflow/rules/accuracy.smk"
 include: "workflow/rules/report.smk"
 
 

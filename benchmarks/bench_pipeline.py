@@ -53,11 +53,19 @@ def build_model(root: Path, hidden: int, layers: int, max_length: int) -> Path:
 
 def spec_for(model_dir: Path, max_length: int, shard_texts: int = 64) -> dict:
     return {
-        "family": "bench", "size": "x", "source": str(model_dir), "revision": "main", "tokenizer": None,
-        "dtype": "float32", "dump_dtype": "float32", "trust_remote_code": False,
-        "untrained": {"kind": "random_init", "seeds": [0]}, "max_length": max_length,
-        "batch_tokens": 8192, "shard_texts": shard_texts,
-    }  # fmt: skip
+        "family": "bench",
+        "size": "x",
+        "source": str(model_dir),
+        "revision": "main",
+        "tokenizer": None,
+        "dtype": "float32",
+        "dump_dtype": "float32",
+        "trust_remote_code": False,
+        "untrained": {"kind": "random_init", "seeds": [0]},
+        "max_length": max_length,
+        "batch_tokens": 8192,
+        "shard_texts": shard_texts,
+    }
 
 
 def texts_file(path: Path, n: int) -> Path:

@@ -35,8 +35,20 @@ def test_sigkilled_dump_leaves_nothing_complete_then_resumes(tiny_opt, tmp_path)
     spec = model_spec(tiny_opt, shard_texts=20, batch_tokens=128)
     out = tmp_path / "dump"
     partial = out.with_name("dump.partial")
-    cmd = [CLI, "dump", "--spec", json.dumps(spec), "--variant", "trained", "--texts", str(texts),
-           "--out", str(out), "--device", "cpu"]
+    cmd = [
+        CLI,
+        "dump",
+        "--spec",
+        json.dumps(spec),
+        "--variant",
+        "trained",
+        "--texts",
+        str(texts),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

@@ -20,20 +20,20 @@ pytestmark = pytest.mark.slow
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
-def snakemake(workdir: Path, *args: str, overrides: str = "[experiment=ci]") -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, overrides: str | list[str] = "[experiment=ci]"
+) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI; a list of overrides goes through a --configfile (any quoting)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [
-        SNAKEMAKE,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        "--config",
-        f"overrides={overrides}",
-        *args,
-    ]
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
+    if isinstance(overrides, list):
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = workdir / "overrides.yaml"
+        cfg.write_text(json.dumps({"overrides": overrides}))
+        cmd += ["--configfile", str(cfg)]
+    else:
+        cmd += ["--config", f"overrides={overrides}"]
+    cmd += list(args)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
 
 
@@ -110,3 +110,11 @@ def test_bad_config_stops_before_any_job(tmp_path: Path) -> None:
     r = snakemake(tmp_path, "-n", overrides="[experiment=ci,+datasets.topics.max_txts=3]")
     assert r.returncode != 0
     assert "unknown key(s) ['max_txts'] at 'datasets.topics'" in r.stdout + r.stderr
+
+
+def test_html_report(ci_run: Path) -> None:
+    html = ci_run.parents[1] / "report.html"
+    r = snakemake(ci_run.parents[1], "--report", str(html))
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = html.read_text(errors="replace")
+    assert "Diff-eRank" in text and len(text) > 10000

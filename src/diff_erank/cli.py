@@ -67,7 +67,34 @@ def cmd_dump(a: argparse.Namespace) -> None:
     from diff_erank.dump import dump
 
     torch.set_num_threads(a.threads)
-    dump(a.spec, a.variant, a.texts, a.out, a.layers, a.device, trained_path=a.trained_path)
+    dump(
+        a.spec,
+        a.variant,
+        a.texts,
+        a.out,
+        a.layers,
+        a.device,
+        trained_path=a.trained_path,
+        variant_path=a.variant_path,
+    )
+
+
+def cmd_finetune(a: argparse.Namespace) -> None:
+    import torch
+
+    from diff_erank.finetune import finetune
+
+    torch.set_num_threads(a.threads)
+    finetune(a.spec, a.recipe, a.texts, a.out, a.device, a.trained_path, a.from_path)
+
+
+def cmd_accuracy(a: argparse.Namespace) -> None:
+    import torch
+
+    from diff_erank.accuracy import evaluate
+
+    torch.set_num_threads(a.threads)
+    evaluate(a.spec, a.variant, a.accuracy, a.out, a.device, a.trained_path, a.variant_path)
 
 
 def cmd_measure(a: argparse.Namespace) -> None:
@@ -101,7 +128,14 @@ def cmd_diff(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from diff_erank.report import build
 
-    build(a.diffs, a.out_dir, a.config)
+    build(a.diffs, a.out_dir, a.config, a.accuracy or [])
+
+
+def cmd_pin(a: argparse.Namespace) -> None:
+    from diff_erank.pin import pin_file
+
+    for f in a.files:
+        logging.info("%s -> %s", f, pin_file(f))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -113,6 +147,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--conf-dir", default=str(Path.cwd() / "conf"))
     s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ci")
     s.set_defaults(fn=cmd_config)
+
+    s = sub.add_parser(
+        "pin", help="rewrite model entries' revision to the current commit SHA (needs the hub)"
+    )
+    s.add_argument("files", nargs="+", help="conf/model/*.yaml files")
+    s.set_defaults(fn=cmd_pin)
 
     s = sub.add_parser("corpus", help="build the demo corpus from text shipped with Python")
     s.add_argument("--spec", type=_json, required=True)
@@ -147,8 +187,31 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", type=_json, default=["last"])
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trained-path", default=None, help="zoo model directory (when the entry has no source)")
+    s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_dump)
+
+    s = sub.add_parser("finetune", help="train a variant further on a dataset's texts (training stages)")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s.add_argument("--recipe", type=_json, required=True, help="the finetune recipe")
+    s.add_argument("--texts", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--trained-path", default=None)
+    s.add_argument("--from-path", default=None, help="directory of the starting variant if it is ft-<name>")
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_finetune)
+
+    s = sub.add_parser("accuracy", help="zero-shot accuracy of one variant with lm-evaluation-harness")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s.add_argument("--variant", required=True)
+    s.add_argument("--accuracy", type=_json, required=True, help="the experiment's accuracy section")
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--trained-path", default=None)
+    s.add_argument("--variant-path", default=None)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_accuracy)
 
     s = sub.add_parser("measure", help="per-text eRank of a dump")
     s.add_argument("--dump", required=True)
@@ -170,6 +233,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="tables, figures and summary of an experiment")
     s.add_argument("--diffs", nargs="+", required=True)
+    s.add_argument("--accuracy", nargs="*", default=[], help="accuracy JSON files")
     s.add_argument("--config", type=_json, required=True)
     s.add_argument("--out-dir", required=True)
     s.set_defaults(fn=cmd_report)

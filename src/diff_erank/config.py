@@ -89,6 +89,17 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             "data_files"
         ):
             raise ConfigError(f"datasets.{name}.source: kind {ds['source']['kind']} needs 'data_files'")
+    for name, model in cfg["models"].items():
+        for ft, recipe in (model.get("finetune") or {}).items():
+            if recipe["dataset"] not in cfg["datasets"]:
+                raise ConfigError(
+                    f"models.{name}.finetune.{ft}.dataset: {recipe['dataset']!r} is not a dataset of the "
+                    f"experiment; valid: {sorted(cfg['datasets'])}"
+                )
+            if recipe["from"] not in variants(model) or recipe["from"] == f"ft-{ft}":
+                raise ConfigError(
+                    f"models.{name}.finetune.{ft}.from: {recipe['from']!r}; valid: {variants(model)}"
+                )
     for layer in cfg["layers"]:
         if isinstance(layer, str) and layer not in LAYER_NAMES:
             raise ConfigError(f"layers: {layer!r} is not a layer; use {list(LAYER_NAMES)} or an integer")
@@ -117,6 +128,7 @@ def variants(model: dict[str, Any]) -> list[str]:
     else:
         names = [f"rev-{untrained['revision']}"]
     names += [f"rev-{c}" for c in model.get("checkpoints") or [] if f"rev-{c}" not in names]
+    names += [f"ft-{name}" for name in model.get("finetune") or {}]
     return ["trained", *names]
 
 

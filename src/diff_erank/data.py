@@ -46,7 +46,11 @@ def load_rows(source: dict[str, Any], results_root: str | Path = "."):
             raise ConfigError("dataset source kind 'hub' needs 'path' (the hub id)")
         try:
             return datasets.load_dataset(
-                path, source.get("name"), split=split, revision=source.get("revision")
+                path,
+                source.get("name"),
+                split=split,
+                revision=source.get("revision"),
+                data_files=source.get("data_files"),
             )
         except Exception as exc:  # the library raises many types for "cannot reach the hub"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -79,22 +83,58 @@ def _file_list(files: Any) -> list[str]:
     return [str(f) for f in files]
 
 
+def _get(row: dict[str, Any], path: str) -> Any:
+    """A dotted path into a row: ``choices.text`` reads ``row["choices"]["text"]``."""
+    value: Any = row
+    for part in path.split("."):
+        value = value[part]
+    return value
+
+
+def _answer(row: dict[str, Any], spec: dict[str, Any]) -> str:
+    """The correct choice of a multiple-choice row (question + correct answer as the text).
+
+    ``choices`` is a path to a list, or a list of paths (one per choice); the answer is
+    ``row[key]``, either a label looked up in ``labels`` (a path to the label list) or an index
+    (an int or a digit string) plus ``offset`` (winogrande's answers are "1"/"2").
+    """
+    choices = spec["choices"]
+    options = [_get(row, c) for c in choices] if isinstance(choices, list) else list(_get(row, choices))
+    key = _get(row, spec["key"])
+    if spec.get("labels"):
+        index = list(_get(row, spec["labels"])).index(key)
+    else:
+        index = int(key) + int(spec.get("offset", 0))
+    return str(options[index])
+
+
 def text_maker(text_cfg: dict[str, Any], columns: list[str]):
     """A function row -> text, checked against the columns before any row is read."""
     field, template = text_cfg.get("field"), text_cfg.get("template")
+    answer, blank = text_cfg.get("answer"), text_cfg.get("blank")
     if (field is None) == (template is None):
         raise ConfigError("a dataset's text needs exactly one of 'field' or 'template'")
     needed = [field] if field else [n for _, n, _, _ in string.Formatter().parse(template) if n]
     if template and not all(n.isidentifier() for n in needed):
         # plain field names only: no attribute or index access from a config string
         raise ConfigError(f"template {template!r}: use plain {{field}} names, got {needed}")
+    if answer:
+        needed = [n for n in needed if n != "answer"]
+        paths = answer["choices"] if isinstance(answer["choices"], list) else [answer["choices"]]
+        needed += [p.split(".")[0] for p in [*paths, answer["key"], answer.get("labels") or answer["key"]]]
     needed += list(text_cfg.get("nonempty") or [])
     missing = sorted(set(needed) - set(columns))
     if missing:
         raise ConfigError(f"text field(s) {missing} not in the dataset; its columns are {sorted(columns)}")
-    if field:
-        return lambda row: "" if row[field] is None else str(row[field])
-    return lambda row: template.format(**row)
+
+    def make(row: dict[str, Any]) -> str:
+        if field:
+            return "" if row[field] is None else str(row[field])
+        values = {**row, "answer": _answer(row, answer)} if answer else row
+        text = template.format(**values)
+        return text.replace(blank, values["answer"], 1) if blank else text
+
+    return make
 
 
 def sample_indices(n: int, k: int | None, method: str, seed: int) -> list[int]:

@@ -189,6 +189,7 @@ def dump(
     trained_path: str | None = None,
     model=None,
     tokenizer=None,
+    variant_path: str | None = None,
 ) -> dict[str, Any]:
     """Dump one (model variant, dataset); returns the manifest. ``model``/``tokenizer`` for tests."""
     out_dir = Path(out_dir)
@@ -208,7 +209,7 @@ def dump(
     tok = tokenise(tokenizer, list(texts["text"].fillna("")), spec["max_length"])
     if not tok.ids:
         raise ConfigError(f"{texts_path}: no text has 2 or more tokens")
-    model = model or load_variant(spec, variant, trained_path)
+    model = model or load_variant(spec, variant, trained_path, variant_path)
     model.to(dev)
     num_layers = model.config.get_text_config().num_hidden_layers
     layer_idx = layer_indices(layers, num_layers)
@@ -261,6 +262,7 @@ def dump(
         "layers": {n: {"index": i, "dim": dims[n]} for n, i in layer_idx.items()},
         "num_hidden_layers": num_layers,
         "n_params": n_params(model),
+        "commit": getattr(model.config, "_commit_hash", None),  # the hub commit actually loaded
         "dtype": spec["dtype"],
         "dump_dtype": spec["dump_dtype"],
         "device": str(dev),

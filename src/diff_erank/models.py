@@ -73,8 +73,14 @@ def _hub_call(fn, name: str, **kwargs):
         ) from None
 
 
-def load_variant(spec: dict[str, Any], variant: str, trained_path: str | None = None):
-    """The causal LM for one variant, in eval mode, in the entry's dtype, on the CPU."""
+def load_variant(
+    spec: dict[str, Any], variant: str, trained_path: str | None = None, variant_path: str | None = None
+):
+    """The causal LM for one variant, in eval mode, in the entry's dtype, on the CPU.
+
+    ``trained_path`` replaces the entry's source (a zoo model trained by the workflow);
+    ``variant_path`` is the directory of a further-trained ``ft-<name>`` variant.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = DTYPES[spec["dtype"]]
@@ -96,8 +102,15 @@ def load_variant(spec: dict[str, Any], variant: str, trained_path: str | None = 
         model = _hub_call(
             AutoModelForCausalLM.from_pretrained, name, revision=rev, dtype=dtype, trust_remote_code=remote
         )
+    elif variant.startswith("ft-"):
+        if not variant_path:
+            raise ConfigError(f"variant {variant} needs the directory of the further-trained model")
+        name, _ = resolve_source(variant_path, None)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=remote)
     else:
-        raise ConfigError(f"unknown variant {variant!r}; expected trained, init-s<seed> or rev-<revision>")
+        raise ConfigError(
+            f"unknown variant {variant!r}; expected trained, init-s<seed>, rev-<revision> or ft-<name>"
+        )
     model.eval()
     log.info("loaded %s variant %s (%s, %d parameters)", source, variant, dtype, n_params(model))
     return model

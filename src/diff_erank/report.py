@@ -179,13 +179,32 @@ def summarise(main: pd.DataFrame, stages: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
+def load_accuracy(files: Sequence[str | Path]) -> pd.DataFrame:
+    """Accuracy records as rows (model, variant, task, accuracy); combined means count as tasks."""
+    import json
+
+    rows = []
+    for f in files:
+        rec = json.loads(Path(f).read_text())
+        model = Path(f).parent.name
+        for task, acc in {**rec["accuracy"], **rec.get("combined", {})}.items():
+            rows.append({"model": model, "variant": rec["variant"], "task": task, "accuracy": acc})
+    return pd.DataFrame(rows, columns=["model", "variant", "task", "accuracy"])
+
+
 def build(
-    diff_files: Sequence[str | Path], out_dir: str | Path, config: dict[str, Any]
+    diff_files: Sequence[str | Path],
+    out_dir: str | Path,
+    config: dict[str, Any],
+    accuracy_files: Sequence[str | Path] = (),
 ) -> dict[str, pd.DataFrame]:
     """Concatenate per-(model, dataset) results into the experiment's tables and figures."""
     out_dir = Path(out_dir)
     full = pd.concat([pd.read_parquet(f) for f in diff_files], ignore_index=True)
-    prov = provenance(config, inputs=[str(f) for f in diff_files])
+    accuracy = load_accuracy(accuracy_files)
+    prov = provenance(config, inputs=[str(f) for f in [*diff_files, *accuracy_files]])
+    if not accuracy.empty:
+        write_table(accuracy, out_dir / "tables" / "accuracy", prov)
     lead = ["model", "family", "size", "n_params", "dataset"]
     full = full[lead + [c for c in full.columns if c not in lead]]
     write_table(full, out_dir / "tables" / "all", prov)
@@ -214,6 +233,11 @@ def build(
     if "diff_erank_std" in main:
         cols.insert(9, "diff_erank_std")
     main = main[[c for c in cols if c in main]].sort_values(["dataset", "family", "n_params"])
+    if not accuracy.empty:
+        wide = accuracy[accuracy["variant"] == "trained"].pivot_table(
+            index="model", columns="task", values="accuracy"
+        )
+        main = main.merge(wide.add_prefix("acc_").reset_index(), on="model", how="left")
     write_table(main, out_dir / "tables" / "diff_erank", prov)
 
     by_alg = main_all.pivot_table(
@@ -239,4 +263,8 @@ def build(
     if "stages" in figures and not stages.empty:
         stages_figure(stages[np.isfinite(stages["step"])], out_dir / "figures" / "stages", prov)
     write_text(summarise(main, stages), out_dir / "summary.md")
-    return {"all": full, "main": main, "stages": stages, "algorithms_layers": by_alg}
+    if config.get("paper_tables"):
+        from diff_erank.reproduce import build_report
+
+        build_report(full, accuracy, config, out_dir)
+    return {"all": full, "main": main, "stages": stages, "algorithms_layers": by_alg, "accuracy": accuracy}

@@ -10,6 +10,10 @@ wildcard_constraints:
     model=NAME,
     variant=NAME,
     dataset=NAME,
+    name=NAME,
+
+
+MEASURED = [d for d, spec in C["datasets"].items() if spec.get("measure", True)]
 
 
 def as_json(obj):
@@ -33,6 +37,22 @@ def trained_path_arg(w):
     return f"--trained-path {zoo_dir(w.model)}" if C["models"][w.model].get("train") else ""
 
 
+def finetuned_dir(model, name):
+    return f"{OUT}/finetuned/{model}/{name}"
+
+
+def variant_input(w):
+    """Directories a variant is loaded from: the zoo model, and a further-trained stage."""
+    extra = [finetuned_dir(w.model, w.variant.removeprefix("ft-"))] if w.variant.startswith("ft-") else []
+    return trained_input(w) + extra
+
+
+def variant_path_arg(w):
+    if w.variant.startswith("ft-"):
+        return f"--variant-path {finetuned_dir(w.model, w.variant.removeprefix('ft-'))}"
+    return ""
+
+
 def model_resources(model, key, default):
     return (C["models"][model].get("resources") or {}).get(key) or default
 
@@ -41,8 +61,17 @@ def erank_tables(model, dataset):
     return {v: f"{OUT}/erank/{model}/{v}/{dataset}.parquet" for v in variants(C["models"][model])}
 
 
+def accuracy_files(model):
+    if not C["accuracy"]:
+        return []
+    wanted = C["accuracy"].get("variants") or ["trained"]
+    return [f"{OUT}/accuracy/{model}/{v}.json" for v in variants(C["models"][model]) if v in wanted]
+
+
 def report_outputs():
     outs = [f"{OUT}/tables/diff_erank.csv", f"{OUT}/summary.md"]
+    if C["paper_tables"]:
+        outs.append(f"{OUT}/reproduction.md")
     if "size" in C["figures"]:
         outs.append(f"{OUT}/figures/size.png")
     return outs

@@ -7,7 +7,7 @@ rule corpus:
         parts=expand(f"{OUT}/corpus/{{part}}.jsonl", part=["topics-eval", "docstrings-eval"]),
         facts=f"{OUT}/corpus/corpus.json",
     params:
-        spec=as_json(C["corpus"]),
+        spec=lambda w: as_json(C["corpus"]),
     log:
         f"{OUT}/logs/corpus.log",
     benchmark:

@@ -11,7 +11,7 @@ rule diff:
         tables=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items()),
         untrained=lambda w: " ".join(untrained_variants(C["models"][w.model])),
         algorithms=" ".join(C["algorithms"]),
-        bootstrap=as_json(C["bootstrap"]),
+        bootstrap=lambda w: as_json(C["bootstrap"]),
     log:
         f"{OUT}/logs/diff/{{model}}/{{dataset}}.log",
     benchmark:

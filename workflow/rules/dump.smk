@@ -9,13 +9,14 @@ def dump_output():
 rule dump:
     input:
         texts=f"{OUT}/texts/{{dataset}}.parquet",
-        model=trained_input,
+        model=variant_input,
     output:
         dump_output(),
     params:
         spec=model_spec,
-        layers=as_json(C["layers"]),
+        layers=lambda w: as_json(C["layers"]),
         trained=trained_path_arg,
+        variant=variant_path_arg,
         device=C["device"],
     log:
         f"{OUT}/logs/dump/{{model}}/{{variant}}/{{dataset}}.log",
@@ -28,5 +29,5 @@ rule dump:
         gpu=lambda w: model_resources(w.model, "gpus", 0),
     shell:
         "diff-erank dump --spec {params.spec:q} --variant {wildcards.variant} --texts {input.texts}"
-        " --out {output} --layers {params.layers:q} --device {params.device} {params.trained}"
+        " --out {output} --layers {params.layers:q} --device {params.device} {params.trained} {params.variant}"
         " --threads {threads} > {log} 2>&1"

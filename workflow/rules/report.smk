@@ -3,15 +3,19 @@
 
 rule report:
     input:
-        expand(f"{OUT}/diff/{{model}}/{{dataset}}.parquet", model=list(C["models"]), dataset=list(C["datasets"])),
+        diffs=expand(f"{OUT}/diff/{{model}}/{{dataset}}.parquet", model=list(C["models"]), dataset=MEASURED),
+        accuracy=[f for m in C["models"] for f in accuracy_files(m)],
     output:
         table=report(f"{OUT}/tables/diff_erank.csv", caption="../report/diff_erank.rst", category="Tables"),
         summary=report(f"{OUT}/summary.md", caption="../report/summary.rst", category="Summary"),
         figure=report(f"{OUT}/figures/size.png", caption="../report/size.rst", category="Figures")
         if "size" in C["figures"]
         else [],
+        reproduction=report(f"{OUT}/reproduction.md", caption="../report/reproduction.rst", category="Reproduction")
+        if C["paper_tables"]
+        else [],
     params:
-        config=as_json(C),
+        config=lambda w: as_json(C),
     log:
         f"{OUT}/logs/report.log",
     benchmark:
@@ -21,4 +25,5 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank report --diffs {input} --config {params.config:q} --out-dir {OUT} > {log} 2>&1"
+        "diff-erank report --diffs {input.diffs} --accuracy {input.accuracy} --config {params.config:q}"
+        " --out-dir {OUT} > {log} 2>&1"

@@ -1,0 +1,207 @@
+"""The reproduction report: every number a run produced beside the paper's, row by row.
+
+Our results are turned into the long form of ``paper_reference.csv`` (table, family, size,
+dataset, metric, variant, value) and joined on (family, size, dataset, metric, variant) with the
+rows of the tables the experiment reproduces. A paper row the run did not produce stays in the
+report as missing. Trend checks follow the paper's claims: Diff-eRank monotone in model size,
+and its rank correlation with reduced loss and accuracy, for the run and for the paper alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diff_erank.report import markdown, spearman
+
+KEY = ["family", "size", "dataset", "metric", "variant"]
+
+
+def reference() -> pd.DataFrame:
+    """The paper's numbers, shipped with the package (a copy of shared/paper_reference.csv)."""
+    with resources.files("diff_erank").joinpath("data/paper_reference.csv").open() as f:
+        return pd.read_csv(f, dtype={"variant": str, "size": str}, keep_default_na=False, na_values=[""])
+
+
+def size_value(size: str) -> float:
+    """'125m' -> 1.25e8, '1.3b' -> 1.3e9, '1_1b' -> 1.1e9 (for ordering by size)."""
+    m = re.fullmatch(r"([\d._]+)\s*([mMbBkK]?)", str(size).strip())
+    if not m:
+        return float("nan")
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "": 1.0}[m.group(2).lower()]
+    return float(m.group(1).replace("_", ".")) * scale
+
+
+def _row(model: dict, dataset: str, metric: str, variant: str, value: float, name: str) -> dict[str, Any]:
+    return {
+        "model": name,
+        "family": model["family"],
+        "size": model["size"],
+        "dataset": dataset,
+        "metric": metric,
+        "variant": variant,
+        "value": float(value),
+    }
+
+
+def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+    """All of a run's numbers in the long form of the reference CSV."""
+    rows = []
+    ds_name = {d: (s.get("paper_name") or d) for d, s in config["datasets"].items()}
+    ds_variant = {d: (s.get("paper_variant") or "") for d, s in config["datasets"].items()}
+    key = full["model"] + "\0" + full["dataset"]
+    seeded = set(key[full["role"] == "seeds"])
+    m0 = full[(full["role"] == "seeds") | ((full["role"] == "untrained") & ~key.isin(seeded))]
+    for r in m0.itertuples():
+        model = config["models"][r.model]
+        if r.algorithm == "a" and r.layer == "last":
+            rows.append(
+                _row(model, ds_name[r.dataset], "diff_erank", ds_variant[r.dataset], r.diff_erank, r.model)
+            )
+            rows.append(
+                _row(
+                    model, ds_name[r.dataset], "reduced_loss", ds_variant[r.dataset], r.reduced_loss, r.model
+                )
+            )
+            rows.append(
+                _row(
+                    model,
+                    ds_name[r.dataset],
+                    "normalized_matrix_entropy",
+                    "trained",
+                    r.normalized_entropy_trained,
+                    r.model,
+                )
+            )
+            rows.append(_row(model, ds_name[r.dataset], "loss", "trained", r.loss_trained, r.model))
+        if r.layer == "last":
+            rows.append(
+                _row(
+                    model, ds_name[r.dataset], "diff_erank", f"algorithm_{r.algorithm}", r.diff_erank, r.model
+                )
+            )
+        if r.algorithm == "a":
+            rows.append(
+                _row(model, ds_name[r.dataset], "diff_erank", f"layer_{r.layer}", r.diff_erank, r.model)
+            )
+    stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & (full["layer"] == "last")]
+    for r in stages.itertuples():
+        label = (config["models"][r.model].get("stage_labels") or {}).get(r.variant)
+        if label:
+            model = config["models"][r.model]
+            rows.append(_row(model, ds_name[r.dataset], "diff_erank", label, r.diff_erank, r.model))
+            rows.append(_row(model, ds_name[r.dataset], "loss", label, r.loss_trained, r.model))
+    for r in accuracy.itertuples():
+        model = config["models"][r.model]
+        labels = [""] if r.variant == "trained" else []
+        labels += [lab for v, lab in (model.get("stage_labels") or {}).items() if v == r.variant]
+        rows += [_row(model, r.task, "accuracy", lab, r.accuracy, r.model) for lab in labels]
+    out = pd.DataFrame(rows, columns=["model", *KEY, "value"])
+    # the spread over sample sizes (Table 11): population std of the same dataset's variants
+    samples = out[(out["metric"] == "diff_erank") & out["variant"].str.startswith("samples=")]
+    for (model, fam, size, ds), g in samples.groupby(["model", "family", "size", "dataset"]):
+        if len(g) > 1:
+            variant = "samples=" + ",".join(v.removeprefix("samples=") for v in g["variant"])
+            extra = {
+                "model": model,
+                "family": fam,
+                "size": size,
+                "dataset": ds,
+                "metric": "diff_erank_std",
+                "variant": variant,
+                "value": float(np.std(g["value"], ddof=0)),
+            }
+            out = pd.concat([out, pd.DataFrame([extra])], ignore_index=True)
+    return out.drop_duplicates(subset=KEY, keep="first")
+
+
+def compare(ours: pd.DataFrame, tables: Sequence[str], ref: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Reference rows of ``tables`` with our value beside them (NaN where the run has none)."""
+    ref = reference() if ref is None else ref
+    ref = ref[ref["table"].isin(tables)].copy()
+    ref["variant"] = ref["variant"].fillna("")
+    merged = ref.merge(ours.drop(columns=["model"]), on=KEY, how="left", suffixes=("", "_ours"))
+    merged = merged.rename(columns={"value": "paper", "value_ours": "ours"})
+    merged["rel_diff"] = (merged["ours"] - merged["paper"]) / merged["paper"].abs()
+    merged.loc[merged["paper"] == 0, "rel_diff"] = np.nan
+    merged["size_value"] = merged["size"].map(size_value)
+    return merged
+
+
+def trend_checks(cmp: pd.DataFrame) -> pd.DataFrame:
+    """Per table and series: monotone in size, and rank correlations, for the paper and the run.
+
+    The run's checks use the sizes it produced; accuracy is matched on the same dataset where the
+    table has one (Table 1), else on the table's accuracy column for the family (Tables 7-8).
+    """
+    rows = []
+    series = cmp[cmp["metric"] == "diff_erank"]
+    for (table, fam, ds, var), g in series.groupby(["table", "family", "dataset", "variant"], dropna=False):
+        if len(g) < 2:
+            continue
+        row: dict[str, Any] = {"table": table, "family": fam, "dataset": ds, "variant": var}
+        same = cmp[(cmp["table"] == table) & (cmp["family"] == fam)]
+        for who in ("paper", "ours"):
+            h = g[g[who].notna()].sort_values("size_value")
+            row[f"n_{who}"] = len(h)
+            row[f"monotone_{who}"] = bool(np.all(np.diff(h[who]) > 0)) if len(h) > 1 else None
+            row[f"rho_size_{who}"] = spearman(h["size_value"], h[who])
+            for other in ("reduced_loss", "accuracy"):
+                o = same[same["metric"] == other]
+                if (o["dataset"] == ds).any() or other == "reduced_loss":
+                    o = o[o["dataset"] == ds]
+                o = o.groupby("size")[who].mean()
+                joined = h.set_index("size")[who].to_frame("d").join(o.rename("o"), how="inner")
+                row[f"rho_{other}_{who}"] = spearman(joined["d"], joined["o"]) if len(o) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render(cmp: pd.DataFrame, checks: pd.DataFrame, title: str) -> str:
+    out = [
+        f"# Reproduction report: {title}",
+        "",
+        "Every number of the paper's tables that this experiment reproduces, with this run's value "
+        "and the relative difference (ours - paper) / |paper|. Empty cells: not produced by this run.",
+        "",
+    ]
+    n_have = int(cmp["ours"].notna().sum())
+    out.append(
+        f"{n_have} of {len(cmp)} paper numbers reproduced; median |relative difference| "
+        f"{cmp['rel_diff'].abs().median():.3g}.\n"
+    )
+    for table, g in cmp.groupby("table", sort=False):
+        out += [f"## {table}", ""]
+        cols = ["family", "size", "dataset", "metric", "variant", "paper", "ours", "rel_diff"]
+        out.append(markdown(g.sort_values(["metric", "dataset", "variant", "size_value"])[cols]))
+        c = checks[checks["table"] == table] if not checks.empty else checks
+        if not c.empty:
+            out += [
+                "Trend checks (Diff-eRank): monotone in size, Spearman rho with size, reduced loss and "
+                "accuracy, for the paper and this run:",
+                "",
+                markdown(c.drop(columns=["table"]), ".3g"),
+            ]
+    return "\n".join(out)
+
+
+def build_report(
+    full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, Any], out_dir: Path
+) -> pd.DataFrame:
+    from diff_erank.provenance import provenance
+    from diff_erank.report import write_table
+    from diff_erank.storage import write_text
+
+    ours = long_results(full, accuracy, config)
+    cmp = compare(ours, config["paper_tables"])
+    checks = trend_checks(cmp)
+    prov = provenance(config)
+    write_table(cmp.drop(columns=["size_value"]), out_dir / "tables" / "reproduction", prov)
+    write_text(render(cmp, checks, config["name"]), out_dir / "reproduction.md")
+    return cmp

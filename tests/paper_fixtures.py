@@ -1,0 +1,124 @@
+"""Local stand-ins for the paper's hub models, datasets and lm-eval tasks (same columns/shapes).
+
+Each experiment config of the paper is run end to end with its models swapped for tiny local
+ones and its datasets for local files with the hub datasets' columns, through Hydra overrides,
+so the real configs (text recipes, stages, sample sizes) are what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from diff_erank.corpus import docstring_paragraphs, topic_paragraphs
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def make_datasets(root: Path, n: int = 24) -> dict[str, str]:
+    """jsonl files with the columns of dolly, wikipedia, hh-rlhf, openbookqa, piqa, winogrande."""
+    rng = random.Random(0)
+    paras = topic_paragraphs()[:200]
+    docs = docstring_paragraphs()[:200]
+    out = {}
+    out["dolly"] = _jsonl(
+        root / "dolly.jsonl",
+        [{"context": p if i % 5 else "", "instruction": "x"} for i, p in enumerate(paras[: n + 6])],
+    )
+    out["wiki"] = _jsonl(root / "wiki.jsonl", [{"text": p, "title": "t"} for p in docs[: 3 * n]])
+    out["hh"] = _jsonl(
+        root / "hh.jsonl",
+        [{"chosen": f"Human: {p[:80]} Assistant: {p[80:]}", "rejected": "no"} for p in paras[n : 2 * n]],
+    )
+    obqa, piqa, wino = [], [], []
+    for i, p in enumerate(paras[2 * n : 3 * n]):
+        words = p.split()[:20]  # short enough for the tiny models' 64 positions
+        half = len(words) // 2
+        stem, correct = " ".join(words[:half]), " ".join(words[half:])
+        wrong = [" ".join(rng.sample(words, max(1, len(words) - half))) for _ in range(3)]
+        labels = ["A", "B", "C", "D"]
+        k = i % 4
+        texts = [*wrong[:k], correct, *wrong[k:]]
+        obqa.append(
+            {
+                "id": str(i),
+                "question_stem": stem,
+                "choices": {"text": texts, "label": labels},
+                "answerKey": labels[k],
+            }
+        )
+        piqa.append(
+            {
+                "goal": stem,
+                "sol1": correct if i % 2 == 0 else wrong[0],
+                "sol2": wrong[0] if i % 2 == 0 else correct,
+                "label": i % 2,
+            }
+        )
+        wino.append(
+            {
+                "sentence": f"{stem} _ {words[-1]}",
+                "option1": words[0],
+                "option2": words[1],
+                "answer": "1" if i % 2 == 0 else "2",
+            }
+        )
+    out["openbookqa"] = _jsonl(root / "openbookqa.jsonl", obqa)
+    out["piqa"] = _jsonl(root / "piqa.jsonl", piqa)
+    out["winogrande"] = _jsonl(root / "winogrande.jsonl", wino)
+    return out
+
+
+def make_tasks(root: Path, files: dict[str, str]) -> str:
+    """lm-eval task YAMLs named like the real tasks, reading the local files."""
+    tasks = root / "tasks"
+    tasks.mkdir()
+    specs = {
+        "openbookqa": ("{{question_stem}}", "{{choices.text}}", "{{choices.label.index(answerKey)}}"),
+        "piqa": ("Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}", "{{label}}"),
+        "winogrande": ("{{sentence.split('_')[0]}}", "{{[option1, option2]}}", "{{answer | int - 1}}"),
+    }
+    for name, (text, choice, target) in specs.items():
+        (tasks / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\n"
+            f"dataset_kwargs:\n  data_files:\n    test: {files[name]}\n"
+            f'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "{text}"\n'
+            f'doc_to_choice: "{choice}"\ndoc_to_target: "{target}"\n'
+            "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+        )
+    return str(tasks)
+
+
+def make_models(root: Path, tokenizer_dir: Path, arch: str = "opt", sizes=(16, 32)) -> list[Path]:
+    """Tiny models of increasing width, with ``main``, ``step0`` and ``step5`` revision folders
+    (each a different seeded init: what matters here is the plumbing, not the values)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diff_erank.train import model_config
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    dirs = []
+    for i, h in enumerate(sizes):
+        d = root / f"{arch}-{h}"
+        spec = {"hidden_size": h, "num_layers": 2, "num_heads": 2, "seq_len": 64}
+        for k, rev in enumerate(("step0", "step5", "main")):
+            torch.manual_seed(100 * k + i)
+            model = AutoModelForCausalLM.from_config(model_config(arch, spec, tok), dtype=torch.float32)
+            model.save_pretrained(d / rev)
+            tok.save_pretrained(d / rev)
+        dirs.append(d)
+    return dirs
+
+
+def local_source(dataset: str, path: str) -> list[str]:
+    """Hydra overrides that point a hub dataset entry at a local jsonl file."""
+    return [
+        f"datasets.{dataset}.source.kind=jsonl",
+        f"++datasets.{dataset}.source.data_files='{path}'",
+        f"datasets.{dataset}.source.split=train",
+    ]

@@ -1,0 +1,188 @@
+"""The paper's experiments: every DAG resolves offline, and each kind runs end to end on stand-ins."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+from paper_fixtures import local_source, make_datasets, make_models, make_tasks
+from test_workflow import snakemake
+
+from diff_erank.config import load_config
+
+pytestmark = pytest.mark.slow
+
+OPT = 5
+# jobs = prepare (datasets) + dump and erank (models x variants x measured datasets)
+#        + diff (models x datasets) + accuracy (models x evaluated variants) + finetune + report + all
+EXPECTED_JOBS = {
+    "fig1": 4 + 2 * (OPT * 2 * 4) + OPT * 4 + 2,
+    "table1": 2 + 2 * (OPT * 2 * 2) + OPT * 2 + OPT + 2,
+    "fig3": 1 + 2 * (16 * 2 + 8 * 2) + 24 + 24 + 2,
+    "table9": 1 + 2 * (OPT * 2) + OPT + 2,
+    "table4": 1 + 2 * (OPT * 2) + OPT + 2,
+    "table11": 3 + 2 * (2 * 3) + 3 + 2,
+    "table10": 2 + 2 * 4 + 1 + 4 + 2 + 2,
+    "pythia-dynamics": 2 + 2 * (3 * 8 * 2) + 3 * 2 + 2,
+}
+
+
+@pytest.mark.parametrize(("experiment", "jobs"), sorted(EXPECTED_JOBS.items()))
+def test_dry_run_resolves_the_full_dag_offline(experiment: str, jobs: int, tmp_path: Path) -> None:
+    r = snakemake(tmp_path, "-n", overrides=f"[experiment={experiment}]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    total = re.search(r"^total\s+(\d+)$", r.stdout + r.stderr, re.M)
+    assert total and int(total.group(1)) == jobs
+    assert not any(tmp_path.iterdir()) or not (tmp_path / "results").exists()  # a dry run writes nothing
+
+
+def test_every_paper_table_has_an_experiment() -> None:
+    from diff_erank.reproduce import reference
+
+    tables = set(reference()["table"]) - {"table2", "table3"}  # multi-modal: not language-model configs
+    covered = set()
+    for f in (REPO / "conf" / "experiment").glob("*.yaml"):
+        covered |= set(load_config(REPO / "conf", [f"experiment={f.stem}"])["paper_tables"])
+    assert tables <= covered, tables - covered
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory, tokenizer_dir):
+    root = tmp_path_factory.mktemp("standins")
+    files = make_datasets(root)
+    return {
+        "files": files,
+        "tasks": make_tasks(root, files),
+        "opt": make_models(root, tokenizer_dir, "opt"),
+        "neox": make_models(root, tokenizer_dir, "gpt_neox"),
+    }
+
+
+COMMON = ["model.max_length=64", "model.batch_tokens=512", "bootstrap.samples=50", "model.dtype=float32"]
+
+
+def run(tmp_path: Path, overrides: list[str]) -> Path:
+    r = snakemake(tmp_path, overrides=overrides + COMMON)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    name = next(o.split("=")[1] for o in overrides if o.startswith("experiment="))
+    return tmp_path / "results" / name
+
+
+def test_benchmark_experiment_with_accuracy(standins, tmp_path: Path) -> None:
+    """Table 1's kind: size sweep, question + answer texts, lm-eval accuracy, reproduction report."""
+    f, (a, b) = standins["files"], standins["opt"]
+    out = run(
+        tmp_path,
+        [
+            "experiment=table1",
+            "~models.opt-2_7b",
+            "~models.opt-6_7b",
+            "~models.opt-13b",
+            f"models.opt-125m.source={a}",
+            f"models.opt-1_3b.source={b}",
+            *local_source("openbookqa", f["openbookqa"]),
+            *local_source("piqa", f["piqa"]),
+            f"accuracy.include_path={standins['tasks']}",
+            "accuracy.include_defaults=false",
+        ],
+    )
+    texts = pd.read_parquet(out / "texts" / "openbookqa.parquet")["text"]
+    assert texts.str.len().gt(20).all() and len(texts) == 24
+    acc = pd.read_csv(out / "tables" / "accuracy.csv")
+    assert set(acc["task"]) == {"openbookqa", "piqa"} and acc["accuracy"].between(0, 1).all()
+    rep = pd.read_csv(out / "tables" / "reproduction.csv")
+    assert set(rep["table"]) == {"table1"} and len(rep) == 30  # every paper row of Table 1
+    have = rep[rep["size"].isin(["125m", "1.3b"])]
+    assert have["ours"].notna().all() and rep[~rep.index.isin(have.index)]["ours"].isna().all()
+    row = have[
+        (have["metric"] == "diff_erank") & (have["dataset"] == "piqa") & (have["size"] == "125m")
+    ].iloc[0]
+    main = pd.read_csv(out / "tables" / "diff_erank.csv").set_index(["model", "dataset"])
+    assert row["ours"] == pytest.approx(main.loc[("opt-125m", "piqa"), "diff_erank"])
+    assert row["rel_diff"] == pytest.approx((row["ours"] - row["paper"]) / abs(row["paper"]))
+    assert "Reproduction report" in (out / "reproduction.md").read_text()
+
+
+def test_training_stages_experiment(standins, tmp_path: Path) -> None:
+    """Table 10's kind: further training and overfitting as rules, stage labels, accuracy per stage."""
+    f, (a, _) = standins["files"], standins["opt"]
+    out = run(
+        tmp_path,
+        [
+            "experiment=table10",
+            f"models.opt-1_3b.source={a}",
+            *local_source("openbookqa", f["openbookqa"]),
+            *local_source("wikipedia", f["wiki"]),
+            "datasets.wikipedia.max_texts=30",
+            "models.opt-1_3b.finetune.further.steps=4",
+            "models.opt-1_3b.finetune.further.max_length=64",
+            "models.opt-1_3b.finetune.overfit.steps=30",
+            "models.opt-1_3b.finetune.overfit.lr=3e-3",
+            "models.opt-1_3b.finetune.overfit.max_length=64",
+            f"accuracy.include_path={standins['tasks']}",
+            "accuracy.include_defaults=false",
+        ],
+    )
+    rep = pd.read_csv(out / "tables" / "reproduction.csv").set_index(["metric", "variant"])
+    assert rep["ours"].notna().all(), rep[rep["ours"].isna()]
+    assert rep.loc[("diff_erank", "random_init"), "ours"] == 0
+    # overfitting on the evaluation texts lowers their loss below the model it started from
+    assert rep.loc[("loss", "overfitting"), "ours"] < rep.loc[("loss", "fully_trained"), "ours"]
+    assert not (out / "erank" / "opt-1_3b" / "trained" / "wikipedia.parquet").exists()  # training texts only
+
+
+def test_sample_size_experiment(standins, tmp_path: Path) -> None:
+    """Table 11's kind: three sample sizes of one dataset, and the population std over them."""
+    f, (a, _) = standins["files"], standins["opt"]
+    src = f["wiki"]
+    out = run(
+        tmp_path,
+        [
+            "experiment=table11",
+            f"models.opt-1_3b.source={a}",
+            *local_source("wikipedia-10000", src),
+            "datasets.wikipedia-10000.max_texts=40",
+            *local_source("wikipedia-5000", src),
+            "datasets.wikipedia-5000.max_texts=20",
+            *local_source("wikipedia-1000", src),
+            "datasets.wikipedia-1000.max_texts=10",
+        ],
+    )
+    rep = pd.read_csv(out / "tables" / "reproduction.csv")
+    d = rep[rep["metric"] == "diff_erank"].set_index("variant")["ours"]
+    assert d.notna().all() and len(d) == 3
+    std = rep[rep["metric"] == "diff_erank_std"]["ours"].iloc[0]
+    assert std == pytest.approx(np.std(d.to_numpy(), ddof=0))
+
+
+def test_revision_trajectory_experiment(standins, tmp_path: Path) -> None:
+    """The Pythia dynamics kind: published step0 as M0 and stepN revisions as stages."""
+    f, (a, b) = standins["files"], standins["neox"]
+    out = run(
+        tmp_path,
+        [
+            "experiment=pythia-dynamics",
+            "~models.pythia-1_4b",
+            f"models.pythia-160m.source={a}",
+            f"models.pythia-410m.source={b}",
+            "models.pythia-160m.checkpoints=[step5]",
+            "models.pythia-410m.checkpoints=[step5]",
+            *local_source("dolly-15k", f["dolly"]),
+            *local_source("hh-rlhf", f["hh"]),
+        ],
+    )
+    stages = pd.read_csv(out / "tables" / "stages.csv")
+    assert set(stages["variant"]) == {"rev-step0", "rev-step5", "trained"}
+    assert len(stages) == 2 * 2 * 3 and np.isfinite(stages["erank_trained"]).all()
+    texts = pd.read_parquet(out / "texts" / "dolly-15k.parquet")
+    assert texts["text"].str.len().gt(0).all()  # dolly's empty contexts were filtered out
+    rep = pd.read_csv(out / "tables" / "reproduction.csv")
+    have = rep[rep["ours"].notna()]
+    assert set(have["metric"]) == {"loss", "normalized_matrix_entropy"} and set(have["size"]) == {
+        "160m",
+        "410m",
+    }

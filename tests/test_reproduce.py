@@ -1,0 +1,114 @@
+"""The reproduction report generator on a small fixture, including a missing value."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from diff_erank.reproduce import compare, long_results, reference, render, size_value, trend_checks
+
+
+def full_table(values: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    rows = []
+    for model, (diff, rl) in values.items():
+        for alg in ("a", "b"):
+            rows.append(
+                {
+                    "model": model,
+                    "dataset": "dolly",
+                    "role": "untrained",
+                    "variant": "init-s0",
+                    "layer": "last",
+                    "algorithm": alg,
+                    "diff_erank": diff + (alg == "b"),
+                    "reduced_loss": rl,
+                    "loss_trained": 3.0,
+                    "normalized_entropy_trained": 0.5,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+CONFIG = {
+    "models": {
+        m: {"family": "opt", "size": s}
+        for m, s in [("opt-125m", "125m"), ("opt-1_3b", "1.3b"), ("opt-2_7b", "2.7b")]
+    },
+    "datasets": {"dolly": {"paper_name": "dolly-15k"}},
+}
+
+REF = pd.DataFrame(
+    {
+        "table": ["t6"] * 8,
+        "family": ["opt"] * 8,
+        "size": ["125m", "1.3b", "2.7b", "6.7b"] * 2,
+        "dataset": ["dolly-15k"] * 8,
+        "metric": ["diff_erank"] * 4 + ["reduced_loss"] * 4,
+        "variant": [""] * 8,
+        "value": [50.0, 70.0, 80.0, 90.0, 7.0, 8.0, 8.5, 8.6],
+        "note": [""] * 8,
+    }
+)
+
+
+def test_compare_sets_ours_beside_the_paper_with_missing_rows() -> None:
+    full = full_table({"opt-125m": (55.0, 7.5), "opt-1_3b": (66.5, 8.1), "opt-2_7b": (88.0, 8.4)})
+    ours = long_results(full, pd.DataFrame(columns=["model", "variant", "task", "accuracy"]), CONFIG)
+    cmp = compare(ours, ["t6"], REF).set_index(["metric", "size"])
+    assert cmp.loc[("diff_erank", "125m"), "ours"] == 55.0
+    assert cmp.loc[("diff_erank", "125m"), "rel_diff"] == pytest.approx(0.1)
+    assert cmp.loc[("diff_erank", "1.3b"), "rel_diff"] == pytest.approx(-0.05)
+    assert math.isnan(cmp.loc[("diff_erank", "6.7b"), "ours"])  # the run has no 6.7b: missing, kept
+    assert len(cmp) == len(REF)
+    checks = trend_checks(cmp.reset_index())
+    row = checks.iloc[0]
+    assert row["monotone_paper"] and row["monotone_ours"] and row["n_ours"] == 3 and row["n_paper"] == 4
+    assert row["rho_reduced_loss_ours"] == pytest.approx(1.0)
+    text = render(cmp.reset_index(), checks, "fixture")
+    assert "6 of 8 paper numbers reproduced" in text and "| opt | 6.7b | dolly-15k | diff_erank |" in text
+
+
+def test_algorithm_variant_rows() -> None:
+    full = full_table({"opt-125m": (55.0, 7.5)})
+    ours = long_results(full, pd.DataFrame(columns=["model", "variant", "task", "accuracy"]), CONFIG)
+    alg = ours[ours["variant"].str.startswith("algorithm_")].set_index("variant")["value"]
+    assert alg["algorithm_a"] == 55.0 and alg["algorithm_b"] == 56.0
+
+
+def test_shipped_reference_is_the_papers() -> None:
+    ref = reference()
+    assert len(ref) == 259
+    row = ref[
+        (ref.table == "table6")
+        & (ref["size"] == "13b")
+        & (ref.dataset == "openwebtext2")
+        & (ref.metric == "diff_erank")
+    ]
+    assert row["value"].iloc[0] == 262.7
+    assert size_value("1.3b") == 1.3e9 and size_value("1_1b") == 1.1e9 and size_value("125m") == 1.25e8
+
+
+def test_shipped_copy_matches_shared() -> None:
+    from conftest import REPO
+
+    shared = REPO.parent / "shared" / "paper_reference.csv"
+    if not shared.exists():
+        pytest.skip("no ../shared beside this checkout")
+    shipped = REPO / "src" / "diff_erank" / "data" / "paper_reference.csv"
+    assert shipped.read_bytes() == shared.read_bytes()
+
+
+def test_pin_rewrites_only_the_revision(tmp_path) -> None:
+    from diff_erank.config import ConfigError
+    from diff_erank.pin import pin_file, set_revision
+
+    text = "# OPT\ndefaults:\n  - hf-base\nsource: facebook/opt-125m\nrevision: main  # moving\n"
+    assert set_revision(text, "abc123") == text.replace("revision: main  # moving", "revision: abc123")
+    assert set_revision("source: x\n", "abc").endswith("revision: abc\n")
+    f = tmp_path / "m.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match="needs hub access"):
+        pin_file(f)  # offline here: a clear error, and the file is untouched
+    assert f.read_text() == text

@@ -1,0 +1,27 @@
+# Zero-shot accuracy of a model variant with lm-evaluation-harness (tasks in the experiment).
+
+
+rule accuracy:
+    input:
+        model=variant_input,
+    output:
+        f"{OUT}/accuracy/{{model}}/{{variant}}.json",
+    params:
+        spec=model_spec,
+        accuracy=lambda w: as_json(C["accuracy"]),
+        trained=trained_path_arg,
+        variant=variant_path_arg,
+        device=C["device"],
+    log:
+        f"{OUT}/logs/accuracy/{{model}}/{{variant}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/accuracy/{{model}}/{{variant}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda w: model_resources(w.model, "mem_mb", 8000),
+        runtime=lambda w: model_resources(w.model, "runtime", 60),
+        gpu=lambda w: model_resources(w.model, "gpus", 0),
+    shell:
+        "diff-erank accuracy --spec {params.spec:q} --variant {wildcards.variant}"
+        " --accuracy {params.accuracy:q} --out {output} --device {params.device}"
+        " {params.trained} {params.variant} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,38 @@
+# Training stages: a variant trained further on a dataset's texts (ft-<name>, the paper's Table 10).
+
+
+def finetune_recipe(w):
+    return C["models"][w.model]["finetune"][w.name]
+
+
+def finetune_from(w):
+    start = finetune_recipe(w)["from"]
+    return [finetuned_dir(w.model, start.removeprefix("ft-"))] if start.startswith("ft-") else []
+
+
+rule finetune:
+    input:
+        texts=lambda w: f"{OUT}/texts/{finetune_recipe(w)['dataset']}.parquet",
+        model=trained_input,
+        start=finetune_from,
+    output:
+        directory(f"{OUT}/finetuned/{{model}}/{{name}}"),
+    params:
+        spec=model_spec,
+        recipe=lambda w: as_json(finetune_recipe(w)),
+        trained=trained_path_arg,
+        start=lambda w, input: f"--from-path {input.start[0]}" if input.start else "",
+        device=C["device"],
+    log:
+        f"{OUT}/logs/finetune/{{model}}/{{name}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/finetune/{{model}}/{{name}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda w: model_resources(w.model, "mem_mb", 8000),
+        runtime=lambda w: model_resources(w.model, "runtime", 60),
+        gpu=lambda w: model_resources(w.model, "gpus", 0),
+    shell:
+        "diff-erank finetune --spec {params.spec:q} --recipe {params.recipe:q} --texts {input.texts}"
+        " --out {output} --device {params.device} {params.trained} {params.start}"
+        " --threads {threads} > {log} 2>&1"
