@@ -21,10 +21,11 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
 def snakemake(
-    workdir: Path, *args: str, overrides: str | list[str] = "[experiment=ci]"
+    workdir: Path, *args: str, overrides: str | list[str] = "[experiment=ci]", env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI; a list of overrides goes through a --configfile (any quoting)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = dict(env or os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
     if isinstance(overrides, list):
         workdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,107 @@
+"""The SLURM profile against a real Slurm (slurmctld, slurmd, slurmdbd + MariaDB) on localhost.
+
+Skipped, with the reason, where such a cluster cannot be stood up (not root, no apt). The
+daemons are machine-wide: run one such test session at a time.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO
+from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
+from test_workflow import snakemake
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = ["experiment=ci", "~models.zoo-opt-s", "~models.zoo-neox-xs", "bootstrap.samples=50"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    try:
+        ensure_installed()
+    except SlurmUnavailable as exc:
+        pytest.skip(f"no real Slurm can run here: {exc}")
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as c:
+        yield c
+
+
+@pytest.fixture
+def profile(tmp_path, cluster) -> Path:
+    """The shipped profile with its two site lines set for this cluster, as a user edits it."""
+    prof = tmp_path / "profile"
+    shutil.copytree(REPO / "workflow" / "profiles" / "slurm", prof)
+    cfg = prof / "config.yaml"
+    text = cfg.read_text()
+    text = re.sub(r'slurm_partition: "[^"]*"', f'slurm_partition: "{cluster.PARTITION}"', text)
+    text = re.sub(r'slurm_account: "[^"]*"', f'slurm_account: "{cluster.ACCOUNT}"', text)
+    text = text.replace(
+        "slurm-init-seconds-before-status-checks: 20", "slurm-init-seconds-before-status-checks: 2"
+    )
+    text = text.replace("latency-wait: 60", "latency-wait: 5")
+    assert text.count(f'"{cluster.ACCOUNT}"') >= 1
+    cfg.write_text(text)
+    return prof
+
+
+def n_jobs(workdir: Path, overrides: list[str]) -> int:
+    r = snakemake(workdir, "-n", overrides=overrides)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return int(re.search(r"^total\s+(\d+)$", r.stdout + r.stderr, re.M).group(1))
+
+
+def test_ci_experiment_through_slurm_equals_a_local_run(cluster, profile, tmp_path) -> None:
+    before = len(cluster.accounted_jobs())
+    expected = n_jobs(tmp_path / "dry", OVERRIDES) - 1  # `all` is a local target, not a job
+    slurm = tmp_path / "slurm"
+    r = snakemake(slurm, "--profile", str(profile), overrides=OVERRIDES, env=cluster.env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + cluster.logs()
+    jobs = cluster.accounted_jobs()[before:]
+    assert len(jobs) == expected, jobs
+    assert {j["state"] for j in jobs} == {"COMPLETED"}
+    local = tmp_path / "local"
+    r = snakemake(local, overrides=OVERRIDES)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in sorted((slurm / "results" / "ci" / "erank").rglob("*.parquet")):
+        other = local / "results" / "ci" / f.relative_to(slurm / "results" / "ci")
+        pd.testing.assert_frame_equal(pd.read_parquet(f), pd.read_parquet(other), check_exact=True)
+    a = pd.read_csv(slurm / "results" / "ci" / "tables" / "diff_erank.csv")
+    b = pd.read_csv(local / "results" / "ci" / "tables" / "diff_erank.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_a_failed_job_names_its_slurm_log_and_a_rerun_finishes(cluster, profile, tmp_path) -> None:
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text('{"text": "a fine first row of text"}\n{"text": broken json\n')
+    overrides = [
+        *OVERRIDES,
+        "+dataset@datasets.extra=demo-docstrings",
+        "datasets.extra.source.kind=jsonl",
+        f"++datasets.extra.source.data_files='{extra}'",
+        "datasets.extra.source.split=train",
+    ]
+    work = tmp_path / "work"
+    r = snakemake(work, "--profile", str(profile), overrides=overrides, env=cluster.env)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    logs = re.findall(r"(\S*slurm_logs/rule_prepare/\S+\.log)", out)
+    assert logs, out[-3000:]
+    assert any((work / p).is_file() or Path(p).is_file() for p in logs)
+    results = work / "results" / "ci"
+    assert (results / "diff" / "zoo-opt-xs" / "topics.parquet").is_file()  # the rest went on
+    assert not (results / "texts" / "extra.parquet").exists()  # nothing half-written
+    failed = [j for j in cluster.accounted_jobs() if j["state"] == "FAILED"]
+    assert failed, "the failed job should be in Slurm's accounting"
+    rows = [f'{{"text": "row {i} of a repaired file, long enough to count"}}\n' for i in range(12)]
+    extra.write_text("".join(rows))
+    r = snakemake(work, "--profile", str(profile), overrides=overrides, env=cluster.env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    stats = r.stdout + r.stderr
+    assert not re.search(r"^train\s+\d+$", stats, re.M)  # finished work is not redone
+    assert re.search(r"^prepare\s+1$", stats, re.M)
+    assert (results / "diff" / "zoo-opt-xs" / "extra.parquet").is_file()
