@@ -4,7 +4,9 @@ Debian's slurm-wlm 22.05 with munge, slurmdbd and a private MariaDB for accounti
 plugin reads job states with ``sacct``). Every daemon runs in the foreground as a child process
 whose pid is kept, and :meth:`SlurmCluster.stop` ends each of them whatever happened. State,
 spool, logs and the database live in a temporary folder; ``SLURM_CONF`` points every client
-(sbatch, sacct, the plugin) at this cluster.
+(sbatch, sacct, the plugin) at this cluster. The job-step executor inside each job drops every
+``SLURM_*`` variable before its ``srun``, so the config must also be at Slurm's default path,
+``/etc/slurm/slurm.conf``: it is written there only if none exists, and removed again on stop.
 """
 
 from __future__ import annotations
@@ -74,16 +76,23 @@ class SlurmCluster:
         self.root = Path(root)
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.host = socket.gethostname().split(".")[0]
-        self.env = {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf")}
+        self.etc = Path("/etc/slurm")
+        self.env = {**os.environ, "SLURM_CONF": str(self.etc / "slurm.conf")}
+        self.written: list[Path] = []
 
     # -- configuration -------------------------------------------------------------------------
     def _write_configs(self) -> None:
         r = self.root
+        for name in ("slurm.conf", "slurmdbd.conf"):
+            if (self.etc / name).exists():
+                raise SlurmUnavailable(f"{self.etc / name} exists: this machine has a Slurm of its own")
+        self.etc.mkdir(parents=True, exist_ok=True)
         for d in ("state", "spool", "log", "mysql"):
             (r / d).mkdir(parents=True, exist_ok=True)
         cpus = os.cpu_count() or 2
         mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
-        (r / "slurm.conf").write_text(f"""\
+        self.written.append(self.etc / "slurm.conf")
+        (self.etc / "slurm.conf").write_text(f"""\
 ClusterName={self.CLUSTER}
 SlurmctldHost={self.host}(127.0.0.1)
 SlurmUser=root
@@ -114,7 +123,8 @@ JobCompType=jobcomp/none
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName={self.PARTITION} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 """)
-        dbd = r / "slurmdbd.conf"
+        dbd = self.etc / "slurmdbd.conf"
+        self.written.append(dbd)
         dbd.write_text(f"""\
 AuthType=auth/munge
 DbdHost={self.host}
@@ -219,7 +229,7 @@ StorageLoc=slurm_acct_db
 
     def stop(self) -> None:
         """End every daemon this cluster started, by pid, youngest first."""
-        for name, p in reversed(self.procs):
+        for _, p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()
                 try:
@@ -228,6 +238,9 @@ StorageLoc=slurm_acct_db
                     p.kill()
                     p.wait(timeout=15)
         self.procs.clear()
+        for f in self.written:
+            f.unlink(missing_ok=True)
+        self.written.clear()
 
     def __enter__(self) -> SlurmCluster:
         try:

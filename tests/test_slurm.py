@@ -83,7 +83,7 @@ def test_a_failed_job_names_its_slurm_log_and_a_rerun_finishes(cluster, profile,
         "+dataset@datasets.extra=demo-docstrings",
         "datasets.extra.source.kind=jsonl",
         f"++datasets.extra.source.data_files='{extra}'",
-        "datasets.extra.source.split=train",
+        "++datasets.extra.source.split=train",
     ]
     work = tmp_path / "work"
     r = snakemake(work, "--profile", str(profile), overrides=overrides, env=cluster.env)
