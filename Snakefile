@@ -33,6 +33,7 @@ include: "workflow/rules/erank.smk"
 include: "workflow/rules/diff.smk"
 include: "workflow/rules/accuracy.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/multimodal.smk"
 
 
 rule all:

@@ -138,6 +138,43 @@ def cmd_pin(a: argparse.Namespace) -> None:
         logging.info("%s -> %s", f, pin_file(f))
 
 
+def cmd_mm_prepare(a: argparse.Namespace) -> None:
+    from diff_erank.multimodal import load_items
+    from diff_erank.provenance import provenance
+    from diff_erank.storage import write_parquet
+
+    items = load_items(a.spec)
+    write_parquet(items, a.out, provenance(a.spec, n_items=len(items), n_skipped=items.attrs["n_skipped"]))
+    logging.info("%d items (%d skipped) -> %s", len(items), items.attrs["n_skipped"], a.out)
+
+
+def cmd_mm_erank(a: argparse.Namespace) -> None:
+    import pandas as pd
+    import torch
+
+    from diff_erank.dump import pick_device
+    from diff_erank.multimodal import LlavaProbe, measure_items
+    from diff_erank.provenance import provenance
+    from diff_erank.storage import write_parquet
+
+    torch.set_num_threads(a.threads)
+    probe = LlavaProbe.load(a.spec, pick_device(a.device))
+    per_item = measure_items(probe, pd.read_parquet(a.items), a.rotation)
+    commit = getattr(probe.model.config, "_commit_hash", None)
+    write_parquet(per_item, a.out, provenance(a.spec, rotation=a.rotation, items=a.items, commit=commit))
+
+
+def cmd_mm_report(a: argparse.Namespace) -> None:
+    from diff_erank.report import multimodal_report
+
+    files = {}
+    for item in a.inputs:
+        key, path = item.split("=", 1)
+        model, dataset, rotation = key.split(":")
+        files[(model, dataset, int(rotation))] = path
+    multimodal_report(files, a.out_dir, a.config)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diff-erank", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -231,6 +268,26 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_diff)
 
+    s = sub.add_parser("mm-prepare", help="image-text items of a multi-modal dataset")
+    s.add_argument("--spec", type=_json, required=True, help="the multimodal dataset entry")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_mm_prepare)
+
+    s = sub.add_parser("mm-erank", help="eRank1..5 of every item for one LLaVA model and rotation")
+    s.add_argument("--spec", type=_json, required=True, help="the multimodal model entry")
+    s.add_argument("--items", required=True)
+    s.add_argument("--rotation", type=int, default=0, help="clockwise degrees")
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_mm_erank)
+
+    s = sub.add_parser("mm-report", help="Tables 2-3 layout, figure and comparison with the paper")
+    s.add_argument("--inputs", nargs="+", required=True, metavar="MODEL:DATASET:ROTATION=PATH")
+    s.add_argument("--config", type=_json, required=True)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(fn=cmd_mm_report)
+
     s = sub.add_parser("report", help="tables, figures and summary of an experiment")
     s.add_argument("--diffs", nargs="+", required=True)
     s.add_argument("--accuracy", nargs="*", default=[], help="accuracy JSON files")
@@ -251,10 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     from diff_erank.config import ConfigError
     from diff_erank.data import DataError
     from diff_erank.dump import ShardError
+    from diff_erank.multimodal import MultimodalDataError
 
     try:
         args.fn(args)
-    except (ConfigError, DataError, ShardError, MismatchError) as exc:
+    except (ConfigError, DataError, ShardError, MismatchError, MultimodalDataError) as exc:
         logging.error("%s", exc)
         return 2
     return 0

@@ -77,10 +77,16 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors[:10]))
-    if not cfg["models"]:
-        raise ConfigError("the experiment names no models (models: {})")
-    if not cfg["datasets"]:
+    if not cfg["models"] and not cfg.get("multimodal"):
+        raise ConfigError("the experiment names no models (models: {}) and no multimodal section")
+    if cfg["models"] and not cfg["datasets"]:
         raise ConfigError("the experiment names no datasets (datasets: {})")
+    mm = cfg.get("multimodal")
+    if mm and (not mm["models"] or not mm["datasets"]):
+        raise ConfigError("multimodal: needs at least one model and one dataset")
+    for name, ds in ((mm or {}).get("datasets") or {}).items():
+        if not ds["source"].get("annotations") and not ds["source"].get("hub"):
+            raise ConfigError(f"multimodal.datasets.{name}.source: needs 'annotations' (a file) or 'hub'")
     for name, model in cfg["models"].items():
         if model.get("source") is None and model.get("train") is None:
             raise ConfigError(f"models.{name}: needs a 'source' (hub id or local path) or a 'train' recipe")

@@ -69,9 +69,12 @@ def accuracy_files(model):
 
 
 def report_outputs():
-    outs = [f"{OUT}/tables/diff_erank.csv", f"{OUT}/summary.md"]
-    if C["paper_tables"]:
-        outs.append(f"{OUT}/reproduction.md")
-    if "size" in C["figures"]:
-        outs.append(f"{OUT}/figures/size.png")
-    return outs
+    """What `all` asks for: the language-model report (if any models) and the multi-modal one."""
+    outs = []
+    if C["models"]:
+        outs += [f"{OUT}/tables/diff_erank.csv", f"{OUT}/summary.md"]
+        if set(C["paper_tables"]) - {"table2", "table3"}:
+            outs.append(f"{OUT}/reproduction.md")
+        if "size" in C["figures"]:
+            outs.append(f"{OUT}/figures/size.png")
+    return outs + mm_outputs()

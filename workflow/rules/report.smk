@@ -12,7 +12,7 @@ rule report:
         if "size" in C["figures"]
         else [],
         reproduction=report(f"{OUT}/reproduction.md", caption="../report/reproduction.rst", category="Reproduction")
-        if C["paper_tables"]
+        if set(C["paper_tables"]) - {"table2", "table3"}
         else [],
     params:
         config=lambda w: as_json(C),
