@@ -23,7 +23,8 @@ def test_default_is_the_demo() -> None:
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_composes_and_validates(experiment: str) -> None:
     cfg = load_config(CONF, [f"experiment={experiment}"])
-    assert cfg["models"] and cfg["datasets"]
+    mm = cfg["multimodal"] or {}
+    assert (cfg["models"] and cfg["datasets"]) or (mm["models"] and mm["datasets"])
 
 
 def test_sweep_wide_overrides_reach_every_entry() -> None:
