@@ -122,9 +122,12 @@ def diff_table(
         agg["role"], agg["variant"] = "seeds", f"mean of {len(untrained)}"
         df = pd.concat([df, agg], ignore_index=True)
     stages = [v for v in tables if v != "trained" and v not in untrained]
-    for s in [*untrained[:1], *stages, "trained"]:
-        for r in compare(tables[s], tables[untrained[0]], algorithms, bootstrap):
-            df = pd.concat([df, pd.DataFrame([{"role": "stage", "variant": s, **r}])], ignore_index=True)
+    stage_rows = [
+        {"role": "stage", "variant": s, **r}
+        for s in [*untrained[:1], *stages, "trained"]
+        for r in compare(tables[s], tables[untrained[0]], algorithms, bootstrap)
+    ]
+    df = pd.concat([df, pd.DataFrame(stage_rows)], ignore_index=True)
     for k, v in model_info.items():
         df[k] = v
     return df
