@@ -133,6 +133,14 @@ def diff_table(
     return df
 
 
+def headline(full: pd.DataFrame) -> pd.DataFrame:
+    """One comparison per model, dataset, layer and algorithm: the mean over untrained seeds
+    where there are several (role ``seeds``), else the comparison with the single M0."""
+    key = full["model"] + "\0" + full["dataset"]
+    seeded = set(key[full["role"] == "seeds"])
+    return full[(full["role"] == "seeds") | ((full["role"] == "untrained") & ~key.isin(seeded))]
+
+
 def load_tables(paths: Mapping[str, str | Path]) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """Per-variant tables and the facts the dumps recorded (parameters, dims) for the report."""
     tables = {v: pd.read_parquet(p) for v, p in paths.items()}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diff_erank.aggregate import headline
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_path, write_json, write_text
 
@@ -209,10 +210,7 @@ def build(
     full = full[lead + [c for c in full.columns if c not in lead]]
     write_table(full, out_dir / "tables" / "all", prov)
 
-    # one row per model and dataset: the mean over seeds where there are several, else the one M0
-    key = full["model"] + "\0" + full["dataset"]
-    seeded = set(key[full["role"] == "seeds"])
-    main_all = full[(full["role"] == "seeds") | ((full["role"] == "untrained") & ~key.isin(seeded))]
+    main_all = headline(full)
     main = main_all[(main_all["algorithm"] == "a") & (main_all["layer"] == "last")].copy()
     cols = [
         "model",

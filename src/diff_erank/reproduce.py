@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diff_erank.aggregate import headline
 from diff_erank.report import markdown, spearman
 
 KEY = ["family", "size", "dataset", "metric", "variant"]
@@ -55,10 +56,7 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
     rows = []
     ds_name = {d: (s.get("paper_name") or d) for d, s in config["datasets"].items()}
     ds_variant = {d: (s.get("paper_variant") or "") for d, s in config["datasets"].items()}
-    key = full["model"] + "\0" + full["dataset"]
-    seeded = set(key[full["role"] == "seeds"])
-    m0 = full[(full["role"] == "seeds") | ((full["role"] == "untrained") & ~key.isin(seeded))]
-    for r in m0.itertuples():
+    for r in headline(full).itertuples():
         model = config["models"][r.model]
         if r.algorithm == "a" and r.layer == "last":
             rows.append(
