@@ -121,7 +121,8 @@ def text_maker(text_cfg: dict[str, Any], columns: list[str]):
     if answer:
         needed = [n for n in needed if n != "answer"]
         paths = answer["choices"] if isinstance(answer["choices"], list) else [answer["choices"]]
-        needed += [p.split(".")[0] for p in [*paths, answer["key"], answer.get("labels") or answer["key"]]]
+        labels = [answer["labels"]] if answer.get("labels") else []
+        needed += [p.split(".")[0] for p in [*paths, answer["key"], *labels]]
     needed += list(text_cfg.get("nonempty") or [])
     missing = sorted(set(needed) - set(columns))
     if missing:

@@ -112,17 +112,23 @@ def plan_batches(lengths: Sequence[int], members: Sequence[int], batch_tokens: i
     return batches
 
 
-@torch.no_grad()
-def forward_batch(
-    model, seqs: Sequence[Sequence[int]], layer_idx: dict[str, int], device: torch.device
-) -> tuple[dict[str, list[torch.Tensor]], list[float]]:
-    """Hidden states (per layer, per text, unpadded, on the CPU) and mean next-token loss per text."""
+def pad_right(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids right-padded with 0 and their attention mask (padding never uses a pad token)."""
     longest = max(len(s) for s in seqs)
     ids = torch.zeros(len(seqs), longest, dtype=torch.long)
     mask = torch.zeros(len(seqs), longest, dtype=torch.long)
     for row, s in enumerate(seqs):
         ids[row, : len(s)] = torch.tensor(s)
         mask[row, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def forward_batch(
+    model, seqs: Sequence[Sequence[int]], layer_idx: dict[str, int], device: torch.device
+) -> tuple[dict[str, list[torch.Tensor]], list[float]]:
+    """Hidden states (per layer, per text, unpadded, on the CPU) and mean next-token loss per text."""
+    ids, mask = pad_right(seqs)
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
     hs = out.hidden_states
     states = {

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from diff_erank.dump import pick_device, tokenise
+from diff_erank.dump import pad_right, pick_device, tokenise
 from diff_erank.models import load_tokenizer, load_variant
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_publish_dir, write_json
@@ -53,13 +53,7 @@ def finetune(
     losses, t0 = [], time.perf_counter()
     for _ in tqdm(range(recipe["steps"]), desc=f"finetune from {recipe['from']}", mininterval=2.0):
         pick = torch.randint(0, len(tok.ids), (recipe["batch_size"],), generator=gen).tolist()
-        seqs = [tok.ids[i] for i in pick]
-        longest = max(map(len, seqs))
-        ids = torch.zeros(len(seqs), longest, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
+        ids, mask = pad_right([tok.ids[i] for i in pick])
         labels = ids.masked_fill(mask == 0, -100)
         loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
         opt.zero_grad(set_to_none=True)
