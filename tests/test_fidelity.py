@@ -23,3 +23,45 @@ def test_dolly_keeps_whitespace_contexts_as_the_authors(tmp_path) -> None:
     kept = [i for i, c in enumerate(contexts) if len(c) > 0]
     assert df["text_id"].tolist() == kept == [1, 2, 3, 5, 6]
     assert df["text"].tolist() == [contexts[i] for i in kept]
+
+
+def test_prepare_records_the_files_and_commits_it_read(tmp_path) -> None:
+    import hashlib
+
+    import pytest
+
+    from diff_erank.data import DataError, load_rows, prepare_to_file, source_revision
+    from diff_erank.storage import read_provenance
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(5)))
+    spec = {
+        "source": {"kind": "jsonl", "data_files": str(path)},
+        "text": {"field": "text"},
+        "max_texts": None,
+        "sampling": {"method": "all", "seed": 123},
+    }
+    prepare_to_file(spec, tmp_path / "texts.parquet")
+    recorded = read_provenance(tmp_path / "texts.parquet")["source_revision"]
+    assert recorded["files"] == {str(path): hashlib.sha256(path.read_bytes()).hexdigest()}
+
+    # a hub dataset: the commit its revision resolves to (a local resolver here; offline, the real
+    # one cannot reach the hub and the commit is recorded as unknown rather than failing)
+    hub = {"kind": "hub", "path": "databricks/databricks-dolly-15k", "name": None, "revision": "main"}
+    seen = []
+    got = source_revision(hub, dataset_commit=lambda *a: seen.append(a) or "c" * 40)
+    assert got == {"hub": hub["path"], "revision": "main", "commit": "c" * 40}
+    assert seen == [("databricks/databricks-dolly-15k", None, "main", None)]
+    assert source_revision(hub)["commit"] is None
+
+    # wikipedia: parquet files of a hub repository, read through hf:// paths; the repository's
+    # commit is what is recorded, and offline the loader fails with the hub named, not "no file"
+    wiki = load_config(CONF, ["experiment=table11"])["datasets"]["wikipedia-1000"]["source"]
+    assert wiki["data_files"].startswith("hf://datasets/legacy-datasets/wikipedia@")
+    assert "data/20220301.en/" in wiki["data_files"]
+    got = source_revision(wiki, repo_commit=lambda repo, rev: f"{repo}:{rev}")
+    assert got["repos"] == {"legacy-datasets/wikipedia@main": "legacy-datasets/wikipedia:main"}
+    assert source_revision(wiki)["repos"] == {"legacy-datasets/wikipedia@main": None}
+    with pytest.raises(DataError, match="cannot read parquet files") as err:
+        load_rows(wiki)
+    assert "does not exist" not in str(err.value)

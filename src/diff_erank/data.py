@@ -8,8 +8,10 @@ rows to keep (non-empty fields) and how many to draw. The paper's recipe is
 
 from __future__ import annotations
 
+import glob
 import logging
 import random
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pandas as pd
 
 from diff_erank.config import ConfigError
 from diff_erank.provenance import provenance
-from diff_erank.storage import write_parquet
+from diff_erank.storage import sha256, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def load_rows(source: dict[str, Any], results_root: str | Path = "."):
         files = source["data_files"]
         builder = LOCAL_BUILDERS[kind]
     for f in _file_list(files):
-        if not Path(f).exists():
+        if not f.startswith("hf://") and not Path(f).exists():  # hf://: files in a hub repository
             raise DataError(f"dataset file does not exist: {f}")
     try:
         return datasets.load_dataset(builder, data_files=files, split=split)
@@ -179,5 +181,71 @@ def prepare_to_file(spec: dict[str, Any], out: str | Path, results_root: str | P
     df = prepare_texts(spec, results_root)
     if df.empty:
         raise DataError("the dataset yields no texts after filtering and sampling")
-    write_parquet(df, out, provenance(spec, n_texts=len(df)))
+    write_parquet(
+        df,
+        out,
+        provenance(spec, n_texts=len(df), source_revision=source_revision(spec["source"], results_root)),
+    )
     return df
+
+
+def hub_dataset_commit(path: str, name: str | None, revision: str | None, data_files: Any = None) -> str:
+    """The commit a hub dataset's ``revision`` resolves to, as ``datasets`` itself resolves it
+    (``load_dataset_builder(...).hash`` is the commit of a hub repository, or of its cached copy)."""
+    import datasets
+
+    return datasets.load_dataset_builder(path, name, revision=revision, data_files=data_files).hash
+
+
+def hub_repo_commit(repo_id: str, revision: str | None) -> str:
+    """The commit of a dataset repository at ``revision`` (for ``hf://datasets/<repo>@<rev>/...`` files)."""
+    from huggingface_hub import HfApi
+
+    return HfApi().dataset_info(repo_id, revision=revision).sha
+
+
+HF_URL = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/")
+
+
+def source_revision(
+    source: dict[str, Any],
+    results_root: str | Path = ".",
+    dataset_commit=hub_dataset_commit,
+    repo_commit=hub_repo_commit,
+) -> dict[str, Any]:
+    """What exactly was read, for the provenance: a hub dataset's resolved commit, the commit of
+    each repository ``hf://`` files come from, and the SHA-256 of every local file. A lookup that
+    fails is recorded as ``None`` with the reason (the texts are already made by then)."""
+
+    def attempt(fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:  # provenance must not kill a finished preparation
+            log.warning("cannot resolve the revision of %s: %s", args[0], exc)
+            return None
+
+    if source["kind"] == "hub":
+        commit = attempt(
+            dataset_commit,
+            source["path"],
+            source.get("name"),
+            source.get("revision"),
+            source.get("data_files"),
+        )
+        return {"hub": source["path"], "revision": source.get("revision"), "commit": commit}
+    files = (
+        [str(demo_corpus_file(results_root, source["part"]))]
+        if source["kind"] == "demo"
+        else _file_list(source["data_files"])
+    )
+    out: dict[str, Any] = {"files": {}, "repos": {}}
+    for f in files:
+        m = HF_URL.match(f)
+        if m:
+            key = f"{m['repo']}@{m['rev'] or 'main'}"
+            if key not in out["repos"]:
+                out["repos"][key] = attempt(repo_commit, m["repo"], m["rev"])
+        else:
+            for path in sorted(glob.glob(f)) or [f]:
+                out["files"][path] = sha256(path) if Path(path).is_file() else None
+    return out
