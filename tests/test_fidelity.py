@@ -65,3 +65,52 @@ def test_prepare_records_the_files_and_commits_it_read(tmp_path) -> None:
     with pytest.raises(DataError, match="cannot read parquet files") as err:
         load_rows(wiki)
     assert "does not exist" not in str(err.value)
+
+
+def test_pin_skips_abstract_entries_and_pins_the_tokenizer_on_its_own(tmp_path) -> None:
+    import shutil
+
+    import pytest
+    import yaml
+
+    from diff_erank.config import ConfigError
+    from diff_erank.pin import pin_file
+
+    calls: list[tuple[str, str | None]] = []
+    commits = {
+        "apple/OpenELM-270M": "a" * 40,
+        "meta-llama/Llama-2-7b-hf": "b" * 40,
+        "facebook/opt-125m": "c" * 40,
+    }
+
+    def resolver(repo: str, revision: str | None) -> str:  # the hub, as a local table
+        calls.append((repo, revision))
+        return commits[repo]
+
+    shutil.copytree(CONF, tmp_path / "conf")
+    model_dir = tmp_path / "conf" / "model"
+    before = {p.name: p.read_text() for p in model_dir.glob("*.yaml")}
+    for name in ("hf-base.yaml", "zoo-base.yaml", "zoo-opt-xs.yaml"):  # abstract, or made here
+        assert pin_file(model_dir / name, resolver) is None
+        assert (model_dir / name).read_text() == before[name]
+    assert calls == []
+
+    assert pin_file(model_dir / "openelm-270m.yaml", resolver) == {
+        "revision": "a" * 40,
+        "tokenizer_revision": "b" * 40,
+    }
+    assert calls == [("apple/OpenELM-270M", None), ("meta-llama/Llama-2-7b-hf", None)]
+
+    entry = yaml.safe_load((model_dir / "openelm-270m.yaml").read_text())
+    assert (entry["revision"], entry["tokenizer_revision"]) == ("a" * 40, "b" * 40)
+    assert entry["tokenizer"] == "meta-llama/Llama-2-7b-hf"
+    assert pin_file(model_dir / "opt-125m.yaml", resolver) == {"revision": "c" * 40}
+    assert "tokenizer_revision" not in (model_dir / "opt-125m.yaml").read_text()
+    # the pinned entries still compose and validate
+    cfg = load_config(tmp_path / "conf", ["experiment=fig3"])
+    assert cfg["models"]["openelm-270m"]["tokenizer_revision"] == "b" * 40
+    assert cfg["models"]["openelm-450m"]["tokenizer_revision"] is None
+
+    # the real resolver, offline: one clear sentence that names HF_TOKEN for gated repositories
+    with pytest.raises(ConfigError, match=r"needs hub access.*HF_TOKEN"):
+        pin_file(model_dir / "openelm-450m.yaml")

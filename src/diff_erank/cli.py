@@ -135,7 +135,8 @@ def cmd_pin(a: argparse.Namespace) -> None:
     from diff_erank.pin import pin_file
 
     for f in a.files:
-        logging.info("%s -> %s", f, pin_file(f))
+        pinned = pin_file(f)
+        logging.info("%s -> %s", f, pinned or "skipped (abstract entry or local source: nothing to pin)")
 
 
 def cmd_mm_prepare(a: argparse.Namespace) -> None:

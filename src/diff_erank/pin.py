@@ -2,29 +2,41 @@
 
 Needs hub access (run it once on a machine that has it, and commit the result). Every dump also
 records the commit it actually loaded (``config._commit_hash``), pinned or not.
+
+Abstract entries (``hf-base.yaml``, ``zoo-base.yaml``: no concrete ``source``, or ``???``) and
+entries with a local source are skipped. An entry whose tokenizer lives in its own repository
+(``tokenizer:``, e.g. OpenELM's Llama-2 tokenizer) gets that repository's commit in
+``tokenizer_revision:``, never the model's.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from diff_erank.config import ConfigError
 
-REVISION_LINE = re.compile(r"^revision:.*$", re.M)
+Resolver = Callable[[str, str | None], str]
+
+
+def set_key(text: str, key: str, value: str) -> str:
+    """The YAML text with its top-level ``key:`` set to ``value`` (comments and order kept)."""
+    pattern = re.compile(rf"^{re.escape(key)}:.*$", re.M)
+    if pattern.search(text):
+        return pattern.sub(f"{key}: {value}", text, count=1)
+    return text.rstrip("\n") + f"\n{key}: {value}\n"
 
 
 def set_revision(text: str, sha: str) -> str:
     """The YAML text with its top-level ``revision:`` set to ``sha`` (comments kept)."""
-    line = f"revision: {sha}"
-    if REVISION_LINE.search(text):
-        return REVISION_LINE.sub(line, text, count=1)
-    return text.rstrip("\n") + f"\n{line}\n"
+    return set_key(text, "revision", sha)
 
 
 def resolve(source: str, revision: str | None) -> str:
+    """The commit of a hub model repository at ``revision`` (``main`` when unset)."""
     from huggingface_hub import HfApi
 
     try:
@@ -32,17 +44,28 @@ def resolve(source: str, revision: str | None) -> str:
     except Exception as exc:
         raise ConfigError(
             f"cannot resolve {source}@{revision or 'main'} on the hub ({type(exc).__name__}): "
-            "pinning needs hub access"
+            "pinning needs hub access (and HF_TOKEN for a gated repository)"
         ) from None
 
 
-def pin_file(path: str | Path, source: str | None = None, revision: str | None = None) -> str:
+def _concrete_hub_id(value) -> bool:
+    if not isinstance(value, str) or not value or value == "???":
+        return False
+    return not value.startswith(("/", "./", "../", "~")) and not Path(value).exists()
+
+
+def pin_file(path: str | Path, resolver: Resolver = resolve) -> dict[str, str] | None:
+    """Pin one entry file; returns ``{field: sha}`` written, or ``None`` for an entry skipped
+    (abstract, or a local source: nothing on the hub to pin)."""
     path = Path(path)
     text = path.read_text()
     entry = yaml.safe_load(text) or {}
-    source = source or entry.get("source")
-    if not source:
-        raise ConfigError(f"{path}: no source to pin (a base file or a zoo model?)")
-    sha = resolve(source, revision or entry.get("revision"))
-    path.write_text(set_revision(text, sha))
-    return sha
+    if not _concrete_hub_id(entry.get("source")):
+        return None
+    pinned = {"revision": resolver(entry["source"], entry.get("revision"))}
+    if _concrete_hub_id(entry.get("tokenizer")):
+        pinned["tokenizer_revision"] = resolver(entry["tokenizer"], entry.get("tokenizer_revision"))
+    for key, sha in pinned.items():
+        text = set_key(text, key, sha)
+    path.write_text(text)
+    return pinned
