@@ -114,3 +114,50 @@ def test_pin_skips_abstract_entries_and_pins_the_tokenizer_on_its_own(tmp_path) 
     # the real resolver, offline: one clear sentence that names HF_TOKEN for gated repositories
     with pytest.raises(ConfigError, match=r"needs hub access.*HF_TOKEN"):
         pin_file(model_dir / "openelm-450m.yaml")
+
+
+def _requirements(lines) -> dict:
+    """``{normalised name: SpecifierSet}`` of requirement strings (conda's ``=`` read as ``==``)."""
+    import re
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    out = {}
+    for line in lines:
+        line = str(line).strip()
+        if not line or line.startswith(("-", "#")):
+            continue
+        line = re.sub(r"^([A-Za-z0-9_.\-\[\]]+)=(?=[0-9])", r"\1==", line)  # conda: python=3.11
+        req = Requirement(line)
+        out[canonicalize_name(req.name)] = req.specifier
+    return out
+
+
+def test_environment_file_agrees_with_constraints_and_pyproject() -> None:
+    import pytest
+    import yaml
+    from packaging.version import Version
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    wanted = _requirements(conda) | _requirements(pip)
+    pinned = _requirements((REPO / "requirements" / "constraints.txt").read_text().splitlines())
+    for name, spec in wanted.items():
+        if name in ("python", "pip"):
+            continue
+        assert name in pinned, f"{name} is in environment.yml but not pinned in constraints.txt"
+        version = next(iter(pinned[name])).version
+        assert spec.contains(version), f"{name}: constraints pin {version}, environment.yml wants {spec}"
+    # PyTorch: never the frozen `pytorch` channel (2.5.1 at most); at least transformers 5's floor
+    assert "pytorch" not in env["channels"] and "pytorch" not in wanted
+    assert not wanted["torch"].contains("2.5.1") and wanted["torch"].contains("2.6.0")
+    assert Version(next(iter(pinned["torch"])).version) >= Version("2.6")
+    # and nothing pyproject.toml depends on is missing from the environment file
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = _requirements(project["dependencies"])
+    assert needed.keys() <= wanted.keys(), sorted(needed.keys() - wanted.keys())
+    assert not needed["torch"].contains("2.5.1")
