@@ -100,8 +100,10 @@ def _explain(exc: Exception, overrides: list[str], conf_dir: Path) -> str:
         inside = f" (asked for in conf/{where.group(1)}.yaml)" if where and where.group(1) != "config" else ""
         near = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(map(repr, near))}? " if near else ""
-        listing = f"`diff-erank list {group}` shows all {len(options)}" if len(options) > 12 else (
-            f"the {group} entries are: {', '.join(options)}"
+        listing = (
+            f"`diff-erank list {group}` shows all {len(options)}"
+            if len(options) > 12
+            else (f"the {group} entries are: {', '.join(options)}")
         )
         return f"there is no {group} {name!r}{inside} (no file conf/{group}/{name}.yaml); {hint}{listing}"
     if m := re.search(r"Could not (?:override|delete from config\.) '([^']+)'", text):
@@ -116,7 +118,7 @@ def _explain(exc: Exception, overrides: list[str], conf_dir: Path) -> str:
         near = _closest(bad, choices)
         where = f"under {parent!r}" if parent else "at the top level"
         if near:
-            fixed = ".".join([*([parent] if parent else []), near, *key.split(".")[len(full.split(".")):]])
+            fixed = ".".join([*([parent] if parent else []), near, *key.split(".")[len(full.split(".")) :]])
             return f"{override!r}: there is no key {full!r}; did you mean {fixed!r}?"
         return f"{override!r}: there is no key {full!r}; the keys {where} are: {', '.join(choices) or 'none'}"
     if m := re.search(r"Ambiguous value for argument '([^']+)'", text):
@@ -172,7 +174,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"'{path}' is {error.instance!r}; valid choices: {error.validator_value}"
     if error.validator == "type":
         types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        return f"'{path}' is {error.instance!r}; it must be {' or '.join(_TYPE_WORDS.get(t, t) for t in types)}"
+        wanted = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        return f"'{path}' is {error.instance!r}; it must be {wanted}"
     return f"'{path}': {error.message}"
 
 
@@ -271,7 +274,7 @@ def missing_paths(cfg: dict[str, Any]) -> list[str]:
     for name, model in (mm.get("models") or {}).items():
         src = model.get("source")
         if src and _looks_local(src) and not Path(src).expanduser().exists():
-            problems.append(f"multimodal.models.{name}.source: the local model directory {src} does not exist")
+            problems.append(f"multimodal.models.{name}.source: the local directory {src} does not exist")
     for name, ds in (mm.get("datasets") or {}).items():
         for key in ("annotations", "images"):
             path = ds["source"].get(key)
@@ -343,7 +346,7 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
     elif isinstance(given, (list, tuple)):
         out += split_overrides(",".join(str(o) for o in given))
     elif given is not None:
-        raise ConfigError(f"--config overrides={given!r}: give a list of Hydra overrides, e.g. overrides='[experiment=ci]'")
+        raise ConfigError(f"--config overrides={given!r}: give a list, e.g. overrides='[experiment=ci]'")
 
     def flatten(key: str, value: Any) -> None:
         if isinstance(value, dict) and value:
