@@ -101,7 +101,7 @@ def _explain(exc: Exception, overrides: list[str], conf_dir: Path) -> str:
         near = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(map(repr, near))}? " if near else ""
         listing = (
-            f"`diff-erank list {group}` shows all {len(options)}"
+            f"`diff-erank list {group}s` shows all {len(options)}"
             if len(options) > 12
             else (f"the {group} entries are: {', '.join(options)}")
         )
@@ -393,3 +393,54 @@ def untrained_variants(model: dict[str, Any]) -> list[str]:
     if untrained["kind"] == "random_init":
         return [f"init-s{s}" for s in untrained["seeds"]]
     return [f"rev-{untrained['revision']}"]
+
+
+#: What ``diff-erank list`` shows: the config groups a user picks from, with their plural names.
+CATALOG_GROUPS = {
+    "experiments": "experiment",
+    "models": "model",
+    "datasets": "dataset",
+    "mm_models": "mm_model",
+    "mm_datasets": "mm_dataset",
+}
+
+
+def _first_comment(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def describe_entry(group: str, path: Path) -> str:
+    """One line about a ``conf/<group>/<name>.yaml`` file, read from the file itself.
+
+    Its ``description:`` if it has one, else what a model entry is (family, size, source, or how
+    the demo trains it), else the file's first comment line (the base entries).
+    """
+    text = path.read_text()
+    entry = yaml.safe_load(text) or {}
+    if entry.get("description"):
+        return str(entry["description"])
+    if group in ("model", "mm_model") and entry.get("family") not in (None, "???"):
+        label = f"{entry['family']} {entry.get('size', '')}".strip()
+        train = entry.get("train")
+        if isinstance(train, dict) and train.get("arch"):
+            shape = f"{train['arch']}, hidden {train.get('hidden_size')}, {train.get('num_layers')} layer(s)"
+            return f"{label}: trained by the demo ({shape})"
+        extra = " (remote code)" if entry.get("trust_remote_code") else ""
+        return f"{label}: {entry.get('source')}{extra}"
+    return _first_comment(text) or "-"
+
+
+def catalog(
+    conf_dir: str | Path = DEFAULT_CONF_DIR, groups: Sequence[str] = ()
+) -> dict[str, list[tuple[str, str]]]:
+    """``{plural group: [(name, one line), ...]}`` for the chosen groups (default: all)."""
+    conf_dir = Path(conf_dir)
+    out = {}
+    for plural in groups or CATALOG_GROUPS:
+        group = CATALOG_GROUPS[plural]
+        files = sorted((conf_dir / group).glob("*.yaml"))
+        out[plural] = [(f.stem, describe_entry(group, f)) for f in files]
+    return out
