@@ -35,14 +35,15 @@ def _conf_dir(given: str | None) -> Path:
 def cmd_list(a: argparse.Namespace) -> None:
     from diff_erank.config import CATALOG_GROUPS, catalog
 
-    wanted = [w if w in CATALOG_GROUPS else f"{w}s" for w in a.what] or ["experiments", "models", "datasets"]
-    bad = [w for w in wanted if w not in CATALOG_GROUPS]
+    plural = {**{v: k for k, v in CATALOG_GROUPS.items()}, **{k: k for k in CATALOG_GROUPS}}
+    bad = [w for w in a.what if w not in plural]
     if bad:
         from diff_erank.config import ConfigError
 
         raise ConfigError(f"cannot list {bad[0]!r}; choose from {', '.join(CATALOG_GROUPS)}")
-    for plural, entries in catalog(_conf_dir(a.conf_dir), wanted).items():
-        print(f"{plural}:")
+    wanted = [plural[w] for w in a.what] or ["experiments", "models", "datasets"]
+    for group, entries in catalog(_conf_dir(a.conf_dir), wanted).items():
+        print(f"{group}:")
         width = max((len(name) for name, _ in entries), default=0)
         for name, line in entries:
             print(f"  {name:<{width}}  {line}")
