@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -406,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ShardError, MismatchError, MultimodalDataError) as exc:
         print(f"diff-erank {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `diff-erank list | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
     return 0
 
 
