@@ -66,13 +66,15 @@ class LogProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            log.info("%s (done)", self._line())
+            log.info("%s (end)", self._line())
 
     def __iter__(self) -> Iterator[Any]:
-        for item in self.iterable or ():
-            yield item
-            self.update()
-        self.close()
+        try:
+            for item in self.iterable or ():
+                yield item
+                self.update()
+        finally:  # also when the loop breaks early
+            self.close()
 
     def __enter__(self) -> LogProgress:
         return self
