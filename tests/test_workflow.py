@@ -107,6 +107,16 @@ def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
         assert pd.read_csv(bench, sep="\t")["s"].iloc[0] >= 0
 
 
+def test_job_logs_are_clean_lines(ci_run: Path) -> None:
+    """No carriage-return walls, no library warnings: `less results/ci/logs/...` reads well."""
+    logs = sorted((ci_run / "logs").rglob("*.log"))
+    assert len(logs) > 10
+    for log in logs:
+        text = log.read_bytes().decode()
+        assert "\r" not in text and "Warning" not in text, f"{log}:\n{text[-2000:]}"
+    assert "(end)" in (ci_run / "logs" / "train" / "zoo-opt-xs.log").read_text()
+
+
 def test_second_run_does_nothing(ci_run: Path) -> None:
     r = snakemake(ci_run.parents[1])
     assert r.returncode == 0
