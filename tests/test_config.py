@@ -194,3 +194,18 @@ def test_variants() -> None:
     assert untrained_variants(seeded) == ["init-s0", "init-s1"]
     rev = {"untrained": {"kind": "revision", "revision": "step0"}, "checkpoints": ["step0", "step9"]}
     assert variants(rev) == ["trained", "rev-step0", "rev-step9"]
+
+
+def test_a_new_hub_model_on_the_command_line() -> None:
+    """The README's route for a model without a YAML file: hf-base plus the fields it leaves open."""
+    base = ["experiment=ci", "+model@models.gpt2=hf-base", "models.gpt2.source=openai-community/gpt2"]
+    assert _message(base) == (
+        "models.gpt2.family, models.gpt2.size, models.gpt2.params are not set; "
+        "give each a value, e.g. models.gpt2.family=<value>"
+    )
+    cfg = load_config(
+        CONF, [*base, "models.gpt2.family=gpt2", "models.gpt2.size=124m", "models.gpt2.params=1.24e8"]
+    )
+    gpt2 = cfg["models"]["gpt2"]
+    assert (gpt2["source"], gpt2["revision"], gpt2["dtype"]) == ("openai-community/gpt2", "main", "float32")
+    assert variants(gpt2) == ["trained", "init-s0"]

@@ -179,6 +179,22 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"'{path}': {error.message}"
 
 
+def _unset(node: Any, path: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _unset(v, f"{path}{k}.")]
+    return [path.rstrip(".")] if node == "???" else []
+
+
+def _check_unset(cfg: dict[str, Any]) -> None:
+    """Hydra's ``???`` (a value an entry must be given, e.g. hf-base's family, size, params)."""
+    missing = _unset(cfg)
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; give "
+            f"{'it' if len(missing) == 1 else 'each'} a value, e.g. {missing[0]}=<value>"
+        )
+
+
 def _check_schema(cfg: dict[str, Any]) -> None:
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -229,6 +245,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
 def load_config(conf_dir: str | Path = DEFAULT_CONF_DIR, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Compose, apply the sweep-wide ``dataset``/``model`` overrides, and validate."""
     cfg = compose(conf_dir, overrides)
+    _check_unset(cfg)
     _check_schema(cfg)  # before the sweep-wide values are copied: each error is named where it was set
     for group, entries in (("dataset", "datasets"), ("model", "models")):
         common = {k: v for k, v in (cfg.get(group) or {}).items() if v is not None}
