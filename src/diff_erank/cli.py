@@ -254,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
         # no help= here: steps are listed in the epilog, apart from the user commands
         return sub.add_parser(name, description=f"{STEPS[name]} (a step the Snakemake rules call)")
 
+    # user commands (they take help=, so argparse lists them; `plan` belongs here too)
     s = sub.add_parser(
         "list",
         help="experiments, models and datasets, one line each",
