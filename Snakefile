@@ -1,26 +1,35 @@
 # diff-erank workflow: text -> hidden states -> eRank -> Diff-eRank tables and figures.
 #
-#   snakemake --cores 2                                   # the offline demo (experiment=demo)
-#   snakemake --cores 2 --config overrides='[experiment=ci]'
-#   snakemake --profile workflow/profiles/slurm --config overrides='[experiment=fig1]'
+#   snakemake --cores 2                                          # the offline demo (experiment=demo)
+#   snakemake --cores 2 --config experiment=ci                   # any Hydra override as a --config pair
+#   snakemake --cores 2 --config experiment=fig1 'layers=[first,last]' 'dataset={max_texts: 50}'
+#   snakemake --cores 2 --config overrides='[experiment=ci,dataset.max_texts=50]'
+#   snakemake --profile profiles/slurm --config experiment=fig1
 #
 # Hydra composes conf/ (config only: no side effects, no network), the schema validates it, and
 # every rule calls the package's `diff-erank` command line. Keep this file cheap: Snakemake
-# evaluates it once per job, and on every cluster node.
+# evaluates it once per job, and on every cluster node. profiles/default/ (beside this file) is
+# Snakemake's workflow profile and applies to every run.
 
+import sys
 from pathlib import Path
 
-from diff_erank.config import load_config
+from diff_erank.config import ConfigError, load_config, overrides_from_snakemake
+from diff_erank.runfolder import claim
 
-
-def _overrides(value):
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-C = load_config(Path(workflow.basedir) / "conf", _overrides(config.get("overrides")))
+CONF = Path(workflow.basedir) / "conf"
+try:
+    C = load_config(CONF, overrides_from_snakemake(config, CONF))
+except ConfigError as exc:
+    sys.exit(f"Configuration error: {exc}")
 OUT = f"{C['results_dir']}/{C['name']}"
+
+
+onstart:
+    try:
+        claim(C, OUT)
+    except ConfigError as exc:
+        sys.exit(f"Cannot start: {exc}")
 
 
 include: "workflow/rules/common.smk"

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 from conftest import REPO
 
-from diff_erank.config import ConfigError, load_config, untrained_variants, variants
+from diff_erank.config import (
+    ConfigError,
+    load_config,
+    missing_paths,
+    overrides_from_snakemake,
+    split_overrides,
+    untrained_variants,
+    variants,
+)
 
 CONF = REPO / "conf"
 
@@ -34,19 +42,133 @@ def test_sweep_wide_overrides_reach_every_entry() -> None:
     assert {m["dump_dtype"] for m in cfg["models"].values()} == {"float32"}  # null override keeps own
 
 
-def test_unknown_model_names_the_choices(tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"(?s)zoo-opt-xxl.*Available options.*zoo-opt-xs"):
-        load_config(CONF, ["experiment=ci", "+model@models.big=zoo-opt-xxl"])
+def _message(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(CONF, overrides)
+    return str(info.value)
+
+
+def test_unknown_model_suggests_the_nearest_entries() -> None:
+    msg = _message(["experiment=ci", "+model@models.big=zoo-opt-xxl"])
+    assert msg.startswith("there is no model 'zoo-opt-xxl' (no file conf/model/zoo-opt-xxl.yaml)")
+    assert "'zoo-opt-xs'" in msg and "diff-erank list models" in msg
 
 
 def test_unknown_experiment_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"(?s)Could not find 'experiment/nope'.*demo"):
-        load_config(CONF, ["experiment=nope"])
+    msg = _message(["experiment=nope"])
+    experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    assert msg.startswith("there is no experiment 'nope'") and msg.endswith(", ".join(experiments))
 
 
 def test_typo_key_is_named() -> None:
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['max_txts'\] at 'datasets.topics'"):
-        load_config(CONF, ["experiment=ci", "+datasets.topics.max_txts=3"])
+    msg = _message(["experiment=ci", "+datasets.topics.max_txts=3"])
+    assert msg == (
+        "invalid configuration: unknown key 'max_txts' at 'datasets.topics'; did you mean 'max_texts'?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "fix"),
+    [
+        ("dataset.max_txts=5", "did you mean 'dataset.max_texts'?"),
+        ("expriment=ci", "did you mean 'experiment'?"),
+        ("models.zoo-opt-xs.max_lenght=5", "did you mean 'models.zoo-opt-xs.max_length'?"),
+        ("~datasets.nope", "the keys under 'datasets' are: topics"),
+    ],
+)
+def test_a_typo_gets_the_closest_key_not_a_plus(override: str, fix: str) -> None:
+    """Hydra says `use +dataset.max_txts=5`, which would add a key the schema then rejects."""
+    msg = _message(["experiment=ci", override])
+    assert msg.endswith(fix), msg
+    assert "+" not in msg.replace(override, "")
+
+
+def test_two_experiments_are_not_a_multirun() -> None:
+    msg = _message(["experiment=ci,demo"])
+    assert "multirun" not in msg and "a run takes one experiment" in msg
+
+
+def test_a_comma_in_a_plain_value_explains_lists_and_quotes() -> None:
+    msg = _message(["experiment=ci", "layers=first,last"])
+    assert "layers=[...]" in msg and "layers='...'" in msg and "multirun" not in msg
+
+
+def test_a_bad_sweep_wide_value_is_reported_once_where_it_was_set() -> None:
+    msg = _message(["experiment=ci", "dataset.max_texts=abc"])
+    assert msg == "invalid configuration: 'dataset.max_texts' is 'abc'; it must be an integer or null"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=nope"],
+        ["experiment=ci", "dataset.max_txts=5"],
+        ["experiment=ci,demo"],
+        ["experiment=ci", "layers=[first,"],
+        ["experiment=ci", "nokey"],
+        ["experiment=ci", "dataset=5"],
+        ["experiment=ci", "+model@models.x=nope"],
+    ],
+)
+def test_hydra_errors_are_one_sentence_without_hydra_internals(overrides: list[str]) -> None:
+    msg = _message(overrides)
+    assert "\n" not in msg
+    for noise in ("Config search path", "provider=", "--multirun", "Traceback", "To append to your config"):
+        assert noise not in msg, msg
+
+
+def test_local_paths_are_checked(tmp_path) -> None:
+    cfg = load_config(
+        CONF,
+        [
+            "experiment=ci",
+            "models.zoo-opt-xs.source=./no/such/model",
+            "+dataset@datasets.extra=demo-docstrings",
+            "datasets.extra.source.kind=jsonl",
+            f"++datasets.extra.source.data_files={tmp_path}/missing.jsonl",
+        ],
+    )
+    assert missing_paths(cfg) == [
+        "models.zoo-opt-xs.source: the local model directory ./no/such/model does not exist",
+        f"datasets.extra.source.data_files: the file {tmp_path}/missing.jsonl does not exist",
+    ]
+    (tmp_path / "missing.jsonl").write_text('{"text": "x"}\n')
+    assert len(missing_paths(cfg)) == 1
+
+
+def _snakemake_config(*pairs: str) -> dict:
+    """What Snakemake itself makes of `--config PAIR ...` (its own parser, as on the command line)."""
+    from snakemake.cli import parse_config
+
+    return parse_config(list(pairs))
+
+
+def test_plain_config_pairs_are_overrides() -> None:
+    given = _snakemake_config("experiment=ci", "layers=[first,last]", "dataset={max_texts: 7}", "name=ci-7")
+    overrides = overrides_from_snakemake(given, CONF)
+    assert overrides == ["experiment=ci", "layers=[first,last]", "dataset.max_texts=7", "name=ci-7"]
+    cfg = load_config(CONF, overrides)
+    assert cfg["layers"] == ["first", "last"] and cfg["name"] == "ci-7"
+    assert {d["max_texts"] for d in cfg["datasets"].values()} == {7}
+
+
+def test_overrides_list_with_a_list_value() -> None:
+    """`overrides='[experiment=ci,layers=[first,last]]'` is not YAML; it is split as Hydra reads it."""
+    given = _snakemake_config("overrides=[experiment=ci,layers=[first,last],name='a,b']")
+    assert overrides_from_snakemake(given, CONF) == ["experiment=ci", "layers=[first,last]", "name='a,b'"]
+    given = _snakemake_config("overrides=[experiment=ci,dataset.max_texts=5]")
+    assert overrides_from_snakemake(given, CONF) == ["experiment=ci", "dataset.max_texts=5"]
+    assert split_overrides("experiment=ci,demo") == ["experiment=ci,demo"]
+    assert split_overrides("~models.a,+b=1") == ["~models.a", "+b=1"]
+
+
+def test_an_unknown_config_key_is_an_error_not_ignored() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^--config overide=\.\.\.: 'overide' is not a key.*'overrides'\?$"
+    ):
+        overrides_from_snakemake(_snakemake_config("overide=[experiment=ci]"), CONF)
+    with pytest.raises(ConfigError, match=r"YAML needs a space after the colon"):
+        overrides_from_snakemake(_snakemake_config("dataset={max_texts:5}"), CONF)
 
 
 def test_wrong_type_is_named() -> None:
@@ -72,3 +194,18 @@ def test_variants() -> None:
     assert untrained_variants(seeded) == ["init-s0", "init-s1"]
     rev = {"untrained": {"kind": "revision", "revision": "step0"}, "checkpoints": ["step0", "step9"]}
     assert variants(rev) == ["trained", "rev-step0", "rev-step9"]
+
+
+def test_a_new_hub_model_on_the_command_line() -> None:
+    """The README's route for a model without a YAML file: hf-base plus the fields it leaves open."""
+    base = ["experiment=ci", "+model@models.gpt2=hf-base", "models.gpt2.source=openai-community/gpt2"]
+    assert _message(base) == (
+        "models.gpt2.family, models.gpt2.size, models.gpt2.params are not set; "
+        "give each a value, e.g. models.gpt2.family=<value>"
+    )
+    cfg = load_config(
+        CONF, [*base, "models.gpt2.family=gpt2", "models.gpt2.size=124m", "models.gpt2.params=1.24e8"]
+    )
+    gpt2 = cfg["models"]["gpt2"]
+    assert (gpt2["source"], gpt2["revision"], gpt2["dtype"]) == ("openai-community/gpt2", "main", "float32")
+    assert variants(gpt2) == ["trained", "init-s0"]

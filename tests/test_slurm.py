@@ -1,7 +1,9 @@
 """The SLURM profile against a real Slurm (slurmctld, slurmd, slurmdbd + MariaDB) on localhost.
 
-Skipped, with the reason, where such a cluster cannot be stood up (not root, no apt). The
-daemons are machine-wide: run one such test session at a time.
+Skipped, with the reason, where such a cluster cannot be stood up (not root, no apt). The Debian
+packages are installed only in CI (``CI=true``, as ``.ci/run`` sets) or when the user opts in with
+``DIFF_ERANK_INSTALL_SLURM=1``; elsewhere the skip message says so. The daemons are
+machine-wide: run one such test session at a time.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REPO
-from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
+from slurm_cluster import OPT_IN, SlurmCluster, SlurmUnavailable, ensure_installed
 from test_workflow import snakemake
-
-pytestmark = pytest.mark.slow
 
 OVERRIDES = ["experiment=ci", "~models.zoo-opt-s", "~models.zoo-neox-xs", "bootstrap.samples=50"]
 
@@ -35,7 +35,7 @@ def cluster(tmp_path_factory):
 def profile(tmp_path, cluster) -> Path:
     """The shipped profile with its two site lines set for this cluster, as a user edits it."""
     prof = tmp_path / "profile"
-    shutil.copytree(REPO / "workflow" / "profiles" / "slurm", prof)
+    shutil.copytree(REPO / "profiles" / "slurm", prof)
     cfg = prof / "config.yaml"
     text = cfg.read_text()
     text = re.sub(r'slurm_partition: "[^"]*"', f'slurm_partition: "{cluster.PARTITION}"', text)
@@ -55,6 +55,19 @@ def n_jobs(workdir: Path, overrides: list[str]) -> int:
     return int(re.search(r"^total\s+(\d+)$", r.stdout + r.stderr, re.M).group(1))
 
 
+def test_system_packages_are_installed_only_when_asked(tmp_path, monkeypatch) -> None:
+    """`make test` on a user's machine never apt-installs Slurm; the skip says how to opt in."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Slurm binaries anywhere (and no apt-get)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(OPT_IN, raising=False)
+    with pytest.raises(SlurmUnavailable, match=rf"not installed; run `{OPT_IN}=1 pytest tests/test_slurm"):
+        ensure_installed()
+    monkeypatch.setenv(OPT_IN, "1")  # allowed now: it gets as far as looking for apt-get
+    with pytest.raises(SlurmUnavailable, match=r"no apt-get|not root"):
+        ensure_installed()
+
+
+@pytest.mark.slow
 def test_ci_experiment_through_slurm_equals_a_local_run(cluster, profile, tmp_path) -> None:
     before = len(cluster.accounted_jobs())
     expected = n_jobs(tmp_path / "dry", OVERRIDES) - 1  # `all` is a local target, not a job
@@ -75,6 +88,7 @@ def test_ci_experiment_through_slurm_equals_a_local_run(cluster, profile, tmp_pa
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+@pytest.mark.slow
 def test_a_failed_job_names_its_slurm_log_and_a_rerun_finishes(cluster, profile, tmp_path) -> None:
     extra = tmp_path / "extra.jsonl"
     extra.write_text('{"text": "a fine first row of text"}\n{"text": broken json\n')

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +22,43 @@ pytestmark = pytest.mark.slow
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
-def snakemake(
-    workdir: Path, *args: str, overrides: str | list[str] = "[experiment=ci]", env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """Run the real Snakemake CLI; a list of overrides goes through a --configfile (any quoting)."""
-    env = dict(env or os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+def snakemake_cmd(
+    workdir: Path, *args: str, overrides: str | list[str] = "[experiment=ci]", config: list[str] | None = None
+) -> list[str]:
+    """The real Snakemake command line; a list of overrides goes through a --configfile (any quoting).
+
+    ``config`` gives plain ``--config`` pairs instead (``experiment=ci``, ``layers=[first,last]``).
+    """
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
-    if isinstance(overrides, list):
+    cmd += list(args)  # before --config, which takes every word after it
+    if config is not None:
+        cmd += ["--config", *config]
+    elif isinstance(overrides, list):
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = workdir / "overrides.yaml"
         cfg.write_text(json.dumps({"overrides": overrides}))
         cmd += ["--configfile", str(cfg)]
     else:
         cmd += ["--config", f"overrides={overrides}"]
-    cmd += list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    return cmd
+
+
+def snakemake_env(env: dict | None = None) -> dict:
+    env = dict(env or os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return env
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    overrides: str | list[str] = "[experiment=ci]",
+    config: list[str] | None = None,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI and wait for it."""
+    cmd = snakemake_cmd(workdir, *args, overrides=overrides, config=config)
+    return subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env(env), timeout=1200)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +107,16 @@ def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
         assert pd.read_csv(bench, sep="\t")["s"].iloc[0] >= 0
 
 
+def test_job_logs_are_clean_lines(ci_run: Path) -> None:
+    """No carriage-return walls, no library warnings: `less results/ci/logs/...` reads well."""
+    logs = sorted((ci_run / "logs").rglob("*.log"))
+    assert len(logs) > 10
+    for log in logs:
+        text = log.read_bytes().decode()
+        assert "\r" not in text and "Warning" not in text, f"{log}:\n{text[-2000:]}"
+    assert "(end)" in (ci_run / "logs" / "train" / "zoo-opt-xs.log").read_text()
+
+
 def test_second_run_does_nothing(ci_run: Path) -> None:
     r = snakemake(ci_run.parents[1])
     assert r.returncode == 0
@@ -110,7 +143,88 @@ def test_dry_run_of_default_config_offline(tmp_path: Path) -> None:
 def test_bad_config_stops_before_any_job(tmp_path: Path) -> None:
     r = snakemake(tmp_path, "-n", overrides="[experiment=ci,+datasets.topics.max_txts=3]")
     assert r.returncode != 0
-    assert "unknown key(s) ['max_txts'] at 'datasets.topics'" in r.stdout + r.stderr
+    assert r.stderr.strip().endswith(
+        "Configuration error: invalid configuration: unknown key 'max_txts' at 'datasets.topics'; "
+        "did you mean 'max_texts'?"
+    )
+    assert 'File "' not in r.stderr  # no traceback stubs
+
+
+def test_config_pairs_reach_the_jobs_and_unknown_keys_stop(tmp_path: Path) -> None:
+    """`--config experiment=ci 'layers=[first,last]' ...` as a user types it, in a real dry run."""
+    pairs = ["experiment=ci", "layers=[first,last]", "dataset={max_texts: 7}"]
+    r = snakemake(tmp_path, "-n", "-p", config=pairs)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert '--layers \'["first", "last"]\'' in out and '"max_texts": 7' in out
+    r = snakemake(tmp_path, "-n", "-p", overrides="[experiment=ci,layers=[first,last]]")
+    assert r.returncode == 0 and '--layers \'["first", "last"]\'' in r.stdout + r.stderr
+    r = snakemake(tmp_path, "-n", config=["overide=[experiment=ci]"])
+    assert r.returncode != 0
+    assert r.stderr.strip().endswith(
+        "Configuration error: --config overide=...: 'overide' is not a key of the configuration; "
+        "did you mean 'overrides'?"
+    )
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_run_folder_holds_one_configuration(tmp_path: Path) -> None:
+    """A changed config stops before any job unless the run is named; a named run goes its own way."""
+    corpus = "results/ci/corpus/corpus.json"
+    r = snakemake(tmp_path, corpus, config=["experiment=ci"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = (tmp_path / corpus).stat().st_mtime_ns
+    changed = ["experiment=ci", "dataset={max_texts: 5}"]
+    r = snakemake(tmp_path, corpus, "--forcerun", "corpus", config=changed)
+    assert r.returncode != 0
+    assert "Cannot start: results/ci/ holds the results of another configuration" in r.stderr
+    assert "datasets.topics.max_texts: null -> 5" in r.stderr and "name=ci-" in r.stderr
+    assert (tmp_path / corpus).stat().st_mtime_ns == before  # no job ran
+    named = "results/ci-5/corpus/corpus.json"
+    r = snakemake(tmp_path, named, config=["experiment=ci", "dataset={max_texts: 5}", "name=ci-5"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / named).is_file() and (tmp_path / "results/ci-5/config.yaml").is_file()
+    nowhere = ["experiment=ci", "models={zoo-opt-xs: {source: ./nowhere}}"]
+    r = snakemake(tmp_path, corpus, "--forcerun", "corpus", config=nowhere)  # onstart runs only if a job does
+    assert r.returncode != 0
+    assert "Cannot start: models.zoo-opt-xs.source: the local model directory ./nowhere" in r.stderr
+
+
+def test_a_hard_killed_run_is_recovered_by_the_plain_rerun(tmp_path: Path) -> None:
+    """Snakemake killed mid-job: its orphan finishes an output marked incomplete. The rerun says what
+    to do about the lock, refuses to start beside the orphan, and then redoes the output by itself
+    (the workflow profile's rerun-incomplete; without it Snakemake stops on IncompleteFilesException).
+    """
+    from diff_erank.runfolder import running_jobs
+
+    target = "results/ci/zoo/zoo-opt-xs"
+    cmd = snakemake_cmd(tmp_path, target, config=["experiment=ci"])
+    log = tmp_path / "results/ci/logs/train/zoo-opt-xs.log"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    with subprocess.Popen(cmd, env=snakemake_env(), **quiet) as run:
+        deadline = time.monotonic() + 300
+        while not running_jobs(tmp_path) or not log.exists():
+            assert run.poll() is None and time.monotonic() < deadline, "the train job never started"
+            time.sleep(0.2)
+        run.kill()  # Snakemake itself dies (kill -9); its job does not
+    (orphan,) = running_jobs(tmp_path)
+    os.kill(orphan, signal.SIGSTOP)  # hold the orphan while the reruns look at it
+    try:
+        r = snakemake(tmp_path, target, config=["experiment=ci"])
+        assert r.returncode != 0 and "--unlock" in r.stderr  # Snakemake's own advice for the lock
+        assert snakemake(tmp_path, "--unlock", config=["experiment=ci"]).returncode == 0
+        r = snakemake(tmp_path, target, config=["experiment=ci"])
+        assert r.returncode != 0
+        assert f"jobs of an earlier run still write into this directory (pids {orphan})" in r.stderr
+    finally:
+        os.kill(orphan, signal.SIGCONT)
+    while Path(f"/proc/{orphan}").exists():  # the orphan finishes the output; Snakemake never saw it
+        time.sleep(0.2)
+    r = snakemake(tmp_path, target, "-n", "--workflow-profile", "none", config=["experiment=ci"])
+    assert r.returncode != 0 and "IncompleteFilesException" in r.stdout + r.stderr
+    r = snakemake(tmp_path, target, config=["experiment=ci"])  # the plain rerun
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / target / "main" / "config.json").is_file()
 
 
 def test_html_report(ci_run: Path) -> None:

@@ -1,7 +1,9 @@
-"""``diff-erank``: the command-line entry points that the Snakemake rules call, one per stage.
+"""The ``diff-erank`` command line: what a user runs, and the steps the Snakemake rules call.
 
-Rules pass the part of the resolved config a step needs as JSON (``--spec``), so Snakemake's
-params trigger reruns exactly when that part changes. Heavy imports happen inside each command.
+User commands (``list``, ``config``, ``pin``) help choose and check a configuration; experiments
+run through Snakemake. The steps take the part of the resolved config they need as JSON
+(``--spec``), so Snakemake's params trigger reruns exactly when that part changes. Heavy imports
+happen inside each command.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,46 @@ def _json(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
+def _conf_dir(given: str | None) -> Path:
+    """``--conf-dir``, else ``./conf`` (a checkout), else the ``conf/`` this package was installed from."""
+    from diff_erank.config import DEFAULT_CONF_DIR
+
+    if given:
+        return Path(given)
+    return Path("conf") if Path("conf", "config.yaml").is_file() else DEFAULT_CONF_DIR
+
+
+def cmd_list(a: argparse.Namespace) -> None:
+    from diff_erank.config import CATALOG_GROUPS, catalog
+
+    plural = {**{v: k for k, v in CATALOG_GROUPS.items()}, **{k: k for k in CATALOG_GROUPS}}
+    bad = [w for w in a.what if w not in plural]
+    if bad:
+        from diff_erank.config import ConfigError
+
+        raise ConfigError(f"cannot list {bad[0]!r}; choose from {', '.join(CATALOG_GROUPS)}")
+    wanted = [plural[w] for w in a.what] or ["experiments", "models", "datasets"]
+    for group, entries in catalog(_conf_dir(a.conf_dir), wanted).items():
+        print(f"{group}:")
+        width = max((len(name) for name, _ in entries), default=0)
+        for name, line in entries:
+            print(f"  {name:<{width}}  {line}")
+    print(
+        "\nrun one: snakemake --cores 2 --config experiment=<name>  "
+        "(add a model: --config overrides='[+model@models.<key>=<model>]')"
+    )
+
+
 def cmd_config(a: argparse.Namespace) -> None:
     import yaml
 
-    from diff_erank.config import load_config
+    from diff_erank.config import load_config, missing_paths
 
-    cfg = load_config(a.conf_dir, a.overrides)
+    cfg = load_config(_conf_dir(a.conf_dir), a.overrides)
+    print(f"# results go to {cfg['results_dir']}/{cfg['name']}/")
     print(yaml.safe_dump(cfg, sort_keys=False))
+    for problem in missing_paths(cfg):
+        print(f"warning: {problem} (a run stops on it)", file=sys.stderr)
 
 
 def cmd_corpus(a: argparse.Namespace) -> None:
@@ -176,14 +212,68 @@ def cmd_mm_report(a: argparse.Namespace) -> None:
     multimodal_report(files, a.out_dir, a.config)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diff-erank", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+Measure language models by the effective rank of their hidden states (Diff-eRank).
 
-    s = sub.add_parser("config", help="print the resolved, validated configuration")
-    s.add_argument("--conf-dir", default=str(Path.cwd() / "conf"))
-    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ci")
+Experiments run through Snakemake, from the repository root:
+  snakemake --cores 2                                  the offline demo
+  snakemake --cores 2 --config experiment=ci           another experiment (diff-erank list)
+  snakemake --cores 2 --config experiment=fig1 'layers=[first,last]'   Hydra overrides as pairs
+  snakemake -n --config experiment=fig1                dry run: the jobs it would run
+"""
+
+#: The stages the Snakemake rules call, one per rule; listed apart from the user commands.
+STEPS = {
+    "corpus": "build the demo corpus from text shipped with Python",
+    "tokenizer": "train the demo's BPE tokenizer",
+    "train": "train one zoo model with checkpoints",
+    "prepare": "sample a dataset's texts to parquet",
+    "dump": "dump hidden states of one model variant on one dataset",
+    "finetune": "train a variant further on a dataset's texts (training stages)",
+    "accuracy": "zero-shot accuracy of one variant with lm-evaluation-harness",
+    "measure": "per-text eRank of a dump",
+    "diff": "Diff-eRank of one model on one dataset",
+    "mm-prepare": "image-text items of a multi-modal dataset",
+    "mm-erank": "eRank1..5 of every item for one LLaVA model and rotation",
+    "mm-report": "Tables 2-3 layout, figure and comparison with the paper",
+    "report": "tables, figures and summary of an experiment",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    steps = "\n".join(f"  {name:<12} {text}" for name, text in STEPS.items())
+    p = argparse.ArgumentParser(
+        prog="diff-erank",
+        description=DESCRIPTION,
+        epilog=f"steps (what the Snakemake rules call; they take JSON specs):\n{steps}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+
+    def step(name: str) -> argparse.ArgumentParser:
+        # no help= here: steps are listed in the epilog, apart from the user commands
+        return sub.add_parser(name, description=f"{STEPS[name]} (a step the Snakemake rules call)")
+
+    # user commands (they take help=, so argparse lists them; `plan` belongs here too)
+    s = sub.add_parser(
+        "list",
+        help="experiments, models and datasets, one line each",
+        description="List the entries of conf/: experiments, models, datasets (and mm_models, mm_datasets).",
+    )
+    s.add_argument(
+        "what", nargs="*", help="experiments, models, datasets, mm_models, mm_datasets (default: first three)"
+    )
+    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser(
+        "config",
+        help="print the resolved, validated configuration",
+        description="Compose conf/ with Hydra overrides, validate it, and print it as YAML.",
+    )
+    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ci dataset.max_texts=50")
     s.set_defaults(fn=cmd_config)
 
     s = sub.add_parser(
@@ -192,18 +282,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+", help="conf/model/*.yaml files")
     s.set_defaults(fn=cmd_pin)
 
-    s = sub.add_parser("corpus", help="build the demo corpus from text shipped with Python")
+    s = step("corpus")
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--out-dir", required=True)
     s.set_defaults(fn=cmd_corpus)
 
-    s = sub.add_parser("tokenizer", help="train the demo's BPE tokenizer")
+    s = step("tokenizer")
     s.add_argument("--corpus", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--vocab-size", type=int, default=2048)
     s.set_defaults(fn=cmd_tokenizer)
 
-    s = sub.add_parser("train", help="train one zoo model with checkpoints")
+    s = step("train")
     s.add_argument("--spec", type=_json, required=True, help="the model entry's train section")
     s.add_argument("--tokenizer", required=True)
     s.add_argument("--corpus", required=True)
@@ -211,13 +301,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("prepare", help="sample a dataset's texts to parquet")
+    s = step("prepare")
     s.add_argument("--spec", type=_json, required=True, help="the dataset entry")
     s.add_argument("--out", required=True)
     s.add_argument("--results-root", default=".")
     s.set_defaults(fn=cmd_prepare)
 
-    s = sub.add_parser("dump", help="dump hidden states of one model variant on one dataset")
+    s = step("dump")
     s.add_argument("--spec", type=_json, required=True, help="the model entry")
     s.add_argument("--variant", required=True)
     s.add_argument("--texts", required=True)
@@ -229,7 +319,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_dump)
 
-    s = sub.add_parser("finetune", help="train a variant further on a dataset's texts (training stages)")
+    s = step("finetune")
     s.add_argument("--spec", type=_json, required=True, help="the model entry")
     s.add_argument("--recipe", type=_json, required=True, help="the finetune recipe")
     s.add_argument("--texts", required=True)
@@ -240,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_finetune)
 
-    s = sub.add_parser("accuracy", help="zero-shot accuracy of one variant with lm-evaluation-harness")
+    s = step("accuracy")
     s.add_argument("--spec", type=_json, required=True, help="the model entry")
     s.add_argument("--variant", required=True)
     s.add_argument("--accuracy", type=_json, required=True, help="the experiment's accuracy section")
@@ -251,14 +341,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_accuracy)
 
-    s = sub.add_parser("measure", help="per-text eRank of a dump")
+    s = step("measure")
     s.add_argument("--dump", required=True)
     s.add_argument("--texts", default=None)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_measure)
 
-    s = sub.add_parser("diff", help="Diff-eRank of one model on one dataset")
+    s = step("diff")
     s.add_argument("--spec", type=_json, required=True, help="the model entry")
     s.add_argument("--model", required=True)
     s.add_argument("--dataset", required=True)
@@ -269,12 +359,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_diff)
 
-    s = sub.add_parser("mm-prepare", help="image-text items of a multi-modal dataset")
+    s = step("mm-prepare")
     s.add_argument("--spec", type=_json, required=True, help="the multimodal dataset entry")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_mm_prepare)
 
-    s = sub.add_parser("mm-erank", help="eRank1..5 of every item for one LLaVA model and rotation")
+    s = step("mm-erank")
     s.add_argument("--spec", type=_json, required=True, help="the multimodal model entry")
     s.add_argument("--items", required=True)
     s.add_argument("--rotation", type=int, default=0, help="clockwise degrees")
@@ -283,13 +373,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_mm_erank)
 
-    s = sub.add_parser("mm-report", help="Tables 2-3 layout, figure and comparison with the paper")
+    s = step("mm-report")
     s.add_argument("--inputs", nargs="+", required=True, metavar="MODEL:DATASET:ROTATION=PATH")
     s.add_argument("--config", type=_json, required=True)
     s.add_argument("--out-dir", required=True)
     s.set_defaults(fn=cmd_mm_report)
 
-    s = sub.add_parser("report", help="tables, figures and summary of an experiment")
+    s = step("report")
     s.add_argument("--diffs", nargs="+", required=True)
     s.add_argument("--accuracy", nargs="*", default=[], help="accuracy JSON files")
     s.add_argument("--config", type=_json, required=True)
@@ -302,9 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from diff_erank.progress import quiet_libraries
+
+    quiet_libraries()
     from diff_erank.aggregate import MismatchError
     from diff_erank.config import ConfigError
     from diff_erank.data import DataError
@@ -314,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except (ConfigError, DataError, ShardError, MismatchError, MultimodalDataError) as exc:
-        logging.error("%s", exc)
+        print(f"diff-erank {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `diff-erank list | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
     return 0
 
 

@@ -29,10 +29,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from diff_erank.config import LAYER_NAMES, ConfigError
 from diff_erank.models import DTYPES, load_tokenizer, load_variant, n_params
+from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_path, atomic_publish_dir, sha256, write_json
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from diff_erank.dump import pad_right, pick_device, tokenise
 from diff_erank.models import load_tokenizer, load_variant
+from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_publish_dir, write_json
 

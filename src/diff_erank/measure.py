@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from diff_erank.dump import iter_texts, read_manifest
 from diff_erank.erank import erank_stats
+from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.storage import write_parquet
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from diff_erank.config import ConfigError
 from diff_erank.erank import dataset_erank, erank_stats
 from diff_erank.models import DTYPES, resolve_source
+from diff_erank.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -62,13 +62,14 @@ def write_table(df: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> None:
 
 def _save(fig, stem: Path, prov: dict[str, Any]) -> None:
     for ext in ("png", "pdf"):
+        key = "Software" if ext == "png" else "Creator"  # a PDF's info dictionary has no Software
         with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
             fig.savefig(
                 tmp,
                 format=ext,
                 dpi=150,
                 bbox_inches="tight",
-                metadata={"Software": f"diff-erank {prov['versions']['diff-erank']}"},
+                metadata={key: f"diff-erank {prov['versions']['diff-erank']}"},
             )
     write_json(prov, stem.with_suffix(".provenance.json"))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_path, atomic_publish_dir, write_json
 
@@ -154,7 +154,7 @@ def train_model(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 50 == 0:
             log.info("step %d loss %.4f", step, losses[-1])
     model.eval()

@@ -2,6 +2,7 @@
 import json
 
 from diff_erank.config import untrained_variants, variants
+from diff_erank.data import demo_corpus_file
 
 NAME = r"[A-Za-z0-9_.-]+"
 
@@ -18,6 +19,11 @@ MEASURED = [d for d, spec in C["datasets"].items() if spec.get("measure", True)]
 
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
+
+
+def run_folder(w, output):
+    """The run folder (OUT), read from a rule's first output, <OUT>/<stage>/<file>."""
+    return str(Path(output[0]).parents[1])
 
 
 def model_spec(w):
@@ -66,6 +72,49 @@ def accuracy_files(model):
         return []
     wanted = C["accuracy"].get("variants") or ["trained"]
     return [f"{OUT}/accuracy/{model}/{v}.json" for v in variants(C["models"][model]) if v in wanted]
+
+
+# Per-stage helpers (here, not beside their rule, so that rule files hold rules only).
+
+
+def prepare_input(w):
+    source = C["datasets"][w.dataset]["source"]
+    return [str(demo_corpus_file(OUT, source["part"]))] if source["kind"] == "demo" else []
+
+
+def finetune_recipe(w):
+    return C["models"][w.model]["finetune"][w.name]
+
+
+def finetune_from(w):
+    start = finetune_recipe(w)["from"]
+    return [finetuned_dir(w.model, start.removeprefix("ft-"))] if start.startswith("ft-") else []
+
+
+def dump_output():
+    out = directory(f"{OUT}/dumps/{{model}}/{{variant}}/{{dataset}}")
+    return out if C["keep_dumps"] else temp(out)
+
+
+MM = C["multimodal"] or {"models": {}, "datasets": {}, "rotations": []}
+
+
+def mm_inputs():
+    return {
+        f"{m}:{d}:{r}": f"{OUT}/mm/erank/{m}/{d}/rot{r}.parquet"
+        for m in MM["models"]
+        for d in MM["datasets"]
+        for r in MM["rotations"]
+    }
+
+
+def mm_outputs():
+    if not C["multimodal"]:
+        return []
+    outs = [f"{OUT}/tables/multimodal.csv", f"{OUT}/figures/multimodal.png"]
+    if {"table2", "table3"} & set(C["paper_tables"]):
+        outs.append(f"{OUT}/reproduction_multimodal.md")
+    return outs
 
 
 def report_outputs():

@@ -8,6 +8,7 @@ rule corpus:
         facts=f"{OUT}/corpus/corpus.json",
     params:
         spec=lambda w: as_json(C["corpus"]),
+        run=run_folder,
     log:
         f"{OUT}/logs/corpus.log",
     benchmark:
@@ -17,4 +18,4 @@ rule corpus:
         mem_mb=1000,
         runtime=10,
     shell:
-        "diff-erank corpus --spec {params.spec:q} --out-dir {OUT}/corpus > {log} 2>&1"
+        "diff-erank corpus --spec {params.spec:q} --out-dir {params.run}/corpus > {log} 2>&1"

@@ -1,11 +1,6 @@
 # Hidden-state dumps: one model variant (trained / init-s<seed> / rev-<revision>) x one dataset.
 
 
-def dump_output():
-    out = directory(f"{OUT}/dumps/{{model}}/{{variant}}/{{dataset}}")
-    return out if C["keep_dumps"] else temp(out)
-
-
 rule dump:
     input:
         texts=f"{OUT}/texts/{{dataset}}.parquet",

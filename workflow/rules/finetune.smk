@@ -1,15 +1,6 @@
 # Training stages: a variant trained further on a dataset's texts (ft-<name>, the paper's Table 10).
 
 
-def finetune_recipe(w):
-    return C["models"][w.model]["finetune"][w.name]
-
-
-def finetune_from(w):
-    start = finetune_recipe(w)["from"]
-    return [finetuned_dir(w.model, start.removeprefix("ft-"))] if start.startswith("ft-") else []
-
-
 rule finetune:
     input:
         texts=lambda w: f"{OUT}/texts/{finetune_recipe(w)['dataset']}.parquet",

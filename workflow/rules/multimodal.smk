@@ -1,23 +1,4 @@
 # Multi-modal eRanks (LLaVA): items -> eRank1..5 per item, model and rotation -> Tables 2-3.
-MM = C["multimodal"] or {"models": {}, "datasets": {}, "rotations": []}
-
-
-def mm_inputs():
-    return {
-        f"{m}:{d}:{r}": f"{OUT}/mm/erank/{m}/{d}/rot{r}.parquet"
-        for m in MM["models"]
-        for d in MM["datasets"]
-        for r in MM["rotations"]
-    }
-
-
-def mm_outputs():
-    if not C["multimodal"]:
-        return []
-    outs = [f"{OUT}/tables/multimodal.csv", f"{OUT}/figures/multimodal.png"]
-    if {"table2", "table3"} & set(C["paper_tables"]):
-        outs.append(f"{OUT}/reproduction_multimodal.md")
-    return outs
 
 
 rule mm_prepare:
@@ -71,6 +52,7 @@ rule mm_report:
     params:
         inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items()),
         config=lambda w: as_json(C),
+        run=run_folder,
     log:
         f"{OUT}/logs/mm_report.log",
     benchmark:
@@ -80,4 +62,4 @@ rule mm_report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank mm-report --inputs {params.inputs} --config {params.config:q} --out-dir {OUT} > {log} 2>&1"
+        "diff-erank mm-report --inputs {params.inputs} --config {params.config:q} --out-dir {params.run} > {log} 2>&1"

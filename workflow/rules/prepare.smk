@@ -1,10 +1,4 @@
 # Dataset preparation: rows -> one text per row -> sampled texts (parquet, with source row ids).
-from diff_erank.data import demo_corpus_file
-
-
-def prepare_input(w):
-    source = C["datasets"][w.dataset]["source"]
-    return [str(demo_corpus_file(OUT, source["part"]))] if source["kind"] == "demo" else []
 
 
 rule prepare:
@@ -14,6 +8,7 @@ rule prepare:
         f"{OUT}/texts/{{dataset}}.parquet",
     params:
         spec=lambda w: as_json(C["datasets"][w.dataset]),
+        run=run_folder,
     log:
         f"{OUT}/logs/prepare/{{dataset}}.log",
     benchmark:
@@ -23,4 +18,4 @@ rule prepare:
         mem_mb=4000,
         runtime=60,
     shell:
-        "diff-erank prepare --spec {params.spec:q} --out {output} --results-root {OUT} > {log} 2>&1"
+        "diff-erank prepare --spec {params.spec:q} --out {output} --results-root {params.run} > {log} 2>&1"

@@ -16,6 +16,7 @@ rule report:
         else [],
     params:
         config=lambda w: as_json(C),
+        run=run_folder,
     log:
         f"{OUT}/logs/report.log",
     benchmark:
@@ -26,4 +27,4 @@ rule report:
         runtime=10,
     shell:
         "diff-erank report --diffs {input.diffs} --accuracy {input.accuracy} --config {params.config:q}"
-        " --out-dir {OUT} > {log} 2>&1"
+        " --out-dir {params.run} > {log} 2>&1"

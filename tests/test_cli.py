@@ -1,0 +1,62 @@
+"""The user-facing command line: list, config, help, and errors as one plain sentence."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import REPO
+
+from diff_erank.cli import STEPS, main, parser
+
+
+def test_list_shows_every_experiment_and_dataset_with_its_own_description(capsys) -> None:
+    assert main(["list", "--conf-dir", str(REPO / "conf")]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if line.startswith("  ")}
+    for group in ("experiment", "dataset"):
+        for f in (REPO / "conf" / group).glob("*.yaml"):
+            described = yaml.safe_load(f.read_text()).get("description")
+            assert lines[f.stem] == (described or lines[f.stem]), f
+    opt = yaml.safe_load((REPO / "conf" / "model" / "opt-125m.yaml").read_text())
+    assert opt["source"] in lines["opt-125m"]
+    assert "trained by the demo" in lines["zoo-opt-xs"]
+    assert "snakemake --cores 2 --config experiment=<name>" in out
+
+
+def test_list_one_group_and_a_wrong_one(capsys) -> None:
+    assert main(["list", "models", "--conf-dir", str(REPO / "conf")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("models:\n") and "experiments:" not in out
+    assert main(["list", "tables"]) == 2
+    assert capsys.readouterr().err == (
+        "diff-erank list: error: cannot list 'tables'; "
+        "choose from experiments, models, datasets, mm_models, mm_datasets\n"
+    )
+
+
+def test_help_separates_user_commands_from_the_steps_and_has_no_rest_markup() -> None:
+    text = parser().format_help()
+    commands, steps = text.split("steps (what the Snakemake rules call")
+    assert "`" not in text
+    for name in ("list", "config", "pin"):
+        assert f"\n    {name} " in commands
+    for name in STEPS:
+        assert f"\n  {name} " in steps and f"\n    {name} " not in commands
+    assert "snakemake --cores 2 --config experiment=ci" in text
+
+
+def test_config_error_is_one_line_without_logging_prefix(capsys) -> None:
+    assert main(["config", "--conf-dir", str(REPO / "conf"), "experiment=ci", "dataset.max_txts=5"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "diff-erank config: error: 'dataset.max_txts=5': there is no key 'dataset.max_txts'; "
+        "did you mean 'dataset.max_texts'?\n"
+    )
+
+
+@pytest.mark.parametrize("overrides", [["experiment=ci"], ["experiment=ci", "layers=[first,last]"]])
+def test_config_prints_the_run_folder_and_the_resolved_yaml(overrides, capsys) -> None:
+    assert main(["config", "--conf-dir", str(REPO / "conf"), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# results go to results/ci/\n")
+    assert yaml.safe_load(out)["layers"] == (["first", "last"] if len(overrides) > 1 else ["last"])
