@@ -121,7 +121,7 @@ def test_template_conversions_and_format_specs_are_rejected(qa_file, template) -
 
 
 def test_local_dataset_files_are_listed_for_snakemake(tmp_path, qa_file) -> None:
-    from diff_erank.data import source_files
+    from diff_erank.sources import dataset_files as source_files
 
     (tmp_path / "b.jsonl").write_text("{}\n")
     assert source_files({"kind": "jsonl", "data_files": str(qa_file)}) == [str(qa_file)]

@@ -108,21 +108,6 @@ def check_utf8(path: str | Path, chunk: int = 1 << 20) -> None:
             seen += len(block)
 
 
-def source_files(source: dict[str, Any]) -> list[str]:
-    """The local files a dataset source reads (globs expanded), for Snakemake's ``input:``.
-
-    Hub datasets are pinned by revision instead; the demo corpus is another rule's output.
-    """
-    import glob
-
-    if source["kind"] in ("hub", "demo") or not source.get("data_files"):
-        return []
-    out = []
-    for f in _file_list(source["data_files"]):
-        out += sorted(glob.glob(f)) if glob.has_magic(f) else [f]
-    return out
-
-
 def _file_list(files: Any) -> list[str]:
     if isinstance(files, str):
         return [files]

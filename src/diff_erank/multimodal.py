@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from diff_erank.config import ConfigError
 from diff_erank.erank import dataset_erank, erank_stats
 from diff_erank.models import DTYPES, resolve_source
+from diff_erank.storage import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,6 @@ def table(per_item_files: dict[tuple[str, str, int], str], algorithm: str = "a")
     """One row per (model, dataset, rotation) in the paper's layout."""
     rows = []
     for (model, dataset, rotation), path in per_item_files.items():
-        s = summarise(pd.read_parquet(path), algorithm)
+        s = summarise(read_parquet(path), algorithm)
         rows.append({"model": model, "dataset": dataset, "rotation": rotation, **s})
     return pd.DataFrame(rows)

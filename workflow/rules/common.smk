@@ -2,6 +2,8 @@
 import json
 
 from diff_erank.config import untrained_variants, variants
+from diff_erank.sources import model_files
+from diff_erank.storage import RunLockedError, lock_run_dir
 
 NAME = r"[A-Za-z0-9_.-]+"
 
@@ -42,9 +44,9 @@ def finetuned_dir(model, name):
 
 
 def variant_input(w):
-    """Directories a variant is loaded from: the zoo model, and a further-trained stage."""
+    """What a variant is loaded from: the zoo model, a further-trained stage, local model files."""
     extra = [finetuned_dir(w.model, w.variant.removeprefix("ft-"))] if w.variant.startswith("ft-") else []
-    return trained_input(w) + extra
+    return trained_input(w) + extra + model_files(C["models"][w.model], w.variant)
 
 
 def variant_path_arg(w):
@@ -78,3 +80,14 @@ def report_outputs():
         if "size" in C["figures"]:
             outs.append(f"{OUT}/figures/size.png")
     return outs + mm_outputs()
+
+
+onstart:
+    # One run per run folder, whichever checkout it comes from: Snakemake's own lock is per working
+    # directory. Only the main process locks (jobs run with --no-hooks); the kernel drops the lock
+    # when Snakemake ends, however it ends, so a rerun after Ctrl-C or a kill finds none.
+    if workflow.is_main_process:
+        try:
+            lock_run_dir(OUT)
+        except RunLockedError as exc:
+            raise SystemExit(str(exc))

@@ -1,10 +1,12 @@
 # Dataset preparation: rows -> one text per row -> sampled texts (parquet, with source row ids).
 from diff_erank.data import demo_corpus_file
+from diff_erank.sources import dataset_files
 
 
 def prepare_input(w):
+    """The demo corpus part, or a local dataset's files (so editing one reruns `prepare`)."""
     source = C["datasets"][w.dataset]["source"]
-    return [str(demo_corpus_file(OUT, source["part"]))] if source["kind"] == "demo" else []
+    return [str(demo_corpus_file(OUT, source["part"]))] if source["kind"] == "demo" else dataset_files(source)
 
 
 rule prepare:
