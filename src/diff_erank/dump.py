@@ -312,7 +312,7 @@ def dump(
         "layers": {n: {"index": i, "dim": dims[n]} for n, i in layer_idx.items()},
         "num_hidden_layers": num_layers,
         "n_params": n_params(model),
-        "commit": getattr(model.config, "_commit_hash", None),  # the hub commit actually loaded
+        "commit": getattr(model, "hub_commit", None),  # the hub commit actually loaded
         "dtype": spec["dtype"],
         "dump_dtype": spec["dump_dtype"],
         "device": str(dev),

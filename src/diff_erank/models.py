@@ -124,10 +124,11 @@ def _load_weights(name: str, rev: str | None, dtype: torch.dtype, remote: bool):
     from transformers import AutoModelForCausalLM
 
     os.environ["DISABLE_SAFETENSORS_CONVERSION"] = "1"
-    kw = {"revision": rev, "dtype": dtype, "trust_remote_code": remote, "weights_only": True}
+    commit = hub_commit(name, rev)  # load exactly the commit that is recorded, even if `rev` moves meanwhile
+    kw = {"revision": commit or rev, "dtype": dtype, "trust_remote_code": remote, "weights_only": True}
     try:
         model = _hub_call(AutoModelForCausalLM.from_pretrained, name, use_safetensors=True, **kw)
-        model.weights_format = "safetensors"
+        model.weights_format, model.hub_commit = "safetensors", commit
         return model
     except (OSError, ConfigError) as exc:
         if "safetensors" not in str(exc):
@@ -142,8 +143,27 @@ def _load_weights(name: str, rev: str | None, dtype: torch.dtype, remote: bool):
             f"refusing the .bin checkpoint of {name!r} (revision {rev!r}): it holds more than tensors "
             "(torch's weights-only loader rejected it); use a safetensors copy"
         ) from None
-    model.weights_format = "bin"
+    model.weights_format, model.hub_commit = "bin", commit
     return model
+
+
+def hub_commit(name: str, rev: str | None) -> str | None:
+    """The commit a hub revision points to now (the hub, or offline the cache's ``refs/``).
+
+    transformers 5 resolves the revision the same way inside ``from_pretrained`` but no longer
+    records it (``config._commit_hash`` stays unset). None for a local path or when unresolvable.
+    """
+    import re
+
+    if Path(name).exists():
+        return None
+    try:
+        from transformers.utils.hub import resolve_revision
+
+        commit = getattr(resolve_revision(name, rev), "resolved", None)
+    except Exception:  # best effort, as in transformers: the load itself reports what is wrong
+        return None
+    return commit if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
 def load_variant(
@@ -200,8 +220,8 @@ def weights_identity(
 
     A local directory: the SHA-256 of every file in it (weights, config, tokenizer), so a
     replaced or retrained model is a new identity. A hub model: the commit transformers resolved
-    the revision to (``config._commit_hash``, known only after loading, so a ``revision: main``
-    that moved is a new identity); if none was recorded, a hash of the loaded tensors themselves.
+    the revision to and loaded (:func:`hub_commit`; a ``revision: main`` that moved is a new
+    identity); if it cannot be resolved, a hash of the loaded tensors themselves.
     An ``init-s<seed>`` variant is fixed by the config it is built from (the same sources) plus
     the seed in its name.
     """
@@ -215,7 +235,7 @@ def weights_identity(
     if Path(name).is_dir():
         files = sorted(p for p in Path(name).iterdir() if p.is_file())
         return {**ident, "local_files": {p.name: sha256(p) for p in files}}
-    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    commit = getattr(model, "hub_commit", None) or hub_commit(name, rev)
     if commit:
         return {**ident, "hub": name, "commit": commit}
     h = hashlib.sha256()

@@ -227,6 +227,8 @@ def build(
         "erank_trained",
         "loss_untrained",
         "loss_trained",
+        "n_skipped_empty",
+        "n_skipped_short",
     ]
     if "diff_erank_std" in main:
         cols.insert(9, "diff_erank_std")

@@ -3,8 +3,10 @@
 Snakemake reruns a job when an input is newer than its output; a dataset file, a local model
 directory or an image folder that a rule reads without listing it would leave stale tables
 behind ("Nothing to be done"). Hub sources are fixed by their revision instead, and outputs of
-other rules (the demo corpus, zoo models) are inputs already. Kept free of torch and pandas:
-the Snakefile imports it.
+other rules (the demo corpus, zoo models) are inputs already. Only files that exist are listed:
+a missing one is left to the stage's own one-sentence error, and the DAG of an experiment whose
+data is not on this machine still resolves (dry runs). Kept free of torch and pandas: the
+Snakefile imports it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _files_in(folder: Path) -> list[str]:
 
 
 def dataset_files(source: dict[str, Any]) -> list[str]:
-    """A local dataset's files (globs expanded); none for the hub and the demo corpus."""
+    """A local dataset's existing files (globs expanded); none for the hub and the demo corpus."""
     if source["kind"] in ("hub", "demo") or not source.get("data_files"):
         return []
     files = source["data_files"]
@@ -37,7 +39,7 @@ def dataset_files(source: dict[str, Any]) -> list[str]:
     )
     out: list[str] = []
     for f in map(str, flat):
-        out += sorted(glob.glob(f)) if glob.has_magic(f) else [f]
+        out += sorted(glob.glob(f)) if glob.has_magic(f) else [f] if Path(f).is_file() else []
     return out
 
 
@@ -69,5 +71,6 @@ def model_files(spec: dict[str, Any], variant: str) -> list[str]:
 
 def image_files(source: dict[str, Any]) -> list[str]:
     """A multi-modal dataset's local annotation file and every file of its image folder."""
-    out = [source["annotations"]] if source.get("annotations") and not source.get("hub") else []
+    ann = source.get("annotations")
+    out = [ann] if ann and not source.get("hub") and Path(ann).is_file() else []
     return [*out, *_files_in(Path(source["images"]).expanduser())]
