@@ -271,3 +271,60 @@ def test_incomplete_zoo_model_is_refused(corpus_file, tokenizer_dir, tmp_path) -
     (broken / "main" / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(ConfigError, match="differ from the ones trained"):
         load_variant(spec, "trained", trained_path=str(broken))
+
+
+# -- items 2 and 5 through Snakemake: local files are inputs; the run folder is locked --------------
+@pytest.mark.slow
+def test_local_inputs_rerun_and_the_run_folder_is_locked(tokenizer_dir, tmp_path) -> None:
+    from paper_fixtures import local_source
+    from test_workflow import snakemake
+
+    def jobs(r: subprocess.CompletedProcess) -> set[str]:
+        """Rules in the dry run's job-count table."""
+        rows = [ln.split() for ln in r.stdout.splitlines()]
+        return {w[0] for w in rows if len(w) == 2 and w[0].isidentifier() and w[1] == "1"}
+
+    model = _save_tiny(tmp_path / "model", "opt", tokenizer_dir)
+    data = tmp_path / "dolly.jsonl"
+    data.write_text("".join(json.dumps({"context": t}) + "\n" for t in _paragraphs(8)))
+    overrides = [
+        "experiment=table9",
+        *[f"~models.opt-{s}" for s in ("1_3b", "2_7b", "6_7b", "13b")],
+        f"models.opt-125m.source={model}",
+        "models.opt-125m.revision=main",
+        *local_source("dolly-15k", str(data)),
+        "model.max_length=64",
+        "model.batch_tokens=512",
+    ]
+    work = tmp_path / "wf"
+    target = "results/table9/erank/opt-125m/trained/dolly-15k.parquet"
+    at = ("--cores", "2", target)  # an option first: after --configfile a bare target would be a config file
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from diff_erank.storage import lock_run_dir; lock_run_dir(sys.argv[1]);"
+            "print('held', flush=True); time.sleep(300)",
+            str(work / "results" / "table9"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = snakemake(work, *at, overrides=overrides)  # another checkout's run holds the folder
+        assert r.returncode != 0 and "is in use by another run (pid" in r.stdout + r.stderr
+        assert not (work / target).exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    r = snakemake(work, *at, overrides=overrides)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Nothing to be done" in (r := snakemake(work, "-n", *at, overrides=overrides)).stdout + r.stderr
+    stamp = data.stat().st_mtime_ns
+    with data.open("a") as f:
+        f.write(json.dumps({"context": "an edited dataset file is an input of prepare"}) + "\n")
+    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) >= {"prepare", "dump", "erank"}
+    os.utime(data, ns=(stamp, stamp))
+    _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # replaced weights rerun the dump
+    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) == {"dump", "erank"}
