@@ -222,8 +222,8 @@ def weights_identity(
     replaced or retrained model is a new identity. A hub model: the commit transformers resolved
     the revision to and loaded (:func:`hub_commit`; a ``revision: main`` that moved is a new
     identity); if it cannot be resolved, a hash of the loaded tensors themselves.
-    An ``init-s<seed>`` variant is fixed by the config it is built from (the same sources) plus
-    the seed in its name.
+    An ``init-s<seed>`` variant is fixed by the config it is built from (a local ``config.json``,
+    or the hub commit) plus the seed in its name.
     """
     ft = variant.startswith("ft-")
     source = variant_path if ft and variant_path else _source(spec, trained_path)
@@ -234,6 +234,8 @@ def weights_identity(
     ident: dict[str, Any] = {"format": getattr(model, "weights_format", None)}
     if Path(name).is_dir():
         files = sorted(p for p in Path(name).iterdir() if p.is_file())
+        if variant.startswith("init-s"):  # built from the config alone: no need to hash the weights
+            files = [p for p in files if p.name == "config.json"]
         return {**ident, "local_files": {p.name: sha256(p) for p in files}}
     commit = getattr(model, "hub_commit", None) or hub_commit(name, rev)
     if commit:

@@ -155,7 +155,11 @@ class LlavaProbe:
         name, rev = resolve_source(spec["source"], spec.get("revision"))
         dtype = DTYPES[spec["dtype"]]
         model = (
-            LlavaForConditionalGeneration.from_pretrained(name, revision=rev, dtype=dtype).to(device).eval()
+            LlavaForConditionalGeneration.from_pretrained(
+                name, revision=rev, dtype=dtype, use_safetensors=True
+            )
+            .to(device)
+            .eval()
         )
         tok = AutoTokenizer.from_pretrained(name, revision=rev)
         proc = CLIPImageProcessorPil.from_pretrained(name, revision=rev)
