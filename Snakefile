@@ -16,6 +16,7 @@ from pathlib import Path
 
 from diff_erank.config import ConfigError, load_config, overrides_from_snakemake
 from diff_erank.runfolder import claim
+from diff_erank.storage import RunLockedError, lock_run_dir
 
 CONF = Path(workflow.basedir) / "conf"
 try:
@@ -26,10 +27,15 @@ OUT = f"{C['results_dir']}/{C['name']}"
 
 
 onstart:
-    try:
-        claim(C, OUT)
-    except ConfigError as exc:
-        sys.exit(f"Cannot start: {exc}")
+    # One run per run folder, whichever checkout it comes from (Snakemake's own lock is per working
+    # directory): only the main process locks; the kernel drops the lock when Snakemake ends,
+    # however it ends. Then the folder must hold this configuration's results or none.
+    if workflow.is_main_process:
+        try:
+            lock_run_dir(OUT)
+            claim(C, OUT)
+        except (ConfigError, RunLockedError) as exc:
+            sys.exit(f"Cannot start: {exc}")
 
 
 include: "workflow/rules/common.smk"

@@ -95,3 +95,36 @@ def test_parquet_and_provenance(tmp_path, qa_file) -> None:
     assert prov["config"]["text"]["template"] == "{question} {answer}"
     assert "torch" in prov["versions"] and "git" in prov
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# -- issue 16, item 7: input errors name the file; templates cannot reshape texts ------------------
+def test_invalid_utf8_names_the_file_and_line(tmp_path) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_bytes(b'{"context": "fine"}\n{"context": "bad \xff\xfe here"}\n')
+    with pytest.raises(DataError, match=r"not valid UTF-8: .*bad\.jsonl \(line 2\)"):
+        prepare_texts(spec(f))
+
+
+def test_empty_file_is_one_clear_sentence(tmp_path) -> None:
+    f = tmp_path / "empty.jsonl"
+    f.write_text("")
+    with pytest.raises(DataError, match=r"dataset file is empty: .*empty\.jsonl"):
+        prepare_texts(spec(f))
+
+
+@pytest.mark.parametrize(
+    "template", ["{question!r}", "{question:>5000}", "{question} {answer!s}", "{question:{answer}}"]
+)
+def test_template_conversions_and_format_specs_are_rejected(qa_file, template) -> None:
+    with pytest.raises(ConfigError, match="conversions"):
+        prepare_texts(spec(qa_file, text={"template": template}))
+
+
+def test_local_dataset_files_are_listed_for_snakemake(tmp_path, qa_file) -> None:
+    from diff_erank.sources import dataset_files as source_files
+
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    assert source_files({"kind": "jsonl", "data_files": str(qa_file)}) == [str(qa_file)]
+    got = source_files({"kind": "jsonl", "data_files": {"train": [str(tmp_path / "*.jsonl")]}})
+    assert got == [str(tmp_path / "b.jsonl"), str(qa_file)]
+    assert source_files({"kind": "hub", "path": "x/y"}) == []

@@ -78,13 +78,15 @@ def test_batch_planning_respects_budget() -> None:
 
 def test_short_and_long_texts_are_counted(tiny_opt, texts_file, tmp_path) -> None:
     m = D.dump(model_spec(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
-    assert m["n_skipped_short"] == 1  # the empty text
+    assert m["n_skipped_empty"] == 1  # the empty text
+    assert m["n_skipped_short"] == 1  # "a": BOS + 1 token, an eRank of exactly 1 whatever the model
     assert m["n_truncated"] >= 1  # the long text, cut at max_length
-    assert m["n_texts"] == m["n_texts_in"] - 1
+    assert m["n_texts"] == m["n_texts_in"] - 2
     df = measure(tmp_path / "d")
     assert df["erank"].notna().all() and (df["n_tokens"] <= 64).all()
     tok = AutoTokenizer.from_pretrained(tiny_opt / "main")
-    assert D.tokenise(tok, ["", "abc def"], max_length=1).n_short == 2  # one-token texts are skipped
+    t = D.tokenise(tok, ["", "abc def"], max_length=1)
+    assert (t.n_empty, t.n_short) == (1, 1)  # one-token texts are skipped
 
 
 def test_untrained_variants(tiny_opt, texts_file, tmp_path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from diff_erank.erank import dataset_erank
-from diff_erank.storage import read_provenance
+from diff_erank.storage import read_parquet, read_provenance
 
 KEY = ["layer", "position"]
 
@@ -142,7 +142,11 @@ def headline(full: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_tables(paths: Mapping[str, str | Path]) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """Per-variant tables and the facts the dumps recorded (parameters, dims) for the report."""
-    tables = {v: pd.read_parquet(p) for v, p in paths.items()}
-    prov = read_provenance(paths["trained"])
-    return tables, {"n_params": prov["dump"]["n_params"]}
+    """Per-variant tables and the facts the dumps recorded (parameters, skipped texts) for the report.
+
+    Every table's checksum is verified on reading (``storage.read_parquet``).
+    """
+    tables = {v: read_parquet(p) for v, p in paths.items()}
+    dump = read_provenance(paths["trained"])["dump"]
+    skipped = {k: dump.get(k, 0) for k in ("n_skipped_empty", "n_skipped_short")}
+    return tables, {"n_params": dump["n_params"], **skipped}

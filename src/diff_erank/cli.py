@@ -186,17 +186,16 @@ def cmd_mm_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_mm_erank(a: argparse.Namespace) -> None:
-    import pandas as pd
     import torch
 
     from diff_erank.dump import pick_device
     from diff_erank.multimodal import LlavaProbe, measure_items
     from diff_erank.provenance import provenance
-    from diff_erank.storage import write_parquet
+    from diff_erank.storage import read_parquet, write_parquet
 
     torch.set_num_threads(a.threads)
     probe = LlavaProbe.load(a.spec, pick_device(a.device))
-    per_item = measure_items(probe, pd.read_parquet(a.items), a.rotation)
+    per_item = measure_items(probe, read_parquet(a.items), a.rotation)
     commit = getattr(probe.model.config, "_commit_hash", None)
     write_parquet(per_item, a.out, provenance(a.spec, rotation=a.rotation, items=a.items, commit=commit))
 
@@ -403,10 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     from diff_erank.data import DataError
     from diff_erank.dump import ShardError
     from diff_erank.multimodal import MultimodalDataError
+    from diff_erank.storage import IntegrityError
 
     try:
         args.fn(args)
-    except (ConfigError, DataError, ShardError, MismatchError, MultimodalDataError) as exc:
+    except (ConfigError, DataError, ShardError, MismatchError, MultimodalDataError, IntegrityError) as exc:
         print(f"diff-erank {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `diff-erank list | head`

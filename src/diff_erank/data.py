@@ -25,6 +25,7 @@ from diff_erank.storage import sha256, write_parquet
 log = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv", "text": "text"}
+TEXT_KINDS = {"json", "jsonl", "csv", "text", "demo"}  # local kinds read as UTF-8 text
 
 
 class DataError(RuntimeError):
@@ -71,10 +72,42 @@ def load_rows(source: dict[str, Any], results_root: str | Path = "."):
     for f in _file_list(files):
         if not f.startswith("hf://") and not Path(f).exists():  # hf://: files in a hub repository
             raise DataError(f"dataset file does not exist: {f}")
+        if Path(f).stat().st_size == 0:
+            raise DataError(f"dataset file is empty: {f}")
+        if kind in TEXT_KINDS:
+            check_utf8(f)
     try:
         return datasets.load_dataset(builder, data_files=files, split=split)
     except Exception as exc:
         raise DataError(f"cannot read {builder} files {files!r}: {type(exc).__name__}: {exc}") from None
+
+
+def check_utf8(path: str | Path, chunk: int = 1 << 20) -> None:
+    """Raise a DataError naming the file and line if it is not valid UTF-8.
+
+    ``datasets`` reads such bytes without complaint and fails only when a row is turned into
+    Python strings, with a ``UnicodeDecodeError`` that names no file; checking first (streaming,
+    whatever the size) gives one sentence that does.
+    """
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    seen = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                at = seen + max(exc.start, 0)  # approximate by up to 3 bytes across a block edge
+                with open(path, "rb") as g:
+                    line = g.read(at).count(b"\n") + 1
+                raise DataError(
+                    f"dataset file is not valid UTF-8: {path} (line {line}); re-encode it as UTF-8"
+                ) from None
+            if not block:
+                return
+            seen += len(block)
 
 
 def _file_list(files: Any) -> list[str]:
@@ -116,10 +149,17 @@ def text_maker(text_cfg: dict[str, Any], columns: list[str]):
     answer, blank = text_cfg.get("answer"), text_cfg.get("blank")
     if (field is None) == (template is None):
         raise ConfigError("a dataset's text needs exactly one of 'field' or 'template'")
-    needed = [field] if field else [n for _, n, _, _ in string.Formatter().parse(template) if n]
+    parsed = list(string.Formatter().parse(template)) if template else []
+    needed = [field] if field else [n for _, n, _, _ in parsed if n]
     if template and not all(n.isidentifier() for n in needed):
         # plain field names only: no attribute or index access from a config string
         raise ConfigError(f"template {template!r}: use plain {{field}} names, got {needed}")
+    if any(spec or conv for _, n, spec, conv in parsed if n is not None):
+        # `{text!r}` would quote every text and `{text:>5000000}` pad it: never what a text should be
+        raise ConfigError(
+            f"template {template!r}: conversions (!r, !s, !a) and format specs (:...) are not allowed; "
+            "use plain {field} names"
+        )
     if answer:
         needed = [n for n in needed if n != "answer"]
         paths = answer["choices"] if isinstance(answer["choices"], list) else [answer["choices"]]
@@ -163,16 +203,24 @@ def prepare_texts(spec: dict[str, Any], results_root: str | Path = ".") -> pd.Da
     rows = load_rows(spec["source"], results_root)
     make = text_maker(spec["text"], list(rows.column_names))
     keep_fields = list(spec["text"].get("nonempty") or [])
-    eligible = [
-        i
-        for i, row in enumerate(rows)
-        # len > 0, whitespace-only kept: the paper's code filters dolly with len(context) > 0
-        if all(row[f] is not None and len(str(row[f])) > 0 for f in keep_fields)
-    ]
     sampling = spec["sampling"]
-    chosen = sample_indices(len(eligible), spec.get("max_texts"), sampling["method"], sampling["seed"])
-    ids = [eligible[i] for i in chosen]
-    texts = [make(rows[i]) for i in ids]
+    try:
+        eligible = [
+            i
+            for i, row in enumerate(rows)
+            # len > 0, whitespace-only kept: the paper's code filters dolly with len(context) > 0
+            if all(row[f] is not None and len(str(row[f])) > 0 for f in keep_fields)
+        ]
+        chosen = sample_indices(len(eligible), spec.get("max_texts"), sampling["method"], sampling["seed"])
+        ids = [eligible[i] for i in chosen]
+        texts = [make(rows[i]) for i in ids]
+    except UnicodeDecodeError as exc:  # e.g. a parquet or hub file with invalid strings
+        raise DataError(f"dataset {spec['source']} holds text that is not valid UTF-8: {exc}") from None
+    n_blank = sum(not t.strip() for t in texts)
+    if n_blank:
+        log.warning(
+            "%d of %d texts are empty or whitespace only: the dump skips and counts them", n_blank, len(texts)
+        )
     log.info("%d rows, %d eligible, %d sampled", len(rows), len(eligible), len(ids))
     return pd.DataFrame({"text_id": pd.Series(ids, dtype="int64"), "text": pd.Series(texts, dtype="string")})
 

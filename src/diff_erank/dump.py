@@ -25,21 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from diff_erank.config import LAYER_NAMES, ConfigError
-from diff_erank.models import DTYPES, load_tokenizer, load_variant, n_params
+from diff_erank.models import DTYPES, load_tokenizer, load_variant, n_params, weights_identity
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
-from diff_erank.storage import atomic_path, atomic_publish_dir, sha256, write_json
+from diff_erank.storage import atomic_path, atomic_publish_dir, read_parquet, sha256, write_json
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+#: Fewest tokens a text needs to be measured (a model entry's ``min_tokens`` overrides it). Two
+#: centred token vectors are always collinear, so a 2-token text has an eRank of exactly 1 whatever
+#: the model: it carries no information and would only pull the mean towards 1.
+MIN_TOKENS = 3
 
 
 class ShardError(RuntimeError):
@@ -88,22 +91,31 @@ def count_layers(model, ids: Sequence[int], device: torch.device) -> int:
 class Tokenised:
     ids: list[list[int]]
     positions: list[int]  # row of the texts table each entry comes from
-    n_short: int  # texts with fewer than 2 tokens, skipped
+    n_short: int  # texts with fewer than ``min_tokens`` tokens, skipped
     n_truncated: int
+    n_empty: int = 0  # texts empty or whitespace only, skipped before tokenising
 
 
-def tokenise(tokenizer, texts: Sequence[str], max_length: int) -> Tokenised:
-    ids, positions, n_short, n_truncated = [], [], 0, 0
+def tokenise(tokenizer, texts: Sequence[str], max_length: int, min_tokens: int = 2) -> Tokenised:
+    """Token ids of the texts worth measuring; skipped texts are counted, never silently dropped.
+
+    A text that is empty after stripping is skipped (a tokenizer turns ``"   "`` into real tokens
+    whose eRank would be averaged in); so is one with fewer than ``min_tokens`` tokens.
+    """
+    ids, positions, n_short, n_truncated, n_empty = [], [], 0, 0, 0
     for pos, text in enumerate(texts):
-        tok = tokenizer(text, add_special_tokens=True)["input_ids"] if text else []
+        if not text or not text.strip():
+            n_empty += 1
+            continue
+        tok = tokenizer(text, add_special_tokens=True)["input_ids"]
         if len(tok) > max_length:
             tok, n_truncated = tok[:max_length], n_truncated + 1
-        if len(tok) < 2:
+        if len(tok) < min_tokens:
             n_short += 1
             continue
         ids.append(list(tok))
         positions.append(pos)
-    return Tokenised(ids, positions, n_short, n_truncated)
+    return Tokenised(ids, positions, n_short, n_truncated, n_empty)
 
 
 def plan_shards(lengths: Sequence[int], shard_texts: int) -> list[list[int]]:
@@ -186,8 +198,29 @@ def run_batches(
         yield batch, states, losses
 
 
-def _fingerprint(spec: dict[str, Any], variant: str, layers: Sequence, texts_sha: str) -> str:
-    blob = json.dumps([spec, variant, list(layers), texts_sha, FORMAT_VERSION], sort_keys=True, default=str)
+def _fingerprint(spec: dict[str, Any], variant: str, layers: Sequence, **facts: Any) -> str:
+    """What determines a dump's numbers; a ``.partial`` is resumed only if this is unchanged.
+
+    Beyond the config (spec, variant, layers): the texts' hash, the token ids (so a changed
+    tokenizer counts), the weights' identity (hub commit actually loaded, or the hash of a local
+    directory's files, see :func:`diff_erank.models.weights_identity`), the device kind, the
+    torch and transformers versions and the on-disk format version.
+    """
+    import transformers
+
+    blob = json.dumps(
+        {
+            "spec": spec,
+            "variant": variant,
+            "layers": list(layers),
+            "format": FORMAT_VERSION,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            **facts,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -224,21 +257,32 @@ def dump(
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     texts_path = Path(texts_path)
-    texts = pd.read_parquet(texts_path)
-    fingerprint = _fingerprint(spec, variant, layers, sha256(texts_path))
+    texts = read_parquet(texts_path)
+    dev = pick_device(device)
+    tokenizer = tokenizer or load_tokenizer(spec, trained_path)
+    min_tokens = spec.get("min_tokens") or MIN_TOKENS
+    tok = tokenise(tokenizer, list(texts["text"].fillna("")), spec["max_length"], min_tokens)
+    if not tok.ids:
+        raise ConfigError(f"{texts_path}: no text has {min_tokens} or more tokens")
+    model = model or load_variant(spec, variant, trained_path, variant_path)
+    # checked after loading: only then is the hub commit behind a moving `revision: main` known
+    weights = weights_identity(spec, variant, trained_path, variant_path, model)
+    fingerprint = _fingerprint(
+        spec,
+        variant,
+        layers,
+        texts=sha256(texts_path),
+        tokens=hashlib.sha256(json.dumps(tok.ids).encode()).hexdigest(),
+        weights=weights,
+        device=dev.type,
+        min_tokens=min_tokens,
+    )
     stamp = partial / "fingerprint.txt"
     if partial.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
-        log.info("discarding %s: it was made for another configuration", partial)
+        log.warning("discarding %s: it was made from other weights, texts or settings", partial)
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
-
-    dev = pick_device(device)
-    tokenizer = tokenizer or load_tokenizer(spec, trained_path)
-    tok = tokenise(tokenizer, list(texts["text"].fillna("")), spec["max_length"])
-    if not tok.ids:
-        raise ConfigError(f"{texts_path}: no text has 2 or more tokens")
-    model = model or load_variant(spec, variant, trained_path, variant_path)
     model.to(dev)
     num_layers = count_layers(model, min(tok.ids, key=len), dev)
     layer_idx = layer_indices(layers, num_layers)
@@ -291,12 +335,15 @@ def dump(
         "layers": {n: {"index": i, "dim": dims[n]} for n, i in layer_idx.items()},
         "num_hidden_layers": num_layers,
         "n_params": n_params(model),
-        "commit": getattr(model.config, "_commit_hash", None),  # the hub commit actually loaded
+        "commit": getattr(model, "hub_commit", None),  # the hub commit actually loaded
         "dtype": spec["dtype"],
         "dump_dtype": spec["dump_dtype"],
         "device": str(dev),
+        "weights": weights,
         "n_texts_in": len(texts),
         "n_texts": len(tok.ids),
+        "min_tokens": min_tokens,
+        "n_skipped_empty": tok.n_empty,
         "n_skipped_short": tok.n_short,
         "n_truncated": tok.n_truncated,
         "n_tokens": sum(lengths),
@@ -307,9 +354,11 @@ def dump(
     stamp.unlink()
     atomic_publish_dir(partial, out_dir)
     log.info(
-        "%d texts (%d skipped with < 2 tokens, %d truncated), %d tokens -> %s",
+        "%d texts (skipped: %d empty or whitespace, %d with < %d tokens; %d truncated), %d tokens -> %s",
         len(tok.ids),
+        tok.n_empty,
         tok.n_short,
+        min_tokens,
         tok.n_truncated,
         sum(lengths),
         out_dir,

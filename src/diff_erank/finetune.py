@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from diff_erank.dump import pad_right, pick_device, tokenise
 from diff_erank.models import load_tokenizer, load_variant
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
-from diff_erank.storage import atomic_publish_dir, write_json
+from diff_erank.storage import atomic_publish_dir, read_parquet, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def finetune(
     shutil.rmtree(tmp, ignore_errors=True)
     dev = pick_device(device)
     tokenizer = load_tokenizer(spec, trained_path)
-    tok = tokenise(tokenizer, list(pd.read_parquet(texts_path)["text"].fillna("")), recipe["max_length"])
+    tok = tokenise(tokenizer, list(read_parquet(texts_path)["text"].fillna("")), recipe["max_length"])
     if not tok.ids:
         raise ValueError(f"{texts_path}: no text to train on")
     model = load_variant({**spec, "dtype": "float32"}, recipe["from"], trained_path, from_path).to(dev)

@@ -15,7 +15,7 @@ from diff_erank.dump import iter_texts, read_manifest
 from diff_erank.erank import erank_stats
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
-from diff_erank.storage import write_parquet
+from diff_erank.storage import read_parquet, write_parquet
 
 COLUMNS = [
     "position",
@@ -34,7 +34,7 @@ COLUMNS = [
 
 def measure(dump_dir: str | Path, texts_path: str | Path | None = None) -> pd.DataFrame:
     manifest = read_manifest(dump_dir)
-    text_ids = pd.read_parquet(texts_path, columns=["text_id"])["text_id"] if texts_path else None
+    text_ids = read_parquet(texts_path, columns=["text_id"])["text_id"] if texts_path else None
     rows: list[dict[str, Any]] = []
     for pos, loss, layers in tqdm(
         iter_texts(dump_dir), total=manifest["n_texts"], desc="erank", mininterval=2.0

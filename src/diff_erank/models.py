@@ -1,19 +1,26 @@
 """Loading a model variant: the trained checkpoint, a seeded random init, or a named revision.
 
 The dtype is always explicit (transformers 5 otherwise loads the checkpoint's own dtype), remote
-code runs only where the model entry enables it, and weights come from safetensors where the
-repository has them (transformers' default order).
+code runs only where the model entry enables it, and weights are asked for as safetensors
+(``use_safetensors=True``). Only a repository without any falls back to its PyTorch ``.bin``,
+read by ``torch.load(weights_only=True)`` (tensors only, no code; torch >= 2.6), with a warning;
+a ``.bin`` that is more than tensors is refused with one sentence. Which format was read is
+recorded in every dump's manifest (``weights.format``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diff_erank.config import ConfigError
+from diff_erank.storage import sha256
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,42 @@ def _source(spec: dict[str, Any], trained_path: str | None) -> str:
     source = trained_path or spec.get("source")
     if not source:
         raise ConfigError("model entry has no source and no trained path")
+    if trained_path:
+        check_trained_dir(trained_path)
     return source
+
+
+def check_trained_dir(path: str | Path) -> None:
+    """Refuse a zoo model directory that is not exactly what one finished training run wrote.
+
+    ``training.json`` is written last and lists the checkpoints and the SHA-256 of every file
+    under them; a directory missing a checkpoint or holding other bytes (two runs writing into
+    one results folder, a copy cut short) would otherwise look done to Snakemake forever.
+    """
+    import json
+
+    p = Path(path)
+    try:
+        record = json.loads((p / "training.json").read_text())
+        expected = ["main", *record["training"]["checkpoints"]]
+        files = record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        problem = "no complete training.json"
+    else:
+        missing = [d for d in expected if not (p / d / "config.json").is_file()]
+        changed = [f for f, h in files.items() if not (p / f).is_file() or sha256(p / f) != h]
+        problem = (
+            f"missing checkpoint(s) {missing}"
+            if missing
+            else f"{len(changed)} file(s) differ from the ones trained, e.g. {changed[0]}"
+            if changed
+            else ""
+        )
+    if problem:
+        raise ConfigError(
+            f"zoo model {p} is incomplete ({problem}): delete it and rerun, or rerun with "
+            "`snakemake --forcerun train`"
+        )
 
 
 def load_tokenizer(spec: dict[str, Any], trained_path: str | None = None):
@@ -78,6 +120,57 @@ def _hub_call(fn, name: str, **kwargs):
         ) from None
 
 
+def _load_weights(name: str, rev: str | None, dtype: torch.dtype, remote: bool):
+    """``from_pretrained`` asking for safetensors; a ``.bin`` only where there is no safetensors.
+
+    The hub's safetensors conversion bot is switched off: with ``use_safetensors=True`` transformers
+    would otherwise load the weights of an unmerged conversion pull request instead of ``rev``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    os.environ["DISABLE_SAFETENSORS_CONVERSION"] = "1"
+    commit = hub_commit(name, rev)  # load exactly the commit that is recorded, even if `rev` moves meanwhile
+    kw = {"revision": commit or rev, "dtype": dtype, "trust_remote_code": remote, "weights_only": True}
+    try:
+        model = _hub_call(AutoModelForCausalLM.from_pretrained, name, use_safetensors=True, **kw)
+        model.weights_format, model.hub_commit = "safetensors", commit
+        return model
+    except (OSError, ConfigError) as exc:
+        if "safetensors" not in str(exc):
+            raise
+    log.warning(
+        "%s (revision %s) has no safetensors weights: reading its PyTorch .bin (tensors only)", name, rev
+    )
+    try:
+        model = _hub_call(AutoModelForCausalLM.from_pretrained, name, use_safetensors=False, **kw)
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"refusing the .bin checkpoint of {name!r} (revision {rev!r}): it holds more than tensors "
+            "(torch's weights-only loader rejected it); use a safetensors copy"
+        ) from None
+    model.weights_format, model.hub_commit = "bin", commit
+    return model
+
+
+def hub_commit(name: str, rev: str | None) -> str | None:
+    """The commit a hub revision points to now (the hub, or offline the cache's ``refs/``).
+
+    transformers 5 resolves the revision the same way inside ``from_pretrained`` but no longer
+    records it (``config._commit_hash`` stays unset). None for a local path or when unresolvable.
+    """
+    import re
+
+    if Path(name).exists():
+        return None
+    try:
+        from transformers.utils.hub import resolve_revision
+
+        commit = getattr(resolve_revision(name, rev), "resolved", None)
+    except Exception:  # best effort, as in transformers: the load itself reports what is wrong
+        return None
+    return commit if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
 def load_variant(
     spec: dict[str, Any], variant: str, trained_path: str | None = None, variant_path: str | None = None
 ):
@@ -93,9 +186,7 @@ def load_variant(
     source = _source(spec, trained_path)
     if variant == "trained":
         name, rev = resolve_source(source, spec.get("revision"))
-        model = _hub_call(
-            AutoModelForCausalLM.from_pretrained, name, revision=rev, dtype=dtype, trust_remote_code=remote
-        )
+        model = _load_weights(name, rev, dtype, remote)
     elif variant.startswith("init-s"):
         seed = int(variant.removeprefix("init-s"))
         name, rev = resolve_source(source, spec.get("revision"))
@@ -104,14 +195,12 @@ def load_variant(
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=remote)
     elif variant.startswith("rev-"):
         name, rev = resolve_source(source, variant.removeprefix("rev-"))
-        model = _hub_call(
-            AutoModelForCausalLM.from_pretrained, name, revision=rev, dtype=dtype, trust_remote_code=remote
-        )
+        model = _load_weights(name, rev, dtype, remote)
     elif variant.startswith("ft-"):
         if not variant_path:
             raise ConfigError(f"variant {variant} needs the directory of the further-trained model")
         name, _ = resolve_source(variant_path, None)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=remote)
+        model = _load_weights(name, None, dtype, remote)
     else:
         raise ConfigError(
             f"unknown variant {variant!r}; expected trained, init-s<seed>, rev-<revision> or ft-<name>"
@@ -126,3 +215,41 @@ def load_variant(
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def weights_identity(
+    spec: dict[str, Any],
+    variant: str,
+    trained_path: str | None = None,
+    variant_path: str | None = None,
+    model: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """What fixes the weights a variant loads, for the resume check of a dump (and its manifest).
+
+    A local directory: the SHA-256 of every file in it (weights, config, tokenizer), so a
+    replaced or retrained model is a new identity. A hub model: the commit transformers resolved
+    the revision to and loaded (:func:`hub_commit`; a ``revision: main`` that moved is a new
+    identity); if it cannot be resolved, a hash of the loaded tensors themselves.
+    An ``init-s<seed>`` variant is fixed by the config it is built from (a local ``config.json``,
+    or the hub commit) plus the seed in its name.
+    """
+    ft = variant.startswith("ft-")
+    source = variant_path if ft and variant_path else _source(spec, trained_path)
+    revision = (
+        None if ft else variant.removeprefix("rev-") if variant.startswith("rev-") else spec.get("revision")
+    )
+    name, rev = resolve_source(source, revision)
+    ident: dict[str, Any] = {"format": getattr(model, "weights_format", None)}
+    if Path(name).is_dir():
+        files = sorted(p for p in Path(name).iterdir() if p.is_file())
+        if variant.startswith("init-s"):  # built from the config alone: no need to hash the weights
+            files = [p for p in files if p.name == "config.json"]
+        return {**ident, "local_files": {p.name: sha256(p) for p in files}}
+    commit = getattr(model, "hub_commit", None) or hub_commit(name, rev)
+    if commit:
+        return {**ident, "hub": name, "commit": commit}
+    h = hashlib.sha256()
+    for key, t in (model.state_dict() if model is not None else {}).items():
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return {**ident, "hub": name, "revision": rev, "tensors_sha256": h.hexdigest()}

@@ -29,6 +29,7 @@ from diff_erank.config import ConfigError
 from diff_erank.erank import dataset_erank, erank_stats
 from diff_erank.models import DTYPES, resolve_source
 from diff_erank.progress import tqdm
+from diff_erank.storage import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,11 @@ class LlavaProbe:
         name, rev = resolve_source(spec["source"], spec.get("revision"))
         dtype = DTYPES[spec["dtype"]]
         model = (
-            LlavaForConditionalGeneration.from_pretrained(name, revision=rev, dtype=dtype).to(device).eval()
+            LlavaForConditionalGeneration.from_pretrained(
+                name, revision=rev, dtype=dtype, use_safetensors=True
+            )
+            .to(device)
+            .eval()
         )
         tok = AutoTokenizer.from_pretrained(name, revision=rev)
         proc = CLIPImageProcessorPil.from_pretrained(name, revision=rev)
@@ -247,6 +252,6 @@ def table(per_item_files: dict[tuple[str, str, int], str], algorithm: str = "a")
     """One row per (model, dataset, rotation) in the paper's layout."""
     rows = []
     for (model, dataset, rotation), path in per_item_files.items():
-        s = summarise(pd.read_parquet(path), algorithm)
+        s = summarise(read_parquet(path), algorithm)
         rows.append({"model": model, "dataset": dataset, "rotation": rotation, **s})
     return pd.DataFrame(rows)

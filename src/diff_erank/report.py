@@ -17,7 +17,7 @@ import pandas as pd
 
 from diff_erank.aggregate import headline
 from diff_erank.provenance import provenance
-from diff_erank.storage import atomic_path, write_json, write_text
+from diff_erank.storage import atomic_path, read_parquet, write_json, write_text
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -202,7 +202,7 @@ def build(
 ) -> dict[str, pd.DataFrame]:
     """Concatenate per-(model, dataset) results into the experiment's tables and figures."""
     out_dir = Path(out_dir)
-    full = pd.concat([pd.read_parquet(f) for f in diff_files], ignore_index=True)
+    full = pd.concat([read_parquet(f) for f in diff_files], ignore_index=True)
     accuracy = load_accuracy(accuracy_files)
     prov = provenance(config, inputs=[str(f) for f in [*diff_files, *accuracy_files]])
     if not accuracy.empty:
@@ -228,6 +228,8 @@ def build(
         "erank_trained",
         "loss_untrained",
         "loss_trained",
+        "n_skipped_empty",
+        "n_skipped_short",
     ]
     if "diff_erank_std" in main:
         cols.insert(9, "diff_erank_std")

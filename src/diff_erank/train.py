@@ -11,15 +11,17 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from diff_erank.models import check_trained_dir
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
-from diff_erank.storage import atomic_path, atomic_publish_dir, write_json
+from diff_erank.storage import atomic_path, atomic_publish_dir, sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +112,10 @@ def train_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir = Path(out_dir)
-    tmp = Path(str(out_dir) + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    shutil.rmtree(Path(str(out_dir) + ".partial"), ignore_errors=True)  # left by an older version
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # a folder of its own: two trainings of one model never write into each other's files
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     stream = torch.tensor(
         [
@@ -168,6 +171,13 @@ def train_model(
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "checkpoints": [f"step{c}" for c in checkpoints],
     }
-    write_json(provenance(spec, training=facts), tmp / "training.json")
+    files = {
+        str(f.relative_to(tmp)): sha256(f)
+        for d in ["main", *facts["checkpoints"]]
+        for f in sorted((tmp / d).rglob("*"))
+        if f.is_file()
+    }
+    write_json(provenance(spec, training=facts, files=files), tmp / "training.json")
+    check_trained_dir(tmp)
     atomic_publish_dir(tmp, out_dir)
     return facts

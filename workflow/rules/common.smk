@@ -3,6 +3,7 @@ import json
 
 from diff_erank.config import untrained_variants, variants
 from diff_erank.data import demo_corpus_file
+from diff_erank.sources import dataset_files, image_files, model_files
 
 NAME = r"[A-Za-z0-9_.-]+"
 
@@ -48,9 +49,9 @@ def finetuned_dir(model, name):
 
 
 def variant_input(w):
-    """Directories a variant is loaded from: the zoo model, and a further-trained stage."""
+    """What a variant is loaded from: the zoo model, a further-trained stage, local model files."""
     extra = [finetuned_dir(w.model, w.variant.removeprefix("ft-"))] if w.variant.startswith("ft-") else []
-    return trained_input(w) + extra
+    return trained_input(w) + extra + model_files(C["models"][w.model], w.variant)
 
 
 def variant_path_arg(w):
@@ -78,8 +79,9 @@ def accuracy_files(model):
 
 
 def prepare_input(w):
+    """The demo corpus part, or a local dataset's files (so editing one reruns `prepare`)."""
     source = C["datasets"][w.dataset]["source"]
-    return [str(demo_corpus_file(OUT, source["part"]))] if source["kind"] == "demo" else []
+    return [str(demo_corpus_file(OUT, source["part"]))] if source["kind"] == "demo" else dataset_files(source)
 
 
 def finetune_recipe(w):
@@ -127,3 +129,4 @@ def report_outputs():
         if "size" in C["figures"]:
             outs.append(f"{OUT}/figures/size.png")
     return outs + mm_outputs()
+

@@ -2,6 +2,8 @@
 
 
 rule mm_prepare:
+    input:
+        lambda w: image_files(MM["datasets"][w.dataset]["source"]),
     output:
         f"{OUT}/mm/items/{{dataset}}.parquet",
     params:
@@ -20,7 +22,8 @@ rule mm_prepare:
 
 rule mm_erank:
     input:
-        f"{OUT}/mm/items/{{dataset}}.parquet",
+        table=f"{OUT}/mm/items/{{dataset}}.parquet",
+        model=lambda w: model_files(MM["models"][w.model], "trained"),
     output:
         f"{OUT}/mm/erank/{{model}}/{{dataset}}/rot{{rotation}}.parquet",
     wildcard_constraints:
@@ -38,7 +41,7 @@ rule mm_erank:
         runtime=lambda w: (MM["models"][w.model].get("resources") or {}).get("runtime", 60),
         gpu=lambda w: (MM["models"][w.model].get("resources") or {}).get("gpus", 0),
     shell:
-        "diff-erank mm-erank --spec {params.spec:q} --items {input} --rotation {wildcards.rotation}"
+        "diff-erank mm-erank --spec {params.spec:q} --items {input.table} --rotation {wildcards.rotation}"
         " --out {output} --device {params.device} --threads {threads} > {log} 2>&1"
 
 

@@ -1,0 +1,330 @@
+"""Issue 16: faults that used to give wrong or stale numbers with exit code 0, or a confusing error.
+
+Each test reproduces the fault probe's case and fails on the code before the fix: a resumed dump
+after the weights changed, a flipped bit in an intermediate table, blank and 2-token texts, a
+pickle checkpoint, two runs in one run folder, an incomplete zoo model, an edited local input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import _save_tiny, model_spec
+
+from diff_erank import dump as D
+from diff_erank.config import ConfigError
+from diff_erank.measure import measure, measure_to_file
+
+
+def _texts(path: Path, texts: list[str]) -> Path:
+    pd.DataFrame({"text_id": range(len(texts)), "text": texts}).to_parquet(path)
+    return path
+
+
+def _paragraphs(n: int) -> list[str]:
+    from diff_erank.corpus import topic_paragraphs
+
+    paras = topic_paragraphs()
+    return [paras[i % len(paras)][:300] for i in range(n)]
+
+
+class Interrupted(Exception):
+    """Stands in for the kill: raised from inside the model's forward, mid-dump."""
+
+
+# -- item 1: a resumed dump must not mix two models ------------------------------------------------
+def test_resume_after_the_weights_changed_recomputes_everything(tokenizer_dir, tmp_path, caplog) -> None:
+    from diff_erank.models import load_variant
+
+    src = _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=0)
+    texts = _texts(tmp_path / "texts.parquet", _paragraphs(24))
+    spec = model_spec(src, shard_texts=4, batch_tokens=64)  # 6 shards, one text per forward
+    out = tmp_path / "dump"
+    model = load_variant(spec, "trained")
+    calls = [0]
+
+    def kill_after_9(*_):
+        calls[0] += 1
+        if calls[0] > 9:
+            raise Interrupted
+
+    model.register_forward_pre_hook(kill_after_9)
+    with pytest.raises(Interrupted):
+        D.dump(spec, "trained", texts, out, device="cpu", model=model)
+    assert len(list(out.with_name("dump.partial").glob("shard-*.json"))) == 2
+    _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # the weights are replaced in place
+    with caplog.at_level(logging.INFO, logger="diff_erank.dump"):
+        resumed = D.dump(spec, "trained", texts, out, device="cpu")
+    assert "discarding" in caplog.text and "resuming" not in caplog.text
+    clean = D.dump(spec, "trained", texts, tmp_path / "clean", device="cpu")
+    pd.testing.assert_frame_equal(measure(out), measure(tmp_path / "clean"), check_exact=True)
+    assert resumed["weights"] == clean["weights"] and resumed["weights"]["format"] == "safetensors"
+
+
+def test_hub_identity_is_the_commit_actually_loaded(tokenizer_dir, tmp_path) -> None:
+    """`revision: main` resolved through a real (offline) hub cache; moving `main` moves the identity."""
+    repo = tmp_path / "hub" / "models--org--tiny"
+    for seed in (0, 1):
+        _save_tiny(tmp_path / f"m{seed}", "opt", tokenizer_dir, seed)
+    code = textwrap.dedent(
+        f"""
+        import json, os, shutil
+        from pathlib import Path
+        from diff_erank.models import load_variant, weights_identity
+        spec = json.loads({json.dumps(model_spec("org/tiny"))!r})
+        repo = Path({str(repo)!r})
+        out = []
+        for commit, seed in (("a" * 40, 0), ("b" * 40, 1)):
+            shutil.copytree(Path({str(tmp_path)!r}) / f"m{{seed}}" / "main", repo / "snapshots" / commit)
+            (repo / "refs").mkdir(parents=True, exist_ok=True)
+            (repo / "refs" / "main").write_text(commit)
+            model = load_variant(spec, "trained")
+            out.append(weights_identity(spec, "trained", model=model))
+        print(json.dumps(out))
+        """
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first, second = json.loads(r.stdout.strip().splitlines()[-1])
+    assert first == {"format": "safetensors", "hub": "org/tiny", "commit": "a" * 40}
+    assert second["commit"] == "b" * 40
+
+
+# -- item 3: intermediate tables carry a checksum ---------------------------------------------------
+def _silent_flip(path: Path, column: str) -> bytes:
+    """Bytes of ``path`` with one bit flipped inside ``column`` that parquet still decodes."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    chunk = meta.row_group(0).column(names.index(column))
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = path.read_bytes()
+    before = pd.read_parquet(path)[column].to_numpy()
+    for pos in range(start + chunk.total_compressed_size - 1, start, -1):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x04
+        path.write_bytes(flipped)
+        try:
+            after = pd.read_parquet(path)[column].to_numpy()
+        except Exception:
+            continue
+        if np.isfinite(after).all() and not np.array_equal(after, before):
+            return bytes(flipped)
+    raise AssertionError("no silent bit flip found")
+
+
+def test_flipped_bit_in_an_erank_table_is_an_error_naming_the_file(tiny_opt, texts_file, tmp_path) -> None:
+    from diff_erank.aggregate import load_tables
+    from diff_erank.cli import main
+    from diff_erank.storage import IntegrityError
+
+    spec = model_spec(tiny_opt)
+    paths = {}
+    for v in ("trained", "init-s0"):
+        D.dump(spec, v, texts_file, tmp_path / v, device="cpu")
+        paths[v] = tmp_path / f"{v}.parquet"
+        measure_to_file(tmp_path / v, paths[v], texts_file)
+    load_tables(paths)  # intact: reads
+    _silent_flip(paths["trained"], "entropy")  # plain parquet reads another number without a word
+    with pytest.raises(IntegrityError, match=rf"{paths['trained']} is corrupt"):
+        load_tables(paths)
+    args = ["diff", "--spec", json.dumps(spec), "--model", "m", "--dataset", "d", "--untrained", "init-s0"]
+    args += ["--out", str(tmp_path / "diff.parquet"), "--erank", *[f"{k}={v}" for k, v in paths.items()]]
+    assert main(args) == 2 and not (tmp_path / "diff.parquet").exists()
+
+
+# -- item 4: blank and degenerate texts are skipped and counted -------------------------------------
+def test_blank_and_two_token_texts_are_skipped_and_counted(tiny_opt, tmp_path) -> None:
+    from diff_erank.aggregate import load_tables
+    from diff_erank.erank import erank_stats
+
+    texts = _texts(tmp_path / "t.parquet", ["   ", "\n\t", "a", *_paragraphs(6)])
+    spec = model_spec(tiny_opt)
+    m = D.dump(spec, "trained", texts, tmp_path / "d", device="cpu")
+    assert (m["n_skipped_empty"], m["n_skipped_short"], m["n_texts"], m["min_tokens"]) == (2, 1, 6, 3)
+    df = measure_to_file(tmp_path / "d", tmp_path / "e.parquet", texts)
+    assert set(df["position"]) == set(range(3, 9)) and (df["n_tokens"] >= 3).all()
+    _, facts = load_tables({"trained": tmp_path / "e.parquet"})  # what the diff table carries
+    assert (facts["n_skipped_empty"], facts["n_skipped_short"]) == (2, 1)
+    # why 2 tokens are too few: two centred vectors are collinear, eRank exactly 1 whatever they are
+    assert erank_stats(torch.randn(2, 64, dtype=torch.float64)).erank == pytest.approx(1.0, abs=1e-12)
+    kept = D.dump(model_spec(tiny_opt, min_tokens=2), "trained", texts, tmp_path / "d2", device="cpu")
+    assert (kept["n_skipped_empty"], kept["n_skipped_short"], kept["n_texts"]) == (2, 0, 7)
+
+
+# -- item 8: safetensors asked for; a .bin is tensors only, and says so -----------------------------
+def _bin_only(src: Path, dst: Path, payload=None) -> Path:
+    import pickle
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, dst)
+    state = load_file(str(dst / "model.safetensors"))
+    (dst / "model.safetensors").unlink()
+    if payload is None:
+        torch.save(state, dst / "pytorch_model.bin")
+    else:
+        (dst / "pytorch_model.bin").write_bytes(pickle.dumps({"x": payload}))
+    return dst
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_checkpoints_are_tensors_only_and_recorded(tiny_opt, texts_file, tmp_path, caplog) -> None:
+    from diff_erank.models import load_variant
+
+    plain = _bin_only(tiny_opt / "main", tmp_path / "plain")
+    with caplog.at_level(logging.WARNING, logger="diff_erank.models"):
+        m = D.dump(model_spec(plain, revision=None), "trained", texts_file, tmp_path / "d", device="cpu")
+    assert m["weights"]["format"] == "bin" and "no safetensors" in caplog.text
+    ref = D.dump(model_spec(tiny_opt), "trained", texts_file, tmp_path / "ref", device="cpu")
+    assert ref["weights"]["format"] == "safetensors"
+    pd.testing.assert_frame_equal(measure(tmp_path / "d"), measure(tmp_path / "ref"), check_exact=True)
+
+    marker = tmp_path / "payload-ran"
+    evil = _bin_only(tiny_opt / "main", tmp_path / "evil", _Payload(marker))
+    with pytest.raises(ConfigError, match=r"refusing the \.bin checkpoint .*holds more than tensors"):
+        load_variant(model_spec(evil, revision=None), "trained")
+    assert not marker.exists()
+
+
+# -- item 5: one run per run folder; an incomplete zoo model is not "done" ---------------------------
+def test_run_folder_lock_excludes_a_second_run_and_dies_with_its_holder(tmp_path) -> None:
+    from diff_erank.storage import RunLockedError, lock_run_dir
+
+    run_dir = tmp_path / "results" / "ci"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from diff_erank.storage import lock_run_dir; lock_run_dir(sys.argv[1]);"
+            "print('held', flush=True); time.sleep(120)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"in use by another run \(pid {holder.pid} on"):
+            lock_run_dir(run_dir)
+        os.kill(holder.pid, signal.SIGKILL)  # a killed Snakemake leaves no stale lock behind
+        holder.wait(timeout=30)
+        lock_run_dir(run_dir)
+        lock_run_dir(run_dir)  # again in the same process: a no-op
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_incomplete_zoo_model_is_refused(corpus_file, tokenizer_dir, tmp_path) -> None:
+    from diff_erank.models import load_variant
+    from diff_erank.train import train_model
+
+    recipe = {
+        "arch": "opt",
+        "hidden_size": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "steps": 4,
+        "seq_len": 16,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "seed": 0,
+        "checkpoint_steps": [0, 2],
+    }
+    zoo = tmp_path / "zoo" / "m"
+    train_model(recipe, tokenizer_dir, corpus_file, zoo)
+    assert not list(zoo.parent.glob(".m.partial*"))
+    spec = {**model_spec("unused"), "source": None, "revision": None, "checkpoints": ["step2"]}
+    load_variant(spec, "rev-step2", trained_path=str(zoo))  # complete: loads
+    broken = tmp_path / "broken"
+    shutil.copytree(zoo, broken)
+    shutil.rmtree(broken / "step2")  # what two runs racing on one results folder left behind
+    with pytest.raises(
+        ConfigError, match=r"zoo model .*broken is incomplete \(missing checkpoint.*forcerun train"
+    ):
+        load_variant(spec, "trained", trained_path=str(broken))
+    shutil.copytree(zoo, broken, dirs_exist_ok=True)
+    data = bytearray((broken / "main" / "model.safetensors").read_bytes())
+    data[-5] ^= 1
+    (broken / "main" / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="differ from the ones trained"):
+        load_variant(spec, "trained", trained_path=str(broken))
+
+
+# -- items 2 and 5 through Snakemake: local files are inputs; the run folder is locked --------------
+@pytest.mark.slow
+def test_local_inputs_rerun_and_the_run_folder_is_locked(tokenizer_dir, tmp_path) -> None:
+    from paper_fixtures import local_source
+    from test_workflow import snakemake
+
+    def jobs(r: subprocess.CompletedProcess) -> set[str]:
+        """Rules in the dry run's job-count table."""
+        rows = [ln.split() for ln in r.stdout.splitlines()]
+        return {w[0] for w in rows if len(w) == 2 and w[0].isidentifier() and w[1] == "1"}
+
+    model = _save_tiny(tmp_path / "model", "opt", tokenizer_dir)
+    data = tmp_path / "dolly.jsonl"
+    data.write_text("".join(json.dumps({"context": t}) + "\n" for t in _paragraphs(8)))
+    overrides = [
+        "experiment=table9",
+        *[f"~models.opt-{s}" for s in ("1_3b", "2_7b", "6_7b", "13b")],
+        f"models.opt-125m.source={model}",
+        "models.opt-125m.revision=main",
+        *local_source("dolly-15k", str(data)),
+        "model.max_length=64",
+        "model.batch_tokens=512",
+    ]
+    work = tmp_path / "wf"
+    target = "results/table9/erank/opt-125m/trained/dolly-15k.parquet"
+    at = ("--cores", "2", target)  # an option first: after --configfile a bare target would be a config file
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from diff_erank.storage import lock_run_dir; lock_run_dir(sys.argv[1]);"
+            "print('held', flush=True); time.sleep(300)",
+            str(work / "results" / "table9"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = snakemake(work, *at, overrides=overrides)  # another checkout's run holds the folder
+        assert r.returncode != 0 and "is in use by another run (pid" in r.stdout + r.stderr
+        assert not (work / target).exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    r = snakemake(work, *at, overrides=overrides)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Nothing to be done" in (r := snakemake(work, "-n", *at, overrides=overrides)).stdout + r.stderr
+    stamp = data.stat().st_mtime_ns
+    with data.open("a") as f:
+        f.write(json.dumps({"context": "an edited dataset file is an input of prepare"}) + "\n")
+    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) >= {"prepare", "dump", "erank"}
+    os.utime(data, ns=(stamp, stamp))
+    _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # replaced weights rerun the dump
+    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) == {"dump", "erank"}
