@@ -70,8 +70,8 @@ def test_family_dump_and_erank_match_float64_reading(arch_model, texts_file, tmp
     texts = pd.read_parquet(texts_file)["text"]
     seen = 0
     for pos, text in texts.items():
-        ids = tok(text, return_tensors="pt")["input_ids"][:, : spec["max_length"]] if text else None
-        if ids is None or ids.shape[1] < 2:
+        ids = tok(text, return_tensors="pt")["input_ids"][:, : spec["max_length"]] if text.strip() else None
+        if ids is None or ids.shape[1] < D.MIN_TOKENS:  # blank and too-short texts are skipped
             assert pos not in set(df["position"])
             continue
         with torch.no_grad():

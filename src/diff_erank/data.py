@@ -70,7 +70,9 @@ def load_rows(source: dict[str, Any], results_root: str | Path = "."):
         files = source["data_files"]
         builder = LOCAL_BUILDERS[kind]
     for f in _file_list(files):
-        if not f.startswith("hf://") and not Path(f).exists():  # hf://: files in a hub repository
+        if f.startswith("hf://"):  # files in a hub repository: the library reads them
+            continue
+        if not Path(f).exists():
             raise DataError(f"dataset file does not exist: {f}")
         if Path(f).stat().st_size == 0:
             raise DataError(f"dataset file is empty: {f}")
