@@ -7,7 +7,6 @@ import copy
 import json
 from pathlib import Path
 
-import pytest
 from conftest import REPO
 from paper_fixtures import make_datasets
 
@@ -41,5 +40,5 @@ def test_overfitted_stage_trains_on_texts_disjoint_from_the_evaluation(tmp_path:
     eval_texts = prepare_texts(_local(evaluated, files["openbookqa"]))["text"]
     assert len(train_texts) == len(eval_texts) == 24
     assert not set(train_texts) & set(eval_texts)
-    stems = [json.loads(line)["question_stem"] for line in open(files["openbookqa"])]
+    stems = [json.loads(line)["question_stem"] for line in Path(files["openbookqa"]).read_text().splitlines()]
     assert not any(stem in text for stem in stems for text in train_texts)
