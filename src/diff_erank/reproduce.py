@@ -56,6 +56,8 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
     rows = []
     ds_name = {d: (s.get("paper_name") or d) for d, s in config["datasets"].items()}
     ds_variant = {d: (s.get("paper_variant") or "") for d, s in config["datasets"].items()}
+    # layer_* and algorithm_* rows only where the run compares several (Tables 4 and 9)
+    several_layers, several_algorithms = full["layer"].nunique() > 1, full["algorithm"].nunique() > 1
     for r in headline(full).itertuples():
         model = config["models"][r.model]
         if r.algorithm == "a" and r.layer == "last":
@@ -78,13 +80,13 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
                 )
             )
             rows.append(_row(model, ds_name[r.dataset], "loss", "trained", r.loss_trained, r.model))
-        if r.layer == "last":
+        if r.layer == "last" and several_algorithms:
             rows.append(
                 _row(
                     model, ds_name[r.dataset], "diff_erank", f"algorithm_{r.algorithm}", r.diff_erank, r.model
                 )
             )
-        if r.algorithm == "a":
+        if r.algorithm == "a" and several_layers:
             rows.append(
                 _row(model, ds_name[r.dataset], "diff_erank", f"layer_{r.layer}", r.diff_erank, r.model)
             )
@@ -119,10 +121,93 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
     return out.drop_duplicates(subset=KEY, keep="first")
 
 
-def compare(ours: pd.DataFrame, tables: Sequence[str], ref: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Reference rows of ``tables`` with our value beside them (NaN where the run has none)."""
+def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
+    """The (family, size, dataset, metric, variant) keys a run of ``config`` writes into the long
+    form (:func:`long_results`, :func:`multimodal_long`), read off the configuration alone."""
+    from diff_erank.config import untrained_variants, variants
+
+    keys: set[tuple[str, str, str, str, str]] = set()
+    layers, algorithms = config.get("layers") or ["last"], config.get("algorithms") or ["a"]
+    measured = {d: s for d, s in config["datasets"].items() if s.get("measure", True)}
+    acc = config.get("accuracy") or {}
+    acc_names = [*(acc.get("tasks") or []), *(acc.get("combine") or {})]
+    for spec in config["models"].values():
+        fam, size = spec["family"], str(spec["size"])
+        labels = spec.get("stage_labels") or {}
+        samples: dict[str, list[str]] = {}
+        for ds in measured.values():
+            name, pv = ds.get("paper_name") or "", ds.get("paper_variant") or ""
+            if "a" in algorithms and "last" in layers:
+                keys |= {(fam, size, name, "diff_erank", pv), (fam, size, name, "reduced_loss", pv)}
+                keys |= {(fam, size, name, "normalized_matrix_entropy", "trained")}
+                keys |= {(fam, size, name, "loss", "trained")}
+            if "last" in layers and len(algorithms) > 1:
+                keys |= {(fam, size, name, "diff_erank", f"algorithm_{a}") for a in algorithms}
+            if "a" in algorithms and len(layers) > 1:
+                keys |= {(fam, size, name, "diff_erank", f"layer_{lay}") for lay in layers}
+            if "a" in algorithms and "last" in layers:
+                m0 = untrained_variants(spec)
+                for v in [*m0[:1], *(v for v in variants(spec) if v not in m0)]:
+                    if v in labels:
+                        keys |= {(fam, size, name, m, labels[v]) for m in ("diff_erank", "loss")}
+            if pv.startswith("samples="):
+                samples.setdefault(name, []).append(pv.removeprefix("samples="))
+        for name, sizes in samples.items():
+            if len(sizes) > 1:
+                keys.add((fam, size, name, "diff_erank_std", "samples=" + ",".join(sizes)))
+        wanted = acc.get("variants") or ["trained"]
+        for v in variants(spec) if acc else []:
+            if v in wanted:
+                for label in ([""] if v == "trained" else []) + ([labels[v]] if v in labels else []):
+                    keys |= {(fam, size, t, "accuracy", label) for t in acc_names}
+    mm = config.get("multimodal") or {}
+    if mm:
+        from diff_erank.multimodal import LEVELS
+
+        rot_labels = {int(k): v for k, v in (mm.get("rotation_labels") or {}).items()}
+        for spec in mm["models"].values():
+            for ds in mm["datasets"].values():
+                for rot in mm["rotations"]:
+                    var = "" if rot == 0 else rot_labels.get(rot, f"rotated_{rot}")
+                    keys |= {
+                        (spec["family"], str(spec["size"]), ds.get("paper_name") or "", m, var)
+                        for m in [*LEVELS, "image_reduction_ratio", "image_text_alignment"]
+                    }
+    return keys
+
+
+def in_scope(ref: pd.DataFrame, config: dict[str, Any]) -> pd.Series:
+    """Rows of the reference that concern the experiment's own models and datasets: its models'
+    (family, size), and the datasets it measures (accuracy rows: the tasks it scores). A claimed
+    table is compared on these rows; one of them the run did not produce stays as missing."""
+    mm = config.get("multimodal") or {}
+    models = {
+        (s["family"], str(s["size"]))
+        for s in [*config["models"].values(), *(mm.get("models") or {}).values()]
+    }
+    measured = {s.get("paper_name") for s in config["datasets"].values() if s.get("measure", True)}
+    measured |= {s.get("paper_name") for s in (mm.get("datasets") or {}).values()}
+    acc = config.get("accuracy") or {}
+    scored = {*(acc.get("tasks") or []), *(acc.get("combine") or {})}
+    is_model = pd.Series(
+        [(f, s) in models for f, s in zip(ref["family"], ref["size"], strict=True)], ref.index
+    )
+    is_acc = ref["metric"] == "accuracy"
+    return is_model & ((is_acc & ref["dataset"].isin(scored)) | (~is_acc & ref["dataset"].isin(measured)))
+
+
+def compare(
+    ours: pd.DataFrame,
+    tables: Sequence[str],
+    ref: pd.DataFrame | None = None,
+    config: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Reference rows of ``tables`` with our value beside them (NaN where the run has none);
+    with ``config``, only the rows in the experiment's scope (:func:`in_scope`)."""
     ref = reference() if ref is None else ref
     ref = ref[ref["table"].isin(tables)].copy()
+    if config is not None:
+        ref = ref[in_scope(ref, config)]
     ref["variant"] = ref["variant"].fillna("")
     merged = ref.merge(ours.drop(columns=["model"]), on=KEY, how="left", suffixes=("", "_ours"))
     merged = merged.rename(columns={"value": "paper", "value_ours": "ours"})
@@ -197,7 +282,7 @@ def build_report(
     from diff_erank.storage import write_text
 
     ours = long_results(full, accuracy, config)
-    cmp = compare(ours, config["paper_tables"])
+    cmp = compare(ours, config["paper_tables"], config=config)
     checks = trend_checks(cmp)
     prov = provenance(config)
     write_table(cmp.drop(columns=["size_value"]), out_dir / "tables" / "reproduction", prov)
@@ -227,7 +312,7 @@ def build_multimodal_report(mm: pd.DataFrame, config: dict[str, Any], out_dir: P
     from diff_erank.storage import write_text
 
     tables = [t for t in config["paper_tables"] if t in ("table2", "table3")]
-    cmp = compare(multimodal_long(mm, config), tables)
+    cmp = compare(multimodal_long(mm, config), tables, config=config)
     write_table(
         cmp.drop(columns=["size_value"]), out_dir / "tables" / "reproduction_multimodal", provenance(config)
     )
