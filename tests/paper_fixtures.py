@@ -103,7 +103,8 @@ def make_tasks(root: Path, files: dict[str, str]) -> str:
             f"dataset_kwargs:\n  data_files:\n    test: {files[name]}\n"
             f'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "{text}"\n'
             f'doc_to_choice: "{choice}"\ndoc_to_target: "{target}"\n'
-            "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+            "metric_list:\n  - metric: acc\n"
+            + ("" if name == "winogrande" else "  - metric: acc_norm\n")  # lm-eval's winogrande: acc only
         )
     return str(tasks)
 

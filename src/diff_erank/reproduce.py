@@ -102,6 +102,8 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
         labels = [""] if r.variant == "trained" else []
         labels += [lab for v, lab in (model.get("stage_labels") or {}).items() if v == r.variant]
         rows += [_row(model, r.task, "accuracy", lab, r.accuracy, r.model) for lab in labels]
+        norm = getattr(r, "accuracy_norm", float("nan"))  # lm-eval's acc_norm (NaN: the task has none)
+        rows += [_row(model, r.task, "accuracy_norm", lab, norm, r.model) for lab in labels]
     out = pd.DataFrame(rows, columns=["model", *KEY, "value"])
     # the spread over sample sizes (Table 11): population std of the same dataset's variants
     samples = out[(out["metric"] == "diff_erank") & out["variant"].str.startswith("samples=")]
@@ -159,7 +161,9 @@ def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str
         for v in variants(spec) if acc else []:
             if v in wanted:
                 for label in ([""] if v == "trained" else []) + ([labels[v]] if v in labels else []):
-                    keys |= {(fam, size, t, "accuracy", label) for t in acc_names}
+                    keys |= {
+                        (fam, size, t, m, label) for t in acc_names for m in ("accuracy", "accuracy_norm")
+                    }
     mm = config.get("multimodal") or {}
     if mm:
         from diff_erank.multimodal import LEVELS
@@ -174,6 +178,32 @@ def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str
                         for m in [*LEVELS, "image_reduction_ratio", "image_text_alignment"]
                     }
     return keys
+
+
+def accuracy_metrics() -> pd.DataFrame:
+    """Which lm-eval metric (acc or acc_norm) each paper accuracy is, per (table, dataset), with
+    the evidence for the choice (``data/accuracy_metrics.csv``)."""
+    with resources.files("diff_erank").joinpath("data/accuracy_metrics.csv").open() as f:
+        return pd.read_csv(f, keep_default_na=False)
+
+
+def _accuracy_columns(ref: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy rows get the metric the paper used (``lm_eval_metric``), the metric to join on,
+    and both of our values (``ours_acc``, ``ours_acc_norm``) for the report."""
+    choice = accuracy_metrics().rename(columns={"metric": "lm_eval_metric"})[
+        ["table", "dataset", "lm_eval_metric"]
+    ]
+    ref = ref.merge(choice, on=["table", "dataset"], how="left")
+    is_acc = ref["metric"] == "accuracy"
+    ref["lm_eval_metric"] = ref["lm_eval_metric"].where(is_acc, "").fillna("acc")
+    ref["join_metric"] = ref["metric"].where(
+        ~(is_acc & (ref["lm_eval_metric"] == "acc_norm")), "accuracy_norm"
+    )
+    for metric, col in (("accuracy", "ours_acc"), ("accuracy_norm", "ours_acc_norm")):
+        mine = ours[ours["metric"] == metric].drop(columns=["model", "metric"]).rename(columns={"value": col})
+        ref = ref.merge(mine, on=[k for k in KEY if k != "metric"], how="left")
+        ref.loc[~is_acc.to_numpy(), col] = np.nan
+    return ref
 
 
 def in_scope(ref: pd.DataFrame, config: dict[str, Any]) -> pd.Series:
@@ -209,7 +239,10 @@ def compare(
     if config is not None:
         ref = ref[in_scope(ref, config)]
     ref["variant"] = ref["variant"].fillna("")
-    merged = ref.merge(ours.drop(columns=["model"]), on=KEY, how="left", suffixes=("", "_ours"))
+    ref = _accuracy_columns(ref, ours)  # accuracy rows: the lm-eval metric the paper used
+    joined = ours.drop(columns=["model"]).rename(columns={"metric": "join_metric"})
+    keys = ["family", "size", "dataset", "join_metric", "variant"]
+    merged = ref.merge(joined, on=keys, how="left", suffixes=("", "_ours")).drop(columns=["join_metric"])
     merged = merged.rename(columns={"value": "paper", "value_ours": "ours"})
     merged["rel_diff"] = (merged["ours"] - merged["paper"]) / merged["paper"].abs()
     merged.loc[merged["paper"] == 0, "rel_diff"] = np.nan
@@ -271,7 +304,37 @@ def render(cmp: pd.DataFrame, checks: pd.DataFrame, title: str) -> str:
                 "",
                 markdown(c.drop(columns=["table"]), ".3g"),
             ]
+    out += accuracy_section(cmp)
     return "\n".join(out)
+
+
+def accuracy_section(cmp: pd.DataFrame) -> list[str]:
+    """Markdown lines: per (table, dataset), the lm-eval metric each paper accuracy is compared
+    with and why, then both of this run's metrics beside the paper's number."""
+    acc = cmp[cmp["metric"] == "accuracy"] if "lm_eval_metric" in cmp else cmp.iloc[:0]
+    if acc.empty:
+        return []
+    choice = accuracy_metrics().merge(acc[["table", "dataset"]].drop_duplicates(), on=["table", "dataset"])
+    out = [
+        "## Accuracy: which lm-eval metric",
+        "",
+        "Both acc and acc_norm are recorded for every task; each paper row is compared with the one "
+        "the paper used (winogrande defines no acc_norm: its acc enters the acc_norm mean):",
+        "",
+    ]
+    out += [f"- {r.table}, {r.dataset}: **{r.metric}**. {r.evidence}" for r in choice.itertuples()]
+    cols = [
+        "table",
+        "family",
+        "size",
+        "dataset",
+        "variant",
+        "paper",
+        "lm_eval_metric",
+        "ours_acc",
+        "ours_acc_norm",
+    ]
+    return [*out, "", markdown(acc.sort_values(["table", "dataset", "size_value"])[cols])]
 
 
 def build_report(
