@@ -68,6 +68,21 @@ def make_datasets(root: Path, n: int = 24) -> dict[str, str]:
             }
         )
     out["openbookqa"] = _jsonl(root / "openbookqa.jsonl", obqa)
+    # a train split of other questions (OpenBookQA's train split is disjoint from its test split)
+    train = []
+    for i, p in enumerate(paras[3 * n : 4 * n]):
+        words = p.split()[:20]
+        half = len(words) // 2
+        texts = [" ".join(words[half:]), *(" ".join(rng.sample(words, half)) for _ in range(3))]
+        train.append(
+            {
+                "id": f"train-{i}",
+                "question_stem": " ".join(words[:half]),
+                "choices": {"text": texts, "label": ["A", "B", "C", "D"]},
+                "answerKey": "A",
+            }
+        )
+    out["openbookqa-train"] = _jsonl(root / "openbookqa-train.jsonl", train)
     out["piqa"] = _jsonl(root / "piqa.jsonl", piqa)
     out["winogrande"] = _jsonl(root / "winogrande.jsonl", wino)
     return out
@@ -88,7 +103,8 @@ def make_tasks(root: Path, files: dict[str, str]) -> str:
             f"dataset_kwargs:\n  data_files:\n    test: {files[name]}\n"
             f'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "{text}"\n'
             f'doc_to_choice: "{choice}"\ndoc_to_target: "{target}"\n'
-            "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+            "metric_list:\n  - metric: acc\n"
+            + ("" if name == "winogrande" else "  - metric: acc_norm\n")  # lm-eval's winogrande: acc only
         )
     return str(tasks)
 

@@ -7,6 +7,8 @@ import math
 import pandas as pd
 import pytest
 import torch
+import yaml
+from conftest import REPO
 from mm_fixtures import TEMPLATE, make_cc_sbu, make_image, make_llava_instruct, save_tiny_llava
 
 from diff_erank import multimodal as M
@@ -24,35 +26,88 @@ def probe(llava_dir):
     return M.LlavaProbe.load(spec, torch.device("cpu"))
 
 
+VICUNA = yaml.safe_load((REPO / "conf" / "mm_model" / "llava-1_5-7b.yaml").read_text())["template"]
+
+
+def expand2square(image, background):
+    """LLaVA's own padding (llava/mm_utils.py), written out here as the independent reading."""
+    from PIL import Image
+
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    out = Image.new(image.mode, (side, side), background)
+    out.paste(image, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
 def test_levels_come_from_the_right_tensors(probe, tmp_path) -> None:
-    image = M.open_image(make_image(tmp_path / "a.png", 1))
-    states = probe.states(image, "Describe it.", "Stripes and a block.")
-    model = probe.model
+    """Each level against transformers' own functions and processor, with LLaVA-1.5's padding,
+    Vicuna prompt and split tokenisation."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    image = M.open_image(make_image(tmp_path / "a.png", 1))  # 80 x 60: not square
+    probe.template = VICUNA
+    instruction, response = "Describe it.", "Stripes and a block."
+    states = probe.states(image, instruction, response)
+    model, tok = probe.model, probe.tok
     n_patches = (56 // 14) ** 2
-    assert states["erank1_vision"].shape == (n_patches, 32)  # CLS dropped, vision width
-    assert states["erank2_connector"].shape == (n_patches, 48)  # projected to the LLM width
-    assert states["erank3_llm_image"].shape == (n_patches, 48)
-    pix = probe.pixels(image)
+    # pixels: pad to a square with the mean colour, then CLIP's own resize / crop / normalise
+    clip = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    mean = tuple(int(x * 255) for x in clip.image_mean)
+    pix = clip(images=expand2square(image, mean), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(probe.pixels(image), pix)
+    assert not torch.allclose(probe.pixels(image), clip(images=image, return_tensors="pt")["pixel_values"])
     with torch.no_grad():
         hs = model.model.vision_tower(pix, output_hidden_states=True).hidden_states
         feats = hs[model.config.vision_feature_layer][:, 1:]
         torch.testing.assert_close(states["erank1_vision"], feats[0])
-        projected = model.model.multi_modal_projector(feats)
-        torch.testing.assert_close(states["erank2_connector"], projected[0])
-        # image alone == the language model on the projected tokens
-        lm = model.model.language_model(inputs_embeds=projected).last_hidden_state[0]
+        projected = model.get_image_features(pixel_values=pix, return_dict=True).pooler_output[0]
+        torch.testing.assert_close(states["erank2_connector"], projected.reshape(n_patches, -1))
+        # image alone: after the BOS the text levels start with, on the projected tokens
+        bos = model.get_input_embeddings()(torch.tensor([[tok.bos_token_id]]))
+        embeds = torch.cat([bos, projected.reshape(1, n_patches, -1)], dim=1)
+        lm = model.model.language_model(inputs_embeds=embeds).last_hidden_state[0]
+        assert states["erank3_llm_image"].shape == (n_patches + 1, 48)
         torch.testing.assert_close(states["erank3_llm_image"], lm, rtol=1e-5, atol=1e-5)
-        # text alone == the language model on the text's tokens (template without the image)
-        text = TEMPLATE.format(instruction="Describe it.", response="Stripes and a block.").replace(
-            "<image>\n", ""
+        # text alone: the whole Vicuna prompt without the image (system prompt included)
+        full = VICUNA.format(instruction=instruction, response=response)
+        text = full.replace("<image>\n", "")
+        assert text.startswith("A chat between a curious human") and text.endswith(
+            f"ASSISTANT: {response}</s>"
         )
-        ids = probe.tok(text, return_tensors="pt")["input_ids"]
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        assert ids[0, 0] == tok.bos_token_id and ids[0, -1] == tok.eos_token_id
         lm_text = model.model.language_model(input_ids=ids).last_hidden_state[0]
         torch.testing.assert_close(states["erank4_llm_text"], lm_text, rtol=1e-5, atol=1e-5)
-    full = probe._ids(TEMPLATE.format(instruction="Describe it.", response="Stripes and a block."), n_patches)
-    assert (full == model.config.image_token_id).sum() == n_patches  # the image expanded in place
-    assert states["erank5_llm_image_text"].shape == (full.shape[1], 48)
-    assert full.shape[1] > n_patches + 10
+        # image and text: LLaVA's processor on the whole string gives the same ids here (a byte-level
+        # BPE; a SentencePiece tokenizer would differ by the prefix space after <image>) and the same
+        # hidden states
+        proc = LlavaProcessor(
+            image_processor=probe.proc,
+            tokenizer=tok,
+            patch_size=14,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,  # the CLS token, as llava-hf's processor config says
+        )
+        batch = proc(images=image, text=full, return_tensors="pt")
+        ours = probe._ids(full, n_patches)
+        assert ours[0].tolist() == batch["input_ids"][0].tolist()
+        assert (ours == model.config.image_token_id).sum() == n_patches and ours[0, 0] == tok.bos_token_id
+        torch.testing.assert_close(batch["pixel_values"], pix)
+        out = model(**batch, output_hidden_states=True).hidden_states[-1][0]
+        torch.testing.assert_close(states["erank5_llm_image_text"], out, rtol=1e-5, atol=1e-5)
+
+
+def test_tokenizer_image_token_splits_like_llava(probe) -> None:
+    """LLaVA's rule: every piece tokenised on its own, one BOS at the very start."""
+    tok = probe.tok
+    prompt = "SYS USER: <image>\nWhat? ASSISTANT: It.</s>"
+    ids = M.tokenizer_image_token(prompt, tok, 7, 3)
+    first, second = (tok(p, add_special_tokens=False)["input_ids"] for p in prompt.split("<image>"))
+    assert ids == [tok.bos_token_id, *first, 7, 7, 7, *second]
+    assert M.tokenizer_image_token("<image>\nx", tok, 7, 2)[:3] == [tok.bos_token_id, 7, 7]
 
 
 def test_rotation_changes_erank1(probe, tmp_path) -> None:
@@ -150,5 +205,5 @@ def test_table2_experiment_end_to_end(llava_dir, tmp_path) -> None:
     rep = pd.read_csv(out / "tables" / "reproduction_multimodal.csv")
     llava = rep[rep["family"] == "llava-1.5"]
     assert llava["ours"].notna().all() and len(llava) == 14 + 7
-    assert rep[rep["family"] == "minigpt-v2"]["ours"].isna().all()  # not in this run: kept as missing
+    assert not (rep["family"] == "minigpt-v2").any()  # not a model of this run: out of its scope
     assert (out / "figures" / "multimodal.png").stat().st_size > 1000

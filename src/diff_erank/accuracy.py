@@ -65,15 +65,28 @@ def evaluate(
         name: sum(scores[t]["acc"] for t in tasks) / len(tasks)
         for name, tasks in (acc.get("combine") or {}).items()
     }
+    # the same means of acc_norm, where a task defines it (winogrande does not: its acc counts)
+    combined_norm = {
+        name: sum(scores[t].get("acc_norm", scores[t]["acc"]) for t in tasks) / len(tasks)
+        for name, tasks in (acc.get("combine") or {}).items()
+    }
     record = {
         "variant": variant,
         "accuracy": {t: s["acc"] for t, s in scores.items()},
         "accuracy_norm": {t: s.get("acc_norm") for t, s in scores.items()},
         "combined": combined,
+        "combined_norm": combined_norm,
         "task_versions": res.get("versions", {}),
         "n_samples": res.get("n-samples", {}),
         "provenance": provenance(spec, accuracy=acc, lm_eval=importlib.metadata.version("lm_eval")),
     }
     write_json(record, out)
-    log.info("accuracy %s: %s %s", variant, record["accuracy"], combined)
+    log.info(
+        "accuracy %s: acc %s %s, acc_norm %s %s",
+        variant,
+        record["accuracy"],
+        combined,
+        record["accuracy_norm"],
+        combined_norm,
+    )
     return record

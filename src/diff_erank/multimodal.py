@@ -5,7 +5,8 @@ For one image-text item (instruction + response) five hidden-state matrices are 
 1. eRank1: the vision tower's output tokens as fed to the projector
    (``hidden_states[vision_feature_layer]``, CLS dropped under the default strategy);
 2. eRank2: the same tokens after the multi-modal projector;
-3. eRank3: the language model's last hidden states for the image tokens alone;
+3. eRank3: the language model's last hidden states for the image tokens alone (after the BOS
+   that the text levels start with too, so the three language-model levels compare like things);
 4. eRank4: the language model's last hidden states for the text alone;
 5. eRank5: the language model's last hidden states for the image and the text together.
 
@@ -13,6 +14,12 @@ Per dataset the five are aggregated with algorithm (a) (exp of the mean entropy,
 reading of the paper) or (b); then Image Reduction Ratio = (E1 - E2) / E1 and Image-Text
 Alignment = mean(E3, E4, E5) / max(E3, E4, E5). Rotated images (clockwise, 90 degrees by
 default) give Table 3.
+
+The model is run as LLaVA-1.5's authors run it: every image is padded to a square with the CLIP
+mean colour before CLIP preprocessing (their ``expand2square``; ``LlavaImageProcessorPil`` with
+``do_pad=True``), the prompt is the Vicuna v1 conversation with its system prompt (the model
+entry's ``template``), and its pieces around ``<image>`` are tokenised separately
+(:func:`tokenizer_image_token`, their ``tokenizer_image_token``).
 """
 
 from __future__ import annotations
@@ -133,6 +140,26 @@ def open_image(path: str | Path, rotate_clockwise: int = 0):
 
 
 # -- the model ---------------------------------------------------------------------------------
+def tokenizer_image_token(prompt: str, tokenizer, image_id: int, n_image: int) -> list[int]:
+    """LLaVA's ``tokenizer_image_token``: each piece around ``<image>`` is tokenised on its own
+    (with special tokens, the leading BOS of every piece but the first dropped) and each
+    ``<image>`` becomes ``n_image`` image-token ids, as the model expands it.
+
+    With a SentencePiece (Llama) tokenizer a piece after the image starts a fresh sequence and so
+    gets the prefix space that tokenising the whole string would not give it: that difference is
+    the original's, and kept.
+    """
+    chunks = [tokenizer(chunk)["input_ids"] for chunk in prompt.split(IMAGE)]
+    bos = tokenizer.bos_token_id
+    offset = 1 if chunks and chunks[0] and chunks[0][0] == bos else 0
+    ids = [bos] if offset else []
+    for k, chunk in enumerate(chunks):
+        ids += chunk[offset:] if (offset and chunk[:1] == [bos]) else chunk
+        if k < len(chunks) - 1:
+            ids += [image_id] * n_image
+    return ids
+
+
 class LlavaProbe:
     """The five hidden-state matrices of one item, from a ``LlavaForConditionalGeneration``."""
 
@@ -150,7 +177,7 @@ class LlavaProbe:
 
     @classmethod
     def load(cls, spec: dict[str, Any], device: torch.device) -> LlavaProbe:
-        from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaForConditionalGeneration
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration, LlavaImageProcessorPil
 
         name, rev = resolve_source(spec["source"], spec.get("revision"))
         dtype = DTYPES[spec["dtype"]]
@@ -162,7 +189,8 @@ class LlavaProbe:
             .eval()
         )
         tok = AutoTokenizer.from_pretrained(name, revision=rev)
-        proc = CLIPImageProcessorPil.from_pretrained(name, revision=rev)
+        # pad to a square with the mean colour (image_mean x 255) first, as LLaVA's expand2square
+        proc = LlavaImageProcessorPil.from_pretrained(name, revision=rev, do_pad=True)
         return cls(model, tok, proc, spec["template"], device)
 
     def pixels(self, image) -> torch.Tensor:
@@ -183,13 +211,9 @@ class LlavaProbe:
         return feats[:, 1:] if cfg.vision_feature_select_strategy == "default" else feats
 
     def _ids(self, text: str, n_image: int) -> torch.Tensor:
-        parts = text.split(IMAGE)
-        ids: list[int] = []
-        for k, part in enumerate(parts):
-            ids += self.tok(part, add_special_tokens=(k == 0))["input_ids"]
-            if k < len(parts) - 1:
-                ids += [self.image_id] * n_image
-        return torch.tensor([ids], device=self.device)
+        return torch.tensor(
+            [tokenizer_image_token(text, self.tok, self.image_id, n_image)], device=self.device
+        )
 
     @torch.no_grad()
     def states(self, image, instruction: str, response: str) -> dict[str, torch.Tensor]:
@@ -200,7 +224,9 @@ class LlavaProbe:
         full = self.template.format(instruction=instruction, response=response)
         text_only = full.replace(IMAGE + "\n", "").replace(IMAGE, "")
         both = self._ids(full, n)
-        image_only = torch.full((1, n), self.image_id, device=self.device)
+        # the image tokens after the same special prefix (BOS) the two text levels start with
+        prefix = self.tok("")["input_ids"]
+        image_only = torch.tensor([[*prefix, *[self.image_id] * n]], device=self.device)
         hs3 = self.model(input_ids=image_only, pixel_values=pix, output_hidden_states=True).hidden_states[-1][
             0
         ]

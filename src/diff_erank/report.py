@@ -182,16 +182,27 @@ def summarise(main: pd.DataFrame, stages: pd.DataFrame) -> str:
 
 
 def load_accuracy(files: Sequence[str | Path]) -> pd.DataFrame:
-    """Accuracy records as rows (model, variant, task, accuracy); combined means count as tasks."""
+    """Accuracy records as rows (model, variant, task, accuracy = lm-eval's acc, accuracy_norm =
+    its acc_norm, NaN where the task has none); combined means count as tasks."""
     import json
 
     rows = []
     for f in files:
         rec = json.loads(Path(f).read_text())
         model = Path(f).parent.name
+        norm = {**rec.get("accuracy_norm", {}), **rec.get("combined_norm", {})}
         for task, acc in {**rec["accuracy"], **rec.get("combined", {})}.items():
-            rows.append({"model": model, "variant": rec["variant"], "task": task, "accuracy": acc})
-    return pd.DataFrame(rows, columns=["model", "variant", "task", "accuracy"])
+            value = norm.get(task)
+            rows.append(
+                {
+                    "model": model,
+                    "variant": rec["variant"],
+                    "task": task,
+                    "accuracy": acc,
+                    "accuracy_norm": float("nan") if value is None else value,
+                }
+            )
+    return pd.DataFrame(rows, columns=["model", "variant", "task", "accuracy", "accuracy_norm"])
 
 
 def build(

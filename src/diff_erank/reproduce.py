@@ -56,6 +56,8 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
     rows = []
     ds_name = {d: (s.get("paper_name") or d) for d, s in config["datasets"].items()}
     ds_variant = {d: (s.get("paper_variant") or "") for d, s in config["datasets"].items()}
+    # layer_* and algorithm_* rows only where the run compares several (Tables 4 and 9)
+    several_layers, several_algorithms = full["layer"].nunique() > 1, full["algorithm"].nunique() > 1
     for r in headline(full).itertuples():
         model = config["models"][r.model]
         if r.algorithm == "a" and r.layer == "last":
@@ -78,13 +80,13 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
                 )
             )
             rows.append(_row(model, ds_name[r.dataset], "loss", "trained", r.loss_trained, r.model))
-        if r.layer == "last":
+        if r.layer == "last" and several_algorithms:
             rows.append(
                 _row(
                     model, ds_name[r.dataset], "diff_erank", f"algorithm_{r.algorithm}", r.diff_erank, r.model
                 )
             )
-        if r.algorithm == "a":
+        if r.algorithm == "a" and several_layers:
             rows.append(
                 _row(model, ds_name[r.dataset], "diff_erank", f"layer_{r.layer}", r.diff_erank, r.model)
             )
@@ -100,6 +102,8 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
         labels = [""] if r.variant == "trained" else []
         labels += [lab for v, lab in (model.get("stage_labels") or {}).items() if v == r.variant]
         rows += [_row(model, r.task, "accuracy", lab, r.accuracy, r.model) for lab in labels]
+        norm = getattr(r, "accuracy_norm", float("nan"))  # lm-eval's acc_norm (NaN: the task has none)
+        rows += [_row(model, r.task, "accuracy_norm", lab, norm, r.model) for lab in labels]
     out = pd.DataFrame(rows, columns=["model", *KEY, "value"])
     # the spread over sample sizes (Table 11): population std of the same dataset's variants
     samples = out[(out["metric"] == "diff_erank") & out["variant"].str.startswith("samples=")]
@@ -119,12 +123,126 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
     return out.drop_duplicates(subset=KEY, keep="first")
 
 
-def compare(ours: pd.DataFrame, tables: Sequence[str], ref: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Reference rows of ``tables`` with our value beside them (NaN where the run has none)."""
+def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
+    """The (family, size, dataset, metric, variant) keys a run of ``config`` writes into the long
+    form (:func:`long_results`, :func:`multimodal_long`), read off the configuration alone."""
+    from diff_erank.config import untrained_variants, variants
+
+    keys: set[tuple[str, str, str, str, str]] = set()
+    layers, algorithms = config.get("layers") or ["last"], config.get("algorithms") or ["a"]
+    measured = {d: s for d, s in config["datasets"].items() if s.get("measure", True)}
+    acc = config.get("accuracy") or {}
+    acc_names = [*(acc.get("tasks") or []), *(acc.get("combine") or {})]
+    for spec in config["models"].values():
+        fam, size = spec["family"], str(spec["size"])
+        labels = spec.get("stage_labels") or {}
+        samples: dict[str, list[str]] = {}
+        for ds in measured.values():
+            name, pv = ds.get("paper_name") or "", ds.get("paper_variant") or ""
+            if "a" in algorithms and "last" in layers:
+                keys |= {(fam, size, name, "diff_erank", pv), (fam, size, name, "reduced_loss", pv)}
+                keys |= {(fam, size, name, "normalized_matrix_entropy", "trained")}
+                keys |= {(fam, size, name, "loss", "trained")}
+            if "last" in layers and len(algorithms) > 1:
+                keys |= {(fam, size, name, "diff_erank", f"algorithm_{a}") for a in algorithms}
+            if "a" in algorithms and len(layers) > 1:
+                keys |= {(fam, size, name, "diff_erank", f"layer_{lay}") for lay in layers}
+            if "a" in algorithms and "last" in layers:
+                m0 = untrained_variants(spec)
+                for v in [*m0[:1], *(v for v in variants(spec) if v not in m0)]:
+                    if v in labels:
+                        keys |= {(fam, size, name, m, labels[v]) for m in ("diff_erank", "loss")}
+            if pv.startswith("samples="):
+                samples.setdefault(name, []).append(pv.removeprefix("samples="))
+        for name, sizes in samples.items():
+            if len(sizes) > 1:
+                keys.add((fam, size, name, "diff_erank_std", "samples=" + ",".join(sizes)))
+        wanted = acc.get("variants") or ["trained"]
+        for v in variants(spec) if acc else []:
+            if v in wanted:
+                for label in ([""] if v == "trained" else []) + ([labels[v]] if v in labels else []):
+                    keys |= {
+                        (fam, size, t, m, label) for t in acc_names for m in ("accuracy", "accuracy_norm")
+                    }
+    mm = config.get("multimodal") or {}
+    if mm:
+        from diff_erank.multimodal import LEVELS
+
+        rot_labels = {int(k): v for k, v in (mm.get("rotation_labels") or {}).items()}
+        for spec in mm["models"].values():
+            for ds in mm["datasets"].values():
+                for rot in mm["rotations"]:
+                    var = "" if rot == 0 else rot_labels.get(rot, f"rotated_{rot}")
+                    keys |= {
+                        (spec["family"], str(spec["size"]), ds.get("paper_name") or "", m, var)
+                        for m in [*LEVELS, "image_reduction_ratio", "image_text_alignment"]
+                    }
+    return keys
+
+
+def accuracy_metrics() -> pd.DataFrame:
+    """Which lm-eval metric (acc or acc_norm) each paper accuracy is, per (table, dataset), with
+    the evidence for the choice (``data/accuracy_metrics.csv``)."""
+    with resources.files("diff_erank").joinpath("data/accuracy_metrics.csv").open() as f:
+        return pd.read_csv(f, keep_default_na=False)
+
+
+def _accuracy_columns(ref: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy rows get the metric the paper used (``lm_eval_metric``), the metric to join on,
+    and both of our values (``ours_acc``, ``ours_acc_norm``) for the report."""
+    choice = accuracy_metrics().rename(columns={"metric": "lm_eval_metric"})[
+        ["table", "dataset", "lm_eval_metric"]
+    ]
+    ref = ref.merge(choice, on=["table", "dataset"], how="left")
+    is_acc = ref["metric"] == "accuracy"
+    ref["lm_eval_metric"] = ref["lm_eval_metric"].where(is_acc, "").fillna("acc")
+    ref["join_metric"] = ref["metric"].where(
+        ~(is_acc & (ref["lm_eval_metric"] == "acc_norm")), "accuracy_norm"
+    )
+    for metric, col in (("accuracy", "ours_acc"), ("accuracy_norm", "ours_acc_norm")):
+        mine = ours[ours["metric"] == metric].drop(columns=["model", "metric"]).rename(columns={"value": col})
+        ref = ref.merge(mine, on=[k for k in KEY if k != "metric"], how="left")
+        ref.loc[~is_acc.to_numpy(), col] = np.nan
+    return ref
+
+
+def in_scope(ref: pd.DataFrame, config: dict[str, Any]) -> pd.Series:
+    """Rows of the reference that concern the experiment's own models and datasets: its models'
+    (family, size), and the datasets it measures (accuracy rows: the tasks it scores). A claimed
+    table is compared on these rows; one of them the run did not produce stays as missing."""
+    mm = config.get("multimodal") or {}
+    models = {
+        (s["family"], str(s["size"]))
+        for s in [*config["models"].values(), *(mm.get("models") or {}).values()]
+    }
+    measured = {s.get("paper_name") for s in config["datasets"].values() if s.get("measure", True)}
+    measured |= {s.get("paper_name") for s in (mm.get("datasets") or {}).values()}
+    acc = config.get("accuracy") or {}
+    scored = {*(acc.get("tasks") or []), *(acc.get("combine") or {})}
+    is_model = pd.Series(
+        [(f, s) in models for f, s in zip(ref["family"], ref["size"], strict=True)], ref.index
+    )
+    is_acc = ref["metric"] == "accuracy"
+    return is_model & ((is_acc & ref["dataset"].isin(scored)) | (~is_acc & ref["dataset"].isin(measured)))
+
+
+def compare(
+    ours: pd.DataFrame,
+    tables: Sequence[str],
+    ref: pd.DataFrame | None = None,
+    config: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Reference rows of ``tables`` with our value beside them (NaN where the run has none);
+    with ``config``, only the rows in the experiment's scope (:func:`in_scope`)."""
     ref = reference() if ref is None else ref
     ref = ref[ref["table"].isin(tables)].copy()
+    if config is not None:
+        ref = ref[in_scope(ref, config)]
     ref["variant"] = ref["variant"].fillna("")
-    merged = ref.merge(ours.drop(columns=["model"]), on=KEY, how="left", suffixes=("", "_ours"))
+    ref = _accuracy_columns(ref, ours)  # accuracy rows: the lm-eval metric the paper used
+    joined = ours.drop(columns=["model"]).rename(columns={"metric": "join_metric"})
+    keys = ["family", "size", "dataset", "join_metric", "variant"]
+    merged = ref.merge(joined, on=keys, how="left", suffixes=("", "_ours")).drop(columns=["join_metric"])
     merged = merged.rename(columns={"value": "paper", "value_ours": "ours"})
     merged["rel_diff"] = (merged["ours"] - merged["paper"]) / merged["paper"].abs()
     merged.loc[merged["paper"] == 0, "rel_diff"] = np.nan
@@ -186,7 +304,37 @@ def render(cmp: pd.DataFrame, checks: pd.DataFrame, title: str) -> str:
                 "",
                 markdown(c.drop(columns=["table"]), ".3g"),
             ]
+    out += accuracy_section(cmp)
     return "\n".join(out)
+
+
+def accuracy_section(cmp: pd.DataFrame) -> list[str]:
+    """Markdown lines: per (table, dataset), the lm-eval metric each paper accuracy is compared
+    with and why, then both of this run's metrics beside the paper's number."""
+    acc = cmp[cmp["metric"] == "accuracy"] if "lm_eval_metric" in cmp else cmp.iloc[:0]
+    if acc.empty:
+        return []
+    choice = accuracy_metrics().merge(acc[["table", "dataset"]].drop_duplicates(), on=["table", "dataset"])
+    out = [
+        "## Accuracy: which lm-eval metric",
+        "",
+        "Both acc and acc_norm are recorded for every task; each paper row is compared with the one "
+        "the paper used (winogrande defines no acc_norm: its acc enters the acc_norm mean):",
+        "",
+    ]
+    out += [f"- {r.table}, {r.dataset}: **{r.metric}**. {r.evidence}" for r in choice.itertuples()]
+    cols = [
+        "table",
+        "family",
+        "size",
+        "dataset",
+        "variant",
+        "paper",
+        "lm_eval_metric",
+        "ours_acc",
+        "ours_acc_norm",
+    ]
+    return [*out, "", markdown(acc.sort_values(["table", "dataset", "size_value"])[cols])]
 
 
 def build_report(
@@ -197,7 +345,7 @@ def build_report(
     from diff_erank.storage import write_text
 
     ours = long_results(full, accuracy, config)
-    cmp = compare(ours, config["paper_tables"])
+    cmp = compare(ours, config["paper_tables"], config=config)
     checks = trend_checks(cmp)
     prov = provenance(config)
     write_table(cmp.drop(columns=["size_value"]), out_dir / "tables" / "reproduction", prov)
@@ -227,7 +375,7 @@ def build_multimodal_report(mm: pd.DataFrame, config: dict[str, Any], out_dir: P
     from diff_erank.storage import write_text
 
     tables = [t for t in config["paper_tables"] if t in ("table2", "table3")]
-    cmp = compare(multimodal_long(mm, config), tables)
+    cmp = compare(multimodal_long(mm, config), tables, config=config)
     write_table(
         cmp.drop(columns=["size_value"]), out_dir / "tables" / "reproduction_multimodal", provenance(config)
     )
