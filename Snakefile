@@ -23,6 +23,9 @@ C = load_config(Path(workflow.basedir) / "conf", _overrides(config.get("override
 OUT = f"{C['results_dir']}/{C['name']}"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/train.smk"

@@ -2,6 +2,7 @@
 import json
 
 from diff_erank.config import untrained_variants, variants
+from diff_erank.outputs import report_files
 
 NAME = r"[A-Za-z0-9_.-]+"
 
@@ -72,9 +73,5 @@ def report_outputs():
     """What `all` asks for: the language-model report (if any models) and the multi-modal one."""
     outs = []
     if C["models"]:
-        outs += [f"{OUT}/tables/diff_erank.csv", f"{OUT}/summary.md"]
-        if set(C["paper_tables"]) - {"table2", "table3"}:
-            outs.append(f"{OUT}/reproduction.md")
-        if "size" in C["figures"]:
-            outs.append(f"{OUT}/figures/size.png")
+        outs += [f"{OUT}/{path}" for path in report_files(C).values()]
     return outs + mm_outputs()
