@@ -258,7 +258,7 @@ def algorithms_figure(last: pd.DataFrame, stem: Path, prov: dict[str, Any], laye
     )
     fig.suptitle(
         f"Algorithm (a) exp(mean entropy) against (b) mean of per-text eRanks, {layer} layer\n"
-        "(b) >= (a) by Jensen's inequality",
+        "each model's eRank is larger under (b) (Jensen); their difference need not be",
         fontsize=10,
     )
     save(fig, stem, prov)

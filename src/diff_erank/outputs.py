@@ -68,3 +68,15 @@ def report_files(config: dict[str, Any]) -> dict[str, str]:
     if reproduces_paper(config):
         files += ["reproduction.md", "reproduction.html"]
     return {key(f): f for f in files}
+
+
+def multimodal_files(config: dict[str, Any]) -> dict[str, str]:
+    """Every file the multi-modal report (Tables 2-3) writes, by output name."""
+    if not config.get("multimodal"):
+        return {}
+    files = [f"tables/multimodal.{ext}" for ext in TABLE_FILES]
+    files += [f"figures/multimodal.{ext}" for ext in FIGURE_FILES]
+    if MULTIMODAL_TABLES & set(config["paper_tables"]):
+        files += [f"tables/reproduction_multimodal.{ext}" for ext in TABLE_FILES]
+        files.append("reproduction_multimodal.md")
+    return {key(f): f for f in files}

@@ -227,8 +227,9 @@ def summarise(
             "",
             "## Algorithms",
             "",
-            f"Algorithm (b) >= (a) in {ok} of {len(by_alg)} model x dataset x layer rows "
-            "(Jensen's inequality requires it for every row).",
+            f"Diff-eRank by algorithm (b) >= (a) in {ok} of {len(by_alg)} model x dataset x layer rows. "
+            "Jensen's inequality makes each model's eRank under (b) at least its eRank under (a); "
+            "their difference, Diff-eRank, can go either way.",
         ]
     if layers is not None and not layers.empty:
         out += _layer_lines(layers)

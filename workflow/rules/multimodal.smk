@@ -14,10 +14,7 @@ def mm_inputs():
 def mm_outputs():
     if not C["multimodal"]:
         return []
-    outs = [f"{OUT}/tables/multimodal.csv", f"{OUT}/figures/multimodal.png"]
-    if {"table2", "table3"} & set(C["paper_tables"]):
-        outs.append(f"{OUT}/reproduction_multimodal.md")
-    return outs
+    return [f"{OUT}/{path}" for path in multimodal_files(C).values()]
 
 
 rule mm_prepare:
@@ -64,13 +61,12 @@ rule mm_erank:
 rule mm_report:
     input:
         **mm_inputs(),
+        config=f"{OUT}/config.json",
     output:
-        table=report(f"{OUT}/tables/multimodal.csv", caption="../report/multimodal.rst", category="Multi-modal"),
-        figure=report(f"{OUT}/figures/multimodal.png", caption="../report/multimodal.rst", category="Multi-modal"),
-        reproduction=f"{OUT}/reproduction_multimodal.md" if {"table2", "table3"} & set(C["paper_tables"]) else [],
+        **report_rule_outputs(multimodal_files(C)),
     params:
-        inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items()),
-        config=lambda w: as_json(C),
+        inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items() if k != "config"),
+        experiment=C["name"],
     log:
         f"{OUT}/logs/mm_report.log",
     benchmark:
@@ -80,4 +76,5 @@ rule mm_report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank mm-report --inputs {params.inputs} --config {params.config:q} --out-dir {OUT} > {log} 2>&1"
+        "diff-erank mm-report --inputs {params.inputs} --config \"$(cat {input.config:q})\" --out-dir {OUT}"
+        " > {log} 2>&1"

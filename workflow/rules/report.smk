@@ -1,7 +1,7 @@
 # Tables (CSV + Markdown + HTML), figures (PNG + PDF), the generated summary and the comparison with the
 # paper. Every file the report writes is a declared output (diff_erank.outputs.report_files: one
 # list for the rule and the code), so deleting any one of them reruns the rule.
-from diff_erank.outputs import report_files
+from diff_erank.outputs import multimodal_files, report_files
 
 # What Snakemake's HTML report shows, by file: caption, category (a paper table or figure) and labels.
 # Tables appear as their HTML rendering (readable in the page); CSV, Markdown and PDF stay as files.
@@ -24,13 +24,15 @@ REPORT_ITEMS = {
     "figures/stages.png": ("stages.rst", "Table 10: training stages", "figure"),
     "tables/stages.html": ("stages.rst", "Table 10: training stages", "table"),
     "tables/all.html": ("all.rst", "All results", "table"),
+    "tables/multimodal.html": ("multimodal.rst", "Tables 2-3: multi-modal", "table"),
+    "figures/multimodal.png": ("multimodal.rst", "Tables 2-3: multi-modal", "figure"),
 }
 
 
-def report_rule_outputs():
-    """The report rule's named outputs; the files Snakemake's report shows are wrapped in report()."""
+def report_rule_outputs(files=None):
+    """A report rule's named outputs; the files Snakemake's report shows are wrapped in report()."""
     outs = {}
-    for name, path in report_files(C).items():
+    for name, path in (report_files(C) if files is None else files).items():
         item = REPORT_ITEMS.get(path)
         if item:
             caption, category, kind = item
@@ -70,11 +72,11 @@ rule report:
     params:
         # what the report's "job parameters" show; the whole resolved config is input.config
         experiment=C["name"],
-        models=", ".join(C["models"]),
-        datasets=", ".join(MEASURED),
-        layers=", ".join(str(x) for x in (C["layers"] if isinstance(C["layers"], list) else [C["layers"]])),
-        algorithms=", ".join(C["algorithms"]),
-        paper_tables=", ".join(C["paper_tables"]) or "none",
+        models=" ".join(C["models"]),
+        datasets=" ".join(MEASURED),
+        layers=" ".join(str(x) for x in (C["layers"] if isinstance(C["layers"], list) else [C["layers"]])),
+        algorithms=" ".join(C["algorithms"]),
+        paper_tables=" ".join(C["paper_tables"]) or "none",
     log:
         f"{OUT}/logs/report.log",
     benchmark:
