@@ -224,3 +224,34 @@ def test_no_two_modules_import_each_other() -> None:
 
     cycles = [c for m in sorted(graph) if (c := cycle_from(m, m, (m,)))]
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_every_layer_with_layers_all(tmp_path) -> None:
+    """``layers: all`` (every hidden state, embedding output included): depth comes from layer_index."""
+    rng = np.random.default_rng(1)
+    layers = {"embeddings": 0, **{str(i): i for i in range(1, 7)}}
+    entry = {**model_entry("opt", "s"), "checkpoints": []}
+    config = {
+        "name": "every-layer",
+        "layers": ["all"],
+        "algorithms": ["a"],
+        "figures": ["size", "stages", "algorithms", "layers"],
+        "paper_tables": [],
+        "accuracy": None,
+        "models": {"opt-s": entry},
+        "datasets": {"d1": {}},
+    }
+    assert figure_kinds(config) == ["size", "layers"]
+    tables = {v: per_text(STEPS[v], LOSS[v], layers, rng) for v in ("trained", "rev-step0")}
+    info = {"model": "opt-s", "family": "opt", "size": "s", "n_params": 1000, "dataset": "d1"}
+    path = tmp_path / "d1.parquet"
+    diff_table(tables, ["rev-step0"], ["a"], {"samples": 0, "seed": 0, "ci": 0.95}, info).to_parquet(path)
+    out = tmp_path / "out"
+    build([path], out, config)
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == set(
+        report_files(config).values()
+    )
+    per_layer = pd.read_csv(out / "tables" / "layers.csv")
+    assert per_layer["layer_index"].tolist() == list(range(7))
+    assert per_layer["layer"].tolist() == list(layers)
+    assert "- opt-s on d1: Diff-eRank over 7 layers from" in (out / "summary.md").read_text()

@@ -79,7 +79,7 @@ def _label_sizes(ax, xs, ys, labels, color) -> None:
     ax.margins(y=0.12)
     for x, y, s in zip(xs, ys, labels, strict=True):
         ax.annotate(
-            str(s), (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7, color=color
+            str(s), (x, y), textcoords="offset points", xytext=(-5, 4), ha="right", fontsize=7, color=color
         )
 
 
@@ -97,7 +97,7 @@ def size_figure(
 ) -> None:
     """Fig. 1: Diff-eRank (left axis, solid) and reduced loss (right axis, dashed) against size."""
     plt = _plt()
-    datasets = list(dict.fromkeys(main["dataset"]))
+    datasets = sorted(set(main["dataset"]))
     colors = _family_colors(main)
     fig, axes = plt.subplots(
         1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False, layout="constrained"
@@ -173,7 +173,7 @@ def stages_figure(
         ("diff_erank", "Diff-eRank", "Diff-eRank against step 0"),
     ]
     families = list(dict.fromkeys(stages["family"])) if "family" in stages else [""]
-    datasets = list(dict.fromkeys(stages["dataset"]))
+    datasets = sorted(set(stages["dataset"]))
     styles = dict(zip(datasets, DATASET_STYLES * 4, strict=False))
     fig, axes = plt.subplots(
         len(families), 3, figsize=(13, 3.1 * len(families) + 0.6), squeeze=False, layout="constrained"
@@ -225,7 +225,7 @@ def algorithms_figure(last: pd.DataFrame, stem: Path, prov: dict[str, Any], laye
     dataset, algorithm, diff_erank).
     """
     plt = _plt()
-    datasets = list(dict.fromkeys(last["dataset"]))
+    datasets = sorted(set(last["dataset"]))
     colors = _family_colors(last)
     fig, axes = plt.subplots(
         1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False, layout="constrained"
@@ -275,7 +275,7 @@ def accuracy_figure(
     """Fig. 3: Diff-eRank (left, solid, per dataset) and accuracy (right, dotted, per task) by size."""
     plt = _plt()
     families = list(dict.fromkeys(main["family"]))
-    datasets = list(dict.fromkeys(main["dataset"]))
+    datasets = sorted(set(main["dataset"]))
     styles = dict(zip(datasets, DATASET_STYLES * 4, strict=False))
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(
@@ -331,6 +331,11 @@ def accuracy_figure(
     save(fig, stem, prov)
 
 
+def _depth_key(name: str) -> tuple[int, str]:
+    """Named layers in depth order, for labels where several names fall on one hidden state."""
+    return ({"embeddings": 0, "first": 1, "middle": 2, "last": 3}.get(name, 4), name)
+
+
 def layers_figure(
     layers: pd.DataFrame, stem: Path, prov: dict[str, Any], algorithm: str = "a", per_row: int = 4
 ) -> None:
@@ -347,7 +352,7 @@ def layers_figure(
         .sort_values(["family", "n_params"])
     )
     models = list(order.index)
-    datasets = list(dict.fromkeys(layers["dataset"]))
+    datasets = sorted(set(layers["dataset"]))
     cmap = plt.get_cmap("tab10")
     colors = {d: cmap(i % 10) for i, d in enumerate(datasets)}
     ncol = min(per_row, len(models))
@@ -355,9 +360,8 @@ def layers_figure(
     fig, axes = plt.subplots(
         2 * nblocks,
         ncol,
-        figsize=(3.4 * ncol, 5.0 * nblocks + 0.6),
+        figsize=(max(3.4 * ncol, 6.0), 5.0 * nblocks + 0.6),
         squeeze=False,
-        sharex="col",
         layout="constrained",
     )
     for k in range(nblocks * ncol):
@@ -367,6 +371,8 @@ def layers_figure(
             bottom.set_visible(False)
             continue
         model = models[k]
+        bottom.sharex(top)
+        top.tick_params(labelbottom=False)
         sub = layers[layers["model"] == model]
         for ds in datasets:
             g = sub[sub["dataset"] == ds].sort_values("layer_index")
@@ -380,7 +386,7 @@ def layers_figure(
         bottom.axhline(0, color="0.6", lw=0.6)
         idx = sub.drop_duplicates(["layer", "layer_index"]).sort_values("layer_index")
         if idx["layer_index"].nunique() <= 6:
-            names = idx.groupby("layer_index")["layer"].agg(lambda s: "=".join(dict.fromkeys(s)))
+            names = idx.groupby("layer_index")["layer"].agg(lambda s: "=".join(sorted(s, key=_depth_key)))
             bottom.set_xticks(list(names.index), [f"{n}\n({i})" for i, n in names.items()], fontsize=7)
         fam = order.loc[model, "family"]
         top.set_title(f"{model} ({human_count(order.loc[model, 'n_params'])}, {fam})", fontsize=9)
@@ -400,8 +406,8 @@ def layers_figure(
         frameon=False,
     )
     fig.suptitle(
-        "eRank (top: trained solid, untrained dashed) and Diff-eRank (bottom) against depth, "
-        f"algorithm ({algorithm})",
+        "eRank (top: trained solid, untrained dashed) and Diff-eRank (bottom)\n"
+        f"against depth (index into hidden_states), algorithm ({algorithm})",
         fontsize=10,
     )
     save(fig, stem, prov)

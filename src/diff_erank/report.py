@@ -81,8 +81,9 @@ def same_depth_notes(layers: pd.DataFrame) -> list[str]:
     for key, models in clashes.items():
         *names, index = key
         notes.append(
-            f"* {' = '.join(names)} for {', '.join(models)}: with so few layers both are "
-            f"hidden_states[{index}] (middle = L // 2), so their rows are the same measurement."
+            f"* {' = '.join(names)} for {', '.join(models)}: in models this shallow these names are one "
+            f"hidden state, hidden_states[{index}] (first = 1, middle = L // 2, last = L), so their rows "
+            "are the same measurement."
         )
     return notes
 
@@ -159,16 +160,18 @@ def _stage_lines(stages: pd.DataFrame) -> list[str]:
 
 
 def _layer_lines(layers: pd.DataFrame) -> list[str]:
-    names = list(dict.fromkeys(layers.sort_values("layer_index")["layer"]))
+    depth = layers.groupby("layer")["layer_index"].max()
+    names = sorted(depth.index, key=lambda n: (LAYER_ORDER.get(n, 9), depth[n]))
     if len(names) < 2:
         return []
     out = ["", "## Layers", "", "Diff-eRank by layer (algorithm (a)), models ordered by size:", ""]
     for (fam, ds), g in layers.groupby(["family", "dataset"], sort=False):
         if len(names) <= 6:
+            d = decimals(g["diff_erank"], digits=3)  # one precision for the whole line
             parts = []
             for layer in names:
                 h = g[g["layer"] == layer].sort_values("n_params")
-                parts.append(f"{layer} {_series(h['diff_erank'].to_numpy())}")
+                parts.append(f"{layer} " + ", ".join(f"{v:.{d}f}" for v in h["diff_erank"]))
             out.append(f"- {fam} on {ds}: " + "; ".join(parts) + ".")
         else:
             for model, h in g.groupby("model", sort=False):
@@ -276,6 +279,18 @@ def _layer_index(full: pd.DataFrame) -> pd.Series:
     return full["layer"].map(lambda s: LAYER_ORDER.get(s, int(s) if str(s).lstrip("-").isdigit() else 9))
 
 
+def last_layer(df: pd.DataFrame) -> pd.Series:
+    """Rows of each model's last hidden state: the layer named ``last``, else its deepest layer.
+
+    With ``layers: all`` the layers may be named by index only; the last one is then the largest
+    ``layer_index`` the model has.
+    """
+    named = df["layer"] == "last"
+    has_named = named.groupby(df["model"]).transform("any")
+    deepest = df["layer_index"] == df.groupby("model")["layer_index"].transform("max")
+    return named | (~has_named & deepest)
+
+
 def build(
     diff_files: Sequence[str | Path],
     out_dir: str | Path,
@@ -299,7 +314,7 @@ def build(
     seeds = full[full["role"] == "untrained"].groupby(["model", "dataset", "layer", "algorithm"])
     rl_std = seeds["reduced_loss"].std(ddof=1).rename("reduced_loss_std")
     main_all = main_all.merge(rl_std.reset_index(), on=["model", "dataset", "layer", "algorithm"], how="left")
-    main = main_all[(main_all["algorithm"] == "a") & (main_all["layer"] == "last")].copy()
+    main = main_all[(main_all["algorithm"] == "a") & last_layer(main_all)].copy()
     cols = [
         "model",
         "family",
@@ -358,7 +373,7 @@ def build(
         notes=notes,
     )
 
-    stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & (full["layer"] == "last")].copy()
+    stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & last_layer(full)].copy()
     final = {m: float((spec.get("train") or {}).get("steps", np.inf)) for m, spec in config["models"].items()}
     stages["step"] = [
         step_of(v, final.get(m, np.inf)) for v, m in zip(stages["variant"], stages["model"], strict=True)
@@ -392,8 +407,7 @@ def build(
     if "stages" in kinds:
         figures.stages_figure(stages[np.isfinite(stages["step"])], fig_dir / "stages", prov)
     if "algorithms" in kinds:
-        last = main_all[main_all["layer"] == "last"]
-        figures.algorithms_figure(last if not last.empty else main_all, fig_dir / "algorithms", prov)
+        figures.algorithms_figure(main_all[last_layer(main_all)], fig_dir / "algorithms", prov)
     if "accuracy" in kinds:
         figures.accuracy_figure(main, tasks, fig_dir / "accuracy", prov)
     if "layers" in kinds:
