@@ -279,6 +279,13 @@ def _layer_index(full: pd.DataFrame) -> pd.Series:
     return full["layer"].map(lambda s: LAYER_ORDER.get(s, int(s) if str(s).lstrip("-").isdigit() else 9))
 
 
+def _depth_sorted(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows by family, size, dataset and depth; names on one hidden state as first, middle, last."""
+    key = df["layer"].map(lambda n: LAYER_ORDER.get(n, 9))
+    cols = ["family", "n_params", "dataset", "layer_index", "_name"]
+    return df.assign(_name=key).sort_values(cols, ignore_index=True).drop(columns="_name")
+
+
 def last_layer(df: pd.DataFrame) -> pd.Series:
     """Rows of each model's last hidden state: the layer named ``last``, else its deepest layer.
 
@@ -353,10 +360,12 @@ def build(
     order = ["model", "family", "n_params", "dataset", "layer", "layer_index"]
     by_alg = main_all.pivot_table(index=order, columns="algorithm", values="diff_erank").reset_index()
     by_alg.columns.name = None
-    by_alg = by_alg.sort_values(["family", "n_params", "dataset", "layer_index"], ignore_index=True)
-    layers = main_all[main_all["algorithm"] == "a"][
-        [*order, "erank_untrained", "erank_trained", "diff_erank", "ci_low", "ci_high"]
-    ].sort_values(["family", "n_params", "dataset", "layer_index"], ignore_index=True)
+    by_alg = _depth_sorted(by_alg)
+    layers = _depth_sorted(
+        main_all[main_all["algorithm"] == "a"][
+            [*order, "erank_untrained", "erank_trained", "diff_erank", "ci_low", "ci_high"]
+        ]
+    )
     notes = same_depth_notes(layers)
     write_table(
         by_alg.drop(columns=["family"]),
