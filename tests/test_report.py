@@ -255,3 +255,43 @@ def test_every_layer_with_layers_all(tmp_path) -> None:
     assert per_layer["layer_index"].tolist() == list(range(7))
     assert per_layer["layer"].tolist() == list(layers)
     assert "- opt-s on d1: Diff-eRank over 7 layers from" in (out / "summary.md").read_text()
+
+
+def test_named_stages_without_steps(tmp_path) -> None:
+    """Table 10's kind: random init, the hub model and further-trained stages, in training order."""
+    rng = np.random.default_rng(2)
+    labels = {
+        "init-s0": "random_init",
+        "trained": "pretrained",
+        "ft-further": "further",
+        "ft-overfit": "overfit",
+    }
+    entry = {
+        "family": "opt",
+        "size": "m",
+        "untrained": {"kind": "random_init", "seeds": [0]},
+        "finetune": {"further": {}, "overfit": {}},
+        "stage_labels": labels,
+    }
+    config = {
+        "name": "stages",
+        "layers": ["last"],
+        "algorithms": ["a"],
+        "figures": ["stages"],
+        "paper_tables": [],
+        "accuracy": None,
+        "models": {"opt-m": entry},
+        "datasets": {"d1": {}},
+    }
+    assert figure_kinds(config) == ["stages"]
+    erank = {"init-s0": 30.0, "trained": 12.0, "ft-further": 10.0, "ft-overfit": 4.0}
+    tables = {v: per_text(e, 5.0, {"last": 2}, rng) for v, e in erank.items()}
+    info = {"model": "opt-m", "family": "opt", "size": "m", "n_params": 1000, "dataset": "d1"}
+    path = tmp_path / "d1.parquet"
+    diff_table(tables, ["init-s0"], ["a"], {"samples": 0, "seed": 0, "ci": 0.95}, info).to_parquet(path)
+    build([path], tmp_path / "out", config)
+    stages = pd.read_csv(tmp_path / "out" / "tables" / "stages.csv")
+    assert stages["stage"].tolist() == list(labels.values())  # training order, not name order
+    assert stages["step"].tolist()[0] == 0 and stages["step"].iloc[1:].isna().all()  # unknown, not 0
+    assert "Spearman rho(step, Diff-eRank) 1.00" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "figures" / "stages.png").stat().st_size > 10_000

@@ -152,6 +152,12 @@ def size_figure(
     save(fig, stem, prov)
 
 
+def _stage_axis(ax, categories: list[str]) -> None:
+    """Stages in training order, evenly spaced, where their steps are not all known."""
+    ax.set_xticks(range(len(categories)), categories, fontsize=7, rotation=30, ha="right")
+    ax.minorticks_off()
+
+
 def _step_axis(ax, steps: np.ndarray) -> None:
     """Symmetric-log step axis, linear below the first checkpoint, so step 0 and 40 are apart."""
     pos = steps[steps > 0]
@@ -170,7 +176,7 @@ def stages_figure(
     metrics = [
         ("erank_trained", "eRank", "eRank of each checkpoint"),
         ("loss_trained", "loss (nats)", "loss of each checkpoint"),
-        ("diff_erank", "Diff-eRank", "Diff-eRank against step 0"),
+        ("diff_erank", "Diff-eRank", "Diff-eRank against M0 (step 0)"),
     ]
     families = list(dict.fromkeys(stages["family"])) if "family" in stages else [""]
     datasets = sorted(set(stages["dataset"]))
@@ -178,6 +184,17 @@ def stages_figure(
     fig, axes = plt.subplots(
         len(families), 3, figsize=(13, 3.1 * len(families) + 0.6), squeeze=False, layout="constrained"
     )
+    # the x axis: training steps (symmetric log) where every stage has one, else the stages in order
+    by_step = "step" in stages and bool(np.isfinite(stages["step"].to_numpy(dtype=float)).all())
+    if not by_step:
+        stages = stages.copy()
+        cats = stages.drop_duplicates("stage").sort_values("order")
+        labels = [
+            f"{r.step:.0f}" if np.isfinite(r.step) and r.stage == r.variant else str(r.stage)
+            for r in cats.itertuples()
+        ]
+        stages["x"] = stages["stage"].map({s: i for i, s in enumerate(cats["stage"])})
+    xcol = "step" if by_step else "x"
     for row, fam in zip(axes, families, strict=True):
         sub = stages[stages["family"] == fam] if fam else stages
         order = sub.groupby("model")["n_params"].first().sort_values() if "n_params" in sub else None
@@ -186,12 +203,15 @@ def stages_figure(
         colors = {m: cmap(0.85 * i / max(1, len(models) - 1)) for i, m in enumerate(models)}
         for ax, (col, label, title) in zip(row, metrics, strict=True):
             for (model, ds), g in sub.groupby(["model", "dataset"], sort=False):
-                g = g.sort_values("step")
-                ax.plot(g["step"], g[col], marker="o", ms=3, ls=styles[ds], color=colors[model], label=model)
-            _step_axis(ax, sub["step"].to_numpy(dtype=float))
+                g = g.sort_values(xcol)
+                ax.plot(g[xcol], g[col], marker="o", ms=3, ls=styles[ds], color=colors[model], label=model)
+            if by_step:
+                _step_axis(ax, sub["step"].to_numpy(dtype=float))
+            else:
+                _stage_axis(ax, labels)
             ax.set_ylabel(label, fontsize=9)
             ax.set_title(f"{fam}: {title}" if fam else title, fontsize=9)
-            ax.set_xlabel("training step (symmetric log)", fontsize=8)
+            ax.set_xlabel("training step (symmetric log)" if by_step else "training stage", fontsize=8)
         handles = [plt.Line2D([], [], color=colors[m], marker="o", ms=3) for m in models]
         row[-1].legend(
             handles,

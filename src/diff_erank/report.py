@@ -21,6 +21,7 @@ import pandas as pd
 
 from diff_erank import figures
 from diff_erank.aggregate import headline
+from diff_erank.config import untrained_variants
 from diff_erank.outputs import figure_kinds, report_files, reproduces_paper
 from diff_erank.provenance import provenance
 from diff_erank.storage import write_text
@@ -38,6 +39,23 @@ def step_of(variant: str, final_step: float = float("inf")) -> float:
         return final_step
     m = re.search(r"step(\d+)", variant)
     return float(m.group(1)) if m else 0.0
+
+
+def stage_rank(variant: str, model: dict[str, Any]) -> float:
+    """Position of a stage in training order: M0, checkpoints by step, the trained model, then the
+    further-trained stages in the order the config lists them."""
+    if variant in untrained_variants(model):
+        return 0.0
+    if variant == "trained":
+        return 2.0
+    if variant.startswith("ft-"):
+        return 3.0 + list(model.get("finetune") or {}).index(variant.removeprefix("ft-"))
+    return 1.0 + step_of(variant) / 1e12
+
+
+def _at(row: Any) -> str:
+    """'step 40' where the stage's step is known, else its name ('stage fully_trained')."""
+    return f"step {row.step:.0f}" if np.isfinite(row.step) else f"stage {row.stage}"
 
 
 def _series(values: Sequence[float]) -> str:
@@ -94,7 +112,7 @@ def collapse(g: pd.DataFrame) -> dict[str, Any] | None:
     ``g`` is one (model, dataset) series of the stages table. Returns the numbers when the dip is
     real (minimum below 90 % of step 0 and the last checkpoint at least 10 % above the minimum).
     """
-    g = g.sort_values("step")
+    g = g.sort_values("order")
     e = g["erank_trained"].to_numpy()
     if len(e) < 3:
         return None
@@ -104,11 +122,11 @@ def collapse(g: pd.DataFrame) -> dict[str, Any] | None:
         return {
             "start": e[0],
             "min": e[i],
-            "min_step": g["step"].iloc[i],
+            "min_at": _at(g.iloc[i]),
             "end": e[-1],
-            "end_step": g["step"].iloc[-1],
+            "end_at": _at(g.iloc[-1]),
             "loss_falls": bool(np.all(np.diff(loss) < 0)),
-            "peak_step": g["step"].iloc[int(np.argmax(g["diff_erank"].to_numpy()))],
+            "peak_at": _at(g.iloc[int(np.argmax(g["diff_erank"].to_numpy()))]),
         }
     return None
 
@@ -124,18 +142,18 @@ def _stage_lines(stages: pd.DataFrame) -> list[str]:
     ]
     dips = []
     for (model, ds), g in stages.groupby(["model", "dataset"], sort=False):
-        g = g.sort_values("step")
+        g = g.sort_values("order")
         first, last = g.iloc[0], g.iloc[-1]
-        later = g[g["step"] > 0]
-        rho = spearman(later["step"], later["diff_erank"])
+        later = g[g["order"] > 0]
+        rho = spearman(later["order"], later["diff_erank"])
         rho_txt = _rho(rho) if np.isfinite(rho) else f"n/a ({len(later)} checkpoints after step 0)"
         c = collapse(g)
         dip = ""
         if c:
             dips.append((model, ds, c))
             dip = (
-                f"; eRank collapses to {_num(c['min'])} at step {c['min_step']:.0f} and re-expands to "
-                f"{_num(c['end'])} by step {c['end_step']:.0f}"
+                f"; eRank collapses to {_num(c['min'])} at {c['min_at']} and re-expands to "
+                f"{_num(c['end'])} by {c['end_at']}"
             )
         out.append(
             f"- {model} on {ds}: loss {_num(first.loss_trained)} -> {_num(last.loss_trained)}, "
@@ -145,13 +163,13 @@ def _stage_lines(stages: pd.DataFrame) -> list[str]:
     n = stages.groupby(["model", "dataset"]).ngroups
     if dips:
         loss_falls = sum(c["loss_falls"] for *_, c in dips)
-        peaks = sorted({f"{c['peak_step']:.0f}" for *_, c in dips}, key=float)
+        peaks = list(dict.fromkeys(c["peak_at"] for *_, c in dips))
         out += [
             "",
             f"**Collapse, then re-expansion**: in {len(dips)} of {n} model x dataset series the eRank falls "
             f"to its minimum at an intermediate checkpoint and rises again by the last one (a dip below 90 % "
             f"of step 0, re-expanding by more than 10 %); the loss falls at every checkpoint in {loss_falls} "
-            f"of them. Diff-eRank against step 0 therefore peaks early (step {', '.join(peaks)}) and "
+            f"of them. Diff-eRank against step 0 therefore peaks early (at {', '.join(peaks)}) and "
             "declines afterwards instead of growing with training.",
         ]
     elif n:
@@ -383,16 +401,20 @@ def build(
     )
 
     stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & last_layer(full)].copy()
-    final = {m: float((spec.get("train") or {}).get("steps", np.inf)) for m, spec in config["models"].items()}
-    stages["step"] = [
-        step_of(v, final.get(m, np.inf)) for v, m in zip(stages["variant"], stages["model"], strict=True)
-    ]
+    models = config["models"]
+    # the step of each stage where it is known: checkpoints by name, a zoo model's last step
+    final = {m: float((spec.get("train") or {}).get("steps", np.nan)) for m, spec in models.items()}
+    pairs = list(zip(stages["variant"], stages["model"], strict=True))
+    stages["step"] = [np.nan if v.startswith("ft-") else step_of(v, final[m]) for v, m in pairs]
+    stages["order"] = [stage_rank(v, models[m]) for v, m in pairs]
+    stages["stage"] = [(models[m].get("stage_labels") or {}).get(v, v) for v, m in pairs]
     has_stages = stages.groupby(["model", "dataset"])["variant"].transform("nunique") > 2
-    stages = stages[has_stages].sort_values(["family", "n_params", "dataset", "step"], ignore_index=True)
+    stages = stages[has_stages].sort_values(["family", "n_params", "dataset", "order"], ignore_index=True)
     stage_cols = [
         "model",
         "dataset",
         "variant",
+        *(["stage"] if (stages["stage"] != stages["variant"]).any() else []),
         "step",
         "erank_trained",
         "loss_trained",
@@ -414,7 +436,7 @@ def build(
     if "size" in kinds:
         figures.size_figure(main, fig_dir / "size", prov)
     if "stages" in kinds:
-        figures.stages_figure(stages[np.isfinite(stages["step"])], fig_dir / "stages", prov)
+        figures.stages_figure(stages, fig_dir / "stages", prov)
     if "algorithms" in kinds:
         figures.algorithms_figure(main_all[last_layer(main_all)], fig_dir / "algorithms", prov)
     if "accuracy" in kinds:
