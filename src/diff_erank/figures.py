@@ -72,6 +72,9 @@ def _size_axis(ax, n_params: pd.Series) -> None:
     lo, hi = float(n_params.min()), float(n_params.max())
     if lo > 0:
         ax.set_xlim(lo / 1.6, hi * 1.6)
+        if hi / lo < 10:  # less than a decade: label the models' own sizes
+            ticks = sorted(set(n_params.astype(float)))
+            ax.set_xticks(ticks, [human_count(t) for t in ticks])
     ax.set_xlabel("parameters")
 
 
@@ -299,7 +302,7 @@ def accuracy_figure(
     styles = dict(zip(datasets, DATASET_STYLES * 4, strict=False))
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(
-        1, len(families), figsize=(4.6 * len(families), 3.8), squeeze=False, layout="constrained"
+        1, len(families), figsize=(max(4.6 * len(families), 7.0), 3.8), squeeze=False, layout="constrained"
     )
     for ax, fam in zip(axes[0], families, strict=True):
         sub = main[main["family"] == fam]
