@@ -38,6 +38,9 @@ onstart:
             sys.exit(f"Cannot start: {exc}")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/train.smk"

@@ -10,7 +10,8 @@ import pytest
 
 from diff_erank.aggregate import MismatchError, bootstrap_diff, diff_table
 from diff_erank.erank import diff_erank
-from diff_erank.report import spearman, step_of
+from diff_erank.report import step_of
+from diff_erank.tables import spearman
 
 BOOT = {"samples": 300, "seed": 0, "ci": 0.9}
 
@@ -49,6 +50,23 @@ def test_diff_table_matches_the_definitions() -> None:
     assert seeds.diff_erank == pytest.approx(np.mean(both))
     assert seeds.diff_erank_std == pytest.approx(np.std(both, ddof=1))
     assert (df["model"] == "m").all()
+
+
+def test_rows_carry_the_depth_of_their_layer() -> None:
+    """Every row, the mean over seeds included, says which hidden_states index it measured."""
+    rng = np.random.default_rng(2)
+    tables = {}
+    for v in ("trained", "init-s0", "init-s1"):
+        parts = [
+            table(rng.uniform(1, 3, 8), np.ones(8), layer=n).assign(layer_index=i)
+            for n, i in [("first", 1), ("last", 4)]
+        ]
+        tables[v] = pd.concat(parts, ignore_index=True)
+    df = diff_table(tables, ["init-s0", "init-s1"], ["a"], {**BOOT, "samples": 0}, {})
+    assert set(df["role"]) == {"untrained", "seeds", "stage"}
+    assert (
+        df.groupby("layer")["layer_index"].unique().map(list) == pd.Series({"first": [1], "last": [4]})
+    ).all()
 
 
 def test_stages_are_compared_with_the_initialisation() -> None:

@@ -19,19 +19,21 @@ pytestmark = pytest.mark.slow
 
 OPT = 5
 # jobs = prepare (datasets) + dump and erank (models x variants x measured datasets)
-#        + diff (models x datasets) + accuracy (models x evaluated variants) + finetune + report + all
+#        + diff (models x datasets) + accuracy (models x evaluated variants) + finetune
+#        + resolved_config + report + all
 EXPECTED_JOBS = {
-    "fig1": 4 + 2 * (OPT * 2 * 4) + OPT * 4 + 2,
-    "table1": 2 + 2 * (OPT * 2 * 2) + OPT * 2 + OPT + 2,
-    "fig3": 1 + 2 * (16 * 2 + 8 * 2) + 24 + 24 + 2,
-    "table9": 1 + 2 * (OPT * 2) + OPT + 2,
-    "table4": 1 + 2 * (OPT * 2) + OPT + 2,
-    "table11": 3 + 2 * (2 * 3) + 3 + 2,
-    "table10": 3 + 2 * 4 + 1 + 4 + 2 + 2,
-    "pythia-dynamics": 2 + 2 * (3 * 8 * 2) + 3 * 2 + 2,
-    "pythia-v1": 4 + 2 * (10 * 2 * 4) + 10 * 4 + 2,
-    # multi-modal: mm_prepare (datasets) + mm_erank (models x datasets x rotations) + mm_report + all
-    "table2": 2 + 2 * 2 * 2 + 1 + 1,
+    "fig1": 4 + 2 * (OPT * 2 * 4) + OPT * 4 + 3,
+    "table1": 2 + 2 * (OPT * 2 * 2) + OPT * 2 + OPT + 3,
+    "fig3": 1 + 2 * (16 * 2 + 8 * 2) + 24 + 24 + 3,
+    "table9": 1 + 2 * (OPT * 2) + OPT + 3,
+    "table4": 1 + 2 * (OPT * 2) + OPT + 3,
+    "table11": 3 + 2 * (2 * 3) + 3 + 3,
+    "table10": 3 + 2 * 4 + 1 + 4 + 2 + 3,
+    "pythia-dynamics": 2 + 2 * (3 * 8 * 2) + 3 * 2 + 3,
+    "pythia-v1": 4 + 2 * (10 * 2 * 4) + 10 * 4 + 3,
+    # multi-modal: mm_prepare (datasets) + mm_erank (models x datasets x rotations)
+    # + resolved_config + mm_report + all
+    "table2": 2 + 2 * 2 * 2 + 1 + 1 + 1,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -227,9 +228,36 @@ def test_a_hard_killed_run_is_recovered_by_the_plain_rerun(tmp_path: Path) -> No
     assert (tmp_path / target / "main" / "config.json").is_file()
 
 
+def test_every_report_file_is_declared_and_rebuilt_when_deleted(ci_run: Path) -> None:
+    from diff_erank.config import load_config
+    from diff_erank.outputs import report_files
+
+    declared = set(report_files(load_config(REPO / "conf", ["experiment=ci"])).values())
+    on_disk = {str(p.relative_to(ci_run)) for d in ("tables", "figures") for p in (ci_run / d).iterdir()}
+    assert on_disk | {"summary.md", "summary.html"} == declared  # nothing written that is not declared
+    assert {"figures/stages.pdf", "figures/algorithms.png", "tables/stages.md"} <= declared
+    for f in ("figures/stages.pdf", "tables/stages.md"):
+        (ci_run / f).unlink()
+    r = snakemake(ci_run.parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Missing output files" in r.stdout + r.stderr
+    assert (ci_run / "figures" / "stages.pdf").read_bytes()[:4] == b"%PDF"
+    assert (ci_run / "tables" / "stages.md").read_text().startswith("| model | dataset |")
+
+
 def test_html_report(ci_run: Path) -> None:
     html = ci_run.parents[1] / "report.html"
     r = snakemake(ci_run.parents[1], "--report", str(html))
     assert r.returncode == 0, r.stderr[-3000:]
     text = html.read_text(errors="replace")
     assert "Diff-eRank" in text and len(text) > 10000
+    # a landing page, one category per paper table or figure, tables as HTML pages, readable params
+    assert "the tables and figures of one experiment" in text
+    for category in ("Fig. 1 / Table 6: size", "Table 10: training stages", "Summary"):
+        assert f'"{category}": {{' in text
+    for item in ("tables/diff_erank.html", "tables/stages.html", "figures/stages.png", "summary.html"):
+        assert f"Adding {Path(item).name}" in r.stdout + r.stderr
+    params = re.findall(r'"rule": "report", "wildcards": "", "params": "(.*?)"}', text)
+    assert len(params) == 9  # one per result shown
+    assert all(p.startswith("experiment=ci, models=zoo-opt-xs zoo-opt-s zoo-neox-xs, ") for p in params)
+    assert all(len(p) < 200 for p in params)  # not the resolved config as escaped JSON

@@ -68,6 +68,7 @@ def compare(
             rows.append(
                 {
                     "layer": layer,
+                    "layer_index": int(t["layer_index"].iloc[0]) if "layer_index" in t else -1,
                     "algorithm": alg,
                     "n_texts": len(m),
                     "erank_untrained": e_u,
@@ -107,6 +108,7 @@ def diff_table(
         agg = (
             df.groupby(["layer", "algorithm"], sort=False)
             .agg(
+                layer_index=("layer_index", "first"),
                 n_texts=("n_texts", "min"),
                 erank_untrained=("erank_untrained", "mean"),
                 erank_trained=("erank_trained", "first"),

@@ -1,12 +1,16 @@
-"""Tables (CSV + Markdown), figures (PDF + PNG) and a generated summary of one experiment.
+"""An experiment's tables, figures and generated summary, from its per-(model, dataset) results.
 
-The size figure follows the paper's Fig. 1: Diff-eRank (left axis) and reduced loss (right axis)
-against model size, one panel per dataset, one line per family. The stages figure follows its
-Table 10: eRank, loss and Diff-eRank against training step.
+``build`` writes exactly the files ``outputs.report_files`` names for the config (the report
+rule declares the same list): the tables (``tables``), the figures (``figures``), ``summary.md``
+(sentences generated from the numbers, no claim hard-coded) with an HTML rendering for
+Snakemake's report, and, for experiments that reproduce paper tables, the comparison with the
+paper (``reproduce``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,21 +19,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diff_erank import figures
 from diff_erank.aggregate import headline
+from diff_erank.config import untrained_variants
+from diff_erank.outputs import figure_kinds, report_files, reproduces_paper
 from diff_erank.provenance import provenance
-from diff_erank.storage import atomic_path, read_parquet, write_json, write_text
+from diff_erank.storage import read_parquet, write_text
+from diff_erank.tables import decimals, human_count, spearman, write_table
 
+log = logging.getLogger(__name__)
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points."""
-    a, b = pd.Series(x, dtype=float), pd.Series(y, dtype=float)
-    ok = a.notna() & b.notna()
-    if ok.sum() < 3:
-        return float("nan")
-    ra, rb = a[ok].rank(), b[ok].rank()
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+#: Depth order of named layers, used only for results written before ``layer_index`` existed.
+LAYER_ORDER = {"embeddings": 0, "first": 1, "middle": 2, "last": 3}
 
 
 def step_of(variant: str, final_step: float = float("inf")) -> float:
@@ -40,127 +41,194 @@ def step_of(variant: str, final_step: float = float("inf")) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    cols = list(df.columns)
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float | np.floating):
-            return "" if np.isnan(v) else format(v, floatfmt)
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def write_table(df: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> None:
-    with atomic_path(stem.with_suffix(".csv")) as tmp:
-        df.to_csv(tmp, index=False)
-    write_text(markdown(df), stem.with_suffix(".md"))
-    write_json(prov, stem.with_suffix(".provenance.json"))
+def stage_rank(variant: str, model: dict[str, Any]) -> float:
+    """Position of a stage in training order: M0, checkpoints by step, the trained model, then the
+    further-trained stages in the order the config lists them."""
+    if variant in untrained_variants(model):
+        return 0.0
+    if variant == "trained":
+        return 2.0
+    if variant.startswith("ft-"):
+        return 3.0 + list(model.get("finetune") or {}).index(variant.removeprefix("ft-"))
+    return 1.0 + step_of(variant) / 1e12
 
 
-def _save(fig, stem: Path, prov: dict[str, Any]) -> None:
-    for ext in ("png", "pdf"):
-        key = "Software" if ext == "png" else "Creator"  # a PDF's info dictionary has no Software
-        with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
-            fig.savefig(
-                tmp,
-                format=ext,
-                dpi=150,
-                bbox_inches="tight",
-                metadata={key: f"diff-erank {prov['versions']['diff-erank']}"},
-            )
-    write_json(prov, stem.with_suffix(".provenance.json"))
+def _at(row: Any) -> str:
+    """'step 40' where the stage's step is known, else its name ('stage fully_trained')."""
+    return f"step {row.step:.0f}" if np.isfinite(row.step) else f"stage {row.stage}"
 
 
-def size_figure(main: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(main["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
-    for ax, ds in zip(axes[0], datasets, strict=True):
-        sub = main[main["dataset"] == ds]
-        ax2 = ax.twinx()
-        for fam, g in sub.groupby("family", sort=False):
-            g = g.sort_values("n_params")
-            ax.errorbar(
-                g["n_params"],
-                g["diff_erank"],
-                yerr=[g["diff_erank"] - g["ci_low"], g["ci_high"] - g["diff_erank"]],
-                marker="o",
-                capsize=3,
-                label=f"{fam} Diff-eRank",
-            )
-            ax2.plot(
-                g["n_params"], g["reduced_loss"], marker="s", ls="--", alpha=0.7, label=f"{fam} reduced loss"
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel("Diff-eRank")
-        ax2.set_ylabel("reduced loss (nats)")
-        ax.set_title(ds)
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
-    fig.tight_layout()
-    _save(fig, stem, prov)
-    plt.close(fig)
+def _series(values: Sequence[float]) -> str:
+    """Numbers of one series at one precision: 2.90, 3.36, 5.06 (never 2.9, 3.36, 5.06)."""
+    d = decimals(values, digits=3)
+    return ", ".join(f"{v:.{d}f}" for v in values)
 
 
-def stages_figure(stages: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> None:
-    import matplotlib
+def _num(v: float, digits: int = 3) -> str:
+    return f"{v:.{decimals([v], digits)}f}" if np.isfinite(v) else "n/a"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    metrics = [("erank_trained", "eRank"), ("loss_trained", "loss"), ("diff_erank", "Diff-eRank vs step0")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    models = list(dict.fromkeys(stages["model"]))
-    colors = plt.get_cmap("tab20" if len(models) > 10 else "tab10")
-    styles = dict(zip(dict.fromkeys(stages["dataset"]), ["-", "--", ":", "-."] * 4, strict=False))
-    for ax, (col, label) in zip(axes, metrics, strict=True):
-        for (model, ds), g in stages.groupby(["model", "dataset"], sort=False):
-            g = g.sort_values("step")
-            ax.plot(
-                g["step"],
-                g[col],
-                marker="o",
-                ms=3,
-                ls=styles[ds],
-                color=colors(models.index(model)),
-                label=f"{model} / {ds}",
-            )
-        ax.set_xlabel("training step")
-        ax.set_ylabel(label)
-    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    _save(fig, stem, prov)
-    plt.close(fig)
+def _rho(v: float) -> str:
+    return f"{v:.2f}" if np.isfinite(v) else "n/a"
 
 
 def _trend(g: pd.DataFrame) -> str:
     g = g.sort_values("n_params")
     d = g["diff_erank"].to_numpy()
     if len(g) < 2:
-        return f"a single model (Diff-eRank {d[0]:.3g})"
+        return f"a single model (Diff-eRank {_num(d[0])})"
     mono = "grows monotonically" if np.all(np.diff(d) > 0) else "does not grow monotonically"
+    sizes = ", ".join(f"{s} ({human_count(n)})" for s, n in zip(g["size"], g["n_params"], strict=True))
     return (
-        f"Diff-eRank {mono} with size over {len(g)} models ({', '.join(f'{v:.3g}' for v in d)}); "
-        f"Spearman rho with size {spearman(g['n_params'], g['diff_erank']):.2f}, "
-        f"with reduced loss {spearman(g['diff_erank'], g['reduced_loss']):.2f}"
+        f"Diff-eRank {mono} with size over {len(g)} models [{sizes}]: {_series(d)}; "
+        f"Spearman rho with size {_rho(spearman(g['n_params'], g['diff_erank']))}, "
+        f"with reduced loss {_rho(spearman(g['diff_erank'], g['reduced_loss']))}"
     )
 
 
-def summarise(main: pd.DataFrame, stages: pd.DataFrame) -> str:
-    """What was measured, in sentences generated from the numbers (no claim is hard-coded)."""
+def same_depth_notes(layers: pd.DataFrame) -> list[str]:
+    """Footnotes for models whose named layers fall on the same hidden state (middle = first)."""
+    notes = []
+    idx = layers.drop_duplicates(["model", "layer"]).dropna(subset=["layer_index"])
+    idx = idx[idx["layer_index"] >= 0]
+    clashes: dict[tuple[str, ...], list[str]] = {}
+    for (model, index), g in idx.groupby(["model", "layer_index"], sort=False):
+        names = tuple(sorted(g["layer"], key=lambda n: (LAYER_ORDER.get(n, 9), n)))
+        if len(names) > 1:
+            clashes.setdefault((*names, str(int(index))), []).append(model)
+    for key, models in clashes.items():
+        *names, index = key
+        notes.append(
+            f"* {' = '.join(names)} for {', '.join(models)}: in models this shallow these names are one "
+            f"hidden state, hidden_states[{index}] (first = 1, middle = L // 2, last = L), so their rows "
+            "are the same measurement."
+        )
+    return notes
+
+
+def collapse(g: pd.DataFrame) -> dict[str, Any] | None:
+    """eRank falling to a minimum at an intermediate checkpoint and rising again by the last one.
+
+    ``g`` is one (model, dataset) series of the stages table. Returns the numbers when the dip is
+    real (minimum below 90 % of step 0 and the last checkpoint at least 10 % above the minimum).
+    """
+    g = g.sort_values("order")
+    e = g["erank_trained"].to_numpy()
+    if len(e) < 3:
+        return None
+    i = int(np.argmin(e))
+    if 0 < i < len(e) - 1 and e[i] < 0.9 * e[0] and e[-1] > 1.1 * e[i]:
+        loss = g["loss_trained"].to_numpy()
+        return {
+            "start": e[0],
+            "min": e[i],
+            "min_at": _at(g.iloc[i]),
+            "end": e[-1],
+            "end_at": _at(g.iloc[-1]),
+            "loss_falls": bool(np.all(np.diff(loss) < 0)),
+            "peak_at": _at(g.iloc[int(np.argmax(g["diff_erank"].to_numpy()))]),
+        }
+    return None
+
+
+def _stage_lines(stages: pd.DataFrame) -> list[str]:
     out = [
-        "# Summary",
         "",
-        "Diff-eRank: algorithm (a), last layer, trained vs untrained (mean over seeds).",
+        "## Training stages",
+        "",
+        "Each checkpoint against step 0, algorithm (a), last layer; the rank "
+        "correlation of Diff-eRank with the step leaves out step 0 itself (0 by definition).",
+        "",
+    ]
+    dips = []
+    for (model, ds), g in stages.groupby(["model", "dataset"], sort=False):
+        g = g.sort_values("order")
+        first, last = g.iloc[0], g.iloc[-1]
+        later = g[g["order"] > 0]
+        rho = spearman(later["order"], later["diff_erank"])
+        rho_txt = _rho(rho) if np.isfinite(rho) else f"n/a ({len(later)} checkpoints after step 0)"
+        c = collapse(g)
+        dip = ""
+        if c:
+            dips.append((model, ds, c))
+            dip = (
+                f"; eRank collapses to {_num(c['min'])} at {c['min_at']} and re-expands to "
+                f"{_num(c['end'])} by {c['end_at']}"
+            )
+        out.append(
+            f"- {model} on {ds}: loss {_num(first.loss_trained)} -> {_num(last.loss_trained)}, "
+            f"eRank {_num(first.erank_trained)} -> {_num(last.erank_trained)}, "
+            f"Spearman rho(step, Diff-eRank) {rho_txt}{dip}."
+        )
+    n = stages.groupby(["model", "dataset"]).ngroups
+    if dips:
+        loss_falls = sum(c["loss_falls"] for *_, c in dips)
+        peaks = list(dict.fromkeys(c["peak_at"] for *_, c in dips))
+        out += [
+            "",
+            f"**Collapse, then re-expansion**: in {len(dips)} of {n} model x dataset series the eRank falls "
+            f"to its minimum at an intermediate checkpoint and rises again by the last one (a dip below 90 % "
+            f"of step 0, re-expanding by more than 10 %); the loss falls at every checkpoint in {loss_falls} "
+            f"of them. Diff-eRank against step 0 therefore peaks early (at {', '.join(peaks)}) and "
+            "declines afterwards instead of growing with training.",
+        ]
+    elif n:
+        out += ["", f"No collapse-then-re-expansion of eRank in any of the {n} series."]
+    return out
+
+
+def _layer_lines(layers: pd.DataFrame) -> list[str]:
+    depth = layers.groupby("layer")["layer_index"].max()
+    names = sorted(depth.index, key=lambda n: (LAYER_ORDER.get(n, 9), depth[n]))
+    if len(names) < 2:
+        return []
+    out = ["", "## Layers", "", "Diff-eRank by layer (algorithm (a)), models ordered by size:", ""]
+    for (fam, ds), g in layers.groupby(["family", "dataset"], sort=False):
+        if len(names) <= 6:
+            d = decimals(g["diff_erank"], digits=3)  # one precision for the whole line
+            parts = []
+            for layer in names:
+                h = g[g["layer"] == layer].sort_values("n_params")
+                parts.append(f"{layer} " + ", ".join(f"{v:.{d}f}" for v in h["diff_erank"]))
+            out.append(f"- {fam} on {ds}: " + "; ".join(parts) + ".")
+        else:
+            for model, h in g.groupby("model", sort=False):
+                h = h.sort_values("layer_index")
+                d, idx = h["diff_erank"].to_numpy(), h["layer_index"].to_numpy()
+                k = int(np.argmax(d))
+                out.append(
+                    f"- {model} on {ds}: Diff-eRank over {len(h)} layers from {_num(d[0])} (index {idx[0]}) "
+                    f"to {_num(d[-1])} (index {idx[-1]}), largest {_num(d[k])} at index {idx[k]}."
+                )
+    if {"embeddings", "first"} <= set(names):
+        w = layers.pivot_table(index=["model", "dataset"], columns="layer", values="diff_erank")
+        out += [
+            "",
+            'The paper\'s "first layer" has two readings, both measured here: `embeddings` '
+            "(hidden_states[0], the embedding output) and `first` (hidden_states[1], the first block's "
+            f"output); Diff-eRank at `embeddings` exceeds `first` in "
+            f"{int((w['embeddings'] > w['first']).sum())} of {len(w)} model x dataset pairs. "
+            "reproduction.md compares each reading with the paper's Table 4.",
+        ]
+    return out
+
+
+def summarise(
+    main: pd.DataFrame,
+    stages: pd.DataFrame,
+    layers: pd.DataFrame | None = None,
+    by_alg: pd.DataFrame | None = None,
+    config: dict[str, Any] | None = None,
+) -> str:
+    """What was measured, in sentences generated from the numbers (no claim is hard-coded)."""
+    config = config or {}
+    out = [f"# Summary: {config.get('name', 'experiment')}", ""]
+    if config.get("description"):
+        out += [str(config["description"]), ""]
+    out += [
+        "## Diff-eRank against model size",
+        "",
+        "Algorithm (a), last layer, trained against untrained (the mean over seeds where there are several).",
         "",
     ]
     for (fam, ds), g in main.groupby(["family", "dataset"], sort=False):
@@ -168,23 +236,51 @@ def summarise(main: pd.DataFrame, stages: pd.DataFrame) -> str:
     if main["family"].nunique() > 1:
         out += ["", "All families together:", ""]
         out += [f"- {ds}: {_trend(g)}." for ds, g in main.groupby("dataset", sort=False)]
+    acc_cols = [c for c in main.columns if c.startswith("acc_")]
+    if acc_cols:
+        out += ["", "## Accuracy", ""]
+        for (fam, ds), g in main.groupby(["family", "dataset"], sort=False):
+            rhos = ", ".join(f"{c[4:]} {_rho(spearman(g['diff_erank'], g[c]))}" for c in acc_cols)
+            out.append(f"- {fam} on {ds}: Spearman rho(Diff-eRank, accuracy): {rhos}.")
+    if by_alg is not None and {"a", "b"} <= set(by_alg.columns):
+        ok = (by_alg["b"] >= by_alg["a"] - 1e-9).sum()
+        out += [
+            "",
+            "## Algorithms",
+            "",
+            f"Diff-eRank by algorithm (b) >= (a) in {ok} of {len(by_alg)} model x dataset x layer rows. "
+            "Jensen's inequality makes each model's eRank under (b) at least its eRank under (a); "
+            "their difference, Diff-eRank, can go either way.",
+        ]
+    if layers is not None and not layers.empty:
+        out += _layer_lines(layers)
+        notes = same_depth_notes(layers)
+        if notes:
+            out += ["", *notes]
     if not stages.empty:
-        out += ["", "Training stages (checkpoint vs step0, algorithm (a), last layer):", ""]
-        for (model, ds), g in stages.groupby(["model", "dataset"], sort=False):
-            g = g.sort_values("step")
-            first, last = g.iloc[0], g.iloc[-1]
-            out.append(
-                f"- {model} on {ds}: loss {first.loss_trained:.3g} -> {last.loss_trained:.3g}, "
-                f"eRank {first.erank_trained:.3g} -> {last.erank_trained:.3g}, "
-                f"Spearman rho(step, Diff-eRank) {spearman(g['step'], g['diff_erank']):.2f}."
-            )
+        out += _stage_lines(stages)
     return "\n".join(out) + "\n"
+
+
+def md_to_html(text: str, title: str) -> str:
+    """A Markdown page (summary, reproduction report) as HTML for Snakemake's report."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(text)
+    style = (
+        "body{font-family:sans-serif;font-size:14px;margin:1em;max-width:70em}"
+        "table{border-collapse:collapse;font-size:12px}th,td{padding:2px 8px;border-bottom:1px solid #ddd}"
+        "th{text-align:left;background:#f3f3f3}td{font-variant-numeric:tabular-nums}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+        f"</head><body>\n{body}</body></html>\n"
+    )
 
 
 def load_accuracy(files: Sequence[str | Path]) -> pd.DataFrame:
     """Accuracy records as rows (model, variant, task, accuracy = lm-eval's acc, accuracy_norm =
     its acc_norm, NaN where the task has none); combined means count as tasks."""
-    import json
 
     rows = []
     for f in files:
@@ -205,6 +301,33 @@ def load_accuracy(files: Sequence[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "variant", "task", "accuracy", "accuracy_norm"])
 
 
+def _layer_index(full: pd.DataFrame) -> pd.Series:
+    """``layer_index`` of every row; results from before it was recorded get the names' order."""
+    if "layer_index" in full and (full["layer_index"] >= 0).all():
+        return full["layer_index"].astype(int)
+    log.warning("diff tables without layer_index: depth in the layers figure is the layers' order")
+    return full["layer"].map(lambda s: LAYER_ORDER.get(s, int(s) if str(s).lstrip("-").isdigit() else 9))
+
+
+def _depth_sorted(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows by family, size, dataset and depth; names on one hidden state as first, middle, last."""
+    key = df["layer"].map(lambda n: LAYER_ORDER.get(n, 9))
+    cols = ["family", "n_params", "dataset", "layer_index", "_name"]
+    return df.assign(_name=key).sort_values(cols, ignore_index=True).drop(columns="_name")
+
+
+def last_layer(df: pd.DataFrame) -> pd.Series:
+    """Rows of each model's last hidden state: the layer named ``last``, else its deepest layer.
+
+    With ``layers: all`` the layers may be named by index only; the last one is then the largest
+    ``layer_index`` the model has.
+    """
+    named = df["layer"] == "last"
+    has_named = named.groupby(df["model"]).transform("any")
+    deepest = df["layer_index"] == df.groupby("model")["layer_index"].transform("max")
+    return named | (~has_named & deepest)
+
+
 def build(
     diff_files: Sequence[str | Path],
     out_dir: str | Path,
@@ -214,16 +337,21 @@ def build(
     """Concatenate per-(model, dataset) results into the experiment's tables and figures."""
     out_dir = Path(out_dir)
     full = pd.concat([read_parquet(f) for f in diff_files], ignore_index=True)
+    full["layer_index"] = _layer_index(full)
     accuracy = load_accuracy(accuracy_files)
     prov = provenance(config, inputs=[str(f) for f in [*diff_files, *accuracy_files]])
-    if not accuracy.empty:
-        write_table(accuracy, out_dir / "tables" / "accuracy", prov)
+    tables = out_dir / "tables"
+    if config.get("accuracy"):
+        write_table(accuracy, tables / "accuracy", prov, "Zero-shot accuracy (lm-evaluation-harness)")
     lead = ["model", "family", "size", "n_params", "dataset"]
     full = full[lead + [c for c in full.columns if c not in lead]]
-    write_table(full, out_dir / "tables" / "all", prov)
+    write_table(full, tables / "all", prov, "Every comparison of every model, dataset, layer and algorithm")
 
-    main_all = headline(full)
-    main = main_all[(main_all["algorithm"] == "a") & (main_all["layer"] == "last")].copy()
+    main_all = headline(full).copy()
+    seeds = full[full["role"] == "untrained"].groupby(["model", "dataset", "layer", "algorithm"])
+    rl_std = seeds["reduced_loss"].std(ddof=1).rename("reduced_loss_std")
+    main_all = main_all.merge(rl_std.reset_index(), on=["model", "dataset", "layer", "algorithm"], how="left")
+    main = main_all[(main_all["algorithm"] == "a") & last_layer(main_all)].copy()
     cols = [
         "model",
         "family",
@@ -234,7 +362,9 @@ def build(
         "diff_erank",
         "ci_low",
         "ci_high",
+        "diff_erank_std",
         "reduced_loss",
+        "reduced_loss_std",
         "erank_untrained",
         "erank_trained",
         "loss_untrained",
@@ -242,61 +372,124 @@ def build(
         "n_skipped_empty",
         "n_skipped_short",
     ]
-    if "diff_erank_std" in main:
-        cols.insert(9, "diff_erank_std")
-    main = main[[c for c in cols if c in main]].sort_values(["dataset", "family", "n_params"])
+    main = main[[c for c in cols if c in main and main[c].notna().any()]]
+    main = main.sort_values(["dataset", "family", "n_params"], ignore_index=True)
+    tasks: list[str] = []
     if not accuracy.empty:
         wide = accuracy[accuracy["variant"] == "trained"].pivot_table(
             index="model", columns="task", values="accuracy"
         )
+        tasks = list(wide.columns)
         main = main.merge(wide.add_prefix("acc_").reset_index(), on="model", how="left")
-    write_table(main, out_dir / "tables" / "diff_erank", prov)
+    write_table(
+        main,
+        tables / "diff_erank",
+        prov,
+        "Diff-eRank (algorithm (a), last layer) and reduced loss against model size (paper Fig. 1 / Table 6)",
+        notes=["ci_low / ci_high: 95% bootstrap interval over texts; *_std: std over untrained seeds."],
+    )
 
-    by_alg = main_all.pivot_table(
-        index=["model", "dataset", "layer"], columns="algorithm", values="diff_erank"
-    ).reset_index()
-    write_table(by_alg, out_dir / "tables" / "algorithms_layers", prov)
+    order = ["model", "family", "n_params", "dataset", "layer", "layer_index"]
+    by_alg = main_all.pivot_table(index=order, columns="algorithm", values="diff_erank").reset_index()
+    by_alg.columns.name = None
+    by_alg = _depth_sorted(by_alg)
+    layers = _depth_sorted(
+        main_all[main_all["algorithm"] == "a"][
+            [*order, "erank_untrained", "erank_trained", "diff_erank", "ci_low", "ci_high"]
+        ]
+    )
+    notes = same_depth_notes(layers)
+    write_table(
+        by_alg.drop(columns=["family"]),
+        tables / "algorithms_layers",
+        prov,
+        "Diff-eRank by algorithm (a, b) and layer (paper Tables 4 and 9)",
+        notes=notes,
+    )
+    write_table(
+        layers.drop(columns=["family"]),
+        tables / "layers",
+        prov,
+        "eRank of the trained and untrained model and Diff-eRank per layer, algorithm (a)",
+        notes=notes,
+    )
 
-    stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & (full["layer"] == "last")].copy()
-    final = {m: float((spec.get("train") or {}).get("steps", np.inf)) for m, spec in config["models"].items()}
-    stages["step"] = [
-        step_of(v, final.get(m, np.inf)) for v, m in zip(stages["variant"], stages["model"], strict=True)
-    ]
+    stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & last_layer(full)].copy()
+    models = config["models"]
+    # the step of each stage where it is known: checkpoints by name, a zoo model's last step
+    final = {m: float((spec.get("train") or {}).get("steps", np.nan)) for m, spec in models.items()}
+    pairs = list(zip(stages["variant"], stages["model"], strict=True))
+    stages["step"] = [np.nan if v.startswith("ft-") else step_of(v, final[m]) for v, m in pairs]
+    stages["order"] = [stage_rank(v, models[m]) for v, m in pairs]
+    stages["stage"] = [(models[m].get("stage_labels") or {}).get(v, v) for v, m in pairs]
     has_stages = stages.groupby(["model", "dataset"])["variant"].transform("nunique") > 2
-    stages = stages[has_stages]
-    stages = stages[
-        ["model", "dataset", "variant", "step", "erank_trained", "loss_trained", "diff_erank", "reduced_loss"]
-    ].sort_values(["model", "dataset", "step"])
-    write_table(stages, out_dir / "tables" / "stages", prov)
+    stages = stages[has_stages].sort_values(["family", "n_params", "dataset", "order"], ignore_index=True)
+    stage_cols = [
+        "model",
+        "dataset",
+        "variant",
+        *(["stage"] if (stages["stage"] != stages["variant"]).any() else []),
+        "step",
+        "erank_trained",
+        "loss_trained",
+        "diff_erank",
+        "reduced_loss",
+    ]
+    write_table(
+        stages[stage_cols],
+        tables / "stages",
+        prov,
+        "Training stages: each checkpoint against step 0 (algorithm (a), last layer)",
+        notes=[
+            "step 0 is the untrained model itself, so its Diff-eRank and reduced loss are 0 by definition."
+        ],
+    )
 
-    figures = config.get("figures", ["size", "stages"])
-    if "size" in figures:
-        size_figure(main, out_dir / "figures" / "size", prov)
-    if "stages" in figures and not stages.empty:
-        stages_figure(stages[np.isfinite(stages["step"])], out_dir / "figures" / "stages", prov)
-    write_text(summarise(main, stages), out_dir / "summary.md")
-    if set(config.get("paper_tables", [])) - {"table2", "table3"}:
+    kinds = figure_kinds(config)
+    fig_dir = out_dir / "figures"
+    if "size" in kinds:
+        figures.size_figure(main, fig_dir / "size", prov)
+    if "stages" in kinds:
+        figures.stages_figure(stages, fig_dir / "stages", prov)
+    if "algorithms" in kinds:
+        figures.algorithms_figure(main_all[last_layer(main_all)], fig_dir / "algorithms", prov)
+    if "accuracy" in kinds:
+        figures.accuracy_figure(main, tasks, fig_dir / "accuracy", prov)
+    if "layers" in kinds:
+        figures.layers_figure(layers, fig_dir / "layers", prov)
+    summary = summarise(main, stages, layers, by_alg, config)
+    write_text(summary, out_dir / "summary.md")
+    write_text(md_to_html(summary, f"Summary: {config.get('name', '')}"), out_dir / "summary.html")
+    if reproduces_paper(config):
         from diff_erank.reproduce import build_report
 
         build_report(full, accuracy, config, out_dir)
-    return {"all": full, "main": main, "stages": stages, "algorithms_layers": by_alg, "accuracy": accuracy}
+        text = (out_dir / "reproduction.md").read_text()
+        write_text(md_to_html(text, f"Reproduction: {config['name']}"), out_dir / "reproduction.html")
+    missing = [f for f in report_files(config).values() if not (out_dir / f).exists()]
+    if missing:
+        raise RuntimeError(f"report did not write {missing} (outputs.report_files and report.build disagree)")
+    return {
+        "all": full,
+        "main": main,
+        "stages": stages,
+        "algorithms_layers": by_alg,
+        "layers": layers,
+        "accuracy": accuracy,
+    }
 
 
 def multimodal_report(
     files: dict[tuple[str, str, int], str], out_dir: str | Path, config: dict[str, Any]
 ) -> pd.DataFrame:
     """Tables 2-3 in the paper's layout, a bar figure of the five eRanks, and the comparison."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from diff_erank.multimodal import LEVELS, table
 
+    plt = figures._plt()
     out_dir = Path(out_dir)
     mm = table(files, config["multimodal"]["algorithm"])
     prov = provenance(config, inputs=[str(f) for f in files.values()])
-    write_table(mm, out_dir / "tables" / "multimodal", prov)
+    write_table(mm, out_dir / "tables" / "multimodal", prov, "eRank1-5 of LLaVA (paper Tables 2-3)")
     groups = list(mm.groupby(["model", "dataset"], sort=False))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.4), squeeze=False)
     for ax, ((model, ds), g) in zip(axes[0], groups, strict=True):
@@ -309,8 +502,7 @@ def multimodal_report(
         ax.set_ylabel("eRank")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, out_dir / "figures" / "multimodal", prov)
-    plt.close(fig)
+    figures.save(fig, out_dir / "figures" / "multimodal", prov)
     if any(t in config.get("paper_tables", []) for t in ("table2", "table3")):
         from diff_erank.reproduce import build_multimodal_report
 

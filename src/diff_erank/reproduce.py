@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from diff_erank.aggregate import headline
-from diff_erank.report import markdown, spearman
+from diff_erank.tables import markdown, spearman
 
 KEY = ["family", "size", "dataset", "metric", "variant"]
 
@@ -290,19 +290,23 @@ def render(cmp: pd.DataFrame, checks: pd.DataFrame, title: str) -> str:
     n_have = int(cmp["ours"].notna().sum())
     out.append(
         f"{n_have} of {len(cmp)} paper numbers reproduced; median |relative difference| "
-        f"{cmp['rel_diff'].abs().median():.3g}.\n"
+        f"{100 * cmp['rel_diff'].abs().median():.1f}%.\n"
     )
     for table, g in cmp.groupby("table", sort=False):
         out += [f"## {table}", ""]
         cols = ["family", "size", "dataset", "metric", "variant", "paper", "ours", "rel_diff"]
-        out.append(markdown(g.sort_values(["metric", "dataset", "variant", "size_value"])[cols]))
+        out.append(
+            markdown(
+                g.sort_values(["metric", "dataset", "variant", "size_value"])[cols], percent=["rel_diff"]
+            )
+        )
         c = checks[checks["table"] == table] if not checks.empty else checks
         if not c.empty:
             out += [
                 "Trend checks (Diff-eRank): monotone in size, Spearman rho with size, reduced loss and "
                 "accuracy, for the paper and this run:",
                 "",
-                markdown(c.drop(columns=["table"]), ".3g"),
+                markdown(c.drop(columns=["table"])),
             ]
     out += accuracy_section(cmp)
     return "\n".join(out)
@@ -341,15 +345,16 @@ def build_report(
     full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, Any], out_dir: Path
 ) -> pd.DataFrame:
     from diff_erank.provenance import provenance
-    from diff_erank.report import write_table
     from diff_erank.storage import write_text
+    from diff_erank.tables import write_table
 
     ours = long_results(full, accuracy, config)
     cmp = compare(ours, config["paper_tables"], config=config)
     checks = trend_checks(cmp)
     prov = provenance(config)
     write_table(cmp.drop(columns=["size_value"]), out_dir / "tables" / "reproduction", prov)
-    write_text(render(cmp, checks, config["name"]), out_dir / "reproduction.md")
+    readings = first_layer_section(first_layer_readings(ours, config["paper_tables"]))
+    write_text(render(cmp, checks, config["name"]) + readings, out_dir / "reproduction.md")
     return cmp
 
 
@@ -371,8 +376,8 @@ def multimodal_long(mm: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
 
 def build_multimodal_report(mm: pd.DataFrame, config: dict[str, Any], out_dir: Path) -> pd.DataFrame:
     from diff_erank.provenance import provenance
-    from diff_erank.report import write_table
     from diff_erank.storage import write_text
+    from diff_erank.tables import write_table
 
     tables = [t for t in config["paper_tables"] if t in ("table2", "table3")]
     cmp = compare(multimodal_long(mm, config), tables, config=config)
@@ -383,3 +388,82 @@ def build_multimodal_report(mm: pd.DataFrame, config: dict[str, Any], out_dir: P
         render(cmp, pd.DataFrame(), f"{config['name']} (multi-modal)"), out_dir / "reproduction_multimodal.md"
     )
     return cmp
+
+
+#: The two readings of the paper's "first layer" (Table 4): hidden_states[0] and hidden_states[1].
+FIRST_LAYER_READINGS = {
+    "embeddings": "hidden_states[0], the embedding output",
+    "first": "hidden_states[1], the first block's output",
+}
+
+
+def first_layer_readings(
+    ours: pd.DataFrame, tables: Sequence[str], ref: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The paper's first-layer rows beside each reading the run measured (no choice is made here).
+
+    One row per paper row and reading: family, size, dataset, reading, paper, ours, rel_diff.
+    """
+    ref = reference() if ref is None else ref
+    paper = ref[
+        ref["table"].isin(tables) & (ref["metric"] == "diff_erank") & (ref["variant"] == "layer_first")
+    ]
+    key = ["family", "size", "dataset"]
+    parts = []
+    for reading in FIRST_LAYER_READINGS:
+        mine = ours[(ours["metric"] == "diff_erank") & (ours["variant"] == f"layer_{reading}")]
+        if mine.empty or paper.empty:
+            continue
+        m = paper[[*key, "value"]].merge(
+            mine[[*key, "value"]], on=key, how="left", suffixes=("_paper", "_ours")
+        )
+        m = m.rename(columns={"value_paper": "paper", "value_ours": "ours"})
+        m["reading"] = reading
+        m["rel_diff"] = (m["ours"] - m["paper"]) / m["paper"].abs()
+        parts.append(m)
+    cols = [*key, "reading", "paper", "ours", "rel_diff"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def first_layer_section(readings: pd.DataFrame) -> str:
+    """Markdown comparing both readings with the paper's Table 4 (empty unless both were measured)."""
+    if readings.empty or readings["reading"].nunique() < 2 or readings["ours"].isna().all():
+        return ""
+    readings = readings.assign(size_value=readings["size"].map(size_value))
+    wide = readings.pivot_table(
+        index=["family", "size", "dataset", "size_value", "paper"],
+        columns="reading",
+        values=["ours", "rel_diff"],
+    )
+    wide.columns = [f"{r} ({'Diff-eRank' if v == 'ours' else 'rel_diff'})" for v, r in wide.columns]
+    wide = wide.reset_index().sort_values(["family", "dataset", "size_value"]).drop(columns=["size_value"])
+    out = [
+        "",
+        '## Table 4: which "first layer"?',
+        "",
+        'The paper does not say which hidden state its "first layer" is; this run measured both readings: '
+        + "; ".join(f"`{r}` = {d}" for r, d in FIRST_LAYER_READINGS.items())
+        + ". Each is set beside the paper's first-layer row (nothing is tuned; the closer one is "
+        "only reported).",
+        "",
+        markdown(wide, percent=[c for c in wide.columns if c.endswith("(rel_diff)")]),
+    ]
+    stats = []
+    for reading, g in readings.groupby("reading", sort=False):
+        g = g.dropna(subset=["ours"]).sort_values("size_value")
+        med = float(g["rel_diff"].abs().median()) if len(g) else float("nan")
+        stats.append((reading, med, spearman(g["paper"], g["ours"]), len(g)))
+    out += [
+        f"- `{r}`: {n} sizes, median |relative difference| {100 * med:.1f}%, "
+        f"Spearman rho with the paper's values over sizes {rho:.2f}."
+        for r, med, rho, n in stats
+    ]
+    ranked = sorted((s for s in stats if np.isfinite(s[1])), key=lambda s: s[1])
+    if len(ranked) > 1:
+        best, other = ranked[0], ranked[1]
+        out += [
+            "",
+            f"Closer to the paper's numbers: **`{best[0]}`** ({100 * best[1]:.1f}% against "
+            f"{100 * other[1]:.1f}% for `{other[0]}`, median |relative difference|).",
+        ]
+    return "\n".join(out) + "\n"

@@ -4,6 +4,7 @@ import json
 from diff_erank.config import untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import dataset_files, image_files, model_files
+from diff_erank.outputs import multimodal_files, report_files
 
 NAME = r"[A-Za-z0-9_.-]+"
 
@@ -113,20 +114,13 @@ def mm_inputs():
 def mm_outputs():
     if not C["multimodal"]:
         return []
-    outs = [f"{OUT}/tables/multimodal.csv", f"{OUT}/figures/multimodal.png"]
-    if {"table2", "table3"} & set(C["paper_tables"]):
-        outs.append(f"{OUT}/reproduction_multimodal.md")
-    return outs
+    return [f"{OUT}/{path}" for path in multimodal_files(C).values()]
 
 
 def report_outputs():
     """What `all` asks for: the language-model report (if any models) and the multi-modal one."""
     outs = []
     if C["models"]:
-        outs += [f"{OUT}/tables/diff_erank.csv", f"{OUT}/summary.md"]
-        if set(C["paper_tables"]) - {"table2", "table3"}:
-            outs.append(f"{OUT}/reproduction.md")
-        if "size" in C["figures"]:
-            outs.append(f"{OUT}/figures/size.png")
+        outs += [f"{OUT}/{path}" for path in report_files(C).values()]
     return outs + mm_outputs()
 

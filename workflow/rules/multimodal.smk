@@ -48,14 +48,13 @@ rule mm_erank:
 rule mm_report:
     input:
         **mm_inputs(),
+        config=f"{OUT}/config.json",
     output:
-        table=report(f"{OUT}/tables/multimodal.csv", caption="../report/multimodal.rst", category="Multi-modal"),
-        figure=report(f"{OUT}/figures/multimodal.png", caption="../report/multimodal.rst", category="Multi-modal"),
-        reproduction=f"{OUT}/reproduction_multimodal.md" if {"table2", "table3"} & set(C["paper_tables"]) else [],
+        **report_rule_outputs(multimodal_files(C)),
     params:
         inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items()),
-        config=lambda w: as_json(C),
         run=run_folder,
+        experiment=C["name"],
     log:
         f"{OUT}/logs/mm_report.log",
     benchmark:
@@ -65,4 +64,5 @@ rule mm_report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank mm-report --inputs {params.inputs} --config {params.config:q} --out-dir {params.run} > {log} 2>&1"
+        "diff-erank mm-report --inputs {params.inputs} --config \"$(cat {input.config:q})\" --out-dir {params.run}"
+        " > {log} 2>&1"

@@ -1,0 +1,297 @@
+"""The experiment report: declared files, readable tables, generated summary, figures, Table 4 readings."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from diff_erank.aggregate import diff_table
+from diff_erank.outputs import figure_kinds, report_files
+from diff_erank.report import build
+from diff_erank.reproduce import first_layer_readings, first_layer_section, reference
+from diff_erank.tables import human_count, markdown
+
+# eRank (= exp(entropy)) of each checkpoint: collapse at step 40, re-expansion by the end
+STEPS = {"rev-step0": 30.0, "rev-step40": 2.0, "rev-step150": 6.0, "trained": 10.0}
+LOSS = {"rev-step0": 7.6, "rev-step40": 6.0, "rev-step150": 5.0, "trained": 4.5}
+
+
+def per_text(erank: float, loss: float, layers: dict[str, int], rng, n: int = 12) -> pd.DataFrame:
+    rows = []
+    for name, index in layers.items():
+        for pos in range(n):
+            h = math.log(erank * (1 + index / 10)) + rng.normal(0, 0.01)
+            rows.append(
+                {
+                    "position": pos,
+                    "layer": name,
+                    "layer_index": index,
+                    "dim": 32,
+                    "entropy": h,
+                    "loss": loss,
+                    "normalized_entropy": h / math.log(32),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def model_entry(family: str, size: str) -> dict:
+    return {
+        "family": family,
+        "size": size,
+        "untrained": {"kind": "revision", "revision": "step0"},
+        "checkpoints": ["step40", "step150"],
+        "train": {"steps": 400},
+    }
+
+
+# (family, size, parameters, number of blocks): the 1-block and 3-block models have middle = first
+MODELS = {
+    "opt-s": ("opt", "s", 82_464, 1),
+    "opt-l": ("opt", "l", 1_317_632, 4),
+    "neox-s": ("neox", "s", 125_000_000, 3),
+    "neox-l": ("neox", "l", 1_300_000_000, 4),
+}
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    config = {
+        "name": "fixture",
+        "description": "a synthetic experiment",
+        "layers": ["first", "middle", "last"],
+        "algorithms": ["a", "b"],
+        "figures": ["size", "stages", "algorithms", "accuracy", "layers"],
+        "paper_tables": [],
+        "accuracy": {"tasks": ["piqa"]},
+        "models": {m: model_entry(f, s) for m, (f, s, _, _) in MODELS.items()},
+        "datasets": {"d1": {}, "d2": {}},
+    }
+    diffs, accs = [], []
+    for k, (model, (fam, size, n_params, blocks)) in enumerate(MODELS.items()):
+        layers = {"first": 1, "middle": max(1, blocks // 2), "last": blocks}
+        for ds in ("d1", "d2"):
+            # the trained model's eRank grows less than M0's with size: Diff-eRank grows with size
+            tables = {
+                v: per_text(e * (1 + k / 4 if v == "rev-step0" else 1.0), LOSS[v], layers, rng)
+                for v, e in STEPS.items()
+            }
+            info = {"model": model, "family": fam, "size": size, "n_params": n_params, "dataset": ds}
+            df = diff_table(tables, ["rev-step0"], ["a", "b"], {"samples": 50, "seed": 0, "ci": 0.95}, info)
+            path = tmp / "diff" / model / f"{ds}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            df.to_parquet(path)
+            diffs.append(path)
+        acc = tmp / "accuracy" / model / "trained.json"
+        acc.parent.mkdir(parents=True, exist_ok=True)
+        acc.write_text(json.dumps({"variant": "trained", "accuracy": {"piqa": 0.55 + 0.05 * k}}))
+        accs.append(acc)
+    out = tmp / "out"
+    build(diffs, out, config, accs)
+    return out, config
+
+
+def test_writes_exactly_the_declared_files(report_run) -> None:
+    out, config = report_run
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert written == set(report_files(config).values())
+    assert figure_kinds(config) == ["size", "stages", "algorithms", "accuracy", "layers"]
+    for kind in figure_kinds(config):
+        assert (out / "figures" / f"{kind}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "figures" / f"{kind}.pdf").read_bytes()[:4] == b"%PDF"
+    # without stages, accuracy or a second layer those figures are neither promised nor drawn
+    lean = {**config, "layers": ["last"], "algorithms": ["a"], "accuracy": None}
+    lean["models"] = {m: {**e, "checkpoints": []} for m, e in config["models"].items()}
+    assert figure_kinds(lean) == ["size"]
+    assert "tables/accuracy.csv" not in report_files(lean).values()
+
+
+def test_tables_are_readable(report_run) -> None:
+    out, _ = report_run
+    md = (out / "tables" / "diff_erank.md").read_text().splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md[2:] if line.startswith("|")]
+    assert "params" in header and "n_params" not in header
+    params = {r[header.index("model")]: r[header.index("params")] for r in rows}
+    assert params == {"opt-s": "82K", "opt-l": "1.3M", "neox-s": "125M", "neox-l": "1.3B"}
+    for col in ("diff_erank", "reduced_loss", "erank_trained", "ci_low"):
+        cells = [r[header.index(col)] for r in rows]
+        assert len({len(c.split(".")[1]) if "." in c else 0 for c in cells}) == 1, (col, cells)
+    # the CSV keeps full precision
+    csv = pd.read_csv(out / "tables" / "diff_erank.csv")
+    assert set(csv["n_params"]) == {p for _, _, p, _ in MODELS.values()}
+    html = (out / "tables" / "diff_erank.html").read_text()
+    assert "<table>" in html and "1.3B" in html
+
+
+def test_even_precision_and_human_counts() -> None:
+    text = markdown(pd.DataFrame({"x": [2.82, 3.014, 15.0], "n": [1.0, 2.0, 3.0]}))
+    assert "| 2.82 | 1 |" in text and "| 3.01 | 2 |" in text and "| 15.00 | 3 |" in text
+    assert [human_count(v) for v in (82_464, 1_317_632, 125e6, 1.3e9, 13e9, 999)] == [
+        "82K",
+        "1.3M",
+        "125M",
+        "1.3B",
+        "13B",
+        "999",
+    ]
+
+
+def test_footnote_where_middle_is_first(report_run) -> None:
+    out, _ = report_run
+    text = (out / "tables" / "algorithms_layers.md").read_text()
+    notes = [line for line in text.splitlines() if line.startswith("* ")]
+    assert len(notes) == 2 and not any("-l" in n for n in notes)
+    assert notes[0].startswith("* first = middle for neox-s: ") and "hidden_states[1]" in notes[0]
+    assert notes[1].startswith("* first = middle = last for opt-s: ")
+    layers = pd.read_csv(out / "tables" / "layers.csv")
+    assert set(layers[layers.model == "opt-l"].layer_index) == {1, 2, 4}
+
+
+def test_summary_rho_leaves_out_step0_and_states_the_collapse(report_run) -> None:
+    out, _ = report_run
+    summary = (out / "summary.md").read_text()
+    stages = pd.read_csv(out / "tables" / "stages.csv")
+    g = stages[(stages.model == "opt-l") & (stages.dataset == "d1")].sort_values("step")
+    later = g[g.step > 0]
+    # independent reading: Diff-eRank falls over steps 40 < 150 < 400 (rho -1); with step 0 it would be 0.2
+    assert list(later["diff_erank"]) == sorted(later["diff_erank"], reverse=True)
+    line = next(s for s in summary.splitlines() if s.startswith("- opt-l on d1:"))
+    assert "Spearman rho(step, Diff-eRank) -1.00" in line
+    m = re.search(r"eRank collapses to ([\d.]+) at step 40 and re-expands to ([\d.]+) by step 400", line)
+    assert m and float(m.group(1)) == pytest.approx(g.erank_trained.iloc[1], abs=0.05)
+    assert "**Collapse, then re-expansion**: in 8 of 8 model x dataset series" in summary
+    assert (out / "summary.html").read_text().count("<li>") >= 8
+
+
+def test_first_layer_both_readings_against_the_paper() -> None:
+    ref = reference()
+    paper = ref[(ref.table == "table4") & (ref.variant == "layer_first")]
+    assert len(paper) == 5
+    ours = pd.concat(
+        [
+            paper.assign(variant="layer_embeddings", value=paper["value"] * 1.1),
+            paper.assign(variant="layer_first", value=paper["value"] * 0.5),
+        ]
+    ).assign(model="m")
+    readings = first_layer_readings(ours, ["table4"])
+    assert set(readings["reading"]) == {"embeddings", "first"} and len(readings) == 10
+    text = first_layer_section(readings)
+    assert "`embeddings`: 5 sizes, median |relative difference| 10.0%" in text
+    assert "`first`: 5 sizes, median |relative difference| 50.0%" in text
+    assert "Closer to the paper's numbers: **`embeddings`**" in text
+    # with one reading only there is nothing to choose between
+    assert first_layer_section(readings[readings.reading == "first"]) == ""
+
+
+def imports(path: Path) -> set[str]:
+    """diff_erank modules a module imports, at any level (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "diff_erank":
+                found |= {a.name for a in node.names}
+            elif node.module.startswith("diff_erank."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("diff_erank.")}
+    return found
+
+
+def test_no_two_modules_import_each_other() -> None:
+    src = REPO / "src" / "diff_erank"
+    graph = {p.stem: imports(p) - {p.stem} for p in src.glob("*.py")}
+
+    def cycle_from(start: str, node: str, seen: tuple[str, ...]) -> tuple[str, ...] | None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                return (*seen, nxt)
+            if nxt not in seen:
+                found = cycle_from(start, nxt, (*seen, nxt))
+                if found:
+                    return found
+        return None
+
+    cycles = [c for m in sorted(graph) if (c := cycle_from(m, m, (m,)))]
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_every_layer_with_layers_all(tmp_path) -> None:
+    """``layers: all`` (every hidden state, embedding output included): depth comes from layer_index."""
+    rng = np.random.default_rng(1)
+    layers = {"embeddings": 0, **{str(i): i for i in range(1, 7)}}
+    entry = {**model_entry("opt", "s"), "checkpoints": []}
+    config = {
+        "name": "every-layer",
+        "layers": ["all"],
+        "algorithms": ["a"],
+        "figures": ["size", "stages", "algorithms", "layers"],
+        "paper_tables": [],
+        "accuracy": None,
+        "models": {"opt-s": entry},
+        "datasets": {"d1": {}},
+    }
+    assert figure_kinds(config) == ["size", "layers"]
+    tables = {v: per_text(STEPS[v], LOSS[v], layers, rng) for v in ("trained", "rev-step0")}
+    info = {"model": "opt-s", "family": "opt", "size": "s", "n_params": 1000, "dataset": "d1"}
+    path = tmp_path / "d1.parquet"
+    diff_table(tables, ["rev-step0"], ["a"], {"samples": 0, "seed": 0, "ci": 0.95}, info).to_parquet(path)
+    out = tmp_path / "out"
+    build([path], out, config)
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == set(
+        report_files(config).values()
+    )
+    per_layer = pd.read_csv(out / "tables" / "layers.csv")
+    assert per_layer["layer_index"].tolist() == list(range(7))
+    assert per_layer["layer"].tolist() == list(layers)
+    assert "- opt-s on d1: Diff-eRank over 7 layers from" in (out / "summary.md").read_text()
+
+
+def test_named_stages_without_steps(tmp_path) -> None:
+    """Table 10's kind: random init, the hub model and further-trained stages, in training order."""
+    rng = np.random.default_rng(2)
+    labels = {
+        "init-s0": "random_init",
+        "trained": "pretrained",
+        "ft-further": "further",
+        "ft-overfit": "overfit",
+    }
+    entry = {
+        "family": "opt",
+        "size": "m",
+        "untrained": {"kind": "random_init", "seeds": [0]},
+        "finetune": {"further": {}, "overfit": {}},
+        "stage_labels": labels,
+    }
+    config = {
+        "name": "stages",
+        "layers": ["last"],
+        "algorithms": ["a"],
+        "figures": ["stages"],
+        "paper_tables": [],
+        "accuracy": None,
+        "models": {"opt-m": entry},
+        "datasets": {"d1": {}},
+    }
+    assert figure_kinds(config) == ["stages"]
+    erank = {"init-s0": 30.0, "trained": 12.0, "ft-further": 10.0, "ft-overfit": 4.0}
+    tables = {v: per_text(e, 5.0, {"last": 2}, rng) for v, e in erank.items()}
+    info = {"model": "opt-m", "family": "opt", "size": "m", "n_params": 1000, "dataset": "d1"}
+    path = tmp_path / "d1.parquet"
+    diff_table(tables, ["init-s0"], ["a"], {"samples": 0, "seed": 0, "ci": 0.95}, info).to_parquet(path)
+    build([path], tmp_path / "out", config)
+    stages = pd.read_csv(tmp_path / "out" / "tables" / "stages.csv")
+    assert stages["stage"].tolist() == list(labels.values())  # training order, not name order
+    assert stages["step"].tolist()[0] == 0 and stages["step"].iloc[1:].isna().all()  # unknown, not 0
+    assert "Spearman rho(step, Diff-eRank) 1.00" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "figures" / "stages.png").stat().st_size > 10_000
