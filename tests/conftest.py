@@ -99,3 +99,183 @@ def texts_file(tmp_path) -> Path:
     path = tmp_path / "texts.parquet"
     pd.DataFrame({"text_id": range(len(texts)), "text": texts}).to_parquet(path)
     return path
+
+
+# --- one tiny model per architecture family of conf/model/ ------------------------------------
+
+#: Configuration and modelling files of a remote-code stand-in for OpenELM: its own config class
+#: without ``num_hidden_layers`` (OpenELM's is ``num_transformer_layers``), its own model class
+#: whose forward fails whenever a cache is asked for (OpenELM's calls the removed
+#: ``DynamicCache.from_legacy_cache`` then), hidden states as OpenELM returns them (the input of
+#: every block, then the final norm's output), a learned position table and tied embeddings.
+REMOTE_CONFIG_PY = """
+from transformers import PretrainedConfig
+
+
+class StandInConfig(PretrainedConfig):
+    model_type = "standin-openelm"
+
+    def __init__(self, vocab_size=400, model_dim=32, num_transformer_layers=3, num_query_heads=4,
+                 max_context_length=64, use_cache=True, **kwargs):
+        self.use_cache = use_cache  # on by default, as in OpenELM's config
+        self.vocab_size = vocab_size
+        self.model_dim = model_dim
+        self.num_transformer_layers = num_transformer_layers
+        self.num_query_heads = num_query_heads
+        self.max_context_length = max_context_length
+        super().__init__(**kwargs)
+"""
+
+REMOTE_MODELING_PY = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_standin import StandInConfig
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d = config.model_dim
+        self.heads = config.num_query_heads
+        self.attn_norm = nn.RMSNorm(d)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        self.ffn_norm = nn.RMSNorm(d)
+        self.up = nn.Linear(d, 4 * d, bias=False)
+        self.down = nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x, allowed):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        a = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed
+        )
+        x = x + self.out(a.transpose(1, 2).reshape(b, n, d))
+        return x + self.down(F.silu(self.up(self.ffn_norm(x))))
+
+
+class StandInForCausalLM(PreTrainedModel):
+    config_class = StandInConfig
+    base_model_prefix = "transformer"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.model_dim)
+        self.positions = nn.Embedding(config.max_context_length, config.model_dim)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_transformer_layers))
+        self.norm = nn.RMSNorm(config.model_dim)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.2)
+        elif isinstance(module, nn.RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache:
+            raise RuntimeError("stand-in: a cache was asked for (OpenELM calls a removed API here)")
+        b, n = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        causal = torch.ones(n, n, dtype=torch.bool, device=input_ids.device).tril()
+        allowed = (causal[None] & attention_mask[:, None, :].bool())[:, None]
+        x = self.token_embeddings(input_ids) + self.positions(torch.arange(n, device=input_ids.device))
+        states = []
+        for layer in self.layers:
+            states.append(x)
+            x = layer(x, allowed)
+        x = self.norm(x)
+        states.append(x)
+        logits = F.linear(x, self.token_embeddings.weight)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=tuple(states) if output_hidden_states else None
+        )
+"""
+
+
+def save_remote_standin(root: Path, vocab_size: int, seed: int = 0) -> Path:
+    """A local remote-code model directory (no tokenizer in it: like OpenELM, it has none)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "configuration_standin.py").write_text(REMOTE_CONFIG_PY)
+    (root / "modeling_standin.py").write_text(REMOTE_MODELING_PY)
+    (root / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "standin-openelm",
+                "auto_map": {
+                    "AutoConfig": "configuration_standin.StandInConfig",
+                    "AutoModelForCausalLM": "modeling_standin.StandInForCausalLM",
+                },
+                "vocab_size": vocab_size,
+            }
+        )
+    )
+    cfg = AutoConfig.from_pretrained(root, trust_remote_code=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=True, dtype=torch.float32)
+    model.save_pretrained(root)
+    return root
+
+
+def _llama_config(tok, heads: int, kv_heads: int, hidden: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=3,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+#: The hub families of conf/model/ beyond OPT and GPTNeoX: GPT-2 (Cerebras-GPT), Llama in
+#: OpenELM's shape (grouped-query attention with 4 query heads per key head, tied embeddings)
+#: and in SmolLM's (3 query heads per key head, tied), and the remote-code stand-in.
+ARCH_FAMILIES = ["gpt2-cerebras", "llama-openelm", "llama-smollm", "remote-openelm"]
+
+
+@pytest.fixture(scope="session", params=ARCH_FAMILIES)
+def arch_model(request, tmp_path_factory, tokenizer_dir) -> dict:
+    """``model_spec`` keyword arguments for one tiny model of each family (3 blocks each)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+    root = tmp_path_factory.mktemp(request.param)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if request.param == "remote-openelm":
+        path = save_remote_standin(root / "model", len(tok))
+        return {"source": str(path), "tokenizer": str(tokenizer_dir), "trust_remote_code": True}
+    if request.param == "gpt2-cerebras":
+        cfg = GPT2Config(
+            vocab_size=len(tok), n_embd=32, n_layer=3, n_head=2, n_positions=64,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        )  # fmt: skip
+    elif request.param == "llama-openelm":
+        cfg = _llama_config(tok, heads=4, kv_heads=1, hidden=32)
+    else:
+        cfg = _llama_config(tok, heads=3, kv_heads=1, hidden=24)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.save_pretrained(root / "main")
+    tok.save_pretrained(root / "main")
+    return {"source": str(root)}

@@ -24,7 +24,8 @@ import yaml
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 #: Hidden-state layers by name; integers are also accepted (index into ``hidden_states``).
-LAYER_NAMES = ("first", "middle", "last")
+#: ``embeddings`` = hidden_states[0], ``first`` = [1] (first block), ``all`` = every index 0..L.
+LAYER_NAMES = ("embeddings", "first", "middle", "last", "all")
 
 
 class ConfigError(ValueError):

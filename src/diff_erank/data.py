@@ -164,7 +164,8 @@ def prepare_texts(spec: dict[str, Any], results_root: str | Path = ".") -> pd.Da
     eligible = [
         i
         for i, row in enumerate(rows)
-        if all(row[f] is not None and str(row[f]).strip() for f in keep_fields)
+        # len > 0, whitespace-only kept: the paper's code filters dolly with len(context) > 0
+        if all(row[f] is not None and len(str(row[f])) > 0 for f in keep_fields)
     ]
     sampling = spec["sampling"]
     chosen = sample_indices(len(eligible), spec.get("max_texts"), sampling["method"], sampling["seed"])

@@ -49,13 +49,17 @@ class ShardError(RuntimeError):
 def layer_indices(layers: Sequence[str | int], num_layers: int) -> dict[str, int]:
     """Map layer names to indices into ``hidden_states`` (0 = embeddings, L = last block).
 
-    ``first`` = 1 (output of the first block), ``middle`` = L // 2, ``last`` = L, which for OPT and
-    GPTNeoX is after the final layer norm and equals ``AutoModel(...).last_hidden_state``.
+    ``embeddings`` = 0 (the embedding output, before any block), ``first`` = 1 (output of the
+    first block), ``middle`` = L // 2, ``last`` = L, which for OPT and GPTNeoX is after the final
+    layer norm and equals ``AutoModel(...).last_hidden_state``. ``all`` expands to every index
+    0..L, each named by its index (``"0"`` .. ``"L"``), as an integer layer is.
     """
-    named = {"first": 1, "middle": max(1, num_layers // 2), "last": num_layers}
+    named = {"embeddings": 0, "first": 1, "middle": max(1, num_layers // 2), "last": num_layers}
     out: dict[str, int] = {}
     for layer in layers:
-        if isinstance(layer, str):
+        if layer == "all":
+            out.update({str(i): i for i in range(num_layers + 1)})
+        elif isinstance(layer, str):
             if layer not in named:
                 raise ConfigError(f"layer {layer!r}; valid: {list(LAYER_NAMES)} or an integer")
             out[layer] = named[layer]
@@ -65,6 +69,19 @@ def layer_indices(layers: Sequence[str | int], num_layers: int) -> dict[str, int
                 raise ConfigError(f"layer {layer} out of range for a model with {num_layers} layers")
             out[str(layer)] = idx
     return out
+
+
+@torch.no_grad()
+def count_layers(model, ids: Sequence[int], device: torch.device) -> int:
+    """Number of blocks L, read from the ``L + 1`` hidden states one forward returns.
+
+    Not from the config: remote-code models name it their own way (OpenELM's
+    ``num_transformer_layers``), and the hidden states are what the dump indexes anyway.
+    """
+    out = model(
+        input_ids=torch.tensor([list(ids)], device=device), output_hidden_states=True, use_cache=False
+    )
+    return len(out.hidden_states) - 1
 
 
 @dataclass
@@ -127,9 +144,15 @@ def pad_right(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor
 def forward_batch(
     model, seqs: Sequence[Sequence[int]], layer_idx: dict[str, int], device: torch.device
 ) -> tuple[dict[str, list[torch.Tensor]], list[float]]:
-    """Hidden states (per layer, per text, unpadded, on the CPU) and mean next-token loss per text."""
+    """Hidden states (per layer, per text, unpadded, on the CPU) and mean next-token loss per text.
+
+    The cache is off: a single full-sequence pass needs none, and OpenELM's remote code builds
+    one with an API transformers 5 no longer has whenever ``use_cache`` is on.
+    """
     ids, mask = pad_right(seqs)
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+    out = model(
+        input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False
+    )
     hs = out.hidden_states
     states = {
         name: [hs[i][row, : len(s)].cpu() for row, s in enumerate(seqs)] for name, i in layer_idx.items()
@@ -217,7 +240,7 @@ def dump(
         raise ConfigError(f"{texts_path}: no text has 2 or more tokens")
     model = model or load_variant(spec, variant, trained_path, variant_path)
     model.to(dev)
-    num_layers = model.config.get_text_config().num_hidden_layers
+    num_layers = count_layers(model, min(tok.ids, key=len), dev)
     layer_idx = layer_indices(layers, num_layers)
     store_dtype = DTYPES[spec["dump_dtype"]]
     lengths = [len(s) for s in tok.ids]

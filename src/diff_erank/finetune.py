@@ -55,7 +55,9 @@ def finetune(
         pick = torch.randint(0, len(tok.ids), (recipe["batch_size"],), generator=gen).tolist()
         ids, mask = pad_right([tok.ids[i] for i in pick])
         labels = ids.masked_fill(mask == 0, -100)
-        loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
+        loss = model(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev), use_cache=False
+        ).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -38,7 +38,7 @@ def resolve_source(source: str, revision: str | None) -> tuple[str, str | None]:
     rev = revision or "main"
     if (path / rev).is_dir():
         return str(path / rev), None
-    if rev == "main" and (path / "config.json").is_file():
+    if rev == "main" and any((path / f).is_file() for f in ("config.json", "tokenizer_config.json")):
         return str(path), None
     raise ConfigError(
         f"local model {path} has no revision directory {rev!r}; "
@@ -93,12 +93,17 @@ def gguf_provenance(spec: dict[str, Any], trained_path: str | None = None) -> di
 
 
 def load_tokenizer(spec: dict[str, Any], trained_path: str | None = None):
+    """The entry's tokenizer: its own repository at ``tokenizer_revision`` when ``tokenizer`` names
+    one (OpenELM uses Llama-2's), else the model's at the model's revision."""
     from transformers import AutoTokenizer
 
     gguf = raw_gguf(spec, _source(spec, trained_path))
     if gguf is not None:
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    name, rev = resolve_source(spec.get("tokenizer") or _source(spec, trained_path), spec.get("revision"))
+    if spec.get("tokenizer"):
+        name, rev = resolve_source(spec["tokenizer"], spec.get("tokenizer_revision"))
+    else:
+        name, rev = resolve_source(_source(spec, trained_path), spec.get("revision"))
     return _hub_call(
         AutoTokenizer.from_pretrained, name, revision=rev, trust_remote_code=spec["trust_remote_code"]
     )
@@ -157,6 +162,9 @@ def load_variant(
             f"unknown variant {variant!r}; expected trained, init-s<seed>, rev-<revision> or ft-<name>"
         )
     model.eval()
+    # No KV cache in any forward (dump, finetune, lm-eval's HFLM, which calls model(ids)): one
+    # full-sequence pass needs none, and OpenELM's code builds one with a removed API when it is on.
+    model.config.use_cache = False
     log.info("loaded %s variant %s (%s, %d parameters)", source, variant, dtype, n_params(model))
     return model
 

@@ -1,0 +1,180 @@
+"""Every model family of conf/model/ through dump and eRank, against an unbatched float64 reading.
+
+The families beyond OPT and GPTNeoX (tests/test_dump.py): GPT-2 (Cerebras-GPT), Llama in
+OpenELM's and SmolLM's shapes, and a remote-code stand-in for OpenELM that the tests write
+themselves (its own configuration and modelling files, no ``num_hidden_layers``, a forward that
+fails when a cache is asked for), loaded with ``trust_remote_code`` through the path OpenELM's
+entries take (``models.load_variant`` and ``load_tokenizer`` with a separate tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import model_spec
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from diff_erank import dump as D
+from diff_erank.config import ConfigError
+from diff_erank.measure import measure
+from diff_erank.models import load_tokenizer, load_variant
+
+LAYERS = ["embeddings", "first", "middle", "last", "all"]
+
+
+def _spec(arch: dict, **kw) -> dict:
+    return model_spec(arch["source"], **{k: v for k, v in arch.items() if k != "source"}, **kw)
+
+
+def _erank_float64(hidden: torch.Tensor) -> float:
+    """The definition, written out: centre, unit rows, covariance, eigenvalues, exp(entropy)."""
+    x = hidden.detach().to(torch.float64).numpy()
+    z = x - x.mean(axis=0)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    cov = z.T @ z / len(z)
+    lam = np.clip(np.linalg.eigvalsh(cov), 0.0, None)
+    lam = lam / lam.sum()
+    return math.exp(-sum(p * math.log(p) for p in lam if p > 0))
+
+
+def _model_dir(arch: dict) -> Path:
+    src = Path(arch["source"])
+    return src / "main" if (src / "main").is_dir() else src
+
+
+def test_family_dump_and_erank_match_float64_reading(arch_model, texts_file, tmp_path) -> None:
+    # a small token budget: batches of several texts, right-padded
+    spec = _spec(arch_model, batch_tokens=160, shard_texts=5)
+    manifest = D.dump(spec, "trained", texts_file, tmp_path / "d", layers=LAYERS, device="cpu")
+    assert manifest["num_hidden_layers"] == 3
+    index = {n: v["index"] for n, v in manifest["layers"].items()}
+    assert index == {"embeddings": 0, "first": 1, "middle": 1, "last": 3, "0": 0, "1": 1, "2": 2, "3": 3}
+    df = measure(tmp_path / "d")
+    assert len(df) == manifest["n_texts"] * len(index)
+    assert (df["layer_index"] == df["layer"].map(index)).all()
+
+    # the independent reading: the model and tokenizer straight from transformers, one text at a
+    # time, no padding, no cache; eRank in float64 from the definition
+    remote = arch_model.get("trust_remote_code", False)
+    model = AutoModelForCausalLM.from_pretrained(
+        _model_dir(arch_model), dtype=torch.float32, trust_remote_code=remote
+    )
+    tok = AutoTokenizer.from_pretrained(arch_model.get("tokenizer") or _model_dir(arch_model))
+    texts = pd.read_parquet(texts_file)["text"]
+    seen = 0
+    for pos, text in texts.items():
+        ids = tok(text, return_tensors="pt")["input_ids"][:, : spec["max_length"]] if text else None
+        if ids is None or ids.shape[1] < 2:
+            assert pos not in set(df["position"])
+            continue
+        with torch.no_grad():
+            out = model(input_ids=ids, labels=ids, output_hidden_states=True, use_cache=False)
+        assert len(out.hidden_states) == 4
+        rows = df[df["position"] == pos].set_index("layer")
+        for name, i in index.items():
+            assert rows.loc[name, "n_tokens"] == ids.shape[1]
+            assert rows.loc[name, "erank"] == pytest.approx(_erank_float64(out.hidden_states[i][0]), rel=1e-5)
+        assert rows.loc["last", "loss"] == pytest.approx(float(out.loss), rel=1e-5)
+        seen += 1
+    assert seen == manifest["n_texts"] > 5
+    # the layers differ: the test would notice a layer read from the wrong index
+    per_layer = df.groupby("layer")["erank"].mean()
+    assert per_layer["embeddings"] != pytest.approx(per_layer["last"], rel=1e-3)
+
+
+def test_layer_names() -> None:
+    assert D.layer_indices(["embeddings", "first", "middle", "last"], 12) == {
+        "embeddings": 0,
+        "first": 1,
+        "middle": 6,
+        "last": 12,
+    }
+    assert D.layer_indices(["all"], 2) == {"0": 0, "1": 1, "2": 2}
+    assert D.layer_indices(["last", "all", -1], 2) == {"last": 2, "0": 0, "1": 1, "2": 2, "-1": 2}
+    with pytest.raises(ConfigError, match="embeddings"):
+        D.layer_indices(["top"], 4)
+
+
+@pytest.fixture(scope="module")
+def openelm_like(tmp_path_factory, tokenizer_dir) -> dict:
+    """The stand-in laid out as OpenELM's entries use it: model and tokenizer in separate
+    repositories, the tokenizer at its own revision (a sub-directory for a local source)."""
+    from conftest import save_remote_standin
+
+    root = tmp_path_factory.mktemp("openelm-like")
+    tok_repo = root / "tokenizer-repo"
+    shutil.copytree(tokenizer_dir, tok_repo / "tok-rev")
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    model = save_remote_standin(root / "model", vocab, seed=1)
+    return model_spec(
+        model, tokenizer=str(tok_repo), tokenizer_revision="tok-rev", trust_remote_code=True, max_length=48
+    )
+
+
+def test_openelm_like_remote_code_runs_dump_finetune_and_accuracy(openelm_like, texts_file, tmp_path) -> None:
+    from paper_fixtures import make_datasets, make_tasks
+
+    from diff_erank.accuracy import evaluate
+    from diff_erank.finetune import finetune
+
+    spec = openelm_like
+    # what broke OpenELM: no num_hidden_layers in its config, and a cache asked for by default
+    cfg = AutoConfig.from_pretrained(spec["source"], trust_remote_code=True)
+    assert type(cfg).__module__.startswith("transformers_modules.")
+    with pytest.raises(AttributeError):
+        cfg.get_text_config().num_hidden_layers  # noqa: B018
+    raw = AutoModelForCausalLM.from_pretrained(spec["source"], trust_remote_code=True)
+    with pytest.raises(RuntimeError, match="cache"):
+        raw(input_ids=torch.tensor([[1, 2, 3]]))
+
+    # the tokenizer comes from its own repository at its own revision, not the model's "main"
+    tok = load_tokenizer(spec)
+    assert tok.get_vocab() == AutoTokenizer.from_pretrained(Path(spec["tokenizer"]) / "tok-rev").get_vocab()
+    with pytest.raises(ConfigError, match="no revision directory 'main'"):
+        load_tokenizer({**spec, "tokenizer_revision": None})
+
+    model = load_variant(spec, "trained")
+    assert type(model).__module__.startswith("transformers_modules.")
+    model(input_ids=torch.tensor([[1, 2, 3]]))  # a plain call, as lm-eval's HFLM makes, runs
+
+    trained = D.dump(spec, "trained", texts_file, tmp_path / "t", layers=["embeddings", "last"], device="cpu")
+    init = D.dump(spec, "init-s0", texts_file, tmp_path / "i", layers=["embeddings", "last"], device="cpu")
+    assert trained["num_hidden_layers"] == init["num_hidden_layers"] == 3
+    assert trained["layers"]["last"]["index"] == 3
+
+    recipe = {
+        "dataset": "x",
+        "from": "trained",
+        "steps": 3,
+        "lr": 1e-3,
+        "batch_size": 2,
+        "max_length": 32,
+        "seed": 0,
+    }
+    facts = finetune(spec, recipe, texts_file, tmp_path / "ft", device="cpu")
+    assert math.isfinite(facts["final_loss"])
+    ft = D.dump(
+        spec,
+        "ft-x",
+        texts_file,
+        tmp_path / "f",
+        layers=["last"],
+        device="cpu",
+        variant_path=str(tmp_path / "ft"),
+    )
+    assert ft["n_texts"] == trained["n_texts"]
+    a, b = measure(tmp_path / "t"), measure(tmp_path / "f")
+    assert not np.allclose(a[a["layer"] == "last"]["erank"], b["erank"])  # training changed the model
+
+    files = make_datasets(tmp_path, n=8)
+    acc = {"tasks": ["piqa"], "include_path": make_tasks(tmp_path, files), "include_defaults": False,
+           "limit": 4, "batch_size": 4}  # fmt: skip
+    evaluate(spec, "trained", acc, tmp_path / "acc.json", device="cpu")
+    assert json.loads((tmp_path / "acc.json").read_text())["variant"] == "trained"
