@@ -146,8 +146,9 @@ def main() -> None:
     init = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     n = q4_1_roundtrip(init)
     q = per_layer_erank(init, tok, texts)
+    mid = str(L // 2)
     print(f"(d) init seed {a.seeds[0]} after Q4_1 round trip ({n} matrices): last {q[last]:.2f} "
-          f"(float {inits[0][last]:.2f}); middle {q[str(L // 2)]:.2f} (float {inits[0][str(L // 2)]:.2f})")  # fmt: skip
+          f"(float {inits[0][last]:.2f}); middle {q[mid]:.2f} (float {inits[0][mid]:.2f})")  # fmt: skip
     if a.zoo:
         ztok = AutoTokenizer.from_pretrained(a.zoo)
         zoo = AutoModelForCausalLM.from_pretrained(a.zoo, dtype=torch.float32).eval()
