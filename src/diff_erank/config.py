@@ -90,10 +90,10 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"multimodal.datasets.{name}.source: needs 'annotations' (a file) or 'hub'")
     for name, model in cfg["models"].items():
         if model.get("source") is None and model.get("train") is None and not (model.get("gguf") or {}).get(
-            "package"
+            "packages"
         ):
             raise ConfigError(
-                f"models.{name}: needs a 'source' (hub id or local path), a 'train' recipe or 'gguf.package'"
+                f"models.{name}: needs a 'source' (hub id or local path), a 'train' recipe or 'gguf.packages'"
             )
     for name, ds in cfg["datasets"].items():
         if ds["source"]["kind"] in ("json", "jsonl", "parquet", "text", "csv") and not ds["source"].get(

@@ -88,7 +88,7 @@ def gguf_provenance(spec: dict[str, Any], trained_path: str | None = None) -> di
     source = _source(spec, trained_path)
     raw = raw_gguf(spec, source)
     if raw is not None:
-        return {**read_facts(raw), "sha256": spec["gguf"]["sha256"], "package": spec["gguf"].get("package")}
+        return {**read_facts(raw), "sha256": spec["gguf"]["sha256"], "packages": spec["gguf"].get("packages")}
     return checkpoint_facts(source)
 
 
