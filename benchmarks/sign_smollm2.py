@@ -63,17 +63,18 @@ def per_layer_erank(model, tok, texts: list[str], max_length: int = 512, pre_nor
     return {k: dataset_erank(v, "a") for k, v in ent.items()}
 
 
-def q4_1_roundtrip(model) -> int:
-    """Quantise-dequantise every 2-D weight with 32-divisible rows to Q4_1 in place; count them."""
-    from gguf.constants import GGMLQuantizationType as Q
+def q4_roundtrip(model, kind: str = "Q4_1") -> int:
+    """Quantise-dequantise every 2-D weight with 32-divisible rows to ``kind`` in place; count them."""
+    from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
 
+    q = GGMLQuantizationType[kind]
     n = 0
     with torch.no_grad():
         for _, p in model.named_parameters():
             if p.ndim == 2 and p.shape[1] % 32 == 0:
                 w = p.detach().float().numpy()
-                p.copy_(torch.from_numpy(dequantize(quantize(w, Q.Q4_1), Q.Q4_1).reshape(w.shape)))
+                p.copy_(torch.from_numpy(dequantize(quantize(w, q), q).reshape(w.shape)))
                 n += 1
     return n
 
@@ -144,16 +145,30 @@ def main() -> None:
 
     torch.manual_seed(a.seeds[0])
     init = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    n = q4_1_roundtrip(init)
+    n = q4_roundtrip(init)
     q = per_layer_erank(init, tok, texts)
     mid = str(L // 2)
     print(f"(d) init seed {a.seeds[0]} after Q4_1 round trip ({n} matrices): last {q[last]:.2f} "
           f"(float {inits[0][last]:.2f}); middle {q[mid]:.2f} (float {inits[0][mid]:.2f})")  # fmt: skip
+    n = q4_roundtrip(trained, "Q4_0")
+    q = per_layer_erank(trained, tok, texts)
+    print(f"(d) trained after a further Q4_0 round trip ({n} matrices, fresh 4-bit noise): last "
+          f"{q[last]:.2f} (loaded {tr[last]:.2f}); middle {q[mid]:.2f} (loaded {tr[mid]:.2f})")  # fmt: skip
+    from transformers import OPTConfig
+
+    opt = OPTConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=L,
+        ffn_dim=cfg.intermediate_size, num_attention_heads=cfg.num_attention_heads,
+        max_position_embeddings=2048, word_embed_proj_dim=cfg.hidden_size, init_std=cfg.initializer_range,
+    )  # fmt: skip
+    torch.manual_seed(a.seeds[0])
+    curve = per_layer_erank(AutoModelForCausalLM.from_config(opt, dtype=torch.float32).eval(), tok, texts)
+    print(f"(a) OPT init, same width/depth/init std, seed {a.seeds[0]}: {fmt(curve, show)}")
     if a.zoo:
         ztok = AutoTokenizer.from_pretrained(a.zoo)
         zoo = AutoModelForCausalLM.from_pretrained(a.zoo, dtype=torch.float32).eval()
         before = per_layer_erank(zoo, ztok, texts)
-        n = q4_1_roundtrip(zoo)
+        n = q4_roundtrip(zoo)
         after = per_layer_erank(zoo, ztok, texts)
         zl = str(zoo.config.num_hidden_layers)
         print(f"(d) zoo {a.zoo} Q4_1 round trip ({n} matrices): last {before[zl]:.2f} -> {after[zl]:.2f} "
