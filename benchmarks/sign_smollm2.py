@@ -56,6 +56,8 @@ def per_layer_erank(model, tok, texts: list[str], max_length: int = 512, pre_nor
         out = model(input_ids=ids, output_hidden_states=True)
         for i, h in enumerate(out.hidden_states):
             ent.setdefault(str(i), []).append(erank_stats(h[0]).entropy)
+            if ids.shape[1] > 2:  # the same without the text's first token (SmolLM2 adds no BOS)
+                ent.setdefault(f"{i}-first", []).append(erank_stats(h[0, 1:]).entropy)
         if pre_norm:
             ent.setdefault("pre_norm", []).append(erank_stats(captured["pre"][0]).entropy)
     if handle:
@@ -137,6 +139,16 @@ def main() -> None:
         curve = per_layer_erank(init, tok, texts)
         print(f"(a) init range {r:<6} seed {a.seeds[0]}: {fmt(curve, show)}")
 
+    def no_first(curve):
+        return fmt({str(k): curve[f"{k}-first"] for k in show}, show)
+
+    print(f"(b) without each text's first token, trained: {no_first(tr)}")
+    print(f"    init seed {a.seeds[0]}:                          {no_first(inits[0])}")
+    with torch.no_grad():
+        h = trained(input_ids=tok(texts[0], return_tensors="pt")["input_ids"], output_hidden_states=True)
+    norms = h.hidden_states[L // 2][0].norm(dim=-1)
+    print(f"    trained layer {L // 2} row norms, text 0: first token {norms[0]:.0f}, "
+          f"others median {norms[1:].median():.1f}, max {norms[1:].max():.1f}")  # fmt: skip
     g = trained.model.norm.weight.detach().float()
     print(f"(c) final RMSNorm: last block output {tr['pre_norm']:.2f} -> after norm {tr[last]:.2f} "
           f"(trained), {mean['pre_norm']:.2f} -> {mean[last]:.2f} (init); trained gain: mean "
