@@ -85,18 +85,8 @@ def fmt(curve: dict[str, float], keys) -> str:
     return " ".join(f"{curve[str(k)]:.2f}" for k in keys)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="converted SmolLM2 directory, or folder of the GGUF")
-    p.add_argument("--gguf-file", default=None)
-    p.add_argument("--texts", required=True, type=Path)
-    p.add_argument("--n", type=int, default=60)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--ranges", type=float, nargs="+", default=[0.002, 0.02, 0.2])
-    p.add_argument("--zoo", default=None, help="a trained zoo model directory for the Q4_1 test")
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
+def smollm2(a: argparse.Namespace, texts: list[str]) -> None:
+    """(a)-(d) on SmolLM2: per-layer eRank of the trained model and its inits, norm, 4-bit noise."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
@@ -106,10 +96,9 @@ def main() -> None:
     cfg = AutoConfig.from_pretrained(a.model, **kw)
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
-    texts = read_texts(a.texts, a.n)
     L = cfg.num_hidden_layers
     show = [0, 1, 2, 4, 8, 15, 22, 26, 28, 29, 30] if L == 30 else list(range(L + 1))
-    print(f"{len(texts)} texts from {a.texts}; {L} layers, d={cfg.hidden_size}; "
+    print(f"SmolLM2 ({a.model}): {L} layers, d={cfg.hidden_size}; "
           f"initializer_range={cfg.initializer_range}")  # fmt: skip
     print(f"hidden_states index:        {' '.join(f'{k:>5}' for k in show)}  pre-norm")
 
@@ -176,16 +165,42 @@ def main() -> None:
     torch.manual_seed(a.seeds[0])
     curve = per_layer_erank(AutoModelForCausalLM.from_config(opt, dtype=torch.float32).eval(), tok, texts)
     print(f"(a) OPT init, same width/depth/init std, seed {a.seeds[0]}: {fmt(curve, show)}")
-    if a.zoo:
-        ztok = AutoTokenizer.from_pretrained(a.zoo)
-        zoo = AutoModelForCausalLM.from_pretrained(a.zoo, dtype=torch.float32).eval()
-        before = per_layer_erank(zoo, ztok, texts)
-        n = q4_roundtrip(zoo)
-        after = per_layer_erank(zoo, ztok, texts)
-        zl = str(zoo.config.num_hidden_layers)
-        print(f"(d) zoo {a.zoo} Q4_1 round trip ({n} matrices): last {before[zl]:.2f} -> {after[zl]:.2f} "
-              f"({after[zl] - before[zl]:+.2f}); first {before['1']:.2f} -> {after['1']:.2f}")  # fmt: skip
     print(f"({time.time() - t0:.0f} s)")
+
+
+def zoo_q4(zoo_dir: str, texts: list[str]) -> None:
+    """(d) on a trained zoo model: eRank before and after a Q4_1 round trip of its weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ztok = AutoTokenizer.from_pretrained(zoo_dir)
+    zoo = AutoModelForCausalLM.from_pretrained(zoo_dir, dtype=torch.float32).eval()
+    limit = zoo.config.max_position_embeddings
+    before = per_layer_erank(zoo, ztok, texts, max_length=limit)
+    n = q4_roundtrip(zoo)
+    after = per_layer_erank(zoo, ztok, texts, max_length=limit)
+    zl = str(zoo.config.num_hidden_layers)
+    print(f"(d) zoo {zoo_dir} Q4_1 round trip ({n} matrices): last {before[zl]:.2f} -> {after[zl]:.2f} "
+          f"({after[zl] - before[zl]:+.2f}); first {before['1']:.2f} -> {after['1']:.2f}")  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="converted SmolLM2 directory, or folder of the GGUF")
+    p.add_argument("--gguf-file", default=None)
+    p.add_argument("--texts", required=True, type=Path)
+    p.add_argument("--n", type=int, default=60)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--ranges", type=float, nargs="+", default=[0.002, 0.02, 0.2])
+    p.add_argument("--zoo", default=None, help="a trained zoo model directory for the Q4_1 test")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    texts = read_texts(a.texts, a.n)
+    print(f"{len(texts)} texts from {a.texts}")
+    if a.model:
+        smollm2(a, texts)
+    if a.zoo:
+        zoo_q4(a.zoo, texts)
 
 
 if __name__ == "__main__":
