@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import model_spec
@@ -144,7 +145,6 @@ def _erank64(h: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_gguf_entry_loads_converts_dumps_and_measures(tiny_gguf, texts_file, tmp_path) -> None:
-    import pandas as pd
 
     from diff_erank.checkpoint import FACTS, convert
     from diff_erank.dump import dump
@@ -251,3 +251,28 @@ def test_gguf_entry_schema_is_closed(override: str, message: str) -> None:
 
     with pytest.raises(ConfigError, match=message):
         load_config(REPO / "conf", [override])
+
+
+@pytest.mark.slow
+def test_workflow_runs_a_gguf_entry_from_a_local_folder(tiny_gguf, tmp_path) -> None:
+    """Snakemake: convert_gguf once, then dumps of trained and init-s0 load the converted directory."""
+    from test_workflow import snakemake
+
+    from diff_erank.storage import sha256
+
+    folder, file, _, _ = tiny_gguf
+    digest = sha256(Path(folder) / file)
+    entry = (
+        f"{{family: tinyg, size: xs, source: '{folder}', revision: null, dtype: float32, "
+        "dump_dtype: float32, trust_remote_code: false, untrained: {kind: random_init, seeds: [0]}, "
+        f"max_length: 64, batch_tokens: 256, gguf: {{file: {file}, sha256: {digest}, packages: null}}}}"
+    )
+    target = "results/ci/diff/tinyg/topics.parquet"
+    r = snakemake(tmp_path, "--", target, overrides=["experiment=ci", f"+models.tinyg={entry}"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = tmp_path / "results" / "ci"
+    assert json.loads((out / "gguf/tinyg/hf/gguf.json").read_text())["quantization"] == "Q8_0"
+    log = (out / "logs/convert_gguf/tinyg.log").read_text()
+    assert "converted" in log and not (out / "gguf/tinyg" / file).exists()  # a local file is not copied
+    table = pd.read_parquet(tmp_path / target)
+    assert set(table["variant"]) >= {"init-s0"} and np.isfinite(table["diff_erank"]).all()
