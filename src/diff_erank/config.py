@@ -219,8 +219,12 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         if not ds["source"].get("annotations") and not ds["source"].get("hub"):
             raise ConfigError(f"multimodal.datasets.{name}.source: needs 'annotations' (a file) or 'hub'")
     for name, model in cfg["models"].items():
-        if model.get("source") is None and model.get("train") is None:
-            raise ConfigError(f"models.{name}: needs a 'source' (hub id or local path) or a 'train' recipe")
+        if model.get("source") is None and model.get("train") is None and not (model.get("gguf") or {}).get(
+            "packages"
+        ):
+            raise ConfigError(
+                f"models.{name}: needs a 'source' (hub id or local path), a 'train' recipe or 'gguf.packages'"
+            )
     for name, ds in cfg["datasets"].items():
         if ds["source"]["kind"] in ("json", "jsonl", "parquet", "text", "csv") and not ds["source"].get(
             "data_files"

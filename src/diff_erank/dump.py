@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from diff_erank.config import LAYER_NAMES, ConfigError
-from diff_erank.models import DTYPES, load_tokenizer, load_variant, n_params, weights_identity
+from diff_erank.models import (
+    DTYPES,
+    gguf_provenance,
+    load_tokenizer,
+    load_variant,
+    n_params,
+    weights_identity,
+)
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_path, atomic_publish_dir, read_parquet, sha256, write_json
@@ -336,6 +343,7 @@ def dump(
         "num_hidden_layers": num_layers,
         "n_params": n_params(model),
         "commit": getattr(model, "hub_commit", None),  # the hub commit actually loaded
+        "gguf": gguf_provenance(spec, trained_path),  # file, SHA-256, quantisation of a GGUF entry
         "dtype": spec["dtype"],
         "dump_dtype": spec["dump_dtype"],
         "device": str(dev),

@@ -57,7 +57,7 @@ def _source(spec: dict[str, Any], trained_path: str | None) -> str:
     source = trained_path or spec.get("source")
     if not source:
         raise ConfigError("model entry has no source and no trained path")
-    if trained_path:
+    if trained_path and spec.get("train"):  # a zoo model trained by the workflow (not a converted GGUF)
         check_trained_dir(trained_path)
     return source
 
@@ -95,11 +95,53 @@ def check_trained_dir(path: str | Path) -> None:
         )
 
 
+def raw_gguf(spec: dict[str, Any], source: str) -> Path | None:
+    """The entry's GGUF file if ``source`` is the folder holding it (not a converted directory)."""
+    gguf = spec.get("gguf")
+    if not gguf or not _looks_local(source) or (Path(source) / "config.json").is_file():
+        return None
+    return Path(source).expanduser() / gguf["file"]
+
+
+def _load_gguf_variant(spec: dict[str, Any], variant: str, path: Path, dtype: torch.dtype):
+    """A variant of a GGUF entry read straight from the file (the workflow converts it once instead)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from diff_erank.checkpoint import check_sha256, plain_config
+
+    if not path.is_file():
+        raise ConfigError(f"GGUF file not found: {path}")
+    check_sha256(path, spec["gguf"]["sha256"])
+    if variant == "trained":
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    if variant.startswith("init-s"):
+        cfg = plain_config(AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name))
+        torch.manual_seed(int(variant.removeprefix("init-s")))
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    raise ConfigError(f"a GGUF entry has variants trained and init-s<seed>, not {variant!r}")
+
+
+def gguf_provenance(spec: dict[str, Any], trained_path: str | None = None) -> dict[str, Any] | None:
+    """File, SHA-256 and quantisation type of a GGUF entry's checkpoint (None for other entries)."""
+    if not spec.get("gguf"):
+        return None
+    from diff_erank.checkpoint import checkpoint_facts, read_facts
+
+    source = _source(spec, trained_path)
+    raw = raw_gguf(spec, source)
+    if raw is not None:
+        return {**read_facts(raw), "sha256": spec["gguf"]["sha256"], "packages": spec["gguf"].get("packages")}
+    return checkpoint_facts(source)
+
+
 def load_tokenizer(spec: dict[str, Any], trained_path: str | None = None):
     """The entry's tokenizer: its own repository at ``tokenizer_revision`` when ``tokenizer`` names
     one (OpenELM uses Llama-2's), else the model's at the model's revision."""
     from transformers import AutoTokenizer
 
+    gguf = raw_gguf(spec, _source(spec, trained_path))
+    if gguf is not None:
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if spec.get("tokenizer"):
         name, rev = resolve_source(spec["tokenizer"], spec.get("tokenizer_revision"))
     else:
@@ -184,7 +226,10 @@ def load_variant(
     dtype = DTYPES[spec["dtype"]]
     remote = bool(spec["trust_remote_code"])
     source = _source(spec, trained_path)
-    if variant == "trained":
+    gguf = raw_gguf(spec, source)
+    if gguf is not None:
+        model = _load_gguf_variant(spec, variant, gguf, dtype)
+    elif variant == "trained":
         name, rev = resolve_source(source, spec.get("revision"))
         model = _load_weights(name, rev, dtype, remote)
     elif variant.startswith("init-s"):

