@@ -328,3 +328,15 @@ def test_local_inputs_rerun_and_the_run_folder_is_locked(tokenizer_dir, tmp_path
     os.utime(data, ns=(stamp, stamp))
     _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # replaced weights rerun the dump
     assert jobs(snakemake(work, "-n", *at, overrides=overrides)) == {"dump", "erank"}
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path) -> None:
+    """mkstemp creates 0600; a published result must be readable like any file the user writes."""
+    import os
+
+    from diff_erank.storage import write_text
+
+    write_text("x", tmp_path / "f.txt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -39,6 +39,10 @@ class IntegrityError(RuntimeError):
     """A result file whose bytes are not the ones written; the message names the file."""
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it to ``path`` only if the block succeeds."""
@@ -47,6 +51,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared like any file
     try:
         yield tmp_path
         os.replace(tmp_path, path)
