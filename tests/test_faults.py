@@ -256,7 +256,13 @@ def test_incomplete_zoo_model_is_refused(corpus_file, tokenizer_dir, tmp_path) -
     zoo = tmp_path / "zoo" / "m"
     train_model(recipe, tokenizer_dir, corpus_file, zoo)
     assert not list(zoo.parent.glob(".m.partial*"))
-    spec = {**model_spec("unused"), "source": None, "revision": None, "checkpoints": ["step2"], "train": recipe}
+    spec = {
+        **model_spec("unused"),
+        "source": None,
+        "revision": None,
+        "checkpoints": ["step2"],
+        "train": recipe,
+    }
     load_variant(spec, "rev-step2", trained_path=str(zoo))  # complete: loads
     broken = tmp_path / "broken"
     shutil.copytree(zoo, broken)
