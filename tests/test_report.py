@@ -295,3 +295,30 @@ def test_named_stages_without_steps(tmp_path) -> None:
     assert stages["step"].tolist()[0] == 0 and stages["step"].iloc[1:].isna().all()  # unknown, not 0
     assert "Spearman rho(step, Diff-eRank) 1.00" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "figures" / "stages.png").stat().st_size > 10_000
+
+
+def test_named_layers_beside_all_are_not_counted_twice(tmp_path) -> None:
+    """The demo's ``layers: [first, middle, last, all]``: a name and its index row are one hidden
+    state; the summary counts depths, and footnotes only flag names that share one (middle = first)."""
+    rng = np.random.default_rng(2)
+    blocks = 6
+    layers = {"first": 1, "middle": 3, "last": blocks, **{str(i): i for i in range(blocks + 1)}}
+    entry = {**model_entry("opt", "s"), "checkpoints": []}
+    config = {
+        "name": "named-and-all",
+        "layers": ["first", "middle", "last", "all"],
+        "algorithms": ["a"],
+        "figures": ["layers"],
+        "paper_tables": [],
+        "accuracy": None,
+        "models": {"opt-s": entry},
+        "datasets": {"d1": {}},
+    }
+    tables = {v: per_text(STEPS[v], LOSS[v], layers, rng) for v in ("trained", "rev-step0")}
+    info = {"model": "opt-s", "family": "opt", "size": "s", "n_params": 1000, "dataset": "d1"}
+    path = tmp_path / "d1.parquet"
+    diff_table(tables, ["rev-step0"], ["a"], {"samples": 0, "seed": 0, "ci": 0.95}, info).to_parquet(path)
+    build([path], tmp_path / "out", config)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "- opt-s on d1: Diff-eRank over 7 layers from" in summary
+    assert "in models this shallow" not in summary  # first, middle and last are three depths here

@@ -90,7 +90,8 @@ def same_depth_notes(layers: pd.DataFrame) -> list[str]:
     """Footnotes for models whose named layers fall on the same hidden state (middle = first)."""
     notes = []
     idx = layers.drop_duplicates(["model", "layer"]).dropna(subset=["layer_index"])
-    idx = idx[idx["layer_index"] >= 0]
+    # named layers only: with `all`, index rows ("0" .. "L") coincide with the names by design
+    idx = idx[(idx["layer_index"] >= 0) & ~idx["layer"].astype(str).str.fullmatch(r"-?\d+")]
     clashes: dict[tuple[str, ...], list[str]] = {}
     for (model, index), g in idx.groupby(["model", "layer_index"], sort=False):
         names = tuple(sorted(g["layer"], key=lambda n: (LAYER_ORDER.get(n, 9), n)))
@@ -193,7 +194,7 @@ def _layer_lines(layers: pd.DataFrame) -> list[str]:
             out.append(f"- {fam} on {ds}: " + "; ".join(parts) + ".")
         else:
             for model, h in g.groupby("model", sort=False):
-                h = h.sort_values("layer_index")
+                h = h.sort_values("layer_index").drop_duplicates("layer_index")  # a name = its index row
                 d, idx = h["diff_erank"].to_numpy(), h["layer_index"].to_numpy()
                 k = int(np.argmax(d))
                 out.append(
