@@ -244,12 +244,13 @@ def summarise(
             rhos = ", ".join(f"{c[4:]} {_rho(spearman(g['diff_erank'], g[c]))}" for c in acc_cols)
             out.append(f"- {fam} on {ds}: Spearman rho(Diff-eRank, accuracy): {rhos}.")
     if by_alg is not None and {"a", "b"} <= set(by_alg.columns):
-        ok = (by_alg["b"] >= by_alg["a"] - 1e-9).sum()
+        depths = by_alg.drop_duplicates(["model", "dataset", "layer_index"])  # a name = its index row
+        ok = (depths["b"] >= depths["a"] - 1e-9).sum()
         out += [
             "",
             "## Algorithms",
             "",
-            f"Diff-eRank by algorithm (b) >= (a) in {ok} of {len(by_alg)} model x dataset x layer rows. "
+            f"Diff-eRank by algorithm (b) >= (a) in {ok} of {len(depths)} model x dataset x depth rows. "
             "Jensen's inequality makes each model's eRank under (b) at least its eRank under (a); "
             "their difference, Diff-eRank, can go either way.",
         ]
