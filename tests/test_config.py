@@ -139,6 +139,17 @@ def test_local_paths_are_checked(tmp_path) -> None:
     assert len(missing_paths(cfg)) == 1
 
 
+def test_hub_files_and_globs_are_not_taken_for_missing_paths(tmp_path) -> None:
+    """hf:// files (the wikipedia experiments) are the library's to read; a glob counts if it matches."""
+    assert missing_paths(load_config(CONF, ["experiment=table11"])) == []
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    base = ["experiment=ci", "+dataset@datasets.extra=demo-docstrings", "datasets.extra.source.kind=jsonl"]
+    found = load_config(CONF, [*base, f"++datasets.extra.source.data_files={tmp_path}/*.jsonl"])
+    assert missing_paths(found) == []
+    none = load_config(CONF, [*base, f"++datasets.extra.source.data_files={tmp_path}/*.csv"])
+    assert missing_paths(none) == [f"datasets.extra.source.data_files: no file matches {tmp_path}/*.csv"]
+
+
 def _snakemake_config(*pairs: str) -> dict:
     """What Snakemake itself makes of `--config PAIR ...` (its own parser, as on the command line)."""
     from snakemake.cli import parse_config

@@ -37,7 +37,7 @@ def evaluate(
 
     dev = pick_device(device)
     model = load_variant(spec, variant, trained_path, variant_path).to(dev)
-    tokenizer = load_tokenizer(spec, variant_path or trained_path)
+    tokenizer = load_tokenizer(spec, trained_path)  # further training keeps the tokenizer
     lm = HFLM(
         pretrained=model,
         tokenizer=tokenizer,

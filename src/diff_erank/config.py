@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import glob
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -262,16 +263,17 @@ def load_config(conf_dir: str | Path = DEFAULT_CONF_DIR, overrides: Sequence[str
 LOCAL_KINDS = ("json", "jsonl", "parquet", "csv", "text")
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
     """A model source is a local path if it is written as one (the hub ids are ``org/name``)."""
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
 
-def _files(data_files: Any) -> list[str]:
+def data_file_list(data_files: Any) -> list[str]:
+    """A dataset's ``data_files`` (a path, a list, or a split -> path(s) mapping) as one list."""
     if isinstance(data_files, str):
         return [data_files]
     if isinstance(data_files, dict):
-        return [f for v in data_files.values() for f in _files(v)]
+        return [f for v in data_files.values() for f in data_file_list(v)]
     return [str(f) for f in data_files or []]
 
 
@@ -285,17 +287,21 @@ def missing_paths(cfg: dict[str, Any]) -> list[str]:
     for name, model in cfg.get("models", {}).items():
         for key in ("source", "tokenizer"):
             src = model.get(key)
-            if src and _looks_local(src) and not Path(src).expanduser().exists():
+            if src and looks_local(src) and not Path(src).expanduser().exists():
                 problems.append(f"models.{name}.{key}: the local model directory {src} does not exist")
     for name, ds in cfg.get("datasets", {}).items():
         if ds["source"]["kind"] in LOCAL_KINDS:
-            for f in _files(ds["source"].get("data_files")):
-                if not Path(f).expanduser().exists():
+            for f in data_file_list(ds["source"].get("data_files")):
+                if "://" in f:  # hf://datasets/... files are read by the library from the hub
+                    continue
+                if glob.has_magic(f) and not glob.glob(str(Path(f).expanduser())):
+                    problems.append(f"datasets.{name}.source.data_files: no file matches {f}")
+                elif not glob.has_magic(f) and not Path(f).expanduser().exists():
                     problems.append(f"datasets.{name}.source.data_files: the file {f} does not exist")
     mm = cfg.get("multimodal") or {}
     for name, model in (mm.get("models") or {}).items():
         src = model.get("source")
-        if src and _looks_local(src) and not Path(src).expanduser().exists():
+        if src and looks_local(src) and not Path(src).expanduser().exists():
             problems.append(f"multimodal.models.{name}.source: the local directory {src} does not exist")
     for name, ds in (mm.get("datasets") or {}).items():
         for key in ("annotations", "images"):

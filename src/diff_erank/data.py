@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from diff_erank.config import ConfigError
+from diff_erank.config import ConfigError, data_file_list
 from diff_erank.provenance import provenance
 from diff_erank.storage import sha256, write_parquet
 
@@ -69,7 +69,7 @@ def load_rows(source: dict[str, Any], results_root: str | Path = "."):
     else:
         files = source["data_files"]
         builder = LOCAL_BUILDERS[kind]
-    for f in _file_list(files):
+    for f in data_file_list(files):
         if f.startswith("hf://"):  # files in a hub repository: the library reads them
             continue
         if not Path(f).exists():
@@ -110,14 +110,6 @@ def check_utf8(path: str | Path, chunk: int = 1 << 20) -> None:
             if not block:
                 return
             seen += len(block)
-
-
-def _file_list(files: Any) -> list[str]:
-    if isinstance(files, str):
-        return [files]
-    if isinstance(files, dict):
-        return [f for v in files.values() for f in _file_list(v)]
-    return [str(f) for f in files]
 
 
 def _get(row: dict[str, Any], path: str) -> Any:
@@ -286,7 +278,7 @@ def source_revision(
     files = (
         [str(demo_corpus_file(results_root, source["part"]))]
         if source["kind"] == "demo"
-        else _file_list(source["data_files"])
+        else data_file_list(source["data_files"])
     )
     out: dict[str, Any] = {"files": {}, "repos": {}}
     for f in files:

@@ -103,7 +103,9 @@ class Tokenised:
     n_empty: int = 0  # texts empty or whitespace only, skipped before tokenising
 
 
-def tokenise(tokenizer, texts: Sequence[str], max_length: int, min_tokens: int = 2) -> Tokenised:
+def tokenise(
+    tokenizer, texts: Sequence[str], max_length: int, min_tokens: int = MIN_TOKENS
+) -> Tokenised:
     """Token ids of the texts worth measuring; skipped texts are counted, never silently dropped.
 
     A text that is empty after stripping is skipped (a tokenizer turns ``"   "`` into real tokens

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from diff_erank.data import DataError
 from diff_erank.dump import pad_right, pick_device, tokenise
 from diff_erank.models import load_tokenizer, load_variant
 from diff_erank.progress import tqdm
@@ -43,7 +44,7 @@ def finetune(
     tokenizer = load_tokenizer(spec, trained_path)
     tok = tokenise(tokenizer, list(read_parquet(texts_path)["text"].fillna("")), recipe["max_length"])
     if not tok.ids:
-        raise ValueError(f"{texts_path}: no text to train on")
+        raise DataError(f"{texts_path}: no text to train on (none has enough tokens)")
     model = load_variant({**spec, "dtype": "float32"}, recipe["from"], trained_path, from_path).to(dev)
     model.train()
     torch.manual_seed(recipe["seed"])

@@ -19,16 +19,12 @@ from typing import Any
 
 import torch
 
-from diff_erank.config import ConfigError
+from diff_erank.config import ConfigError, looks_local
 from diff_erank.storage import sha256
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _looks_local(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or Path(source).exists()
 
 
 def resolve_source(source: str, revision: str | None) -> tuple[str, str | None]:
@@ -37,7 +33,7 @@ def resolve_source(source: str, revision: str | None) -> tuple[str, str | None]:
     The zoo stores checkpoints as ``<dir>/main``, ``<dir>/step0`` ..., mirroring Pythia's
     ``stepN`` revisions on the hub.
     """
-    if not _looks_local(source):
+    if not looks_local(source):
         return source, revision
     path = Path(source).expanduser()
     if not path.is_dir():
@@ -98,7 +94,7 @@ def check_trained_dir(path: str | Path) -> None:
 def raw_gguf(spec: dict[str, Any], source: str) -> Path | None:
     """The entry's GGUF file if ``source`` is the folder holding it (not a converted directory)."""
     gguf = spec.get("gguf")
-    if not gguf or not _looks_local(source) or (Path(source) / "config.json").is_file():
+    if not gguf or not looks_local(source) or (Path(source) / "config.json").is_file():
         return None
     return Path(source).expanduser() / gguf["file"]
 

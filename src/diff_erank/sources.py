@@ -15,10 +15,7 @@ import glob
 from pathlib import Path
 from typing import Any
 
-
-def _looks_local(source: str) -> bool:
-    """The same test as ``diff_erank.models``: a path, not a hub id."""
-    return source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+from diff_erank.config import data_file_list, looks_local
 
 
 def _files_in(folder: Path) -> list[str]:
@@ -29,16 +26,8 @@ def dataset_files(source: dict[str, Any]) -> list[str]:
     """A local dataset's existing files (globs expanded); none for the hub and the demo corpus."""
     if source["kind"] in ("hub", "demo") or not source.get("data_files"):
         return []
-    files = source["data_files"]
-    flat = (
-        [files]
-        if isinstance(files, str)
-        else [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
-        if isinstance(files, dict)
-        else list(files)
-    )
     out: list[str] = []
-    for f in map(str, flat):
+    for f in data_file_list(source["data_files"]):
         out += sorted(glob.glob(f)) if glob.has_magic(f) else [f] if Path(f).is_file() else []
     return out
 
@@ -53,10 +42,10 @@ def model_files(spec: dict[str, Any], variant: str) -> list[str]:
     """
     out: list[str] = []
     tok = spec.get("tokenizer")
-    if tok and _looks_local(tok) and Path(tok).expanduser().is_dir():
+    if tok and looks_local(tok) and Path(tok).expanduser().is_dir():
         out += _files_in(Path(tok).expanduser())
     source = spec.get("source")
-    if not source or spec.get("train") or variant.startswith("ft-") or not _looks_local(source):
+    if not source or spec.get("train") or variant.startswith("ft-") or not looks_local(source):
         return out
     root = Path(source).expanduser()
     if root.is_file():
