@@ -1,21 +1,22 @@
-# Dataset preparation: rows -> one text per row -> sampled texts (parquet, with source row ids).
+# Dataset preparation: rows -> one text per row -> sampled texts (parquet, with source row ids), in the
+# shared cache under the recipe's key (diff_erank.cache), so every experiment reads one copy.
 
 
 rule prepare:
     input:
-        prepare_input,
+        lambda w: prepare_input(SimpleNamespace(dataset=K.datasets_of[w.key])),
     output:
-        f"{OUT}/texts/{{dataset}}.parquet",
+        f"{CACHE}/texts/{{key}}.parquet",
     params:
-        spec=lambda w: as_json(C["datasets"][w.dataset]),
-        run=run_folder,
+        spec=lambda w: as_json(C["datasets"][K.datasets_of[w.key]]),
+        run=OUT,
     log:
-        f"{OUT}/logs/prepare/{{dataset}}.log",
+        f"{OUT}/logs/prepare/{{key}}.log",
     benchmark:
-        f"{OUT}/benchmarks/prepare/{{dataset}}.tsv"
+        f"{OUT}/benchmarks/prepare/{{key}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
         runtime=60,
     shell:
         "diff-erank prepare --spec {params.spec:q} --out {output} --results-root {params.run} > {log} 2>&1"
