@@ -16,7 +16,7 @@ rule accuracy:
         f"{OUT}/logs/accuracy/{{model}}/{{variant}}.log",
     benchmark:
         f"{OUT}/benchmarks/accuracy/{{model}}/{{variant}}.tsv"
-    threads: THREADS
+    threads: lambda w: accuracy_estimate(w).threads
     resources:
         **_sized(accuracy_estimate),
     shell:

@@ -22,7 +22,7 @@ rule dump:
         f"{OUT}/logs/dump/{{key}}/{{layers}}.log",
     benchmark:
         f"{OUT}/benchmarks/dump/{{key}}/{{layers}}.tsv"
-    threads: THREADS
+    threads: lambda w: dump_estimate(w).threads
     resources:
         **_sized(dump_estimate),
         disk_mb=lambda w: dump_estimate(w).disk_mb,

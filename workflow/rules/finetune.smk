@@ -18,7 +18,7 @@ rule finetune:
         f"{OUT}/logs/finetune/{{model}}/{{name}}.log",
     benchmark:
         f"{OUT}/benchmarks/finetune/{{model}}/{{name}}.tsv"
-    threads: THREADS
+    threads: lambda w: finetune_estimate(w).threads
     resources:
         **_sized(finetune_estimate),
     shell:
