@@ -159,6 +159,10 @@ class Keys:
         for (m, v, d), k in self.measured.items():
             self.jobs_of.setdefault(k, (m, v, self.prefix.get(d, (d, None))[0]))
 
+    def texts_spec(self, dataset: str) -> dict[str, Any]:
+        """The dataset entry as ``prepare`` reads it: without the fields that do not change the texts."""
+        return {k: v for k, v in self.cfg["datasets"][dataset].items() if k not in DATASET_NEUTRAL}
+
     def texts_path(self, dataset: str) -> str:
         return f"{self.root}/texts/{self.texts[dataset]}.parquet"
 
