@@ -22,7 +22,9 @@ def cfg(*overrides: str) -> dict:
 
 
 def test_experiments_share_a_measurement_whatever_their_name() -> None:
-    fig1, table4, table9 = (cache.Keys(cfg(f"experiment={e}"), f"results/{e}") for e in ("fig1", "table4", "table9"))
+    fig1, table4, table9 = (
+        cache.Keys(cfg(f"experiment={e}"), f"results/{e}") for e in ("fig1", "table4", "table9")
+    )
     job = ("opt-13b", "trained", "dolly-15k")
     assert fig1.measured[job] == table4.measured[job] == table9.measured[job]
     assert fig1.texts["dolly-15k"] == table9.texts["dolly-15k"]
@@ -84,9 +86,14 @@ def test_smaller_paper_samples_are_prefixes_of_the_10000_one(k: int) -> None:
 
 def test_table11_reads_its_smaller_samples_from_the_larger_table() -> None:
     keys = cache.Keys(cfg("experiment=table11"), "results/table11")
-    assert keys.prefix == {"wikipedia-1000": ("wikipedia-10000", 1000), "wikipedia-5000": ("wikipedia-10000", 5000)}
+    assert keys.prefix == {
+        "wikipedia-1000": ("wikipedia-10000", 1000),
+        "wikipedia-5000": ("wikipedia-10000", 5000),
+    }
     for v in ("trained", "init-s0"):
-        ids = {keys.measured[("opt-1_3b", v, d)] for d in ("wikipedia-1000", "wikipedia-5000", "wikipedia-10000")}
+        ids = {
+            keys.measured[("opt-1_3b", v, d)] for d in ("wikipedia-1000", "wikipedia-5000", "wikipedia-10000")
+        }
         assert len(ids) == 1
 
 
@@ -120,7 +127,11 @@ def test_a_view_keeps_the_layers_and_first_texts_and_says_where_they_came_from(t
     prov = read_provenance(out)
     assert prov["cache"]["table"] == str(table) and prov["cache"]["key"]["key"] == "k"
     assert prov["dump"] | {"n_params": 7} == prov["dump"]
-    assert (prov["dump"]["n_texts_in"], prov["dump"]["n_texts"], prov["dump"]["n_skipped_empty"]) == (10, 9, 1)
+    assert (prov["dump"]["n_texts_in"], prov["dump"]["n_texts"], prov["dump"]["n_skipped_empty"]) == (
+        10,
+        9,
+        1,
+    )
 
 
 def test_a_sample_that_is_no_prefix_is_refused(tmp_path) -> None:

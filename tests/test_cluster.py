@@ -61,8 +61,11 @@ def test_slurm_dry_run_asks_for_what_the_estimates_say(experiment: str, tmp_path
     (dump,) = [
         j
         for j in jobs
-        if j["rule"] == "dump" and "facebook/opt-13b" in j["shell"] and "--variant trained" in j["shell"]
-        and int(j["disk_mb"]) > 140_000 and int(j["disk_mb"]) < 160_000
+        if j["rule"] == "dump"
+        and "facebook/opt-13b" in j["shell"]
+        and "--variant trained" in j["shell"]
+        and int(j["disk_mb"]) > 140_000
+        and int(j["disk_mb"]) < 160_000
     ]
     assert int(dump["disk_mb"]) * 1e6 == pytest.approx(10_000 * 730 * 5120 * 4, rel=0.03)
     assert 13e9 * 4 + 16384 * 41 * 5120 * 4 < int(dump["gpu_mem_mb"]) * 1e6 <= 80 * GB
@@ -96,7 +99,10 @@ def test_a_second_experiment_reuses_the_first_ones_measurements(tmp_path: Path, 
     assert second.returncode == 0, stats[-3000:]
     assert not re.search(r"^(dump|erank|prepare)\s+\d+$", stats, re.M), stats[-2000:]
     assert re.search(r"^select\s+2$", stats, re.M)
-    a, b = (work / "results" / e / "erank" / "opt-125m" / "trained" / "dolly-15k.parquet" for e in ("table9", "fig1"))
+    a, b = (
+        work / "results" / e / "erank" / "opt-125m" / "trained" / "dolly-15k.parquet"
+        for e in ("table9", "fig1")
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True)
     pa, pb = read_provenance(a), read_provenance(b)
     assert pa["cache"]["table"] == pb["cache"]["table"] and pb["dump_provenance"]["variant"] == "trained"

@@ -104,7 +104,9 @@ def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
     assert (ci_run / "figures" / "size.png").stat().st_size > 1000
     assert "Spearman" in (ci_run / "summary.md").read_text()
     assert not any((ci_run.parent / "cache").rglob("*.safetensors"))  # dumps are temp()
-    assert prov["cache"]["key"]["layers"] == ["last"] and prov["cache"]["table"].startswith("results/cache/erank/")
+    assert prov["cache"]["key"]["layers"] == ["last"] and prov["cache"]["table"].startswith(
+        "results/cache/erank/"
+    )
     for bench in (ci_run / "benchmarks").rglob("*.tsv"):
         assert pd.read_csv(bench, sep="\t")["s"].iloc[0] >= 0
 

@@ -100,9 +100,8 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 def cmd_dump(a: argparse.Namespace) -> None:
     import torch
 
-    from diff_erank.dump import dump
-
     from diff_erank.cache import entry_lock
+    from diff_erank.dump import dump
     from diff_erank.sizing import ResourceError
 
     torch.set_num_threads(a.threads)
@@ -148,7 +147,6 @@ def cmd_measure(a: argparse.Namespace) -> None:
     import torch
 
     from diff_erank.measure import measure_to_file
-
     from diff_erank.sizing import ResourceError, limit_memory
 
     torch.set_num_threads(a.threads)
@@ -467,7 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except (
-        ConfigError, DataError, ShardError, MismatchError, MultimodalDataError, IntegrityError, ResourceError
+        ConfigError,
+        DataError,
+        ShardError,
+        MismatchError,
+        MultimodalDataError,
+        IntegrityError,
+        ResourceError,
     ) as exc:
         print(f"diff-erank {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -65,8 +65,8 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         size = sizing.texts_size(cfg["datasets"][src], model, keys.texts_path(src))
         line("dump").add(sizing.dump_need(model, size, layers, device))
         line("erank").add(sizing.erank_need(model, size, layers))
-    for m, model in cfg["models"].items():
-        for name, recipe in (model.get("finetune") or {}).items():
+    for model in cfg["models"].values():
+        for recipe in (model.get("finetune") or {}).values():
             texts_needed.add(recipe["dataset"])
             line("finetune").add(sizing.finetune_need(model, recipe, device))
         if model.get("train"):
@@ -76,7 +76,7 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
             for v in variants(model):
                 if v in wanted:
                     line("accuracy").add(sizing.accuracy_need(model, cfg["accuracy"], device))
-        for d, spec in cfg["datasets"].items():
+        for spec in cfg["datasets"].values():
             if spec.get("measure", True):
                 line("diff").add(sizing.Need(mem_mb=2000, runtime=10))
     for key in sorted({keys.texts[d] for d in texts_needed}):
@@ -85,7 +85,7 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         else:
             line("prepare").add(sizing.Need(mem_mb=8000, runtime=60))
     mm = cfg.get("multimodal") or {}
-    for name, model in (mm.get("models") or {}).items():
+    for model in (mm.get("models") or {}).values():
         for _ in mm.get("datasets") or {}:
             for _ in mm.get("rotations") or []:
                 line("mm_erank").add(sizing.mm_need(model, device))
@@ -101,7 +101,18 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         total.mem_mb = max(total.mem_mb, item.mem_mb)
         total.disk_mb += item.disk_mb
         total.disk_peak_mb = max(total.disk_peak_mb, item.disk_peak_mb)
-    order = ["prepare", "train", "finetune", "dump", "erank", "select", "diff", "accuracy", "mm_erank", "report"]
+    order = [
+        "prepare",
+        "train",
+        "finetune",
+        "dump",
+        "erank",
+        "select",
+        "diff",
+        "accuracy",
+        "mm_erank",
+        "report",
+    ]
     out_lines = {k: lines[k] for k in order if k in lines}
     out_lines["total"] = total
     return out_lines

@@ -47,7 +47,7 @@ def limit_memory(mem_mb: int | None) -> None:
     import resource
 
     limit = int(mem_mb * 1.05 * 2**20)
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
@@ -183,7 +183,7 @@ def _apply(need: Need, model: dict[str, Any]) -> Need:
 
 def _minutes(seconds: float) -> int:
     """Runtime to ask for: 1.5 x the estimate plus 10 minutes of start-up, whole minutes."""
-    return int(math.ceil(seconds * 1.5 / 60)) + 10
+    return math.ceil(seconds * 1.5 / 60) + 10
 
 
 def gpu_count(model: dict[str, Any], device: str) -> int:
@@ -239,7 +239,9 @@ def erank_need(model: dict[str, Any], texts: Texts, layers: list[str | int], thr
     return Need(mem_mb=int(mem / MB) + 1, runtime=_minutes(seconds), threads=threads)
 
 
-def finetune_need(model: dict[str, Any], recipe: dict[str, Any], device: str = "auto", threads: int = 4) -> Need:
+def finetune_need(
+    model: dict[str, Any], recipe: dict[str, Any], device: str = "auto", threads: int = 4
+) -> Need:
     """Full fine-tuning with AdamW in float32: weights, gradients and two moments (16 bytes per
     parameter) plus the activations of one batch kept for the backward pass."""
     s = shape(model)
@@ -261,7 +263,9 @@ def finetune_need(model: dict[str, Any], recipe: dict[str, Any], device: str = "
     return _apply(need, model)
 
 
-def accuracy_need(model: dict[str, Any], accuracy: dict[str, Any], device: str = "auto", threads: int = 4) -> Need:
+def accuracy_need(
+    model: dict[str, Any], accuracy: dict[str, Any], device: str = "auto", threads: int = 4
+) -> Need:
     """lm-eval zero-shot scoring: the weights and one batch of short multiple-choice contexts."""
     s = shape(model)
     b = BYTES[s.dtype]
