@@ -141,7 +141,7 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=16819
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-AccountingStorageTRES=gres/gpu
+AccountingStorageTRES=gres/gpu,gres/gpu:{self.GPU_TYPE}
 AccountingStoreFlags=job_comment
 GresTypes=gpu
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} Gres={gres} State=UNKNOWN
@@ -149,7 +149,7 @@ PartitionName={self.PARTITION} Nodes={self.host} Default=YES MaxTime=INFINITE St
 PartitionName={self.GPU_PARTITION} Nodes={self.host} MaxTime=INFINITE State=UP
 """)
         self.written.append(self.etc / "gres.conf")
-        (self.etc / "gres.conf").write_text(f"NodeName={self.host} Name=gpu Type={self.GPU_TYPE} Count=1\n")
+        (self.etc / "gres.conf").write_text(f"NodeName={self.host} Name=gpu Type={self.GPU_TYPE} File=/dev/null\n")
         dbd = self.etc / "slurmdbd.conf"
         self.written.append(dbd)
         dbd.write_text(f"""\

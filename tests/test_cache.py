@@ -138,3 +138,18 @@ def test_a_sample_that_is_no_prefix_is_refused(tmp_path) -> None:
     tpath, table = _tables(tmp_path, 150, 40)  # 150 rows: k = 10 and k = 40 draw differently
     with pytest.raises(DataError, match="not the first 10 of its 40-text sample"):
         cache.select(table, tmp_path / "view.parquet", ["last"], tpath, first=10)
+
+
+def test_a_table_with_more_layers_serves_a_run_that_asks_for_fewer(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    t4 = cache.Keys(cfg("experiment=table4"), "results/table4")
+    f1 = cache.Keys(cfg("experiment=fig1"), "results/fig1")
+    job = ("opt-125m", "trained", "dolly-15k")
+    key = t4.measured[job]
+    assert f1.source_table(*job) == f1.table_path(key) != t4.table_path(key)  # nothing cached yet
+    table = tmp_path / t4.table_path(key)
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"a finished table")
+    table.with_suffix(".json").write_text(json.dumps(t4.describe(key)))
+    assert f1.source_table(*job) == str(t4.table_path(key))  # table4's four layers hold fig1's last
+    assert t4.describe(key)["layers"] == ["embeddings", "first", "middle", "last"]

@@ -4,6 +4,8 @@ second experiment that shares a model and a dataset with a finished one dumps no
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -109,6 +111,22 @@ def test_a_second_experiment_reuses_the_first_ones_measurements(tmp_path: Path, 
     d1 = pd.read_csv(work / "results" / "table9" / "tables" / "diff_erank.csv")
     d2 = pd.read_csv(work / "results" / "fig1" / "tables" / "diff_erank.csv")
     assert d1["diff_erank"].tolist() == d2["diff_erank"].tolist()
+    # plan counts both measurements as cached: no dump, no eRank job to pay for
+    plan = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("diff-erank")),
+            "plan",
+            "--conf-dir",
+            str(REPO / "conf"),
+            *fig1,
+            *common,
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(r"^dump\s+0\s+2\s+0\.0 ", plan, re.M) and re.search(r"^erank\s+0\s+2 ", plan, re.M), plan
     # any change to the key recomputes: here the model's truncation
     r = snakemake(work, "-n", overrides=[*fig1, *common, "model.max_length=32"])
     assert re.search(r"^dump\s+2$", r.stdout + r.stderr, re.M), (r.stdout + r.stderr)[-2000:]

@@ -107,3 +107,22 @@ def test_gpu_memory_becomes_the_sites_gpu_types() -> None:
     assert sizing.gpu_request(30_000, {"gpu_types": None, "gpu_request": "constraint"}) == {"gpu": 1}
     with pytest.raises(ValueError, match=r"needs 150 GB .* resources.gpu_mem_gb"):
         sizing.gpu_request(150_000, {"gpu_types": types, "gpu_request": "constraint"})
+
+
+def test_plan_prints_fig1s_bill(capsys, tmp_path, monkeypatch) -> None:
+    """The totals, against the DAG's job count and a scratch total worked out here from the shapes."""
+    from diff_erank.cli import main
+
+    monkeypatch.chdir(tmp_path)  # an empty results_dir: nothing cached
+    assert main(["plan", "--conf-dir", str(REPO / "conf"), "experiment=fig1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:1].isalpha()}
+    # 4 prepare + 40 dump + 40 erank + 40 select + 20 diff + 1 report (the dry run adds
+    # resolved_config and all: 147, tests/test_experiments.py)
+    assert rows["total"][0] == "145" and rows["dump"][:2] == ["40", "0"]
+    # scratch: two variants x every token of the four datasets' size hints x the five hidden sizes
+    tokens = 4500 * 180 + 10_000 * 730 + 10_000 * 900 + 8550 * 250
+    hidden = 768 + 2048 + 2560 + 4096 + 5120
+    scratch_gb = float(rows["total"][6].replace(",", ""))
+    assert scratch_gb * GB == pytest.approx(2 * tokens * hidden * 4, rel=0.03)
+    assert float(rows["total"][4]) == pytest.approx(75.2, abs=0.1)  # peak GPU: OPT-13B's dumps
