@@ -149,7 +149,9 @@ PartitionName={self.PARTITION} Nodes={self.host} Default=YES MaxTime=INFINITE St
 PartitionName={self.GPU_PARTITION} Nodes={self.host} MaxTime=INFINITE State=UP
 """)
         self.written.append(self.etc / "gres.conf")
-        (self.etc / "gres.conf").write_text(f"NodeName={self.host} Name=gpu Type={self.GPU_TYPE} File=/dev/null\n")
+        # a GPU with no device behind it (Slurm counts a gpu GRES only with a File)
+        gpu = f"NodeName={self.host} Name=gpu Type={self.GPU_TYPE} File=/dev/null\n"
+        (self.etc / "gres.conf").write_text(gpu)
         dbd = self.etc / "slurmdbd.conf"
         self.written.append(dbd)
         dbd.write_text(f"""\
