@@ -126,3 +126,32 @@ def test_plan_prints_fig1s_bill(capsys, tmp_path, monkeypatch) -> None:
     scratch_gb = float(rows["total"][6].replace(",", ""))
     assert scratch_gb * GB == pytest.approx(2 * tokens * hidden * 4, rel=0.03)
     assert float(rows["total"][4]) == pytest.approx(75.2, abs=0.1)  # peak GPU: OPT-13B's dumps
+
+
+def test_an_erank_job_over_its_memory_fails_naming_the_resource(tiny_opt, texts_file, tmp_path) -> None:
+    """Above its mem_mb the step stops with the resource and the override, not a silent OOM kill."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import model_spec
+
+    from diff_erank.dump import dump
+
+    out = tmp_path / "dump"
+    dump(model_spec(tiny_opt), "trained", texts_file, out, device="cpu")
+    cli = str(Path(sys.executable).with_name("diff-erank"))
+    small = subprocess.run(
+        [cli, "measure", "--dump", str(out), "--out", str(tmp_path / "a.parquet"), "--mem-mb", "100"],
+        capture_output=True,
+        text=True,
+    )
+    assert small.returncode == 2, small.stderr[-2000:]
+    assert "out of host memory (this job asked for mem_mb=100" in small.stderr
+    assert "--set-resources erank:mem_mb=" in small.stderr and not (tmp_path / "a.parquet").exists()
+    enough = subprocess.run(
+        [cli, "measure", "--dump", str(out), "--out", str(tmp_path / "b.parquet"), "--mem-mb", "2000"],
+        capture_output=True,
+        text=True,
+    )
+    assert enough.returncode == 0, enough.stderr[-2000:]
