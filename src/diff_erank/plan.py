@@ -85,6 +85,8 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         else:
             line("prepare").add(sizing.Need(mem_mb=8000, runtime=60))
     mm = cfg.get("multimodal") or {}
+    for _ in mm.get("datasets") or {}:
+        line("mm_prepare").add(sizing.Need(mem_mb=4000, runtime=30))
     for model in (mm.get("models") or {}).values():
         for _ in mm.get("datasets") or {}:
             for _ in mm.get("rotations") or []:
