@@ -112,6 +112,7 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         "select",
         "diff",
         "accuracy",
+        "mm_prepare",
         "mm_erank",
         "report",
     ]
