@@ -116,7 +116,7 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         "mm_erank",
         "report",
     ]
-    out_lines = {k: lines[k] for k in order if k in lines}
+    out_lines = {k: lines[k] for k in [*order, *sorted(set(lines) - set(order))] if k in lines}
     out_lines["total"] = total
     return out_lines
 
