@@ -14,6 +14,7 @@
 import sys
 from pathlib import Path
 
+from diff_erank.cache import cache_dir
 from diff_erank.config import ConfigError, load_config, overrides_from_snakemake
 from diff_erank.runfolder import claim
 from diff_erank.storage import RunLockedError, lock_run_dir
@@ -21,6 +22,7 @@ from diff_erank.storage import RunLockedError, lock_run_dir
 CONF = Path(workflow.basedir) / "conf"
 try:
     C = load_config(CONF, overrides_from_snakemake(config, CONF))
+    cache_dir(C)  # <results_dir>/cache is the shared measurement cache, not a run folder
 except ConfigError as exc:
     sys.exit(f"Configuration error: {exc}")
 OUT = f"{C['results_dir']}/{C['name']}"

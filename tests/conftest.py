@@ -66,6 +66,17 @@ def tiny_opt(tmp_path_factory, tokenizer_dir) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("opt"), "opt", tokenizer_dir)
 
 
+def texts_of(run_dir: Path, model: str, dataset: str):
+    """The prepared texts a run folder's eRank table was measured on (they live in the shared cache,
+    <results_dir>/cache/texts/<key>.parquet; the table's provenance names the file)."""
+    import pandas as pd
+
+    from diff_erank.storage import read_provenance
+
+    prov = read_provenance(run_dir / "erank" / model / "trained" / f"{dataset}.parquet")
+    return pd.read_parquet(run_dir.parents[1] / prov["dump_provenance"]["texts"])
+
+
 def model_spec(source: Path | str, **kw) -> dict:
     spec = {
         "family": "tiny",

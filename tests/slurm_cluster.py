@@ -82,9 +82,13 @@ def _port_open(port: int) -> bool:
 
 
 class SlurmCluster:
-    """``with SlurmCluster(tmp) as cluster:`` gives a running cluster with partition ``ci``."""
+    """``with SlurmCluster(tmp) as cluster:`` gives a running cluster with partitions ``ci`` (CPU jobs)
+    and ``ci-gpu`` on the same node, which offers one GPU of type ``fake`` as a GRES (no device
+    behind it: enough for Slurm to schedule and account GPU requests)."""
 
     PARTITION = "ci"
+    GPU_PARTITION = "ci-gpu"
+    GPU_TYPE = "fake"
     ACCOUNT = "ci"
     CLUSTER = "diff-erank-ci"
 
@@ -99,13 +103,14 @@ class SlurmCluster:
     # -- configuration -------------------------------------------------------------------------
     def _write_configs(self) -> None:
         r = self.root
-        for name in ("slurm.conf", "slurmdbd.conf"):
+        for name in ("slurm.conf", "slurmdbd.conf", "gres.conf"):
             if (self.etc / name).exists():
                 raise SlurmUnavailable(f"{self.etc / name} exists: this machine has a Slurm of its own")
         self.etc.mkdir(parents=True, exist_ok=True)
         for d in ("state", "spool", "log", "mysql"):
             (r / d).mkdir(parents=True, exist_ok=True)
         cpus = os.cpu_count() or 2
+        gres = f"gpu:{self.GPU_TYPE}:1"
         mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
         self.written.append(self.etc / "slurm.conf")
         (self.etc / "slurm.conf").write_text(f"""\
@@ -136,9 +141,17 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=16819
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+AccountingStorageTRES=gres/gpu,gres/gpu:{self.GPU_TYPE}
+AccountingStoreFlags=job_comment
+GresTypes=gpu
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} Gres={gres} State=UNKNOWN
 PartitionName={self.PARTITION} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+PartitionName={self.GPU_PARTITION} Nodes={self.host} MaxTime=INFINITE State=UP
 """)
+        self.written.append(self.etc / "gres.conf")
+        # a GPU with no device behind it (Slurm counts a gpu GRES only with a File)
+        gpu = f"NodeName={self.host} Name=gpu Type={self.GPU_TYPE} File=/dev/null\n"
+        (self.etc / "gres.conf").write_text(gpu)
         dbd = self.etc / "slurmdbd.conf"
         self.written.append(dbd)
         dbd.write_text(f"""\
@@ -279,6 +292,23 @@ StorageLoc=slurm_acct_db
             for line in out.splitlines()
             if line
         ]
+
+    def requests(self) -> list[dict[str, str]]:
+        """What each job asked Slurm for, as accounted: rule (the plugin's comment), partition,
+        memory (MB), CPUs and trackable resources (GRES)."""
+        out = self._run(
+            "sacct",
+            "-a",
+            "-X",
+            "-n",
+            "-P",
+            "-S",
+            "2000-01-01",
+            "-o",
+            "JobID,Comment,Partition,ReqMem,ReqCPUS,ReqTRES",
+        ).stdout
+        keys = ["id", "comment", "partition", "mem", "cpus", "tres"]
+        return [dict(zip(keys, line.split("|", 5), strict=True)) for line in out.splitlines() if line]
 
     def logs(self) -> str:
         return "\n".join(

@@ -9,28 +9,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, texts_of
 from paper_fixtures import local_source, make_datasets, make_models, make_tasks
 from test_workflow import snakemake
 
 from diff_erank.config import load_config
+from diff_erank.storage import read_provenance
 
 pytestmark = pytest.mark.slow
 
 OPT = 5
-# jobs = prepare (datasets) + dump and erank (models x variants x measured datasets)
+# jobs = prepare (datasets) + dump, erank and select (models x variants x measured datasets: dump and
+#        erank once per cached measurement, select makes the run folder's view of each)
 #        + diff (models x datasets) + accuracy (models x evaluated variants) + finetune
 #        + resolved_config + report + all
 EXPECTED_JOBS = {
-    "fig1": 4 + 2 * (OPT * 2 * 4) + OPT * 4 + 3,
-    "table1": 2 + 2 * (OPT * 2 * 2) + OPT * 2 + OPT + 3,
-    "fig3": 1 + 2 * (16 * 2 + 8 * 2) + 24 + 24 + 3,
-    "table9": 1 + 2 * (OPT * 2) + OPT + 3,
-    "table4": 1 + 2 * (OPT * 2) + OPT + 3,
-    "table11": 3 + 2 * (2 * 3) + 3 + 3,
-    "table10": 3 + 2 * 4 + 1 + 4 + 2 + 3,
-    "pythia-dynamics": 2 + 2 * (3 * 8 * 2) + 3 * 2 + 3,
-    "pythia-v1": 4 + 2 * (10 * 2 * 4) + 10 * 4 + 3,
+    "fig1": 4 + 3 * (OPT * 2 * 4) + OPT * 4 + 3,
+    "table1": 2 + 3 * (OPT * 2 * 2) + OPT * 2 + OPT + 3,
+    "fig3": 1 + 3 * (16 * 2 + 8 * 2) + 24 + 24 + 3,
+    "table9": 1 + 3 * (OPT * 2) + OPT + 3,
+    "table4": 1 + 3 * (OPT * 2) + OPT + 3,
+    # the 1,000 and 5,000 samples are the first texts of the 10,000 one: prepared, dumped and
+    # measured once, viewed three times
+    "table11": 1 + 2 * 2 + 2 * 3 + 3 + 3,
+    "table10": 3 + 3 * 4 + 1 + 4 + 2 + 3,
+    "pythia-dynamics": 2 + 3 * (3 * 8 * 2) + 3 * 2 + 3,
+    "pythia-v1": 4 + 3 * (10 * 2 * 4) + 10 * 4 + 3,
     # multi-modal: mm_prepare (datasets) + mm_erank (models x datasets x rotations)
     # + resolved_config + mm_report + all
     "table2": 2 + 2 * 2 * 2 + 1 + 1 + 1,
@@ -96,7 +100,7 @@ def test_benchmark_experiment_with_accuracy(standins, tmp_path: Path) -> None:
             "accuracy.include_defaults=false",
         ],
     )
-    texts = pd.read_parquet(out / "texts" / "openbookqa.parquet")["text"]
+    texts = texts_of(out, "opt-125m", "openbookqa")["text"]
     assert texts.str.len().gt(20).all() and len(texts) == 24
     acc = pd.read_csv(out / "tables" / "accuracy.csv")
     assert set(acc["task"]) == {"openbookqa", "piqa"} and acc["accuracy"].between(0, 1).all()
@@ -167,6 +171,12 @@ def test_sample_size_experiment(standins, tmp_path: Path) -> None:
     assert d.notna().all() and len(d) == 3
     std = rep[rep["metric"] == "diff_erank_std"]["ours"].iloc[0]
     assert std == pytest.approx(np.std(d.to_numpy(), ddof=0))
+    # the 10- and 20-text samples are the first texts of the 40-text one: viewed, not dumped again
+    small = read_provenance(out / "erank" / "opt-1_3b" / "trained" / "wikipedia-1000.parquet")
+    big = read_provenance(out / "erank" / "opt-1_3b" / "trained" / "wikipedia-10000.parquet")
+    assert small["cache"]["first"] == 10 and small["cache"]["table"] == big["cache"]["table"]
+    assert small["dump"]["n_texts_in"] == 10 and big["dump"]["n_texts_in"] == 40
+    assert len(list((tmp_path / "results" / "cache" / "erank").rglob("*.parquet"))) == 2  # trained, init
 
 
 def test_revision_trajectory_experiment(standins, tmp_path: Path) -> None:
@@ -188,7 +198,7 @@ def test_revision_trajectory_experiment(standins, tmp_path: Path) -> None:
     stages = pd.read_csv(out / "tables" / "stages.csv")
     assert set(stages["variant"]) == {"rev-step0", "rev-step5", "trained"}
     assert len(stages) == 2 * 2 * 3 and np.isfinite(stages["erank_trained"]).all()
-    texts = pd.read_parquet(out / "texts" / "dolly-15k.parquet")
+    texts = texts_of(out, "pythia-160m", "dolly-15k")
     assert texts["text"].str.len().gt(0).all()  # dolly's empty contexts were filtered out
     rep = pd.read_csv(out / "tables" / "reproduction.csv")
     have = rep[rep["ours"].notna()]

@@ -8,6 +8,7 @@ machine-wide: run one such test session at a time.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from slurm_cluster import OPT_IN, SlurmCluster, SlurmUnavailable, ensure_install
 from test_workflow import snakemake
 
 OVERRIDES = ["experiment=ci", "~models.zoo-opt-s", "~models.zoo-neox-xs", "bootstrap.samples=50"]
+THREADS = min(4, os.cpu_count() or 2)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,9 @@ def profile(tmp_path, cluster) -> Path:
     shutil.copytree(REPO / "profiles" / "slurm", prof)
     cfg = prof / "config.yaml"
     text = cfg.read_text()
-    text = re.sub(r'slurm_partition: "[^"]*"', f'slurm_partition: "{cluster.PARTITION}"', text)
+    text = text.replace('slurm_partition: "cpu"', f'slurm_partition: "{cluster.PARTITION}"')
+    text = text.replace('slurm_partition: "gpu"', f'slurm_partition: "{cluster.GPU_PARTITION}"')
+    text = re.sub(r"^(  \w+): 4$", rf"\1: {THREADS}", text, flags=re.M)  # set-threads: the node's cores
     text = re.sub(r'slurm_account: "[^"]*"', f'slurm_account: "{cluster.ACCOUNT}"', text)
     text = text.replace(
         "slurm-init-seconds-before-status-checks: 20", "slurm-init-seconds-before-status-checks: 2"
@@ -108,7 +112,8 @@ def test_a_failed_job_names_its_slurm_log_and_a_rerun_finishes(cluster, profile,
     assert any((work / p).is_file() or Path(p).is_file() for p in logs)
     results = work / "results" / "ci"
     assert (results / "diff" / "zoo-opt-xs" / "topics.parquet").is_file()  # the rest went on
-    assert not (results / "texts" / "extra.parquet").exists()  # nothing half-written
+    texts = list((work / "results" / "cache" / "texts").iterdir())
+    assert len(texts) == 1 and texts[0].suffix == ".parquet"  # the failed prepare left nothing behind
     failed = [j for j in cluster.accounted_jobs() if j["state"] == "FAILED"]
     assert failed, "the failed job should be in Slurm's accounting"
     rows = [f'{{"text": "row {i} of a repaired file, long enough to count"}}\n' for i in range(12)]
@@ -119,3 +124,45 @@ def test_a_failed_job_names_its_slurm_log_and_a_rerun_finishes(cluster, profile,
     assert not re.search(r"^train\s+\d+$", stats, re.M)  # finished work is not redone
     assert re.search(r"^prepare\s+1$", stats, re.M)
     assert (results / "diff" / "zoo-opt-xs" / "extra.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_job_sizes_reach_slurm(cluster, profile, tmp_path) -> None:
+    """The estimates are what Slurm accounts: memory, CPUs, partition and the GPU as a typed GRES."""
+    from diff_erank import sizing
+    from diff_erank.cache import Keys
+    from diff_erank.config import load_config
+
+    overrides = [
+        *OVERRIDES,
+        "models.zoo-opt-xs.resources.gpus=1",  # its dump asks for a GPU (runs on the CPU: no CUDA here)
+        f"cluster.gpu_types={{{cluster.GPU_TYPE}:40}}",
+        "cluster.gpu_request=gres",
+    ]
+    work = tmp_path / "work"
+    before = len(cluster.requests())
+    r = snakemake(work, "--profile", str(profile), overrides=overrides, env=cluster.env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + cluster.logs()
+    jobs = cluster.requests()[before:]
+    cfg = load_config(REPO / "conf", overrides)
+    keys = Keys(cfg, str(work / "results" / "ci"))
+    model = cfg["models"]["zoo-opt-xs"]
+    texts = sizing.texts_size(cfg["datasets"]["topics"], model, work / keys.texts_path("topics"))
+    assert texts.known
+    dumps = [j for j in jobs if j["comment"].startswith("rule_dump")]
+    eranks = [j for j in jobs if j["comment"].startswith("rule_erank")]
+    assert len(dumps) == len(eranks) == 3, jobs  # trained, rev-step0, rev-step20
+    dump_need = sizing.dump_need(model, texts, cfg["layers"], cfg["device"])
+    erank_need = sizing.erank_need(model, texts, cfg["layers"])
+    default = 4000  # the profile's mem_mb
+    assert dump_need.mem_mb != default and erank_need.mem_mb != default
+    for j in dumps:
+        assert j["partition"] == cluster.GPU_PARTITION and int(j["cpus"]) == THREADS
+        assert int(re.match(r"\d+", j["mem"]).group()) == dump_need.mem_mb, j
+        assert "gres/gpu" in j["tres"] and "gres/gpu:fake=1" in j["tres"], j
+    for j in eranks:
+        assert j["partition"] == cluster.PARTITION and int(j["cpus"]) == THREADS
+        assert int(re.match(r"\d+", j["mem"]).group()) == erank_need.mem_mb, j
+        assert "gres/gpu" not in j["tres"]
+    others = [j for j in jobs if j["comment"].startswith(("rule_diff", "rule_report", "rule_select"))]
+    assert others and all(j["partition"] == cluster.PARTITION and j["cpus"] == "1" for j in others)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, texts_of
 
 from diff_erank.storage import read_provenance
 
@@ -92,7 +92,7 @@ def test_tables_agree_with_per_text_erank(ci_run: Path) -> None:
     u = pd.read_parquet(ci_run / "erank" / "zoo-opt-xs" / "rev-step0" / "topics.parquet")
     expected = np.exp(u["entropy"].mean()) - np.exp(t["entropy"].mean())
     assert main.loc["zoo-opt-xs", "diff_erank"] == pytest.approx(expected, rel=1e-12)
-    texts = pd.read_parquet(ci_run / "texts" / "topics.parquet")
+    texts = texts_of(ci_run, "zoo-opt-xs", "topics")
     assert list(t["text_id"]) == list(texts["text_id"])
 
 
@@ -103,7 +103,10 @@ def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
     assert side["config"]["name"] == "ci" and "transformers" in side["versions"]
     assert (ci_run / "figures" / "size.png").stat().st_size > 1000
     assert "Spearman" in (ci_run / "summary.md").read_text()
-    assert not (ci_run / "dumps").exists() or not any((ci_run / "dumps").rglob("*.safetensors"))
+    assert not any((ci_run.parent / "cache").rglob("*.safetensors"))  # dumps are temp()
+    assert prov["cache"]["key"]["layers"] == ["last"] and prov["cache"]["table"].startswith(
+        "results/cache/erank/"
+    )
     for bench in (ci_run / "benchmarks").rglob("*.tsv"):
         assert pd.read_csv(bench, sep="\t")["s"].iloc[0] >= 0
 

@@ -100,19 +100,29 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 def cmd_dump(a: argparse.Namespace) -> None:
     import torch
 
+    from diff_erank.cache import entry_lock
     from diff_erank.dump import dump
+    from diff_erank.sizing import ResourceError
 
     torch.set_num_threads(a.threads)
-    dump(
-        a.spec,
-        a.variant,
-        a.texts,
-        a.out,
-        a.layers,
-        a.device,
-        trained_path=a.trained_path,
-        variant_path=a.variant_path,
-    )
+    try:
+        with entry_lock(a.out):  # the cache is shared by runs from other checkouts
+            dump(
+                a.spec,
+                a.variant,
+                a.texts,
+                a.out,
+                a.layers,
+                a.device,
+                trained_path=a.trained_path,
+                variant_path=a.variant_path,
+            )
+    except torch.OutOfMemoryError:
+        raise ResourceError(
+            f"out of GPU memory on a single text (batches were halved down to 1; estimated need "
+            f"{a.gpu_mem_mb or '?'} MB): give the model more with models.<name>.resources.gpu_mem_gb=<GB> "
+            f"(the job then asks for a larger GPU), or lower models.<name>.max_length"
+        ) from None
 
 
 def cmd_fetch_gguf(a: argparse.Namespace) -> None:
@@ -153,10 +163,35 @@ def cmd_measure(a: argparse.Namespace) -> None:
     import torch
 
     from diff_erank.measure import measure_to_file
+    from diff_erank.sizing import ResourceError, limit_memory
 
     torch.set_num_threads(a.threads)
-    df = measure_to_file(a.dump, a.out, a.texts)
+    limit_memory(a.mem_mb)
+    try:
+        df = measure_to_file(a.dump, a.out, a.texts)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise ResourceError(
+            f"out of host memory (this job asked for mem_mb={a.mem_mb}, estimated from the longest text): "
+            f"rerun with more, e.g. snakemake ... --set-resources erank:mem_mb=<MB>"
+        ) from None
     logging.info("%d rows -> %s", len(df), a.out)
+
+
+def cmd_select(a: argparse.Namespace) -> None:
+    from diff_erank.cache import select
+
+    select(a.table, a.out, a.layers, a.texts, a.first)
+    logging.info("%s -> %s", a.table, a.out)
+
+
+def cmd_plan(a: argparse.Namespace) -> None:
+    from diff_erank.config import load_config
+    from diff_erank.plan import bill, render
+
+    cfg = load_config(_conf_dir(a.conf_dir), a.overrides)
+    print(render(bill(cfg, f"{cfg['results_dir']}/{cfg['name']}"), cfg))
 
 
 def cmd_diff(a: argparse.Namespace) -> None:
@@ -249,6 +284,7 @@ STEPS = {
     "finetune": "train a variant further on a dataset's texts (training stages)",
     "accuracy": "zero-shot accuracy of one variant with lm-evaluation-harness",
     "measure": "per-text eRank of a dump",
+    "select": "a run folder's view of a cached eRank table (its layers, or a sample's first texts)",
     "diff": "Diff-eRank of one model on one dataset",
     "mm-prepare": "image-text items of a multi-modal dataset",
     "mm-erank": "eRank1..5 of every item for one LLaVA model and rotation",
@@ -299,6 +335,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+", help="conf/model/*.yaml files")
     s.set_defaults(fn=cmd_pin)
 
+    s = sub.add_parser(
+        "plan",
+        help="what an experiment asks of a cluster: jobs, GPU-hours, memory, scratch disk",
+        description="Per job kind and in total: jobs, GPU-hours, peak GPU and host memory and scratch disk, "
+        "from the estimates that size the jobs (diff_erank.sizing); what the shared cache already holds "
+        "is counted apart and not run again.",
+    )
+    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")
+    s.set_defaults(fn=cmd_plan)
+
     s = step("corpus")
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--out-dir", required=True)
@@ -334,6 +381,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--trained-path", default=None, help="zoo model directory (when the entry has no source)")
     s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--gpu-mem-mb", type=int, default=None, help="the estimate, named if a text does not fit")
     s.set_defaults(fn=cmd_dump)
 
     s = step("fetch-gguf")
@@ -371,8 +419,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_accuracy)
 
+    s = step("select")
+    s.add_argument("--table", required=True, help="the cached eRank table")
+    s.add_argument("--texts", required=True, help="the texts it was measured on")
+    s.add_argument("--layers", type=_json, required=True)
+    s.add_argument("--first", type=int, default=None, help="keep the first N texts of the sample")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_select)
+
     s = step("measure")
     s.add_argument("--dump", required=True)
+    s.add_argument("--mem-mb", type=int, default=None, help="the job's memory: fail clearly beyond it")
     s.add_argument("--texts", default=None)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
@@ -433,11 +490,20 @@ def main(argv: list[str] | None = None) -> int:
     from diff_erank.data import DataError
     from diff_erank.dump import ShardError
     from diff_erank.multimodal import MultimodalDataError
+    from diff_erank.sizing import ResourceError
     from diff_erank.storage import IntegrityError
 
     try:
         args.fn(args)
-    except (ConfigError, DataError, ShardError, MismatchError, MultimodalDataError, IntegrityError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        ShardError,
+        MismatchError,
+        MultimodalDataError,
+        IntegrityError,
+        ResourceError,
+    ) as exc:
         print(f"diff-erank {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `diff-erank list | head`

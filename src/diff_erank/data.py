@@ -216,7 +216,9 @@ def prepare_texts(spec: dict[str, Any], results_root: str | Path = ".") -> pd.Da
             "%d of %d texts are empty or whitespace only: the dump skips and counts them", n_blank, len(texts)
         )
     log.info("%d rows, %d eligible, %d sampled", len(rows), len(eligible), len(ids))
-    return pd.DataFrame({"text_id": pd.Series(ids, dtype="int64"), "text": pd.Series(texts, dtype="string")})
+    df = pd.DataFrame({"text_id": pd.Series(ids, dtype="int64"), "text": pd.Series(texts, dtype="string")})
+    df.attrs["n_eligible"] = len(eligible)  # the population drawn from (cache.check_prefix)
+    return df
 
 
 def prepare_to_file(spec: dict[str, Any], out: str | Path, results_root: str | Path = ".") -> pd.DataFrame:
@@ -226,7 +228,13 @@ def prepare_to_file(spec: dict[str, Any], out: str | Path, results_root: str | P
     write_parquet(
         df,
         out,
-        provenance(spec, n_texts=len(df), source_revision=source_revision(spec["source"], results_root)),
+        provenance(
+            spec,
+            n_texts=len(df),
+            n_eligible=df.attrs.get("n_eligible"),
+            n_chars=[len(t) for t in df["text"].fillna("")],  # sizes the jobs (diff_erank.sizing)
+            source_revision=source_revision(spec["source"], results_root),
+        ),
     )
     return df
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from diff_erank.config import LAYER_NAMES, ConfigError
 from diff_erank.models import (
@@ -384,9 +385,12 @@ def read_manifest(dump_dir: str | Path) -> dict[str, Any]:
 
 
 def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, torch.Tensor]]]:
-    """Stream ``(position, loss, {layer: hidden [n, d]})`` one shard in memory at a time.
+    """Stream ``(position, loss, {layer: hidden [n, d]})``, one text in memory at a time.
 
-    Each shard's checksum and internal lengths are verified first; a mismatch names the file.
+    Each shard's checksum and internal lengths are verified first (streamed, a block at a time);
+    then each text's rows are read alone (``safe_open`` + ``get_slice``), so the memory of the
+    eRank step is bounded by the longest text, not by a shard of 256 of them. A mismatch names
+    the file.
     """
     dump_dir = Path(dump_dir)
     manifest = read_manifest(dump_dir)
@@ -397,18 +401,17 @@ def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, tor
         if sha256(f) != meta["sha256"]:
             raise ShardError(f"shard corrupt or truncated (checksum mismatch): {f}")
         try:
-            t = load_file(str(f))
+            with safe_open(str(f), framework="pt") as h:
+                offsets, loss, position = (h.get_tensor(k) for k in ("offsets", "loss", "position"))
+                slices = {n: h.get_slice(f"layer.{n}") for n in manifest["layers"]}
+                if len(offsets) != meta["n_texts"] + 1 or any(
+                    s.get_shape()[0] != int(offsets[-1]) for s in slices.values()
+                ):
+                    raise ShardError(f"shard lengths inconsistent with its offsets: {f}")
+                for j in range(meta["n_texts"]):
+                    a, b = int(offsets[j]), int(offsets[j + 1])
+                    yield int(position[j]), float(loss[j]), {n: s[a:b] for n, s in slices.items()}
+        except ShardError:
+            raise
         except Exception as exc:
             raise ShardError(f"shard unreadable: {f}: {exc}") from None
-        offsets = t["offsets"]
-        if len(offsets) != meta["n_texts"] + 1 or any(
-            t[f"layer.{n}"].shape[0] != int(offsets[-1]) for n in manifest["layers"]
-        ):
-            raise ShardError(f"shard lengths inconsistent with its offsets: {f}")
-        for j in range(meta["n_texts"]):
-            a, b = int(offsets[j]), int(offsets[j + 1])
-            yield (
-                int(t["position"][j]),
-                float(t["loss"][j]),
-                {n: t[f"layer.{n}"][a:b] for n in manifest["layers"]},
-            )

@@ -16,11 +16,9 @@ rule accuracy:
         f"{OUT}/logs/accuracy/{{model}}/{{variant}}.log",
     benchmark:
         f"{OUT}/benchmarks/accuracy/{{model}}/{{variant}}.tsv"
-    threads: 1
+    threads: lambda w: accuracy_estimate(w).threads
     resources:
-        mem_mb=lambda w: model_resources(w.model, "mem_mb", 8000),
-        runtime=lambda w: model_resources(w.model, "runtime", 60),
-        gpu=lambda w: model_resources(w.model, "gpus", 0),
+        **_sized(accuracy_estimate),
     shell:
         "diff-erank accuracy --spec {params.spec:q} --variant {wildcards.variant}"
         " --accuracy {params.accuracy:q} --out {output} --device {params.device}"

@@ -1,6 +1,11 @@
 # Helpers shared by the rules: names, paths and the JSON specs passed to `diff-erank`.
 import json
+import re
 
+from types import SimpleNamespace
+
+from diff_erank import sizing
+from diff_erank.cache import KEY, Keys
 from diff_erank.config import untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import dataset_files, image_files, model_files
@@ -10,6 +15,7 @@ NAME = r"[A-Za-z0-9_.-]+"
 
 
 wildcard_constraints:
+    key=KEY,
     model=NAME,
     variant=NAME,
     dataset=NAME,
@@ -17,6 +23,14 @@ wildcard_constraints:
 
 
 MEASURED = [d for d, spec in C["datasets"].items() if spec.get("measure", True)]
+
+# The shared measurement cache (diff_erank.cache): prepared texts, dumps and per-text eRank tables
+# live under <results_dir>/cache/, keyed by what determines their numbers; the run folder holds views.
+K = Keys(C, OUT)
+CACHE = K.root
+LAYERS = K.layers
+#: threads of the jobs that use several (cpus-per-task on Slurm; capped by --cores locally)
+THREADS = 4
 
 
 def as_json(obj):
@@ -73,6 +87,71 @@ def model_resources(model, key, default):
     return (C["models"][model].get("resources") or {}).get(key) or default
 
 
+def texts_path(dataset):
+    return K.texts_path(dataset)
+
+
+def job(w):
+    """The (model, variant, dataset) behind a cache key, as the wildcards of a run-folder rule."""
+    m, v, d = K.jobs_of[w.key]
+    return SimpleNamespace(model=m, variant=v, dataset=d)
+
+
+def _sized(estimate):
+    """Resources of a rule from one estimate (diff_erank.sizing): memory, time, disk, GPU memory,
+    and the GPU request the site's types make of it (cluster.gpu_types; profiles/slurm)."""
+
+    def get(key):
+        def value(w):
+            need = estimate(w)
+            if key in ("gpu", "constraint", "gpu_model", "gres"):
+                return sizing.gpu_request(need.gpu_mem_mb if need.gpus else 0, C["cluster"])[key]
+            return getattr(need, key)
+
+        return value
+
+    out = {k: get(k) for k in ("mem_mb", "runtime", "gpu_mem_mb")}
+    if C["cluster"]["gpu_types"]:  # only when the site names its GPU types: -C '' would match none
+        out |= {k: get(k) for k in sizing.gpu_request(1, C["cluster"]) if k != "gpu"}
+    return out | {"gpu": get("gpu")}
+
+
+def dump_estimate(w):
+    j = job(w)
+    model = C["models"][j.model]
+    size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
+    return sizing.dump_need(model, size, C["layers"], C["device"], THREADS)
+
+
+def erank_estimate(w):
+    j = job(w)
+    model = C["models"][j.model]
+    size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
+    return sizing.erank_need(model, size, C["layers"], THREADS)
+
+
+def finetune_estimate(w):
+    return sizing.finetune_need(C["models"][w.model], finetune_recipe(w), C["device"], THREADS)
+
+
+def accuracy_estimate(w):
+    return sizing.accuracy_need(C["models"][w.model], C["accuracy"] or {}, C["device"], THREADS)
+
+
+def mm_estimate(w):
+    return sizing.mm_need(MM["models"][w.model], C["device"], THREADS)
+
+
+def select_source(w):
+    """The cached table a run-folder view reads, and the texts that table was measured on."""
+    src, first = K.prefix.get(w.dataset, (w.dataset, None))
+    return {"table": K.source_table(w.model, w.variant, w.dataset), "texts": texts_path(src)}
+
+
+def select_first(w):
+    return f"--first {K.prefix[w.dataset][1]}" if w.dataset in K.prefix else ""
+
+
 def erank_tables(model, dataset):
     return {v: f"{OUT}/erank/{model}/{v}/{dataset}.parquet" for v in variants(C["models"][model])}
 
@@ -103,7 +182,7 @@ def finetune_from(w):
 
 
 def dump_output():
-    out = directory(f"{OUT}/dumps/{{model}}/{{variant}}/{{dataset}}")
+    out = directory(f"{CACHE}/dumps/{{key}}/{{layers}}")
     return out if C["keep_dumps"] else temp(out)
 
 

@@ -3,7 +3,7 @@
 
 rule finetune:
     input:
-        texts=lambda w: f"{OUT}/texts/{finetune_recipe(w)['dataset']}.parquet",
+        texts=lambda w: texts_path(finetune_recipe(w)["dataset"]),
         model=trained_input,
         start=finetune_from,
     output:
@@ -18,11 +18,9 @@ rule finetune:
         f"{OUT}/logs/finetune/{{model}}/{{name}}.log",
     benchmark:
         f"{OUT}/benchmarks/finetune/{{model}}/{{name}}.tsv"
-    threads: 1
+    threads: lambda w: finetune_estimate(w).threads
     resources:
-        mem_mb=lambda w: model_resources(w.model, "mem_mb", 8000),
-        runtime=lambda w: model_resources(w.model, "runtime", 60),
-        gpu=lambda w: model_resources(w.model, "gpus", 0),
+        **_sized(finetune_estimate),
     shell:
         "diff-erank finetune --spec {params.spec:q} --recipe {params.recipe:q} --texts {input.texts}"
         " --out {output} --device {params.device} {params.trained} {params.start}"

@@ -35,11 +35,9 @@ rule mm_erank:
         f"{OUT}/logs/mm_erank/{{model}}/{{dataset}}/rot{{rotation}}.log",
     benchmark:
         f"{OUT}/benchmarks/mm_erank/{{model}}/{{dataset}}/rot{{rotation}}.tsv"
-    threads: 1
+    threads: THREADS
     resources:
-        mem_mb=lambda w: (MM["models"][w.model].get("resources") or {}).get("mem_mb", 8000),
-        runtime=lambda w: (MM["models"][w.model].get("resources") or {}).get("runtime", 60),
-        gpu=lambda w: (MM["models"][w.model].get("resources") or {}).get("gpus", 0),
+        **_sized(mm_estimate),
     shell:
         "diff-erank mm-erank --spec {params.spec:q} --items {input.table} --rotation {wildcards.rotation}"
         " --out {output} --device {params.device} --threads {threads} > {log} 2>&1"

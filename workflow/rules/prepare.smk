@@ -1,21 +1,24 @@
-# Dataset preparation: rows -> one text per row -> sampled texts (parquet, with source row ids).
+# Dataset preparation: rows -> one text per row -> sampled texts (parquet, with source row ids), in the
+# shared cache under the recipe's key (diff_erank.cache), so every experiment reads one copy.
 
 
 rule prepare:
     input:
-        prepare_input,
+        lambda w: prepare_input(SimpleNamespace(dataset=K.datasets_of[w.key])),
     output:
-        f"{OUT}/texts/{{dataset}}.parquet",
+        f"{CACHE}/texts/{{key}}.parquet",
     params:
-        spec=lambda w: as_json(C["datasets"][w.dataset]),
-        run=run_folder,
+        # what determines the texts only (no labels, no run folder but a demo corpus's): a params
+        # change reruns a job, and this one is shared by every experiment whose texts have this key
+        spec=lambda w: as_json(K.texts_spec(K.datasets_of[w.key])),
+        run=lambda w: OUT if C["datasets"][K.datasets_of[w.key]]["source"]["kind"] == "demo" else ".",
     log:
-        f"{OUT}/logs/prepare/{{dataset}}.log",
+        f"{OUT}/logs/prepare/{{key}}.log",
     benchmark:
-        f"{OUT}/benchmarks/prepare/{{dataset}}.tsv"
+        f"{OUT}/benchmarks/prepare/{{key}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
         runtime=60,
     shell:
         "diff-erank prepare --spec {params.spec:q} --out {output} --results-root {params.run} > {log} 2>&1"

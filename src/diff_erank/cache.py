@@ -1,0 +1,285 @@
+"""The measurement cache shared by every experiment: ``<results_dir>/cache/``.
+
+What determines a per-text eRank table is the model as loaded (source, revision, tokenizer, dtype,
+dump dtype, truncation; for a zoo or fine-tuned variant also its recipe and the run folder that
+built it), the variant, the prepared texts (the dataset's recipe; the file's SHA-256 is in every
+dump's fingerprint and Snakemake reruns what follows a rewritten texts file), the layers and the
+on-disk format. Their hash is the key, so two experiments that measure the same thing (fig1,
+table4 and table9 on OPT x dolly-15k) share one dump and one table, whatever they are called,
+and a change to any part gives a new key: nothing stale is read.
+
+    cache/texts/<texts key>.parquet               prepared texts
+    cache/dumps/<key>/<layers>/                   hidden states (temp() unless keep_dumps)
+    cache/erank/<key>/<layers>.parquet            per-text eRank, with <layers>.json: what the key is
+
+The run folder's ``erank/<model>/<variant>/<dataset>.parquet`` is a view of a cached table (the
+``select`` rule): its layers, or the first k texts of a larger sample drawn with the same seed
+(table11's 1,000 and 5,000 are the first texts of its 10,000), with provenance naming the cached
+table it came from. A table with more layers serves a run that asks for fewer.
+
+Snakefile-cheap: stdlib only (the ``select`` step itself imports pandas).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from diff_erank.config import ConfigError, variants
+
+log = logging.getLogger(__name__)
+
+#: Bump with dump.FORMAT_VERSION (a test ties them) or when the eRank computation changes numbers.
+CACHE_FORMAT = 1
+MEASURE_VERSION = 1
+#: Model fields that change hidden states; size labels, resources and plots do not.
+MODEL_KEYS = (
+    "source",
+    "revision",
+    "tokenizer",
+    "tokenizer_revision",
+    "dtype",
+    "dump_dtype",
+    "trust_remote_code",
+    "max_length",
+    "min_tokens",
+)
+#: Dataset fields that do not change the texts.
+DATASET_NEUTRAL = ("description", "paper_name", "paper_variant", "measure", "size_hint")
+KEY = r"[0-9a-f]{16}"
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_dir(cfg: dict[str, Any]) -> str:
+    if cfg["name"] == "cache":
+        raise ConfigError("name: 'cache' is the shared measurement cache's folder; pick another name")
+    return f"{cfg['results_dir']}/cache"
+
+
+def layers_tag(layers: list[str | int]) -> str:
+    return "+".join(str(x) for x in layers)
+
+
+def texts_recipe(cfg: dict[str, Any], dataset: str, run: str) -> dict[str, Any]:
+    spec = {k: v for k, v in cfg["datasets"][dataset].items() if k not in DATASET_NEUTRAL}
+    if spec["source"]["kind"] == "demo":  # made from the run folder's own corpus
+        spec = {**spec, "corpus": cfg.get("corpus"), "run": str(Path(run).resolve())}
+    return spec
+
+
+def texts_key(cfg: dict[str, Any], dataset: str, run: str) -> str:
+    return digest({"texts": texts_recipe(cfg, dataset, run)})
+
+
+def variant_identity(cfg: dict[str, Any], model: str, variant: str, run: str) -> dict[str, Any]:
+    """What the weights of a model variant are: its entry's loading fields and how it was made."""
+    m = cfg["models"][model]
+    ident: dict[str, Any] = {k: m.get(k) for k in MODEL_KEYS}
+    ident["variant"] = variant
+    if m.get("train"):  # a zoo model trained in this run folder
+        ident |= {"train": m["train"], "corpus": cfg.get("corpus"), "run": str(Path(run).resolve())}
+    if variant.startswith("ft-"):
+        recipe = m["finetune"][variant.removeprefix("ft-")]
+        ident |= {
+            "finetune": recipe,
+            "finetune_texts": texts_key(cfg, recipe["dataset"], run),
+            "from": variant_identity(cfg, model, recipe["from"], run),
+            "run": str(Path(run).resolve()),
+        }
+    return ident
+
+
+def measurement_key(cfg: dict[str, Any], model: str, variant: str, dataset: str, run: str) -> str:
+    return digest(
+        {
+            "model": variant_identity(cfg, model, variant, run),
+            "texts": texts_key(cfg, dataset, run),
+            "format": CACHE_FORMAT,
+            "measure": MEASURE_VERSION,
+        }
+    )
+
+
+def prefix_samples(cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """``{small: (large, k)}``: datasets whose texts are the first k of a larger one's sample.
+
+    Same recipe but ``max_texts``, sampled ``paper`` (``random.seed`` + ``random.sample``, which
+    draws one index after another, so a smaller k gives a prefix of a larger draw; the ``select``
+    step checks it for the actual population) or ``first``.
+    """
+    out: dict[str, tuple[str, int]] = {}
+    ds = cfg["datasets"]
+
+    def base(name: str) -> str:
+        spec = {k: v for k, v in ds[name].items() if k not in (*DATASET_NEUTRAL, "max_texts")}
+        return json.dumps(spec, sort_keys=True, default=str)
+
+    for small, spec in ds.items():
+        k = spec.get("max_texts")
+        if not k or spec["sampling"]["method"] not in ("paper", "first") or spec["source"]["kind"] == "demo":
+            continue
+        larger = [
+            (ds[o]["max_texts"], o)
+            for o in ds
+            if o != small and ds[o].get("max_texts") and ds[o]["max_texts"] > k and base(o) == base(small)
+        ]
+        if larger:
+            out[small] = (max(larger)[1], k)
+    return out
+
+
+class Keys:
+    """Every cache path of one experiment, and the way back from a key to its job's names."""
+
+    def __init__(self, cfg: dict[str, Any], run: str) -> None:
+        self.cfg, self.run, self.root = cfg, run, cache_dir(cfg)
+        self.layers = layers_tag(cfg["layers"])
+        self.texts = {d: texts_key(cfg, d, run) for d in cfg["datasets"]}
+        self.datasets_of = {}
+        for d, k in self.texts.items():
+            self.datasets_of.setdefault(k, d)
+        self.prefix = prefix_samples(cfg)
+        self.measured: dict[tuple[str, str, str], str] = {}
+        for m, spec in cfg["models"].items():
+            for v in variants(spec):
+                for d, dspec in cfg["datasets"].items():
+                    if dspec.get("measure", True):
+                        src = self.prefix.get(d, (d, None))[0]
+                        self.measured[(m, v, d)] = measurement_key(cfg, m, v, src, run)
+        self.jobs_of: dict[str, tuple[str, str, str]] = {}
+        for (m, v, d), k in self.measured.items():
+            self.jobs_of.setdefault(k, (m, v, self.prefix.get(d, (d, None))[0]))
+
+    def texts_spec(self, dataset: str) -> dict[str, Any]:
+        """The dataset entry as ``prepare`` reads it: without the fields that do not change the texts."""
+        return {k: v for k, v in self.cfg["datasets"][dataset].items() if k not in DATASET_NEUTRAL}
+
+    def texts_path(self, dataset: str) -> str:
+        return f"{self.root}/texts/{self.texts[dataset]}.parquet"
+
+    def dump_path(self, key: str) -> str:
+        return f"{self.root}/dumps/{key}/{self.layers}"
+
+    def table_path(self, key: str, tag: str | None = None) -> str:
+        return f"{self.root}/erank/{key}/{tag or self.layers}.parquet"
+
+    def source_table(self, model: str, variant: str, dataset: str) -> str:
+        """The cached table a run-folder view reads: this layer set's, or a finished one with more."""
+        key = self.measured[(model, variant, dataset)]
+        own = self.table_path(key)
+        if Path(own).is_file():
+            return own
+        wanted = {str(x) for x in self.cfg["layers"]}
+        for keyfile in sorted(Path(self.root, "erank", key).glob("*.json")):
+            try:
+                have = {str(x) for x in json.loads(keyfile.read_text())["layers"]}
+            except (OSError, ValueError, KeyError):
+                continue
+            if wanted <= have and keyfile.with_suffix(".parquet").is_file():
+                return str(keyfile.with_suffix(".parquet"))
+        return own
+
+    def describe(self, key: str) -> dict[str, Any]:
+        """The key file's content: what the cached table measures, readable."""
+        m, v, d = self.jobs_of[key]
+        return {
+            "key": key,
+            "layers": self.cfg["layers"],
+            "model": variant_identity(self.cfg, m, v, self.run),
+            "texts": {"key": self.texts[d], "recipe": texts_recipe(self.cfg, d, self.run)},
+            "format": CACHE_FORMAT,
+            "measure": MEASURE_VERSION,
+        }
+
+    def dump_spec(self, key: str) -> dict[str, Any]:
+        """The part of a model entry a dump reads: the same in every experiment that shares the key
+        (labels, resources and recipes are left out, so they do not rerun a shared dump)."""
+        m = self.cfg["models"][self.jobs_of[key][0]]
+        return {k: m.get(k) for k in (*MODEL_KEYS, "batch_tokens", "shard_texts")}
+
+
+@contextlib.contextmanager
+def entry_lock(path: str | Path) -> Iterator[None]:
+    """Hold ``<path>.lock`` while a cache entry is written: runs from other checkouts that share the
+    cache (Snakemake's own lock is per working directory) wait instead of writing the same files."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.warning("%s is being written by another run: waiting for it", path)
+            fcntl.lockf(f, fcntl.LOCK_EX)
+        yield
+
+
+def check_prefix(texts_prov: dict[str, Any], k: int) -> None:
+    """Raise unless the first k texts of this prepared sample are the k-text sample of the same recipe."""
+    from diff_erank.data import DataError, sample_indices
+
+    spec = texts_prov["config"]
+    method, seed = spec["sampling"]["method"], spec["sampling"]["seed"]
+    n, big = texts_prov.get("n_eligible"), spec.get("max_texts")
+    if n is None:
+        raise DataError("the larger sample's texts table does not record n_eligible: rerun its prepare")
+    if sample_indices(n, k, method, seed) != sample_indices(n, big, method, seed)[:k]:
+        raise DataError(
+            f"a {k}-text sample of this recipe is not the first {k} of its {big}-text sample "
+            f"({n} rows to draw from): measure it on its own (give it another sampling seed)"
+        )
+
+
+def select(
+    table: str | Path,
+    out: str | Path,
+    layers: list[str | int],
+    texts: str | Path,
+    first: int | None = None,
+) -> None:
+    """Write the run folder's view of a cached eRank table: its layers and (prefix) texts."""
+    import pandas as pd
+
+    from diff_erank.provenance import provenance
+    from diff_erank.storage import read_parquet, read_provenance, write_parquet
+
+    df = read_parquet(table)
+    prov = read_provenance(table)
+    wanted = [str(x) for x in layers]
+    missing = sorted(set(wanted) - set(df["layer"].astype(str)))
+    if missing and "all" not in wanted:
+        raise ConfigError(f"{table} holds no rows for layer(s) {missing}")
+    if "all" not in wanted:
+        df = df[df["layer"].astype(str).isin(wanted)]
+    dump = dict(prov.get("dump") or {})
+    if first is not None:
+        tprov = read_provenance(texts)
+        check_prefix(tprov, first)
+        df = df[df["position"] < first]
+        head = read_parquet(texts, columns=["text"])["text"].iloc[:first].fillna("")
+        measured = set(df["position"])
+        empty = sum(1 for i, t in enumerate(head) if i not in measured and not t.strip())
+        dump |= {
+            "n_texts_in": first,
+            "n_texts": len(measured),
+            "n_skipped_empty": empty,
+            "n_skipped_short": first - len(measured) - empty,
+            "n_tokens": int(df.drop_duplicates("position")["n_tokens"].sum()),
+        }
+    keyfile = Path(table).with_suffix(".json")
+    key = json.loads(keyfile.read_text()) if keyfile.is_file() else None
+    record = provenance(
+        dump=dump,
+        dump_provenance=prov.get("dump_provenance"),
+        measured=prov,  # the cached table's own record: where, when and by what it was computed
+        cache={"table": str(table), "key": key, "layers": wanted, "first": first},
+    )
+    write_parquet(pd.DataFrame(df).reset_index(drop=True), out, record)

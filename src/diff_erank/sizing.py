@@ -1,0 +1,329 @@
+"""How much memory, GPU memory, threads, time and scratch disk each job needs, estimated up front.
+
+A job is sized from the model entry (``params`` and ``shape``: hidden size, layers, vocabulary; the
+dtypes) and the texts: before ``prepare`` has run, from the dataset's ``size_hint`` (a rough mean,
+for ``plan`` and dry runs); after, from the prepared table's provenance, which records every
+text's length in characters (``prepare`` writes it; tokens are taken as characters / 3.5, a
+deliberate over-estimate for English BPE's ~4-4.5, each text capped at ``max_length``). Snakemake
+re-evaluates a job's resources once its inputs exist, so a dump asks for what its texts need.
+
+The Snakefile imports this module on every job and every node: stdlib (and PyArrow for the
+footer of the texts table) only. The same functions size the rules and print ``diff-erank plan``.
+Every estimate can be overridden per model (``models.<name>.resources``: mem_mb, gpu_mem_gb,
+runtime, threads); a job that exceeds one fails with a message naming that override.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+#: Characters per token assumed for prepared texts (English BPE gives ~4-4.5: this errs high).
+CHARS_PER_TOKEN = 3.5
+#: Sustained throughput assumed for a forward pass, FLOP/s (A100-class; float32 without TF32).
+GPU_FLOPS = {"float32": 15e12, "float16": 100e12, "bfloat16": 100e12}
+CPU_FLOPS_PER_THREAD = 20e9
+#: Seconds for the eRank of one text of 2048 tokens x 5120 dims on one thread (measured, issue 12).
+ERANK_REF_SECONDS = 1.9
+ERANK_REF_WORK = 2048 * 5120**2 + 5120**3
+DISK_MB_PER_S = 200
+MB = 1e6
+
+
+class ResourceError(RuntimeError):
+    """A job that needs more than it asked for; the message names the resource and the override."""
+
+
+def limit_memory(mem_mb: int | None) -> None:
+    """Cap this process's data segment at the job's memory (CPU jobs only: CUDA maps far more
+    virtual memory than it uses), so that going over raises MemoryError with a message naming
+    the resource instead of a silent kill by the batch system's OOM killer."""
+    if not mem_mb:
+        return
+    import resource
+
+    limit = int(mem_mb * 1.05 * 2**20)
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What sizes a model's jobs: parameters, hidden size, blocks, vocabulary, dtypes."""
+
+    params: float
+    hidden: int
+    layers: int
+    vocab: int
+    dtype: str = "float32"
+    dump_dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Texts:
+    """Texts of one dataset as one model sees them: count, total and longest tokens."""
+
+    n: int
+    tokens: int
+    longest: int
+    known: bool  # from the prepared table (True) or from the size hint (False)
+
+
+@dataclass
+class Need:
+    """One job's request. ``gpu_mem_mb`` 0 = no GPU; runtime in minutes."""
+
+    mem_mb: int
+    runtime: int
+    threads: int = 1
+    gpus: int = 0
+    gpu_mem_mb: int = 0
+    disk_mb: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpus * self.runtime / 60
+
+
+def shape(model: dict[str, Any]) -> Shape:
+    """The model's sizes: ``shape`` and ``params`` of a hub entry, ``train`` of a zoo model.
+
+    A hub entry without ``shape`` is sized as a GPT-style model of its ``params`` with 128-wide
+    heads per layer (d = 128 L, P = 12 L d^2), which over-estimates hidden size for small models.
+    """
+    dtype, dump_dtype = model.get("dtype", "float32"), model.get("dump_dtype", "float32")
+    s = model.get("shape") or {}
+    train = model.get("train") or {}
+    hidden = s.get("hidden_size") or train.get("hidden_size")
+    layers = s.get("num_layers") or train.get("num_layers")
+    vocab = s.get("vocab_size") or 50272
+    params = model.get("params")
+    if not (hidden and layers):
+        p = float(params or 1e9)
+        layers = max(1, round((p / (12 * 128**2)) ** (1 / 3)))
+        hidden = 128 * layers
+    if not params:
+        params = 12 * layers * hidden**2 + vocab * hidden
+    return Shape(float(params), int(hidden), int(layers), int(vocab), dtype, dump_dtype)
+
+
+def n_dumped_layers(layers: list[str | int], num_layers: int) -> int:
+    """How many hidden-state layers a dump stores (``all`` = L + 1)."""
+    named = {"embeddings": 0, "first": 1, "middle": max(1, num_layers // 2), "last": num_layers}
+    idx: set[int] = set()
+    for layer in layers:
+        if layer == "all":
+            idx |= set(range(num_layers + 1))
+        elif isinstance(layer, str):
+            idx.add(named.get(layer, num_layers))
+        else:
+            idx.add(layer if layer >= 0 else num_layers + 1 + layer)
+    return max(1, len(idx))
+
+
+@lru_cache(maxsize=256)
+def _prepared_chars(path: str, mtime: float) -> tuple[int, ...]:
+    """Characters per text of a prepared table: its provenance's ``n_chars``, else its text column."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    prov = json.loads(meta.get(b"diff_erank.provenance", b"{}"))
+    if prov.get("n_chars") is not None:
+        return tuple(prov["n_chars"])
+    col = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    return tuple(len(t or "") for t in col)
+
+
+def texts_size(dataset: dict[str, Any], model: dict[str, Any], texts_path: str | Path | None = None) -> Texts:
+    """Tokens of a dataset's texts for a model: counted from the prepared table when it exists."""
+    max_length = int(model.get("max_length") or 2048)
+    if texts_path and Path(texts_path).is_file():
+        chars = _prepared_chars(str(texts_path), Path(texts_path).stat().st_mtime)
+        toks = [min(max_length, math.ceil(c / CHARS_PER_TOKEN) + 1) for c in chars]
+        return Texts(len(toks), sum(toks), max(toks, default=0), True)
+    hint = dataset.get("size_hint") or {}
+    n = dataset.get("max_texts") or hint.get("texts") or 10000
+    if dataset.get("max_texts") and hint.get("texts"):
+        n = min(n, hint["texts"])
+    mean = min(max_length, hint.get("mean_tokens") or max_length / 2)
+    return Texts(int(n), int(n * mean), max_length, False)
+
+
+def _overrides(model: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (model.get("resources") or {}).items() if v is not None}
+
+
+def _apply(need: Need, model: dict[str, Any]) -> Need:
+    """A model entry's ``resources`` override the estimates (and are named in failure messages)."""
+    o = _overrides(model)
+    need.overrides = o
+    if "mem_mb" in o:
+        need.mem_mb = int(o["mem_mb"])
+    if "runtime" in o:
+        need.runtime = int(o["runtime"])
+    if "threads" in o:
+        need.threads = int(o["threads"])
+    if "gpus" in o:
+        need.gpus = int(o["gpus"])
+    if "gpu_mem_gb" in o:
+        need.gpu_mem_mb = int(o["gpu_mem_gb"] * 1000)
+    if not need.gpus:
+        need.gpu_mem_mb = 0
+    return need
+
+
+def _minutes(seconds: float) -> int:
+    """Runtime to ask for: 1.5 x the estimate plus 10 minutes of start-up, whole minutes."""
+    return math.ceil(seconds * 1.5 / 60) + 10
+
+
+def gpu_count(model: dict[str, Any], device: str) -> int:
+    if device == "cpu":
+        return 0
+    return int(_overrides(model).get("gpus", 1))
+
+
+def dump_need(
+    model: dict[str, Any], texts: Texts, layers: list[str | int], device: str = "auto", threads: int = 4
+) -> Need:
+    """A hidden-state dump: weights + one batch's hidden states and logits on the GPU, one shard
+    of hidden states in host memory, every stored layer of every token on disk."""
+    s = shape(model)
+    b, sb = BYTES[s.dtype], BYTES[s.dump_dtype]
+    n_layers = n_dumped_layers(layers, s.layers)
+    batch = min(int(model.get("batch_tokens") or 16384), max(texts.tokens, 1))
+    weights = s.params * b
+    # all L+1 hidden states of the batch (output_hidden_states), the logits and their float copy,
+    # one block's MLP intermediate (4d), and 1.5 GB for the CUDA context and allocator slack
+    act = batch * (s.hidden * b * (s.layers + 1) + s.vocab * (b + 4) + 4 * s.hidden * b)
+    gpu = weights + act + 1.5e9
+    shard_tokens = min(texts.tokens, int(model.get("shard_texts") or 256) * texts.longest)
+    shard = shard_tokens * s.hidden * max(b, sb) * n_layers * 2  # the collected states + their concat
+    host = weights * 1.2 + shard + 3e9
+    disk = texts.tokens * s.hidden * sb * n_layers * 1.02 + 50 * MB
+    gpus = gpu_count(model, device)
+    flops = 2 * s.params * texts.tokens
+    rate = GPU_FLOPS[s.dtype] if gpus else CPU_FLOPS_PER_THREAD * threads
+    seconds = flops / rate + disk / (DISK_MB_PER_S * MB) + weights / (DISK_MB_PER_S * MB)
+    need = Need(
+        mem_mb=int(host / MB) + 1,
+        runtime=_minutes(seconds),
+        threads=threads,
+        gpus=gpus,
+        gpu_mem_mb=int(gpu / MB) + 1 if gpus else 0,
+        disk_mb=int(disk / MB) + 1,
+    )
+    return _apply(need, model)
+
+
+def erank_need(model: dict[str, Any], texts: Texts, layers: list[str | int], threads: int = 4) -> Need:
+    """The per-text eRank of a dump, reading one text at a time: one text's states in float64
+    (a few copies while centring and normalising), the d x d Gram matrix and its eigensolver."""
+    s = shape(model)
+    n_layers = n_dumped_layers(layers, s.layers)
+    one_text = texts.longest * s.hidden * 8 * 4 + s.hidden**2 * 8 * 3
+    mem = one_text + 1.5e9 + texts.n * 2000  # + the result rows
+    work = n_layers * texts.tokens * s.hidden**2 + n_layers * texts.n * s.hidden**3
+    seconds = ERANK_REF_SECONDS * work / ERANK_REF_WORK / threads**0.8
+    disk_read = texts.tokens * s.hidden * BYTES[s.dump_dtype] * n_layers * 2  # checksum + read
+    seconds += disk_read / (DISK_MB_PER_S * MB)
+    return Need(mem_mb=int(mem / MB) + 1, runtime=_minutes(seconds), threads=threads)
+
+
+def finetune_need(
+    model: dict[str, Any], recipe: dict[str, Any], device: str = "auto", threads: int = 4
+) -> Need:
+    """Full fine-tuning with AdamW in float32: weights, gradients and two moments (16 bytes per
+    parameter) plus the activations of one batch kept for the backward pass."""
+    s = shape(model)
+    tokens = recipe["batch_size"] * recipe["max_length"]
+    states = 16 * s.params
+    act = tokens * s.hidden * s.layers * 34 + tokens * s.vocab * 4 * 3
+    gpus = gpu_count(model, device)
+    flops = 6 * s.params * tokens * recipe["steps"]
+    rate = GPU_FLOPS["float32"] if gpus else CPU_FLOPS_PER_THREAD * threads
+    host = (states + act if not gpus else 3 * 4 * s.params) + 3e9  # load + save copies on a GPU job
+    need = Need(
+        mem_mb=int(host / MB) + 1,
+        runtime=_minutes(flops / rate + 3 * 4 * s.params / (DISK_MB_PER_S * MB)),
+        threads=threads,
+        gpus=gpus,
+        gpu_mem_mb=int((states + act + 1.5e9) / MB) + 1 if gpus else 0,
+        disk_mb=int(4 * s.params / MB) + 1,
+    )
+    return _apply(need, model)
+
+
+def accuracy_need(
+    model: dict[str, Any], accuracy: dict[str, Any], device: str = "auto", threads: int = 4
+) -> Need:
+    """lm-eval zero-shot scoring: the weights and one batch of short multiple-choice contexts."""
+    s = shape(model)
+    b = BYTES[s.dtype]
+    batch_tokens = int(accuracy.get("batch_size") or 8) * 512
+    gpus = gpu_count(model, device)
+    examples = 3000 * len(accuracy.get("tasks") or [1]) * 2
+    flops = 2 * s.params * examples * 128
+    rate = GPU_FLOPS[s.dtype] if gpus else CPU_FLOPS_PER_THREAD * threads
+    need = Need(
+        mem_mb=int((s.params * b * 1.2 + 4e9) / MB) + 1,
+        runtime=_minutes(flops / rate + s.params * b / (DISK_MB_PER_S * MB)),
+        threads=threads,
+        gpus=gpus,
+        gpu_mem_mb=int((s.params * b + batch_tokens * s.vocab * (b + 4) + 1.5e9) / MB) + 1 if gpus else 0,
+    )
+    return _apply(need, model)
+
+
+def mm_need(mm_model: dict[str, Any], device: str = "auto", threads: int = 4) -> Need:
+    """LLaVA: the language model (``size`` like 7b, 13b) plus its vision tower, a few hundred items."""
+    size = str(mm_model.get("size", "7b")).lower()
+    params = float(size[:-1]) * (1e9 if size.endswith("b") else 1e6) if size[-1:] in "bm" else 7e9
+    b = BYTES[mm_model.get("dtype", "float16")]
+    gpus = gpu_count(mm_model, device)
+    need = Need(
+        mem_mb=int((params * b * 1.5 + 8e9) / MB) + 1,
+        runtime=240,
+        threads=threads,
+        gpus=gpus,
+        gpu_mem_mb=int((params * b * 1.2 + 4e9) / MB) + 1 if gpus else 0,
+    )
+    return _apply(need, mm_model)
+
+
+def gpu_request(gpu_mem_mb: int, cluster: dict[str, Any]) -> dict[str, Any]:
+    """The Slurm resources (executor plugin 2.8) that put a job on a GPU with enough memory.
+
+    ``cluster.gpu_types`` maps the site's GPU types to their memory in GB; ``gpu_request`` says
+    how a type is asked for: ``constraint`` (node features, ``-C 'a|b'``: every type that fits),
+    ``gpu_model`` (``--gpus=<type>:1``: the smallest that fits) or ``gres``
+    (``--gres=gpu:<type>:1``, without ``gpu``: the plugin refuses both). No types: any GPU.
+    """
+    if gpu_mem_mb <= 0:
+        return {"gpu": 0}
+    types = cluster.get("gpu_types") or {}
+    fits = sorted((gb, name) for name, gb in types.items() if gb * 1000 >= gpu_mem_mb)
+    if not types:
+        return {"gpu": 1}
+    if not fits:
+        biggest = max(types.values())
+        raise ValueError(
+            f"a job needs {gpu_mem_mb / 1000:.0f} GB of GPU memory but the largest GPU in cluster.gpu_types "
+            f"has {biggest} GB: lower batch_tokens or use a smaller dtype, or set the model's "
+            f"resources.gpu_mem_gb to override the estimate"
+        )
+    how = cluster.get("gpu_request", "constraint")
+    if how == "gres":
+        return {"gpu": 0, "gres": f"gpu:{fits[0][1]}:1"}
+    if how == "gpu_model":
+        return {"gpu": 1, "gpu_model": fits[0][1]}
+    return {"gpu": 1, "constraint": "|".join(name for _, name in fits)}

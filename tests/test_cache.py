@@ -1,0 +1,155 @@
+"""The shared measurement cache: what its keys depend on, sample prefixes, and run-folder views."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from diff_erank import cache
+from diff_erank.config import ConfigError, load_config
+from diff_erank.data import DataError, sample_indices
+from diff_erank.dump import FORMAT_VERSION
+from diff_erank.provenance import provenance
+from diff_erank.storage import read_provenance, write_parquet
+
+
+def cfg(*overrides: str) -> dict:
+    return load_config(REPO / "conf", list(overrides))
+
+
+def test_experiments_share_a_measurement_whatever_their_name() -> None:
+    fig1, table4, table9 = (
+        cache.Keys(cfg(f"experiment={e}"), f"results/{e}") for e in ("fig1", "table4", "table9")
+    )
+    job = ("opt-13b", "trained", "dolly-15k")
+    assert fig1.measured[job] == table4.measured[job] == table9.measured[job]
+    assert fig1.texts["dolly-15k"] == table9.texts["dolly-15k"]
+    # table4's four layers are a table of their own; fig1 and table9 (last) share theirs
+    assert fig1.layers == table9.layers == "last" != table4.layers
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "models.opt-125m.revision=abc123",
+        "models.opt-125m.dtype=float16",
+        "models.opt-125m.dump_dtype=bfloat16",
+        "models.opt-125m.max_length=512",
+        "datasets.dolly-15k.max_texts=100",
+        "datasets.dolly-15k.source.revision=v2",
+    ],
+)
+def test_a_change_to_any_part_of_the_key_is_a_new_key(override: str) -> None:
+    job = ("opt-125m", "trained", "dolly-15k")
+    base = cache.Keys(cfg("experiment=table9"), "results/table9")
+    changed = cache.Keys(cfg("experiment=table9", override), "results/table9")
+    assert changed.measured[job] != base.measured[job]
+
+
+def test_labels_and_resources_are_not_part_of_the_key() -> None:
+    job = ("opt-125m", "init-s0", "dolly-15k")
+    base = cache.Keys(cfg("experiment=table9"), "results/table9")
+    other = cache.Keys(
+        cfg(
+            "experiment=table9",
+            "models.opt-125m.resources.mem_mb=999",
+            "models.opt-125m.size=tiny",
+            "datasets.dolly-15k.description=renamed",
+            "name=elsewhere",
+        ),
+        "results/elsewhere",
+    )
+    assert other.measured[job] == base.measured[job]
+    assert base.measured[job] != base.measured[("opt-125m", "trained", "dolly-15k")]  # variant counts
+    assert cache.CACHE_FORMAT == FORMAT_VERSION  # a new dump format is a new key
+
+
+def test_the_cache_folder_is_not_a_run_name() -> None:
+    with pytest.raises(ConfigError, match="shared measurement cache"):
+        cache.cache_dir(cfg("experiment=table9", "name=cache"))
+
+
+@pytest.mark.parametrize("k", [1000, 5000])
+def test_smaller_paper_samples_are_prefixes_of_the_10000_one(k: int) -> None:
+    """Issue 12's claim, with the sampling code prepare runs, on Wikipedia's population size."""
+    n = 6_458_670  # rows of 20220301.en
+    assert sample_indices(n, k, "paper", 123) == sample_indices(n, 10_000, "paper", 123)[:k]
+    random.seed(123)
+    assert random.sample(range(n), k) == sample_indices(n, k, "paper", 123)  # the authors' call
+    # not a law: on 30,000 rows random.sample switches algorithm between k and 10,000
+    assert sample_indices(30_000, k, "paper", 123) != sample_indices(30_000, 10_000, "paper", 123)[:k]
+
+
+def test_table11_reads_its_smaller_samples_from_the_larger_table() -> None:
+    keys = cache.Keys(cfg("experiment=table11"), "results/table11")
+    assert keys.prefix == {
+        "wikipedia-1000": ("wikipedia-10000", 1000),
+        "wikipedia-5000": ("wikipedia-10000", 5000),
+    }
+    for v in ("trained", "init-s0"):
+        ids = {
+            keys.measured[("opt-1_3b", v, d)] for d in ("wikipedia-1000", "wikipedia-5000", "wikipedia-10000")
+        }
+        assert len(ids) == 1
+
+
+def _tables(tmp_path, n_population: int, big: int):
+    """A prepared 'big' sample and a per-text eRank table of it, as prepare and measure write them."""
+    spec = cfg("experiment=table11")["datasets"]["wikipedia-10000"] | {"max_texts": big}
+    ids = sample_indices(n_population, big, "paper", 123)
+    texts = ["" if i == 2 else f"text {i}" for i in range(big)]  # position 2 is blank: skipped
+    tpath = tmp_path / "texts.parquet"
+    write_parquet(
+        pd.DataFrame({"text_id": ids, "text": texts}), tpath, provenance(spec, n_eligible=n_population)
+    )
+    rows = [
+        {"position": p, "text_id": ids[p], "layer": layer, "n_tokens": 5, "erank": float(p)}
+        for p in range(big)
+        if p != 2
+        for layer in ("first", "last")
+    ]
+    table = tmp_path / "erank" / "k" / "first+last.parquet"
+    write_parquet(pd.DataFrame(rows), table, provenance(dump={"n_texts_in": big, "n_params": 7}))
+    table.with_suffix(".json").write_text(json.dumps({"key": "k", "layers": ["first", "last"]}))
+    return tpath, table
+
+
+def test_a_view_keeps_the_layers_and_first_texts_and_says_where_they_came_from(tmp_path) -> None:
+    tpath, table = _tables(tmp_path, 6_458_670, 40)
+    out = tmp_path / "view.parquet"
+    cache.select(table, out, ["last"], tpath, first=10)
+    view = pd.read_parquet(out)
+    assert set(view["layer"]) == {"last"} and sorted(view["position"]) == [0, 1, *range(3, 10)]
+    prov = read_provenance(out)
+    assert prov["cache"]["table"] == str(table) and prov["cache"]["key"]["key"] == "k"
+    assert prov["dump"] | {"n_params": 7} == prov["dump"]
+    assert (prov["dump"]["n_texts_in"], prov["dump"]["n_texts"], prov["dump"]["n_skipped_empty"]) == (
+        10,
+        9,
+        1,
+    )
+
+
+def test_a_sample_that_is_no_prefix_is_refused(tmp_path) -> None:
+    tpath, table = _tables(tmp_path, 150, 40)  # 150 rows: k = 10 and k = 40 draw differently
+    with pytest.raises(DataError, match="not the first 10 of its 40-text sample"):
+        cache.select(table, tmp_path / "view.parquet", ["last"], tpath, first=10)
+
+
+def test_a_table_with_more_layers_serves_a_run_that_asks_for_fewer(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    t4 = cache.Keys(cfg("experiment=table4"), "results/table4")
+    f1 = cache.Keys(cfg("experiment=fig1"), "results/fig1")
+    job = ("opt-125m", "trained", "dolly-15k")
+    key = t4.measured[job]
+    assert f1.source_table(*job) == f1.table_path(key) != t4.table_path(key)  # nothing cached yet
+    table = tmp_path / t4.table_path(key)
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"a finished table")
+    table.with_suffix(".json").write_text(json.dumps(t4.describe(key)))
+    assert f1.source_table(*job) == str(t4.table_path(key))  # table4's four layers hold fig1's last
+    assert t4.describe(key)["layers"] == ["embeddings", "first", "middle", "last"]
