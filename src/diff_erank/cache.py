@@ -49,6 +49,7 @@ MODEL_KEYS = (
     "trust_remote_code",
     "max_length",
     "min_tokens",
+    "gguf",  # a GGUF entry's file, SHA-256 and packages: its identity (source may be null)
 )
 #: Dataset fields that do not change the texts.
 DATASET_NEUTRAL = ("description", "paper_name", "paper_variant", "measure", "size_hint")
