@@ -128,18 +128,27 @@ def plan_shards(lengths: Sequence[int], shard_texts: int) -> list[list[int]]:
     return [order[i : i + shard_texts] for i in range(0, len(order), shard_texts)]
 
 
-def plan_batches(lengths: Sequence[int], members: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Greedy length-bucketed batches: padded size (count x longest) stays within the budget."""
+#: Largest share of padding in a batch: a padded position costs a real one's compute, and on a CPU
+#: (compute-bound at any batch size) batching only pays when it pads little.
+MAX_PADDING = 0.1
+
+
+def plan_batches(
+    lengths: Sequence[int], members: Sequence[int], batch_tokens: int, max_padding: float = MAX_PADDING
+) -> list[list[int]]:
+    """Greedy length-bucketed batches: padded size (count x longest) stays within the budget and
+    at most ``max_padding`` of it is padding (a text that would pad more starts a new batch)."""
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real = 0
     for i in sorted(members, key=lambda i: (-lengths[i], i)):
         new_longest = max(longest, lengths[i])
-        if current and new_longest * (len(current) + 1) > batch_tokens:
+        padded = new_longest * (len(current) + 1)
+        if current and (padded > batch_tokens or real + lengths[i] < (1 - max_padding) * padded):
             batches.append(current)
-            current, new_longest = [], lengths[i]
+            current, new_longest, real = [], lengths[i], 0
         current.append(i)
-        longest = new_longest
+        longest, real = new_longest, real + lengths[i]
     if current:
         batches.append(current)
     return batches
