@@ -8,6 +8,7 @@ path; the GPU benchmark's CPU smoke mode end to end.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import subprocess
 import sys
@@ -42,6 +43,26 @@ def test_loss_from_chunked_head_equals_full_logits(tiny_model, monkeypatch) -> N
         ref = F.cross_entropy(out.logits[0, :-1], torch.tensor(s[1:]))
         assert got == pytest.approx(float(ref), rel=1e-5)
         torch.testing.assert_close(hidden, out.hidden_states[-1][0], rtol=1e-5, atol=1e-5)
+
+
+def test_post_processed_logits_fall_back_to_the_full_logits(tiny_opt, caplog) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_opt / "main", dtype=torch.float32).eval()
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def soft_capped(*args, **kw):  # as Gemma 2 does, but undeclared in the config
+        out = forward(*args, **kw)
+        out.logits = 2.0 * torch.tanh(out.logits / 2.0)
+        return out
+
+    model.forward = soft_capped
+    seqs = [[1, 5, 9, 13, 2], [1, 7, 3]]
+    _, losses = D.forward_batch(model, seqs, {"last": 2}, torch.device("cpu"))
+    assert "not its LM head" in caplog.text
+    for s, got in zip(seqs, losses, strict=True):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([s])).logits[0, :-1]
+        assert got == pytest.approx(float(F.cross_entropy(logits, torch.tensor(s[1:]))), rel=1e-5)
 
 
 def test_streamed_writer_is_bit_identical_to_save_file(tmp_path) -> None:
