@@ -204,21 +204,18 @@ def _losses_from_head(
     ``LOSS_CHUNK_ELEMENTS / vocab`` tokens at once, and the per-token losses are summed per text
     in float64: peak memory is one chunk of logits, not the batch's ``tokens x vocab``.
     """
-    b, width = ids.shape
-    keep = (
-        torch.arange(width - 1, device=ids.device)[None, :]
-        < torch.tensor([n - 1 for n in lengths], device=ids.device)[:, None]
-    )
-    packed, targets = last[:, :-1][keep], ids[:, 1:][keep]
-    text_of = torch.arange(b, device=ids.device).repeat_interleave(keep.sum(1))
+    b = ids.shape[0]
+    packed = torch.cat([last[row, : n - 1] for row, n in enumerate(lengths)])  # slices: one plain copy
+    targets = torch.cat([ids[row, 1:n] for row, n in enumerate(lengths)])
+    counts = torch.tensor([n - 1 for n in lengths], device=ids.device)
+    text_of = torch.arange(b, device=ids.device).repeat_interleave(counts)
     chunk = max(1, LOSS_CHUNK_ELEMENTS // max(1, int(head.weight.shape[0])))
     total = torch.zeros(b, dtype=torch.float64, device=ids.device)
     for a in range(0, packed.shape[0], chunk):
         logits = head(packed[a : a + chunk]).float()
         nll = F.cross_entropy(logits, targets[a : a + chunk], reduction="none")
         total.index_add_(0, text_of[a : a + chunk], nll.double())
-    counts = torch.tensor([n - 1 for n in lengths], dtype=torch.float64, device=ids.device)
-    return (total / counts).tolist()
+    return (total / counts.double()).tolist()
 
 
 def _losses_from_logits(logits: torch.Tensor, ids: torch.Tensor, lengths: Sequence[int]) -> list[float]:
@@ -277,10 +274,9 @@ def forward_batch(
         if head is not None
         else _losses_from_logits(out.logits, ids, lengths)
     )
-    real = mask.bool()
     states = {}
     for name, i in layer_idx.items():
-        packed = hs[i][real]
+        packed = torch.cat([hs[i][row, :n] for row, n in enumerate(lengths)])
         if store_dtype is not None:
             packed = packed.to(store_dtype)
         if spectra:
