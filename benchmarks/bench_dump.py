@@ -6,7 +6,7 @@ a forward does not depend on the weights' values), saved once with ``save_pretra
 are the demo corpus's paragraphs joined to documentation-like lengths (about 30 to 400 tokens).
 
     python benchmarks/bench_dump.py setup DIR [--texts 60]
-    python benchmarks/bench_dump.py dump DIR [--threads 1] [--batch-tokens 16384] [--variant trained]
+    python benchmarks/bench_dump.py dump DIR [--threads 1] [--batch-tokens 16384] [--variant trained,init-s0]
     python benchmarks/bench_dump.py authors DIR [--threads 1]   # batch 1, AutoModel, no LM head, no loss
 
 ``dump`` runs the pipeline's dump of one variant and then its eRank stage in this process and
@@ -136,13 +136,14 @@ def main() -> None:
     p.add_argument("--texts", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-tokens", type=int, default=16384)
-    p.add_argument("--variant", default="trained")
+    p.add_argument("--variant", default="trained", help="comma-separated: trained,init-s0 as the authors")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.what == "setup":
         setup(args.root, args.texts)
     elif args.what == "dump":
-        run_dump(args.root, args.variant, args.batch_tokens)
+        for variant in args.variant.split(","):
+            run_dump(args.root, variant, args.batch_tokens)
     else:
         run_authors(args.root)
 
