@@ -27,6 +27,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import torch
+import transformers  # noqa: F401 (start-up, paid once per job: the dump's fingerprint reads its version)
 
 from diff_erank.dump import dump
 from diff_erank.measure import measure
