@@ -135,3 +135,23 @@ def test_batches_pad_at_most_max_padding() -> None:
         padded, real = max(lengths[i] for i in b) * len(b), sum(lengths[i] for i in b)
         assert padded <= 16384 and (len(b) == 1 or real >= (1 - D.MAX_PADDING) * padded)
     assert sum(map(len, batches)) / len(batches) > 4  # sorted lengths still batch
+
+
+def test_writer_error_reaches_the_caller_and_publishes_nothing(tiny_opt, texts_file, tmp_path, monkeypatch):
+    def disk_full(tensors, path, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(D, "write_safetensors", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        D.dump(model_spec(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
+    assert not (tmp_path / "d").exists()
+    assert not list((tmp_path / "d.partial").glob("shard-*"))
+
+
+def test_store_is_a_closed_sweep_wide_choice() -> None:
+    from diff_erank.config import ConfigError, load_config
+
+    cfg = load_config(REPO / "conf", ["experiment=ci", "model.store=spectra"])
+    assert {m["store"] for m in cfg["models"].values()} == {"spectra"}
+    with pytest.raises(ConfigError, match="store"):
+        load_config(REPO / "conf", ["experiment=ci", "model.store=gram"])
