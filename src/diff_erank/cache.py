@@ -50,6 +50,7 @@ MODEL_KEYS = (
     "max_length",
     "min_tokens",
     "gguf",  # a GGUF entry's file, SHA-256 and packages: its identity (source may be null)
+    "store",  # hidden states or spectra on disk: two kinds of dump
 )
 #: Dataset fields that do not change the texts.
 DATASET_NEUTRAL = ("description", "paper_name", "paper_variant", "measure", "size_hint")

@@ -16,6 +16,7 @@ looks complete.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file
 
 from diff_erank.config import LAYER_NAMES, ConfigError
+from diff_erank.erank import spectrum_and_dropped
 from diff_erank.models import (
     DTYPES,
     gguf_provenance,
@@ -41,7 +44,8 @@ from diff_erank.models import (
 )
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
-from diff_erank.storage import atomic_path, atomic_publish_dir, read_parquet, sha256, write_json
+from diff_erank.shardwriter import ShardWriter, write_safetensors
+from diff_erank.storage import atomic_publish_dir, read_parquet, sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +138,27 @@ def plan_shards(lengths: Sequence[int], shard_texts: int) -> list[list[int]]:
     return [order[i : i + shard_texts] for i in range(0, len(order), shard_texts)]
 
 
-def plan_batches(lengths: Sequence[int], members: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Greedy length-bucketed batches: padded size (count x longest) stays within the budget."""
+#: Largest share of padding in a batch: a padded position costs a real one's compute, and on a CPU
+#: (compute-bound at any batch size) batching only pays when it pads little.
+MAX_PADDING = 0.1
+
+
+def plan_batches(
+    lengths: Sequence[int], members: Sequence[int], batch_tokens: int, max_padding: float = MAX_PADDING
+) -> list[list[int]]:
+    """Greedy length-bucketed batches: padded size (count x longest) stays within the budget and
+    at most ``max_padding`` of it is padding (a text that would pad more starts a new batch)."""
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real = 0
     for i in sorted(members, key=lambda i: (-lengths[i], i)):
         new_longest = max(longest, lengths[i])
-        if current and new_longest * (len(current) + 1) > batch_tokens:
+        padded = new_longest * (len(current) + 1)
+        if current and (padded > batch_tokens or real + lengths[i] < (1 - max_padding) * padded):
             batches.append(current)
-            current, new_longest = [], lengths[i]
+            current, new_longest, real = [], lengths[i], 0
         current.append(i)
-        longest = new_longest
+        longest, real = new_longest, real + lengths[i]
     if current:
         batches.append(current)
     return batches
@@ -162,40 +175,150 @@ def pad_right(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
+#: Config attributes of models whose logits are not just the LM head applied to the last hidden
+#: state (a soft cap, a scale): for those the loss is read from the model's own full logits.
+_LOGIT_POSTPROCESSING = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier_scale",
+)
+#: Float elements of one chunk of LM-head logits in the loss (64 Mi = 256 MiB in float32).
+LOSS_CHUNK_ELEMENTS = 1 << 26
+
+
+def _head_for_loss(model) -> torch.nn.Module | None:
+    """The LM head, if the model's logits are exactly ``head(hidden_states[-1])`` and it can skip them.
+
+    transformers' causal LMs take ``logits_to_keep`` (only the last position's logits are made);
+    remote code that does not, or a model that post-processes its logits, gets None.
+    """
+    import inspect
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module):
+        return None
+    if any(getattr(model.config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING):
+        return None
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return None
+    return head
+
+
+def _losses_from_head(
+    head: torch.nn.Module, last: torch.Tensor, ids: torch.Tensor, lengths: Sequence[int]
+) -> list[float]:
+    """Mean next-token cross-entropy per text, the logits made a chunk of tokens at a time.
+
+    The real (unpadded) positions of all texts are packed, the head is applied to at most
+    ``LOSS_CHUNK_ELEMENTS / vocab`` tokens at once, and the per-token losses are summed per text
+    in float64: peak memory is one chunk of logits, not the batch's ``tokens x vocab``.
+    """
+    b = ids.shape[0]
+    packed = torch.cat([last[row, : n - 1] for row, n in enumerate(lengths)])  # slices: one plain copy
+    targets = torch.cat([ids[row, 1:n] for row, n in enumerate(lengths)])
+    counts = torch.tensor([n - 1 for n in lengths], device=ids.device)
+    text_of = torch.arange(b, device=ids.device).repeat_interleave(counts)
+    chunk = max(1, LOSS_CHUNK_ELEMENTS // max(1, int(head.weight.shape[0])))
+    total = torch.zeros(b, dtype=torch.float64, device=ids.device)
+    for a in range(0, packed.shape[0], chunk):
+        logits = head(packed[a : a + chunk]).float()
+        nll = F.cross_entropy(logits, targets[a : a + chunk], reduction="none")
+        total.index_add_(0, text_of[a : a + chunk], nll.double())
+    return (total / counts.double()).tolist()
+
+
+def _losses_from_logits(logits: torch.Tensor, ids: torch.Tensor, lengths: Sequence[int]) -> list[float]:
+    """Mean next-token cross-entropy per text from the model's full logits (the fallback path)."""
+    return [
+        float(F.cross_entropy(logits[row, : n - 1].float(), ids[row, 1:n].to(logits.device)))
+        for row, n in enumerate(lengths)
+    ]
+
+
 @torch.no_grad()
 def forward_batch(
-    model, seqs: Sequence[Sequence[int]], layer_idx: dict[str, int], device: torch.device
-) -> tuple[dict[str, list[torch.Tensor]], list[float]]:
+    model,
+    seqs: Sequence[Sequence[int]],
+    layer_idx: dict[str, int],
+    device: torch.device,
+    store_dtype: torch.dtype | None = None,
+    spectra: bool = False,
+) -> tuple[dict[str, list], list[float]]:
     """Hidden states (per layer, per text, unpadded, on the CPU) and mean next-token loss per text.
+
+    The full-vocabulary logits of the batch (tokens x vocab, 3.2 GB in float32 for 16k tokens of
+    a 49k-token vocabulary) are never made: the model is asked for its last position's logits
+    only (``logits_to_keep=1``) and the loss applies the LM head to the last hidden state a chunk
+    of tokens at a time; the kept logits check that this head is what the model applies. Models
+    that cannot (see :func:`_head_for_loss`) fall back to their full logits.
+
+    Each layer's real tokens are packed and cast to ``store_dtype`` on the device and copied to
+    the CPU in one transfer; the per-text tensors are views into it. With ``spectra`` each text's
+    covariance spectrum is computed on the device instead (float64, Gram form, see
+    :mod:`diff_erank.erank`) and only the eigenvalues come back, as :class:`Spectrum`.
 
     The cache is off: a single full-sequence pass needs none, and OpenELM's remote code builds
     one with an API transformers 5 no longer has whenever ``use_cache`` is on.
     """
     ids, mask = pad_right(seqs)
-    out = model(
-        input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False
-    )
+    ids, mask = ids.to(device), mask.to(device)
+    lengths = [len(s) for s in seqs]
+    head = _head_for_loss(model)
+    kw: dict[str, Any] = {"logits_to_keep": 1} if head is not None else {}
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, **kw)
     hs = out.hidden_states
-    states = {
-        name: [hs[i][row, : len(s)].cpu() for row, s in enumerate(seqs)] for name, i in layer_idx.items()
-    }
-    losses = []
-    for row, s in enumerate(seqs):
-        n = len(s)
-        logits = out.logits[row, : n - 1].float()
-        losses.append(float(F.cross_entropy(logits, ids[row, 1:n].to(logits.device))))
+    if head is not None:
+        kept = out.logits[:, -1].float()
+        mine = head(hs[-1][:, -1]).float()
+        tol = max(1e-4, 4 * torch.finfo(out.logits.dtype).eps)  # a few roundings of the model's dtype
+        if out.logits.shape[1] != 1 or not torch.allclose(
+            mine, kept, rtol=tol, atol=tol * float(kept.abs().max())
+        ):
+            log.warning("the model's logits are not its LM head on the last hidden state: full logits")
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            head = None
+            hs = out.hidden_states
+    losses = (
+        _losses_from_head(head, hs[-1], ids, lengths)
+        if head is not None
+        else _losses_from_logits(out.logits, ids, lengths)
+    )
+    states = {}
+    for name, i in layer_idx.items():
+        packed = torch.cat([hs[i][row, :n] for row, n in enumerate(lengths)])
+        if store_dtype is not None:
+            packed = packed.to(store_dtype)
+        if spectra:
+            states[name] = [Spectrum(*spectrum_and_dropped(t), t.shape[1]) for t in packed.split(lengths)]
+        else:
+            states[name] = list(packed.cpu().split(lengths))
     return states, losses
 
 
+@dataclass
+class Spectrum:
+    """One text's covariance spectrum at one layer (what ``store: spectra`` keeps)."""
+
+    values: np.ndarray  # float64, descending, summing to 1
+    n_dropped: int
+    dim: int
+
+
 def run_batches(
-    model, seqs: Sequence[Sequence[int]], batches: list[list[int]], layer_idx: dict[str, int], device
-) -> Iterator[tuple[list[int], dict[str, list[torch.Tensor]], list[float]]]:
+    model,
+    seqs: Sequence[Sequence[int]],
+    batches: list[list[int]],
+    layer_idx: dict[str, int],
+    device,
+    **kw: Any,
+) -> Iterator[tuple[list[int], dict[str, list], list[float]]]:
     """Run the batches; on an out-of-memory error split the batch in two and carry on."""
     pending = list(reversed(batches))
     while pending:
         batch = pending.pop()
         try:
-            states, losses = forward_batch(model, [seqs[i] for i in batch], layer_idx, device)
+            states, losses = forward_batch(model, [seqs[i] for i in batch], layer_idx, device, **kw)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -241,6 +364,39 @@ def _shard_done(partial: Path, k: int) -> bool:
     meta = json.loads(side.read_text())
     f = partial / meta["file"]
     return f.is_file() and sha256(f) == meta["sha256"]
+
+
+def _hidden_shard(
+    per_text: list[dict[str, torch.Tensor]], lengths: list[int], layers: list[str]
+) -> dict[str, Any]:
+    """A hidden-state shard: per layer the texts' states end to end, and the offsets into them."""
+    tensors: dict[str, Any] = {f"layer.{n}": [t[n] for t in per_text] for n in layers}
+    sizes = torch.tensor(lengths, dtype=torch.long)
+    tensors["offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+    return tensors
+
+
+def _spectra_shard(
+    per_text: list[dict[str, Spectrum]], lengths: list[int], layers: list[str]
+) -> dict[str, Any]:
+    """A spectra shard: per layer the texts' eigenvalues end to end, their offsets, dropped rows."""
+    tensors: dict[str, Any] = {"n_tokens": torch.tensor(lengths, dtype=torch.long)}
+    for n in layers:
+        values = [torch.from_numpy(t[n].values) for t in per_text]
+        sizes = torch.tensor([len(v) for v in values], dtype=torch.long)
+        tensors[f"spectrum.{n}"] = values
+        tensors[f"spectrum_offsets.{n}"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        tensors[f"n_dropped.{n}"] = torch.tensor([t[n].n_dropped for t in per_text], dtype=torch.long)
+    return tensors
+
+
+def _write_shard(partial: Path, k: int, tensors: dict[str, Any], dims: dict[str, int], n_texts: int) -> dict:
+    """Write shard ``k`` and then its sidecar (the sidecar marks it finished); its metadata."""
+    name = f"shard-{k:05d}.safetensors"
+    digest = write_safetensors(tensors, partial / name, metadata={"format": str(FORMAT_VERSION)})
+    meta = {"file": name, "sha256": digest, "n_texts": n_texts, "dims": dims}
+    write_json(meta, partial / f"shard-{k:05d}.json")
+    return meta
 
 
 def pick_device(name: str) -> torch.device:
@@ -299,44 +455,53 @@ def dump(
     store_dtype = DTYPES[spec["dump_dtype"]]
     lengths = [len(s) for s in tok.ids]
     shards = plan_shards(lengths, spec.get("shard_texts") or 256)
-    dims: dict[str, int] = {}
+    store = spec.get("store") or "hidden"
     done = sum(_shard_done(partial, k) for k in range(len(shards)))
     if done:
         log.info("resuming: %d of %d shards already on disk", done, len(shards))
     bar = tqdm(total=sum(lengths), unit="tok", desc=f"dump {variant}", mininterval=2.0)
-    shard_meta = []
-    for k, members in enumerate(shards):
-        name = f"shard-{k:05d}.safetensors"
-        if _shard_done(partial, k):
-            meta = json.loads((partial / f"shard-{k:05d}.json").read_text())
-            dims.update(meta["dims"])
-            shard_meta.append(meta)
-            bar.update(sum(lengths[i] for i in members))
-            continue
-        collected: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
-        for batch, states, losses in run_batches(
-            model, tok.ids, plan_batches(lengths, members, spec["batch_tokens"]), layer_idx, dev
-        ):
-            for j, i in enumerate(batch):
-                collected[i] = ({n: states[n][j] for n in layer_idx}, losses[j])
-            bar.update(sum(lengths[i] for i in batch))
-        order = sorted(members)
-        tensors = {
-            f"layer.{n}": torch.cat([collected[i][0][n] for i in order]).to(store_dtype).contiguous()
-            for n in layer_idx
-        }
-        sizes = torch.tensor([lengths[i] for i in order], dtype=torch.long)
-        tensors["offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
-        tensors["loss"] = torch.tensor([collected[i][1] for i in order], dtype=torch.float64)
-        tensors["position"] = torch.tensor([tok.positions[i] for i in order], dtype=torch.long)
-        shard_dims = {n: int(tensors[f"layer.{n}"].shape[1]) for n in layer_idx}
-        dims.update(shard_dims)
-        with atomic_path(partial / name) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": str(FORMAT_VERSION)})
-        meta = {"file": name, "sha256": sha256(partial / name), "n_texts": len(order), "dims": shard_dims}
-        write_json(meta, partial / f"shard-{k:05d}.json")
-        shard_meta.append(meta)
+    metas: dict[int, dict[str, Any]] = {}
+    writer = ShardWriter(depth=2)  # the forward of the next shard runs while one is written
+    try:
+        for k, members in enumerate(shards):
+            if _shard_done(partial, k):
+                metas[k] = json.loads((partial / f"shard-{k:05d}.json").read_text())
+                bar.update(sum(lengths[i] for i in members))
+                continue
+            collected: dict[int, tuple[dict[str, Any], float]] = {}
+            for batch, states, losses in run_batches(
+                model,
+                tok.ids,
+                plan_batches(lengths, members, spec["batch_tokens"]),
+                layer_idx,
+                dev,
+                store_dtype=store_dtype,
+                spectra=store == "spectra",
+            ):
+                for j, i in enumerate(batch):
+                    collected[i] = ({n: states[n][j] for n in layer_idx}, losses[j])
+                bar.update(sum(lengths[i] for i in batch))
+            order = sorted(members)
+            shard = _spectra_shard if store == "spectra" else _hidden_shard
+            tensors = shard([collected[i][0] for i in order], [lengths[i] for i in order], list(layer_idx))
+            tensors["loss"] = torch.tensor([collected[i][1] for i in order], dtype=torch.float64)
+            tensors["position"] = torch.tensor([tok.positions[i] for i in order], dtype=torch.long)
+            first = collected[order[0]][0]
+            shard_dims = {
+                n: first[n].dim if store == "spectra" else int(first[n].shape[1]) for n in layer_idx
+            }
+            writer.put(functools.partial(_write_shard, partial, k, tensors, shard_dims, len(order)))
+            del collected, tensors
+        for meta in writer.close():
+            metas[int(meta["file"][6:11])] = meta
+    except BaseException:
+        writer.abandon()  # shards already handed over are finished: a rerun resumes after them
+        raise
     bar.close()
+    shard_meta = [metas[k] for k in range(len(shards))]
+    dims: dict[str, int] = {}
+    for meta in shard_meta:
+        dims.update(meta["dims"])
     if len(set(dims.values())) > 1:
         log.warning("hidden size differs between layers: %s (e.g. OPT-350m's project_out)", dims)
     manifest = {
@@ -349,6 +514,7 @@ def dump(
         "gguf": gguf_provenance(spec, trained_path),  # file, SHA-256, quantisation of a GGUF entry
         "dtype": spec["dtype"],
         "dump_dtype": spec["dump_dtype"],
+        "store": store,
         "device": str(dev),
         "weights": weights,
         "n_texts_in": len(texts),
@@ -415,3 +581,44 @@ def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, tor
             raise
         except Exception as exc:
             raise ShardError(f"shard unreadable: {f}: {exc}") from None
+
+
+def iter_spectra(dump_dir: str | Path) -> Iterator[tuple[int, float, int, dict[str, tuple[np.ndarray, int]]]]:
+    """Stream ``(position, loss, n_tokens, {layer: (spectrum, n_dropped)})`` of a ``store: spectra`` dump.
+
+    The reader of the other kind of dump than :func:`iter_texts`; each shard's checksum and
+    internal lengths are verified first, a mismatch names the file.
+    """
+    dump_dir = Path(dump_dir)
+    manifest = read_manifest(dump_dir)
+    if manifest.get("store") != "spectra":
+        raise ShardError(f"{dump_dir} holds hidden states, not spectra")
+    layers = list(manifest["layers"])
+    for meta in manifest["shards"]:
+        f = dump_dir / meta["file"]
+        if not f.is_file():
+            raise ShardError(f"shard missing: {f}")
+        if sha256(f) != meta["sha256"]:
+            raise ShardError(f"shard corrupt or truncated (checksum mismatch): {f}")
+        try:
+            t = load_file(str(f))
+        except Exception as exc:
+            raise ShardError(f"shard unreadable: {f}: {exc}") from None
+        n = meta["n_texts"]
+        if len(t["n_tokens"]) != n or any(
+            len(t[f"spectrum_offsets.{m}"]) != n + 1
+            or t[f"spectrum.{m}"].shape[0] != int(t[f"spectrum_offsets.{m}"][-1])
+            for m in layers
+        ):
+            raise ShardError(f"shard lengths inconsistent with its offsets: {f}")
+        off = {m: t[f"spectrum_offsets.{m}"].tolist() for m in layers}
+        for j in range(n):
+            yield (
+                int(t["position"][j]),
+                float(t["loss"][j]),
+                int(t["n_tokens"][j]),
+                {
+                    m: (t[f"spectrum.{m}"][off[m][j] : off[m][j + 1]].numpy(), int(t[f"n_dropped.{m}"][j]))
+                    for m in layers
+                },
+            )

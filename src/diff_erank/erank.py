@@ -126,6 +126,15 @@ def _spectrum_and_dropped(hidden: ArrayLike) -> tuple[np.ndarray, int]:
     return _spectrum_of_unit_rows(z), n_dropped
 
 
+def spectrum_and_dropped(hidden: ArrayLike) -> tuple[np.ndarray, int]:
+    """The covariance spectrum and the number of dropped rows, computed on ``hidden``'s device.
+
+    What a dump in ``store: spectra`` mode keeps per text and layer instead of the hidden states:
+    :func:`spectrum_entropy` of it is the text's matrix entropy.
+    """
+    return _spectrum_and_dropped(hidden)
+
+
 def spectrum_entropy(spectrum: np.ndarray) -> float:
     """Von Neumann entropy -sum p log p of a probability spectrum, with 0 log 0 = 0."""
     p = np.asarray(spectrum, dtype=np.float64)

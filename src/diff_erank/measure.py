@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from diff_erank.dump import iter_texts, read_manifest
-from diff_erank.erank import erank_stats
+from diff_erank.dump import iter_spectra, iter_texts, read_manifest
+from diff_erank.erank import ERankStats, erank_stats, spectrum_entropy
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.storage import read_parquet, write_parquet
@@ -32,15 +32,30 @@ COLUMNS = [
 ]
 
 
+def _stats(dump_dir: str | Path, manifest: dict[str, Any]):
+    """``(position, loss, {layer: ERankStats})`` per text, from either kind of dump."""
+    if manifest.get("store") == "spectra":
+        dims = {n: v["dim"] for n, v in manifest["layers"].items()}
+        for pos, loss, n_tokens, layers in iter_spectra(dump_dir):
+            out = {}
+            for name, (spectrum, n_dropped) in layers.items():
+                h = spectrum_entropy(spectrum)
+                out[name] = ERankStats(n_tokens, n_dropped, dims[name], h, math.exp(h))
+            yield pos, loss, out
+    else:
+        for pos, loss, layers in iter_texts(dump_dir):
+            yield pos, loss, {name: erank_stats(hidden) for name, hidden in layers.items()}
+
+
 def measure(dump_dir: str | Path, texts_path: str | Path | None = None) -> pd.DataFrame:
+    """One row per text and layer; a ``store: spectra`` dump gives the same rows from its spectra."""
     manifest = read_manifest(dump_dir)
     text_ids = read_parquet(texts_path, columns=["text_id"])["text_id"] if texts_path else None
     rows: list[dict[str, Any]] = []
     for pos, loss, layers in tqdm(
-        iter_texts(dump_dir), total=manifest["n_texts"], desc="erank", mininterval=2.0
+        _stats(dump_dir, manifest), total=manifest["n_texts"], desc="erank", mininterval=2.0
     ):
-        for name, hidden in layers.items():
-            s = erank_stats(hidden)
+        for name, s in layers.items():
             rows.append(
                 {
                     "position": pos,
