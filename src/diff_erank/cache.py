@@ -206,7 +206,9 @@ class Keys:
         """The part of a model entry a dump reads: the same in every experiment that shares the key
         (labels, resources and recipes are left out, so they do not rerun a shared dump)."""
         m = self.cfg["models"][self.jobs_of[key][0]]
-        return {k: m.get(k) for k in (*MODEL_KEYS, "batch_tokens", "shard_texts")}
+        return {
+            k: m.get(k) for k in (*MODEL_KEYS, "batch_tokens", "shard_texts", "train")
+        }  # train: zoo check
 
 
 @contextlib.contextmanager
