@@ -268,7 +268,7 @@ def test_workflow_runs_a_gguf_entry_from_a_local_folder(tiny_gguf, tmp_path) -> 
         f"max_length: 64, batch_tokens: 256, gguf: {{file: {file}, sha256: {digest}, packages: null}}}}"
     )
     target = "results/ci/diff/tinyg/topics.parquet"
-    r = snakemake(tmp_path, "--", target, overrides=["experiment=ci", f"+models.tinyg={entry}"])
+    r = snakemake(tmp_path, target, overrides=["experiment=ci", f"+models.tinyg={entry}"])
     assert r.returncode == 0, r.stderr[-4000:]
     out = tmp_path / "results" / "ci"
     assert json.loads((out / "gguf/tinyg/hf/gguf.json").read_text())["quantization"] == "Q8_0"
