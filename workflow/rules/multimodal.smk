@@ -50,7 +50,7 @@ rule mm_report:
     output:
         **report_rule_outputs(multimodal_files(C)),
     params:
-        inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items()),
+        inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items() if k != "config"),
         run=run_folder,
         experiment=C["name"],
     log:
