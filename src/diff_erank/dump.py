@@ -550,6 +550,16 @@ def read_manifest(dump_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _checked_shard(dump_dir: Path, meta: dict[str, Any]) -> Path:
+    """A shard's path once it exists and its bytes hash to the manifest's SHA-256 (else ShardError)."""
+    f = dump_dir / meta["file"]
+    if not f.is_file():
+        raise ShardError(f"shard missing: {f}")
+    if sha256(f) != meta["sha256"]:
+        raise ShardError(f"shard corrupt or truncated (checksum mismatch): {f}")
+    return f
+
+
 def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, torch.Tensor]]]:
     """Stream ``(position, loss, {layer: hidden [n, d]})``, one text in memory at a time.
 
@@ -561,11 +571,7 @@ def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, tor
     dump_dir = Path(dump_dir)
     manifest = read_manifest(dump_dir)
     for meta in manifest["shards"]:
-        f = dump_dir / meta["file"]
-        if not f.is_file():
-            raise ShardError(f"shard missing: {f}")
-        if sha256(f) != meta["sha256"]:
-            raise ShardError(f"shard corrupt or truncated (checksum mismatch): {f}")
+        f = _checked_shard(dump_dir, meta)
         try:
             with safe_open(str(f), framework="pt") as h:
                 offsets, loss, position = (h.get_tensor(k) for k in ("offsets", "loss", "position"))
@@ -595,11 +601,7 @@ def iter_spectra(dump_dir: str | Path) -> Iterator[tuple[int, float, int, dict[s
         raise ShardError(f"{dump_dir} holds hidden states, not spectra")
     layers = list(manifest["layers"])
     for meta in manifest["shards"]:
-        f = dump_dir / meta["file"]
-        if not f.is_file():
-            raise ShardError(f"shard missing: {f}")
-        if sha256(f) != meta["sha256"]:
-            raise ShardError(f"shard corrupt or truncated (checksum mismatch): {f}")
+        f = _checked_shard(dump_dir, meta)
         try:
             t = load_file(str(f))
         except Exception as exc:

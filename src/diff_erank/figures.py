@@ -136,23 +136,29 @@ def size_figure(
         ax.set_ylabel("Diff-eRank (solid)")
         ax2.set_ylabel("reduced loss, nats (dashed)")
         ax.set_title(f"dataset: {ds}", fontsize=10)
-    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
-    labels = [lab for a in fig.axes for lab in a.get_legend_handles_labels()[1]]
-    uniq = dict(zip(labels, handles, strict=True))
-    fig.legend(
-        uniq.values(),
-        uniq.keys(),
-        loc="outside lower center",
-        ncol=min(4, len(uniq)),
-        fontsize=8,
-        frameon=False,
-    )
+    _shared_legend(fig)
     fig.suptitle(
         f"Diff-eRank (algorithm ({algorithm}), {layer} layer) and reduced loss against model size\n"
         "error bars: 95% bootstrap interval over texts, or std over untrained seeds",
         fontsize=10,
     )
     save(fig, stem, prov)
+
+
+def _shared_legend(fig) -> None:
+    """One legend below the panels, each label once (panels repeat the same series)."""
+    labels: dict[str, Any] = {}
+    for a in fig.axes:
+        for h, lab in zip(*a.get_legend_handles_labels(), strict=True):
+            labels.setdefault(lab, h)
+    fig.legend(
+        labels.values(),
+        labels.keys(),
+        loc="outside lower center",
+        ncol=min(4, len(labels)),
+        fontsize=8,
+        frameon=False,
+    )
 
 
 def _stage_axis(ax, categories: list[str]) -> None:
@@ -334,18 +340,7 @@ def accuracy_figure(
         ax.set_ylabel("Diff-eRank (black)")
         ax2.set_ylabel("zero-shot accuracy (coloured, dotted)")
         ax.set_title(f"family: {fam}", fontsize=10)
-    labels: dict[str, Any] = {}
-    for a in fig.axes:
-        for h, lab in zip(*a.get_legend_handles_labels(), strict=True):
-            labels.setdefault(lab, h)
-    fig.legend(
-        labels.values(),
-        labels.keys(),
-        loc="outside lower center",
-        ncol=min(4, len(labels)),
-        fontsize=8,
-        frameon=False,
-    )
+    _shared_legend(fig)
     fig.suptitle(
         f"Diff-eRank (algorithm ({algorithm}), {layer} layer) and zero-shot accuracy (lm-eval) "
         "against model size",
