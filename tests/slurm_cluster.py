@@ -81,6 +81,16 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _answers(sock: Path) -> bool:
+    """Whether a server listens on a Unix socket (a stale socket file refuses the connection)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        try:
+            c.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
 class SlurmCluster:
     """``with SlurmCluster(tmp) as cluster:`` gives a running cluster with partitions ``ci`` (CPU jobs)
     and ``ci-gpu`` on the same node, which offers one GPU of type ``fake`` as a GRES (no device
@@ -201,7 +211,9 @@ StorageLoc=slurm_acct_db
         Path("/run/mysqld").mkdir(exist_ok=True)
         sock = Path("/run/mysqld/mysqld.sock")
         if sock.exists():
-            raise SlurmUnavailable(f"{sock} exists: another MariaDB/MySQL server runs on this machine")
+            if _answers(sock):
+                raise SlurmUnavailable(f"{sock} exists: another MariaDB/MySQL server runs on this machine")
+            sock.unlink()  # left behind by a server that was killed (a test run cut short)
         # munge at its default socket (slurm's auth plugin has that path compiled in), as the munge
         # user, in the foreground; reused if one already answers
         if not self._munge_ok():
