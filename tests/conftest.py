@@ -73,7 +73,7 @@ def texts_of(run_dir: Path, model: str, dataset: str):
 
     from diff_erank.storage import read_provenance
 
-    prov = read_provenance(run_dir / "erank" / model / "trained" / f"{dataset}.parquet")
+    prov = read_provenance(run_dir / "erank" / model / dataset / "trained.parquet")
     return pd.read_parquet(run_dir.parents[1] / prov["dump_provenance"]["texts"])
 
 

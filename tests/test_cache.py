@@ -27,6 +27,8 @@ def test_experiments_share_a_measurement_whatever_their_name() -> None:
     )
     job = ("opt-13b", "trained", "dolly-15k")
     assert fig1.measured[job] == table4.measured[job] == table9.measured[job]
+    # one job measures every variant of OPT-13B on dolly: the same set of variants, one key
+    assert fig1.sets[("opt-13b", "dolly-15k")] == table9.sets[("opt-13b", "dolly-15k")]
     assert fig1.texts["dolly-15k"] == table9.texts["dolly-15k"]
     # table4's four layers are a table of their own; fig1 and table9 (last) share theirs
     assert fig1.layers == table9.layers == "last" != table4.layers
@@ -66,6 +68,20 @@ def test_labels_and_resources_are_not_part_of_the_key() -> None:
     assert other.measured[job] == base.measured[job]
     assert base.measured[job] != base.measured[("opt-125m", "trained", "dolly-15k")]  # variant counts
     assert cache.CACHE_FORMAT == FORMAT_VERSION  # a new dump format is a new key
+
+
+def test_a_job_is_keyed_by_its_set_of_variants() -> None:
+    """Other untrained seeds: the trained variant's own key stays, the job's (the set's) is new."""
+    base = cache.Keys(cfg("experiment=table9"), "results/table9")
+    seeds = cache.Keys(cfg("experiment=table9", "models.opt-125m.untrained.seeds=[0,1]"), "results/table9")
+    job = ("opt-125m", "dolly-15k")
+    trained = ("opt-125m", "trained", "dolly-15k")
+    assert seeds.measured[trained] == base.measured[trained]
+    assert seeds.sets[job] != base.sets[job]
+    assert seeds.variants_of(seeds.sets[job]) == ["trained", "init-s0", "init-s1"]
+    described = base.describe(base.sets[job])["variants"]
+    assert list(described) == ["trained", "init-s0"]
+    assert described["init-s0"]["key"] == base.measured[("opt-125m", "init-s0", "dolly-15k")]
 
 
 def test_the_cache_folder_is_not_a_run_name() -> None:
@@ -112,9 +128,9 @@ def _tables(tmp_path, n_population: int, big: int):
         if p != 2
         for layer in ("first", "last")
     ]
-    table = tmp_path / "erank" / "k" / "first+last.parquet"
+    table = tmp_path / "erank" / "k" / "first+last" / "trained.parquet"
     write_parquet(pd.DataFrame(rows), table, provenance(dump={"n_texts_in": big, "n_params": 7}))
-    table.with_suffix(".json").write_text(json.dumps({"key": "k", "layers": ["first", "last"]}))
+    table.parent.with_suffix(".json").write_text(json.dumps({"key": "k", "layers": ["first", "last"]}))
     return tpath, table
 
 
@@ -144,12 +160,13 @@ def test_a_table_with_more_layers_serves_a_run_that_asks_for_fewer(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     t4 = cache.Keys(cfg("experiment=table4"), "results/table4")
     f1 = cache.Keys(cfg("experiment=fig1"), "results/fig1")
-    job = ("opt-125m", "trained", "dolly-15k")
-    key = t4.measured[job]
+    job = ("opt-125m", "dolly-15k")
+    key = t4.sets[job]
+    assert key == f1.sets[job]  # the same variants of the same model on the same texts
     assert f1.source_table(*job) == f1.table_path(key) != t4.table_path(key)  # nothing cached yet
-    table = tmp_path / t4.table_path(key)
-    table.parent.mkdir(parents=True)
-    table.write_bytes(b"a finished table")
-    table.with_suffix(".json").write_text(json.dumps(t4.describe(key)))
+    tables = tmp_path / t4.table_path(key)
+    tables.mkdir(parents=True)
+    (tables / "trained.parquet").write_bytes(b"a finished table")
+    tables.with_suffix(".json").write_text(json.dumps(t4.describe(key)))
     assert f1.source_table(*job) == str(t4.table_path(key))  # table4's four layers hold fig1's last
     assert t4.describe(key)["layers"] == ["embeddings", "first", "middle", "last"]

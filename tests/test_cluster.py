@@ -65,7 +65,7 @@ def test_slurm_dry_run_asks_for_what_the_estimates_say(experiment: str, tmp_path
         for j in jobs
         if j["rule"] == "dump"
         and "facebook/opt-13b" in j["shell"]
-        and "--variant trained" in j["shell"]
+        and "--variants trained" in j["shell"]
         and int(j["disk_mb"]) > 140_000
         and int(j["disk_mb"]) < 160_000
     ]
@@ -100,9 +100,9 @@ def test_a_second_experiment_reuses_the_first_ones_measurements(tmp_path: Path, 
     stats = second.stdout + second.stderr
     assert second.returncode == 0, stats[-3000:]
     assert not re.search(r"^(dump|erank|prepare)\s+\d+$", stats, re.M), stats[-2000:]
-    assert re.search(r"^select\s+2$", stats, re.M)
+    assert re.search(r"^diff\s+1$", stats, re.M)  # this run's view of the shared tables, and its Diff-eRank
     a, b = (
-        work / "results" / e / "erank" / "opt-125m" / "trained" / "dolly-15k.parquet"
+        work / "results" / e / "erank" / "opt-125m" / "dolly-15k" / "trained.parquet"
         for e in ("table9", "fig1")
     )
     pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True)

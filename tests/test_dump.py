@@ -212,3 +212,46 @@ def test_remote_code_is_refused_by_default(tiny_opt, tmp_path) -> None:
     assert type(model).__module__.startswith("transformers.")
     with pytest.raises(SystemExit, match="remote code ran"):
         load_variant({**spec, "trust_remote_code": True}, "trained")
+
+
+def test_a_set_dumps_each_variant_as_its_own_dump_would_and_keeps_finished_ones(
+    tiny_model, texts_file, tmp_path
+) -> None:
+    """Every variant of a model in one process gives, bit for bit, the dumps of one process each; a
+    set interrupted after a variant keeps it (same fingerprint) and redoes one made from other weights."""
+    spec = model_spec(tiny_model, untrained={"kind": "random_init", "seeds": [0, 1]})
+    names = ["trained", "init-s0", "init-s1"]
+    out = tmp_path / "set"
+    manifests = D.dump_set(spec, names, texts_file, out, layers=["first", "last"], device="cpu")
+    assert D.set_variants(out) == names and list(manifests) == names
+    for v in names:
+        alone = D.dump(spec, v, texts_file, tmp_path / f"alone-{v}", layers=["first", "last"], device="cpu")
+        assert manifests[v]["fingerprint"] == alone["fingerprint"]
+        pd.testing.assert_frame_equal(measure(out / v), measure(tmp_path / f"alone-{v}"), check_exact=True)
+    assert not measure(out / "init-s0")["erank"].equals(measure(out / "init-s1")["erank"])
+    # a set killed after its first two variants: the partial holds them finished
+    partial = tmp_path / "again.partial"
+    partial.mkdir()
+    shutil.copytree(out / "trained", partial / "trained")
+    shutil.copytree(out / "init-s1", partial / "init-s0")  # stands for a dump made from other weights
+    stamp = (partial / "trained" / "manifest.json").stat().st_mtime_ns
+    D.dump_set(spec, names, texts_file, tmp_path / "again", layers=["first", "last"], device="cpu")
+    again = tmp_path / "again"
+    assert (again / "trained" / "manifest.json").stat().st_mtime_ns == stamp  # kept, not redone
+    for v in names:
+        pd.testing.assert_frame_equal(measure(again / v), measure(out / v), check_exact=True)
+    assert not partial.exists()
+
+
+def test_a_set_of_dumps_is_measured_into_one_table_per_variant(tiny_model, texts_file, tmp_path) -> None:
+    from diff_erank.measure import measure_set_to_dir
+
+    spec = model_spec(tiny_model)
+    D.dump_set(spec, ["trained", "init-s0"], texts_file, tmp_path / "set", device="cpu")
+    rows = measure_set_to_dir(tmp_path / "set", tmp_path / "tables", texts_file)
+    tables = sorted(p.name for p in (tmp_path / "tables").iterdir())
+    assert tables == ["init-s0.parquet", "trained.parquet"]
+    trained = pd.read_parquet(tmp_path / "tables" / "trained.parquet")
+    alone = measure(tmp_path / "set" / "trained", texts_file)
+    pd.testing.assert_frame_equal(trained, alone, check_exact=True)
+    assert rows == 2 * len(trained) and not (tmp_path / "tables.partial").exists()

@@ -303,7 +303,7 @@ def test_local_inputs_rerun_and_the_run_folder_is_locked(tokenizer_dir, tmp_path
         "model.batch_tokens=512",
     ]
     work = tmp_path / "wf"
-    target = "results/table9/erank/opt-125m/trained/dolly-15k.parquet"
+    target = "results/table9/diff/opt-125m/dolly-15k.parquet"
     at = ("--cores", "2", target)  # an option first: after --configfile a bare target would be a config file
     holder = subprocess.Popen(
         [
@@ -333,7 +333,7 @@ def test_local_inputs_rerun_and_the_run_folder_is_locked(tokenizer_dir, tmp_path
     assert jobs(snakemake(work, "-n", *at, overrides=overrides)) >= {"prepare", "dump", "erank"}
     os.utime(data, ns=(stamp, stamp))
     _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # replaced weights rerun the dump
-    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) == {"dump", "erank", "select"}
+    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) == {"dump", "erank", "diff"}
 
 
 def test_atomic_writes_get_the_usual_file_mode(tmp_path) -> None:

@@ -88,8 +88,8 @@ def test_tables_hold_finite_values_for_every_model_and_checkpoint(ci_run: Path) 
 
 def test_tables_agree_with_per_text_erank(ci_run: Path) -> None:
     main = pd.read_csv(ci_run / "tables" / "diff_erank.csv").set_index("model")
-    t = pd.read_parquet(ci_run / "erank" / "zoo-opt-xs" / "trained" / "topics.parquet")
-    u = pd.read_parquet(ci_run / "erank" / "zoo-opt-xs" / "rev-step0" / "topics.parquet")
+    t = pd.read_parquet(ci_run / "erank" / "zoo-opt-xs" / "topics" / "trained.parquet")
+    u = pd.read_parquet(ci_run / "erank" / "zoo-opt-xs" / "topics" / "rev-step0.parquet")
     expected = np.exp(u["entropy"].mean()) - np.exp(t["entropy"].mean())
     assert main.loc["zoo-opt-xs", "diff_erank"] == pytest.approx(expected, rel=1e-12)
     texts = texts_of(ci_run, "zoo-opt-xs", "topics")
@@ -97,7 +97,7 @@ def test_tables_agree_with_per_text_erank(ci_run: Path) -> None:
 
 
 def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
-    prov = read_provenance(ci_run / "erank" / "zoo-opt-xs" / "trained" / "topics.parquet")
+    prov = read_provenance(ci_run / "erank" / "zoo-opt-xs" / "topics" / "trained.parquet")
     assert prov["dump"]["n_params"] > 0 and prov["dump_provenance"]["variant"] == "trained"
     side = json.loads((ci_run / "tables" / "diff_erank.provenance.json").read_text())
     assert side["config"]["name"] == "ci" and "transformers" in side["versions"]
@@ -140,9 +140,10 @@ def test_dry_run_of_default_config_offline(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "train" in out and "dump" in out
-    # 8 zoo models x (trained, step0, 2 checkpoints) x 2 datasets + SmolLM2 x (trained, 3 seeds) x 2
+    # (8 zoo models + SmolLM2) x 2 datasets, each job dumping every variant of its model
     counts = dict(line.split()[:2] for line in out.splitlines() if len(line.split()) == 2)
-    assert counts["dump"] == "72" and counts["fetch_gguf"] == counts["convert_gguf"] == "1"
+    assert counts["dump"] == counts["erank"] == counts["diff"] == "18"
+    assert counts["fetch_gguf"] == counts["convert_gguf"] == "1"
 
 
 def test_bad_config_stops_before_any_job(tmp_path: Path) -> None:

@@ -4,20 +4,23 @@ What determines a per-text eRank table is the model as loaded (source, revision,
 dump dtype, truncation; for a zoo or fine-tuned variant also its recipe and the run folder that
 built it), the variant, the prepared texts (the dataset's recipe; the file's SHA-256 is in every
 dump's fingerprint and Snakemake reruns what follows a rewritten texts file), the layers and the
-on-disk format. Their hash is the key, so two experiments that measure the same thing (fig1,
-table4 and table9 on OPT x dolly-15k) share one dump and one table, whatever they are called,
-and a change to any part gives a new key: nothing stale is read.
+on-disk format. Their hash is a variant's key. One job measures every variant of one model on one
+dataset (the trained model, its untrained counterparts, its stages), so the model's code is
+imported, its tokenizer loaded and the texts tokenised once, not once per variant; the cache entry
+is keyed by that set of variant keys. Two experiments that measure the same thing (fig1, table4
+and table9 on OPT x dolly-15k) share one dump and one table set, whatever they are called, and a
+change to any part gives a new key: nothing stale is read.
 
     cache/texts/<texts key>.parquet               prepared texts
-    cache/dumps/<key>/<layers>/                   hidden states (temp() unless keep_dumps)
-    cache/erank/<key>/<layers>.parquet            per-text eRank, with <layers>.json: what the key is
+    cache/dumps/<key>/<layers>/<variant>/         hidden states per variant (temp() unless keep_dumps)
+    cache/erank/<key>/<layers>/<variant>.parquet  per-text eRank, with <layers>.json: what the key is
 
-The run folder's ``erank/<model>/<variant>/<dataset>.parquet`` is a view of a cached table (the
-``select`` rule): its layers, or the first k texts of a larger sample drawn with the same seed
+The run folder's ``erank/<model>/<dataset>/<variant>.parquet`` is a view of a cached table (made by
+the ``diff`` step): its layers, or the first k texts of a larger sample drawn with the same seed
 (table11's 1,000 and 5,000 are the first texts of its 10,000), with provenance naming the cached
-table it came from. A table with more layers serves a run that asks for fewer.
+table it came from. A table set with more layers serves a run that asks for fewer.
 
-Snakefile-cheap: stdlib only (the ``select`` step itself imports pandas).
+Snakefile-cheap: stdlib only (:func:`select`, which the ``diff`` step calls, imports pandas).
 """
 
 from __future__ import annotations
@@ -111,11 +114,17 @@ def measurement_key(cfg: dict[str, Any], model: str, variant: str, dataset: str,
     )
 
 
+def set_key(cfg: dict[str, Any], model: str, dataset: str, run: str) -> str:
+    """The key of one job's measurement: every variant of ``model`` on ``dataset``, by their keys."""
+    names = variants(cfg["models"][model])
+    return digest({"variants": {v: measurement_key(cfg, model, v, dataset, run) for v in names}})
+
+
 def prefix_samples(cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
     """``{small: (large, k)}``: datasets whose texts are the first k of a larger one's sample.
 
     Same recipe but ``max_texts``, sampled ``paper`` (``random.seed`` + ``random.sample``, which
-    draws one index after another, so a smaller k gives a prefix of a larger draw; the ``select``
+    draws one index after another, so a smaller k gives a prefix of a larger draw; the ``diff``
     step checks it for the actual population) or ``first``.
     """
     out: dict[str, tuple[str, int]] = {}
@@ -150,16 +159,21 @@ class Keys:
         for d, k in self.texts.items():
             self.datasets_of.setdefault(k, d)
         self.prefix = prefix_samples(cfg)
-        self.measured: dict[tuple[str, str, str], str] = {}
+        self.measured: dict[tuple[str, str, str], str] = {}  # (model, variant, dataset) -> variant key
+        self.sets: dict[tuple[str, str], str] = {}  # (model, dataset) -> the key of its job
         for m, spec in cfg["models"].items():
-            for v in variants(spec):
-                for d, dspec in cfg["datasets"].items():
-                    if dspec.get("measure", True):
-                        src = self.prefix.get(d, (d, None))[0]
+            for d, dspec in cfg["datasets"].items():
+                if dspec.get("measure", True):
+                    src = self.prefix.get(d, (d, None))[0]
+                    self.sets[(m, d)] = set_key(cfg, m, src, run)
+                    for v in variants(spec):
                         self.measured[(m, v, d)] = measurement_key(cfg, m, v, src, run)
-        self.jobs_of: dict[str, tuple[str, str, str]] = {}
-        for (m, v, d), k in self.measured.items():
-            self.jobs_of.setdefault(k, (m, v, self.prefix.get(d, (d, None))[0]))
+        self.jobs_of: dict[str, tuple[str, str]] = {}  # set key -> (model, dataset measured)
+        for (m, d), k in self.sets.items():
+            self.jobs_of.setdefault(k, (m, self.prefix.get(d, (d, None))[0]))
+
+    def variants_of(self, key: str) -> list[str]:
+        return variants(self.cfg["models"][self.jobs_of[key][0]])
 
     def texts_spec(self, dataset: str) -> dict[str, Any]:
         """The dataset entry as ``prepare`` reads it: without the fields that do not change the texts."""
@@ -172,13 +186,14 @@ class Keys:
         return f"{self.root}/dumps/{key}/{self.layers}"
 
     def table_path(self, key: str, tag: str | None = None) -> str:
-        return f"{self.root}/erank/{key}/{tag or self.layers}.parquet"
+        """The directory of a job's per-variant tables (``<variant>.parquet``)."""
+        return f"{self.root}/erank/{key}/{tag or self.layers}"
 
-    def source_table(self, model: str, variant: str, dataset: str) -> str:
-        """The cached table a run-folder view reads: this layer set's, or a finished one with more."""
-        key = self.measured[(model, variant, dataset)]
+    def source_table(self, model: str, dataset: str) -> str:
+        """The cached tables a run-folder view reads: this layer set's, or finished ones with more."""
+        key = self.sets[(model, dataset)]
         own = self.table_path(key)
-        if Path(own).is_file():
+        if Path(own).is_dir():
             return own
         wanted = {str(x) for x in self.cfg["layers"]}
         for keyfile in sorted(Path(self.root, "erank", key).glob("*.json")):
@@ -186,17 +201,23 @@ class Keys:
                 have = {str(x) for x in json.loads(keyfile.read_text())["layers"]}
             except (OSError, ValueError, KeyError):
                 continue
-            if wanted <= have and keyfile.with_suffix(".parquet").is_file():
-                return str(keyfile.with_suffix(".parquet"))
+            if wanted <= have and keyfile.with_suffix("").is_dir():
+                return str(keyfile.with_suffix(""))
         return own
 
     def describe(self, key: str) -> dict[str, Any]:
-        """The key file's content: what the cached table measures, readable."""
-        m, v, d = self.jobs_of[key]
+        """The key file's content: what the cached tables measure, readable."""
+        m, d = self.jobs_of[key]
         return {
             "key": key,
             "layers": self.cfg["layers"],
-            "model": variant_identity(self.cfg, m, v, self.run),
+            "variants": {
+                v: {
+                    "key": measurement_key(self.cfg, m, v, d, self.run),
+                    **variant_identity(self.cfg, m, v, self.run),
+                }
+                for v in self.variants_of(key)
+            },
             "texts": {"key": self.texts[d], "recipe": texts_recipe(self.cfg, d, self.run)},
             "format": CACHE_FORMAT,
             "measure": MEASURE_VERSION,
@@ -278,7 +299,7 @@ def select(
             "n_skipped_short": first - len(measured) - empty,
             "n_tokens": int(df.drop_duplicates("position")["n_tokens"].sum()),
         }
-    keyfile = Path(table).with_suffix(".json")
+    keyfile = Path(table).parent.with_suffix(".json")  # <layers>/<variant>.parquet beside <layers>.json
     key = json.loads(keyfile.read_text()) if keyfile.is_file() else None
     record = provenance(
         dump=dump,

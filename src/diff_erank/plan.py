@@ -50,21 +50,22 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
     device, layers = cfg["device"], cfg["layers"]
     texts_needed = set()
     seen: set[str] = set()
-    for (m, v, d), key in keys.measured.items():
+    for (m, d), key in keys.sets.items():
         model = cfg["models"][m]
-        line("select").add(sizing.Need(mem_mb=2000, runtime=10))
+        n = len(variants(model))
+        line("diff").add(sizing.Need(mem_mb=2000, runtime=10))
         if key in seen:
             continue
         seen.add(key)
         src = keys.prefix.get(d, (d, None))[0]
-        if Path(keys.source_table(m, v, d)).is_file():
+        if Path(keys.source_table(m, d)).is_dir():
             line("dump").cached += 1
             line("erank").cached += 1
             continue
         texts_needed.add(src)
         size = sizing.texts_size(cfg["datasets"][src], model, keys.texts_path(src))
-        line("dump").add(sizing.dump_need(model, size, layers, device))
-        line("erank").add(sizing.erank_need(model, size, layers))
+        line("dump").add(sizing.dump_need(model, size, layers, device, n_variants=n))
+        line("erank").add(sizing.erank_need(model, size, layers, n_variants=n))
     for model in cfg["models"].values():
         for recipe in (model.get("finetune") or {}).values():
             texts_needed.add(recipe["dataset"])
@@ -76,9 +77,6 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
             for v in variants(model):
                 if v in wanted:
                     line("accuracy").add(sizing.accuracy_need(model, cfg["accuracy"], device))
-        for spec in cfg["datasets"].values():
-            if spec.get("measure", True):
-                line("diff").add(sizing.Need(mem_mb=2000, runtime=10))
     for key in sorted({keys.texts[d] for d in texts_needed}):
         if Path(f"{keys.root}/texts/{key}.parquet").is_file():
             line("prepare").cached += 1
@@ -109,7 +107,6 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         "finetune",
         "dump",
         "erank",
-        "select",
         "diff",
         "accuracy",
         "mm_prepare",

@@ -193,10 +193,16 @@ def gpu_count(model: dict[str, Any], device: str) -> int:
 
 
 def dump_need(
-    model: dict[str, Any], texts: Texts, layers: list[str | int], device: str = "auto", threads: int = 4
+    model: dict[str, Any],
+    texts: Texts,
+    layers: list[str | int],
+    device: str = "auto",
+    threads: int = 4,
+    n_variants: int = 1,
 ) -> Need:
     """A hidden-state dump: weights + one batch's hidden states and logits on the GPU, one shard
-    of hidden states in host memory, every stored layer of every token on disk."""
+    of hidden states in host memory, every stored layer of every token on disk. A job dumps
+    ``n_variants`` variants one after the other: n times the time and the disk, the memory of one."""
     s = shape(model)
     b, sb = BYTES[s.dtype], BYTES[s.dump_dtype]
     n_layers = n_dumped_layers(layers, s.layers)
@@ -214,6 +220,7 @@ def dump_need(
     flops = 2 * s.params * texts.tokens
     rate = GPU_FLOPS[s.dtype] if gpus else CPU_FLOPS_PER_THREAD * threads
     seconds = flops / rate + disk / (DISK_MB_PER_S * MB) + weights / (DISK_MB_PER_S * MB)
+    seconds, disk = seconds * n_variants, disk * n_variants
     need = Need(
         mem_mb=int(host / MB) + 1,
         runtime=_minutes(seconds),
@@ -225,9 +232,12 @@ def dump_need(
     return _apply(need, model)
 
 
-def erank_need(model: dict[str, Any], texts: Texts, layers: list[str | int], threads: int = 4) -> Need:
+def erank_need(
+    model: dict[str, Any], texts: Texts, layers: list[str | int], threads: int = 4, n_variants: int = 1
+) -> Need:
     """The per-text eRank of a dump, reading one text at a time: one text's states in float64
-    (a few copies while centring and normalising), the d x d Gram matrix and its eigensolver."""
+    (a few copies while centring and normalising), the d x d Gram matrix and its eigensolver;
+    ``n_variants`` dumps one after the other."""
     s = shape(model)
     n_layers = n_dumped_layers(layers, s.layers)
     one_text = texts.longest * s.hidden * 8 * 4 + s.hidden**2 * 8 * 3
@@ -236,7 +246,7 @@ def erank_need(model: dict[str, Any], texts: Texts, layers: list[str | int], thr
     seconds = ERANK_REF_SECONDS * work / ERANK_REF_WORK / threads**0.8
     disk_read = texts.tokens * s.hidden * BYTES[s.dump_dtype] * n_layers * 2  # checksum + read
     seconds += disk_read / (DISK_MB_PER_S * MB)
-    return Need(mem_mb=int(mem / MB) + 1, runtime=_minutes(seconds), threads=threads)
+    return Need(mem_mb=int(mem / MB) + 1, runtime=_minutes(seconds * n_variants), threads=threads)
 
 
 def finetune_need(

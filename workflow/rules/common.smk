@@ -1,6 +1,7 @@
 # Helpers shared by the rules: names, paths and the JSON specs passed to `diff-erank`.
 import json
 import re
+import shlex
 
 from types import SimpleNamespace
 
@@ -92,9 +93,23 @@ def texts_path(dataset):
 
 
 def job(w):
-    """The (model, variant, dataset) behind a cache key, as the wildcards of a run-folder rule."""
-    m, v, d = K.jobs_of[w.key]
-    return SimpleNamespace(model=m, variant=v, dataset=d)
+    """The (model, dataset) behind a cache key and the model's variants, as run-folder wildcards."""
+    m, d = K.jobs_of[w.key]
+    return SimpleNamespace(model=m, dataset=d, variants=K.variants_of(w.key))
+
+
+def set_input(j):
+    """What every variant of a set is loaded from (the union of :func:`variant_input`)."""
+    files = []
+    for v in j.variants:
+        files += [f for f in variant_input(SimpleNamespace(model=j.model, variant=v)) if f not in files]
+    return files
+
+
+def variant_paths_arg(j):
+    """``--variant-paths`` for the further-trained (ft-) variants of a set, if it has any."""
+    paths = {v: finetuned_dir(j.model, v.removeprefix("ft-")) for v in j.variants if v.startswith("ft-")}
+    return f"--variant-paths {shlex.quote(as_json(paths))}" if paths else ""
 
 
 def _sized(estimate):
@@ -120,14 +135,14 @@ def dump_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.dump_need(model, size, C["layers"], C["device"], THREADS)
+    return sizing.dump_need(model, size, C["layers"], C["device"], THREADS, n_variants=len(j.variants))
 
 
 def erank_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.erank_need(model, size, C["layers"], THREADS)
+    return sizing.erank_need(model, size, C["layers"], THREADS, n_variants=len(j.variants))
 
 
 def finetune_estimate(w):
@@ -142,18 +157,14 @@ def mm_estimate(w):
     return sizing.mm_need(MM["models"][w.model], C["device"], THREADS)
 
 
-def select_source(w):
-    """The cached table a run-folder view reads, and the texts that table was measured on."""
+def diff_source(w):
+    """The cached tables a run's view reads, and the texts they were measured on."""
     src, first = K.prefix.get(w.dataset, (w.dataset, None))
-    return {"table": K.source_table(w.model, w.variant, w.dataset), "texts": texts_path(src)}
+    return {"tables": K.source_table(w.model, w.dataset), "texts": texts_path(src)}
 
 
-def select_first(w):
+def diff_first(w):
     return f"--first {K.prefix[w.dataset][1]}" if w.dataset in K.prefix else ""
-
-
-def erank_tables(model, dataset):
-    return {v: f"{OUT}/erank/{model}/{v}/{dataset}.parquet" for v in variants(C["models"][model])}
 
 
 def accuracy_files(model):

@@ -1,14 +1,18 @@
-# Diff-eRank of one model on one dataset: algorithms, reduced loss, bootstrap CI, seeds, stages.
+# Diff-eRank of one model on one dataset: this run's view of the cached per-variant tables (its layers,
+# a sample's first texts; provenance names the cached table), then algorithms, reduced loss, bootstrap
+# CI over texts, mean +- std over seeds, stages.
 
 
 rule diff:
     input:
-        unpack(lambda w: erank_tables(w.model, w.dataset)),
+        unpack(diff_source),
     output:
-        f"{OUT}/diff/{{model}}/{{dataset}}.parquet",
+        diff=f"{OUT}/diff/{{model}}/{{dataset}}.parquet",
+        views=directory(f"{OUT}/erank/{{model}}/{{dataset}}"),
     params:
         spec=model_spec,
-        tables=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items()),
+        layers=lambda w: as_json(C["layers"]),
+        first=diff_first,
         untrained=lambda w: " ".join(untrained_variants(C["models"][w.model])),
         algorithms=" ".join(C["algorithms"]),
         bootstrap=lambda w: as_json(C["bootstrap"]),
@@ -22,5 +26,6 @@ rule diff:
         runtime=10,
     shell:
         "diff-erank diff --spec {params.spec:q} --model {wildcards.model} --dataset {wildcards.dataset}"
-        " --erank {params.tables} --untrained {params.untrained} --algorithms {params.algorithms}"
-        " --bootstrap {params.bootstrap:q} --out {output} > {log} 2>&1"
+        " --tables {input.tables} --texts {input.texts} --layers {params.layers:q} {params.first}"
+        " --views {output.views} --untrained {params.untrained} --algorithms {params.algorithms}"
+        " --bootstrap {params.bootstrap:q} --out {output.diff} > {log} 2>&1"

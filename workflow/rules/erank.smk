@@ -1,5 +1,6 @@
-# Per-text eRank of a dump, one text in memory at a time, into the shared cache (with a key file saying
-# what was measured); then each run folder's view of it: its layers, or a sample's first texts.
+# Per-text eRank of a set of dumps, one table per variant, one text in memory at a time, into the shared
+# cache (with a key file saying what was measured). Each run folder's view of the tables (its layers,
+# or a sample's first texts) is made by the diff step.
 
 
 rule erank:
@@ -7,7 +8,7 @@ rule erank:
         dump=f"{CACHE}/dumps/{{key}}/{{layers}}",
         texts=lambda w: texts_path(job(w).dataset),
     output:
-        table=f"{CACHE}/erank/{{key}}/{{layers}}.parquet",
+        tables=directory(f"{CACHE}/erank/{{key}}/{{layers}}"),
         key=f"{CACHE}/erank/{{key}}/{{layers}}.json",
     wildcard_constraints:
         layers=re.escape(LAYERS),
@@ -23,24 +24,5 @@ rule erank:
         runtime=lambda w: erank_estimate(w).runtime,
     shell:
         "printf '%s\\n' {params.key:q} > {output.key}.tmp && mv {output.key}.tmp {output.key} && "
-        "diff-erank measure --dump {input.dump} --texts {input.texts} --out {output.table}"
+        "diff-erank measure --dump {input.dump} --texts {input.texts} --out {output.tables}"
         " --threads {threads} --mem-mb {resources.mem_mb} > {log} 2>&1"
-
-
-rule select:
-    input:
-        unpack(select_source),
-    output:
-        f"{OUT}/erank/{{model}}/{{variant}}/{{dataset}}.parquet",
-    params:
-        layers=lambda w: as_json(C["layers"]),
-        first=select_first,
-    log:
-        f"{OUT}/logs/select/{{model}}/{{variant}}/{{dataset}}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    shell:
-        "diff-erank select --table {input.table} --texts {input.texts} --layers {params.layers:q}"
-        " {params.first} --out {output} > {log} 2>&1"
