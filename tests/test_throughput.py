@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from diff_erank import dump as D
 from diff_erank.measure import measure
-from diff_erank.shardwriter import write_safetensors
+from diff_erank.shardwriter import ShardReader, write_safetensors
 
 
 def test_loss_from_chunked_head_equals_full_logits(tiny_model, monkeypatch) -> None:
@@ -82,6 +82,20 @@ def test_streamed_writer_is_bit_identical_to_save_file(tmp_path) -> None:
     mine, ref = (tmp_path / "mine.safetensors").read_bytes(), (tmp_path / "ref.safetensors").read_bytes()
     assert mine == ref
     assert digest == hashlib.sha256(ref).hexdigest()
+    # read back with plain reads (no memory map): safetensors' own loader is the reference
+    from safetensors.torch import load_file
+
+    loaded = load_file(str(tmp_path / "ref.safetensors"))
+    with ShardReader(tmp_path / "mine.safetensors") as r:
+        for k, v in loaded.items():
+            assert torch.equal(r.tensor(k), v) and r.tensor(k).dtype == v.dtype
+            if v.ndim and v.shape[0] > 2:
+                assert torch.equal(r.rows(k, 1, 3), v[1:3])
+        with pytest.raises(ValueError, match="outside"):
+            r.rows("loss", 2, 4)
+    (tmp_path / "cut.safetensors").write_bytes(mine[:-4])
+    with ShardReader(tmp_path / "cut.safetensors") as r, pytest.raises(ValueError, match="ends inside"):
+        r.tensor("layer.0")  # the file's last tensor (safetensors orders by dtype, widest first)
 
 
 @pytest.mark.parametrize("dump_dtype", ["float32", "bfloat16"])

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from diff_erank.config import LAYER_NAMES, ConfigError
@@ -49,7 +48,7 @@ from diff_erank.models import (
 )
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
-from diff_erank.shardwriter import ShardWriter, write_safetensors
+from diff_erank.shardwriter import ShardReader, ShardWriter, write_safetensors
 from diff_erank.storage import atomic_publish_dir, read_parquet, sha256, write_json
 
 log = logging.getLogger(__name__)
@@ -640,7 +639,7 @@ def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, tor
     """Stream ``(position, loss, {layer: hidden [n, d]})``, one text in memory at a time.
 
     Each shard's checksum and internal lengths are verified first (streamed, a block at a time);
-    then each text's rows are read alone (``safe_open`` + ``get_slice``), so the memory of the
+    then each text's rows are read alone (:class:`ShardReader`, plain reads), so the memory of the
     eRank step is bounded by the longest text, not by a shard of 256 of them. A mismatch names
     the file.
     """
@@ -649,16 +648,16 @@ def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, tor
     for meta in manifest["shards"]:
         f = _checked_shard(dump_dir, meta)
         try:
-            with safe_open(str(f), framework="pt") as h:
-                offsets, loss, position = (h.get_tensor(k) for k in ("offsets", "loss", "position"))
-                slices = {n: h.get_slice(f"layer.{n}") for n in manifest["layers"]}
+            with ShardReader(f) as h:
+                offsets, loss, position = (h.tensor(k) for k in ("offsets", "loss", "position"))
+                names = {n: f"layer.{n}" for n in manifest["layers"]}
                 if len(offsets) != meta["n_texts"] + 1 or any(
-                    s.get_shape()[0] != int(offsets[-1]) for s in slices.values()
+                    h.shape(k)[0] != int(offsets[-1]) for k in names.values()
                 ):
                     raise ShardError(f"shard lengths inconsistent with its offsets: {f}")
                 for j in range(meta["n_texts"]):
                     a, b = int(offsets[j]), int(offsets[j + 1])
-                    yield int(position[j]), float(loss[j]), {n: s[a:b] for n, s in slices.items()}
+                    yield int(position[j]), float(loss[j]), {n: h.rows(k, a, b) for n, k in names.items()}
         except ShardError:
             raise
         except Exception as exc:

@@ -9,13 +9,14 @@ by dtype, widest first, then by name; the header padded with spaces to 8 bytes; 
 
 :class:`ShardWriter` runs the writes in one thread behind a bounded queue, so the next batches'
 forward runs while a shard goes to disk; an error in the thread is raised in the caller at the
-next ``put`` or at ``close``.
+next ``put`` or at ``close``. :class:`ShardReader` reads rows of such a file back with plain reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ _DTYPES = [
     (torch.int64, "I64"),
 ]
 _NAME = {dt: name for dt, name in _DTYPES}
+_DTYPE = {name: dt for dt, name in _DTYPES}
 _RANK = {dt: k for k, (dt, _) in enumerate(_DTYPES)}
 
 Pieces = Sequence[torch.Tensor]
@@ -87,6 +89,55 @@ def write_safetensors(
                 f.write(b)
                 h.update(b)
     return h.hexdigest()
+
+
+class ShardReader:
+    """Rows of the tensors of a safetensors file, read with plain ``read`` calls.
+
+    Not a memory map (``safe_open`` maps the whole file): a shard can be hundreds of MB, and a
+    private map of it counts against the job's ``RLIMIT_DATA`` cap (:func:`diff_erank.sizing.limit_memory`)
+    however few of its rows are read. Here the process holds only the rows it asked for.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 (closed by close / the context manager)
+        n = int.from_bytes(self._f.read(8), "little")
+        self.header: dict[str, Any] = json.loads(self._f.read(n))
+        self.header.pop("__metadata__", None)
+        self._base = 8 + n
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def shape(self, name: str) -> list[int]:
+        return list(self.header[name]["shape"])
+
+    def rows(self, name: str, a: int, b: int) -> torch.Tensor:
+        """Rows ``a:b`` of tensor ``name`` (a copy in memory)."""
+        entry = self.header[name]
+        dtype, shape = _DTYPE[entry["dtype"]], entry["shape"]
+        if not 0 <= a <= b <= shape[0]:
+            raise ValueError(f"rows {a}:{b} of {name!r} outside its {shape[0]} rows")
+        row = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+        start, end = entry["data_offsets"]
+        if end - start != shape[0] * row:
+            raise ValueError(f"{name!r}: {end - start} bytes for shape {shape}")
+        if a == b:
+            return torch.empty((0, *shape[1:]), dtype=dtype)
+        self._f.seek(self._base + start + a * row)
+        buf = bytearray(self._f.read((b - a) * row))
+        if len(buf) != (b - a) * row:
+            raise ValueError(f"{name!r}: the file ends inside rows {a}:{b}")
+        return torch.frombuffer(buf, dtype=dtype).reshape(b - a, *shape[1:])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.rows(name, 0, self.shape(name)[0])
 
 
 class ShardWriter:

@@ -237,7 +237,8 @@ def erank_need(
 ) -> Need:
     """The per-text eRank of a dump, reading one text at a time: one text's states in float64
     (a few copies while centring and normalising), the d x d Gram matrix and its eigensolver;
-    ``n_variants`` dumps one after the other."""
+    ``n_variants`` dumps one after the other. A model entry's ``resources.threads`` sets the threads."""
+    threads = int(_overrides(model).get("threads") or threads)
     s = shape(model)
     n_layers = n_dumped_layers(layers, s.layers)
     one_text = texts.longest * s.hidden * 8 * 4 + s.hidden**2 * 8 * 3

@@ -18,7 +18,7 @@ rule erank:
         f"{OUT}/logs/erank/{{key}}/{{layers}}.log",
     benchmark:
         f"{OUT}/benchmarks/erank/{{key}}/{{layers}}.tsv"
-    threads: THREADS
+    threads: lambda w: erank_estimate(w).threads
     resources:
         mem_mb=lambda w: erank_estimate(w).mem_mb,
         runtime=lambda w: erank_estimate(w).runtime,
