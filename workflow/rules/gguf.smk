@@ -23,6 +23,7 @@ rule fetch_gguf:
     benchmark:
         f"{OUT}/benchmarks/fetch_gguf/{{model}}/{{file}}.tsv"
     threads: 1
+    priority: 20  # the start of the longest chain of a CPU run (a real model's dumps)
     resources:
         mem_mb=1000,
         runtime=20,
@@ -42,6 +43,7 @@ rule convert_gguf:
     benchmark:
         f"{OUT}/benchmarks/convert_gguf/{{model}}.tsv"
     threads: 1
+    priority: 20  # the start of the longest chain of a CPU run (a real model's dumps)
     resources:
         mem_mb=lambda w: model_resources(w.model, "mem_mb", 8000),
         runtime=30,

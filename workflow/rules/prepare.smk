@@ -17,6 +17,7 @@ rule prepare:
     benchmark:
         f"{OUT}/benchmarks/prepare/{{key}}.tsv"
     threads: 1
+    priority: 20  # cheap, and every dump waits for it
     resources:
         mem_mb=8000,
         runtime=60,

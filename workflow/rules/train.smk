@@ -33,6 +33,7 @@ rule train:
     benchmark:
         f"{OUT}/benchmarks/train/{{model}}.tsv"
     threads: 1
+    priority: lambda w: min(9, 2 * C["models"][w.model]["train"]["num_layers"])  # deepest (longest) first
     resources:
         mem_mb=lambda w: model_resources(w.model, "mem_mb", 2000),
         runtime=lambda w: model_resources(w.model, "runtime", 30),
