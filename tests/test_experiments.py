@@ -35,6 +35,9 @@ EXPECTED_JOBS = {
     "table10": 3 + 2 + 1 + 4 + 2 + 3,
     "pythia-dynamics": 2 + 2 * (3 * 2) + 3 * 2 + 3,
     "pythia-v1": 4 + 2 * (10 * 4) + 10 * 4 + 3,
+    # the demo at full length: corpus, tokenizer, 8 trainings, fetch + convert of SmolLM2's GGUF,
+    # 2 prepare, (8 + 1) models x 2 sets x (dump, erank, diff), resolved_config + report + all
+    "demo-full": 1 + 1 + 8 + 2 + 2 + 3 * (9 * 2) + 3,
     # multi-modal: mm_prepare (datasets) + mm_erank (models x datasets x rotations)
     # + resolved_config + mm_report + all
     "table2": 2 + 2 * 2 * 2 + 1 + 1 + 1,

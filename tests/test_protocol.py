@@ -63,6 +63,7 @@ FILLS = {
     "table11": {"table11": 4},
     "table2": {"table2": 14, "table3": 7},
     "demo": {},
+    "demo-full": {},
     "ci": {},
 }
 
