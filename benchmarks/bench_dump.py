@@ -104,24 +104,13 @@ def run_dump(root: Path, variant: str, batch_tokens: int) -> None:
     )
 
 
-@torch.no_grad()
 def run_authors(root: Path) -> None:
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from authors_method import authors_erank
+    from authors_method import authors_loop
 
-    tok = AutoTokenizer.from_pretrained(root / "model" / "main")
     texts = list(pd.read_parquet(root / "texts.parquet")["text"])
-    t0, n_tok = time.perf_counter(), 0
-    trained = AutoModel.from_pretrained(root / "model" / "main", dtype=torch.float32).eval()
-    torch.manual_seed(0)
-    untrained = AutoModel.from_config(AutoConfig.from_pretrained(root / "model" / "main")).eval()
-    for model in (trained, untrained):
-        for text in texts:
-            ids = tok(text, return_tensors="pt", truncation=True, max_length=2048)["input_ids"]
-            authors_erank(model(input_ids=ids).last_hidden_state[0])
-            n_tok += ids.shape[1]
+    t0 = time.perf_counter()
+    _, n_tok = authors_loop(root / "model" / "main", texts, max_length=2048)
     dt = time.perf_counter() - t0
     print(
         f"authors (trained + untrained, batch 1, no LM head): {n_tok} tokens, {torch.get_num_threads()} "

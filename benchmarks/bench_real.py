@@ -97,28 +97,15 @@ def pipeline(root: Path, cores: int) -> None:
 def authors(root: Path, threads: int) -> None:
     """The authors' loop: trained + one untrained variant, batch 1, AutoModel, float32 svd."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from authors_method import authors_erank
+    from authors_method import authors_loop
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    hf = root / "gguf" / "hf"
     texts = [json.loads(line)["text"] for line in (root / "corpus" / "topics-eval.jsonl").open()]
-    tok = AutoTokenizer.from_pretrained(hf)
-    trained = AutoModel.from_pretrained(hf, dtype=torch.float32).eval()
-    torch.manual_seed(0)
-    untrained = AutoModel.from_config(AutoConfig.from_pretrained(hf), dtype=torch.float32).eval()
-    means, n_tok = {}, 0
-    with torch.no_grad():
-        for name, model in (("trained", trained), ("untrained", untrained)):
-            eranks = []
-            for text in texts:
-                ids = tok(text, return_tensors="pt", truncation=True, max_length=512)["input_ids"]
-                eranks.append(authors_erank(model(input_ids=ids).last_hidden_state[0]))
-                n_tok += ids.shape[1]
-            means[name] = math.exp(sum(math.log(e) for e in eranks) / len(eranks))
+    eranks, n_tok = authors_loop(root / "gguf" / "hf", texts, max_length=512)
+    means = {name: math.exp(sum(math.log(e) for e in v) / len(v)) for name, v in eranks.items()}
     dt = time.perf_counter() - t0
     print(
         f"authors ({threads} threads): {dt:.1f} s, {n_tok} tokens; eRank trained {means['trained']:.3f}, "

@@ -229,6 +229,15 @@ def test_a_set_dumps_each_variant_as_its_own_dump_would_and_keeps_finished_ones(
         assert manifests[v]["fingerprint"] == alone["fingerprint"]
         pd.testing.assert_frame_equal(measure(out / v), measure(tmp_path / f"alone-{v}"), check_exact=True)
     assert not measure(out / "init-s0")["erank"].equals(measure(out / "init-s1")["erank"])
+    # the shared tokenisation, read independently: transformers' own tokenizer and AutoModel
+    base = AutoModel.from_pretrained(tiny_model / "main", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model / "main")
+    texts = pd.read_parquet(texts_file)["text"]
+    for pos, (_, layers) in _collect(out / "trained").items():
+        ids = tok(texts[pos], return_tensors="pt")["input_ids"][:, : spec["max_length"]]
+        with torch.no_grad():
+            ref = base(input_ids=ids).last_hidden_state[0]
+        torch.testing.assert_close(layers["last"], ref, rtol=1e-5, atol=1e-5)
     # a set killed after its first two variants: the partial holds them finished
     partial = tmp_path / "again.partial"
     partial.mkdir()

@@ -106,29 +106,12 @@ def cmd_dump(a: argparse.Namespace) -> None:
 
     torch.set_num_threads(a.threads)
     try:
+        where = (a.texts, a.out, a.layers, a.device)
         with entry_lock(a.out):  # the cache is shared by runs from other checkouts
             if a.variants:  # every variant of the model, one process, <out>/<variant>/ each
-                dump_set(
-                    a.spec,
-                    a.variants,
-                    a.texts,
-                    a.out,
-                    a.layers,
-                    a.device,
-                    trained_path=a.trained_path,
-                    variant_paths=a.variant_paths,
-                )
+                dump_set(a.spec, a.variants, *where, a.trained_path, variant_paths=a.variant_paths)
             else:
-                dump(
-                    a.spec,
-                    a.variant,
-                    a.texts,
-                    a.out,
-                    a.layers,
-                    a.device,
-                    trained_path=a.trained_path,
-                    variant_path=a.variant_path,
-                )
+                dump(a.spec, a.variant, *where, a.trained_path, variant_path=a.variant_path)
     except torch.OutOfMemoryError:
         raise ResourceError(
             f"out of GPU memory on a single text (batches were halved down to 1; estimated need "

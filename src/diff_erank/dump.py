@@ -112,6 +112,7 @@ class Tokenised:
     n_short: int  # texts with fewer than ``min_tokens`` tokens, skipped
     n_truncated: int
     n_empty: int = 0  # texts empty or whitespace only, skipped before tokenising
+    min_tokens: int = MIN_TOKENS  # the bound ``n_short`` was counted against
 
 
 def tokenise(
@@ -135,7 +136,7 @@ def tokenise(
             continue
         ids.append(list(tok))
         positions.append(pos)
-    return Tokenised(ids, positions, n_short, n_truncated, n_empty)
+    return Tokenised(ids, positions, n_short, n_truncated, n_empty, min_tokens)
 
 
 def plan_shards(lengths: Sequence[int], shard_texts: int) -> list[list[int]]:
@@ -435,10 +436,10 @@ def dump(
     partial = out_dir.with_name(out_dir.name + ".partial")
     texts_path = Path(texts_path)
     dev = pick_device(device)
-    min_tokens = spec.get("min_tokens") or MIN_TOKENS
     if texts is None:
         texts = read_and_tokenise(spec, texts_path, tokenizer or load_tokenizer(spec, trained_path))
     texts, tok = texts
+    min_tokens = tok.min_tokens
     model = model or load_variant(spec, variant, trained_path, variant_path)
     # checked after loading: only then is the hub commit behind a moving `revision: main` known
     weights = weights_identity(spec, variant, trained_path, variant_path, model)
