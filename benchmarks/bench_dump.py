@@ -43,7 +43,7 @@ SMOLLM2_135M = {
 def setup(root: Path, n_texts: int) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from diff_erank.corpus import topic_paragraphs
+    from diff_erank.stdlib_text import topic_paragraphs
     from diff_erank.train import train_tokenizer
 
     paras = topic_paragraphs()

@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from authors_method import authors_erank
 
-from diff_erank.corpus import topic_paragraphs
 from diff_erank.dump import dump
 from diff_erank.measure import measure
+from diff_erank.stdlib_text import topic_paragraphs
 from diff_erank.train import model_config, train_tokenizer
 
 

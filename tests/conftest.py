@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
-    from diff_erank.corpus import topic_paragraphs
+    from diff_erank.stdlib_text import topic_paragraphs
 
     path = tmp_path_factory.mktemp("corpus") / "train.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in topic_paragraphs()[:300]))
@@ -103,7 +103,7 @@ def texts_file(tmp_path) -> Path:
     """A texts parquet with an empty text, a one-token text and a long one."""
     import pandas as pd
 
-    from diff_erank.corpus import topic_paragraphs
+    from diff_erank.stdlib_text import topic_paragraphs
 
     paras = topic_paragraphs()[300:311]
     texts = ["", "a", *paras[:10], " ".join(paras) * 3]

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from diff_erank.corpus import docstring_paragraphs, topic_paragraphs
+from diff_erank.corpus import stdlib_paragraphs
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
@@ -22,8 +22,8 @@ def _jsonl(path: Path, rows: list[dict]) -> str:
 def make_datasets(root: Path, n: int = 24) -> dict[str, str]:
     """jsonl files with the columns of dolly, wikipedia, hh-rlhf, openbookqa, piqa, winogrande."""
     rng = random.Random(0)
-    paras = topic_paragraphs()[:200]
-    docs = docstring_paragraphs()[:200]
+    text = stdlib_paragraphs(max_chars=1200)  # the docstrings as a bare interpreter has them
+    paras, docs = text["topics"][:200], text["docstrings"][:200]
     out = {}
     out["dolly"] = _jsonl(
         root / "dolly.jsonl",

@@ -60,3 +60,23 @@ def test_config_prints_the_run_folder_and_the_resolved_yaml(overrides, capsys) -
     out = capsys.readouterr().out
     assert out.startswith("# results go to results/ci/\n")
     assert yaml.safe_load(out)["layers"] == (["first", "last"] if len(overrides) > 1 else ["last"])
+
+
+def test_a_table_step_reports_a_user_error_without_importing_the_model_stack(tmp_path) -> None:
+    """``diff`` on a damaged table exits 2 with one sentence, and never imported torch or
+    transformers: the table and report jobs do not pay the model stack's start-up."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "trained.parquet"
+    bad.write_bytes(b"not a parquet file")
+    probe = (
+        "import sys\nfrom diff_erank.cli import main\n"
+        f"code = main(['diff', '--spec', '{{}}', '--model', 'm', '--dataset', 'd', '--erank', "
+        f"'trained={bad}', 'init={bad}', '--untrained', 'init', '--out', '{tmp_path / 'out.parquet'}'])\n"
+        "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("\n")[-2] == "2 []", done.stdout + done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diff-erank diff: error: ") and str(bad) in err[0], err

@@ -34,7 +34,7 @@ def _texts(path: Path, texts: list[str]) -> Path:
 
 
 def _paragraphs(n: int) -> list[str]:
-    from diff_erank.corpus import topic_paragraphs
+    from diff_erank.stdlib_text import topic_paragraphs
 
     paras = topic_paragraphs()
     return [paras[i % len(paras)][:300] for i in range(n)]

@@ -166,8 +166,12 @@ def test_gguf_entry_loads_converts_dumps_and_measures(tiny_gguf, texts_file, tmp
     assert [tok(t)["input_ids"] for t in texts] == [ref_tok(t)["input_ids"] for t in texts]
 
     # convert once to a plain directory: same weights, same tokenizer, same seeded init
+    import gguf
+
     hf = tmp_path / "hf"
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     facts = convert(spec["gguf"], Path(folder) / file, hf, torch.float32)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)  # one_parse undone
     assert facts["quantization"] == "Q8_0" and facts["tensor_types"] == {"F32": 3 + 9 * LAYERS - 2, "Q8_0": 2}
     assert json.loads((hf / FACTS).read_text())["sha256"] == spec["gguf"]["sha256"]
     assert "quantization_config" not in json.loads((hf / "config.json").read_text())

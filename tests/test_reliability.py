@@ -22,7 +22,7 @@ CLI = str(Path(sys.executable).with_name("diff-erank"))
 
 
 def _big_texts(path: Path, n: int = 400) -> Path:
-    from diff_erank.corpus import topic_paragraphs
+    from diff_erank.stdlib_text import topic_paragraphs
 
     paras = topic_paragraphs()
     texts = [paras[i % len(paras)] for i in range(n)]

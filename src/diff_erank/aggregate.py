@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 
 from diff_erank.erank import dataset_erank
+from diff_erank.errors import UserError
 from diff_erank.storage import read_parquet, read_provenance
 
 KEY = ["layer", "position"]
 
 
-class MismatchError(ValueError):
+class MismatchError(UserError, ValueError):
     """Variants of one model that cannot be compared (different hidden sizes or texts)."""
 
 

@@ -11,9 +11,12 @@ always checked against the SHA-256 named in the model entry before it is used.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -151,6 +154,35 @@ def load_gguf(folder: str | Path, file: str, dtype):
     return model, tokenizer
 
 
+@contextlib.contextmanager
+def one_parse():
+    """Within the block, every ``gguf.GGUFReader`` of one file is the same (read-only) parse.
+
+    transformers parses the whole GGUF file for each piece it loads (the config, the tokenizer,
+    the weights; ``read_facts`` is a fourth), 2-3 s each for SmolLM2's 49k-token vocabulary,
+    and rebuilds gguf's tensor-name map for every submodule of the model (about 400 times). The
+    conversion shares one parse and one map per architecture; both are read, never written, and
+    the library's own functions are back in place when the block ends. The converted weights
+    are still compared to the GGUF-loaded ones tensor by tensor.
+    """
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    parsed: dict[tuple[str, str], Any] = {}
+
+    def shared(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in parsed:
+            parsed[key] = reader(path, mode)
+        return parsed[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = shared, functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def plain_config(config):
     """The checkpoint's config without its ``quantization_config`` (a plain float model's)."""
     import copy
@@ -173,8 +205,9 @@ def convert(gguf: dict[str, Any], path: str | Path, out_dir: str | Path, dtype) 
 
     path = Path(path)
     digest = check_sha256(path, gguf["sha256"])
-    facts = {**read_facts(path), "sha256": digest, "packages": gguf.get("packages")}
-    model, tokenizer = load_gguf(path.parent, path.name, dtype)
+    with one_parse():
+        facts = {**read_facts(path), "sha256": digest, "packages": gguf.get("packages")}
+        model, tokenizer = load_gguf(path.parent, path.name, dtype)
     plain = AutoModelForCausalLM.from_config(plain_config(model.config), dtype=dtype)
     plain.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():

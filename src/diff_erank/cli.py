@@ -503,25 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     from diff_erank.progress import quiet_libraries
 
     quiet_libraries()
-    from diff_erank.aggregate import MismatchError
-    from diff_erank.config import ConfigError
-    from diff_erank.data import DataError
-    from diff_erank.dump import ShardError
-    from diff_erank.multimodal import MultimodalDataError
-    from diff_erank.sizing import ResourceError
-    from diff_erank.storage import IntegrityError
+    from diff_erank.errors import UserError  # not the modules that raise them: see diff_erank.errors
 
     try:
         args.fn(args)
-    except (
-        ConfigError,
-        DataError,
-        ShardError,
-        MismatchError,
-        MultimodalDataError,
-        IntegrityError,
-        ResourceError,
-    ) as exc:
+    except UserError as exc:
         print(f"diff-erank {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `diff-erank list | head`

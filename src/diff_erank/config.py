@@ -24,6 +24,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from diff_erank.errors import UserError
+
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 #: Hidden-state layers by name; integers are also accepted (index into ``hidden_states``).
@@ -31,7 +33,7 @@ DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 LAYER_NAMES = ("embeddings", "first", "middle", "last", "all")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be run; the message names the key and what is allowed."""
 
 

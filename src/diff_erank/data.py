@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from diff_erank.config import ConfigError, data_file_list
+from diff_erank.errors import UserError
 from diff_erank.provenance import provenance
 from diff_erank.storage import sha256, write_parquet
 
@@ -28,7 +29,7 @@ LOCAL_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": 
 TEXT_KINDS = {"json", "jsonl", "csv", "text", "demo"}  # local kinds read as UTF-8 text
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset that cannot be loaded or turned into texts; the message says which and why."""
 
 

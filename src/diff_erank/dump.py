@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 
 from diff_erank.config import LAYER_NAMES, ConfigError
 from diff_erank.erank import spectrum_and_dropped
+from diff_erank.errors import UserError
 from diff_erank.models import (
     DTYPES,
     gguf_provenance,
@@ -63,7 +64,7 @@ FORMAT_VERSION = 1
 MIN_TOKENS = 3
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard on disk that is missing, truncated or corrupt; the message names the file."""
 
 
@@ -190,8 +191,11 @@ _LOGIT_POSTPROCESSING = (
     "logits_scaling",
     "output_multiplier_scale",
 )
-#: Float elements of one chunk of LM-head logits in the loss (64 Mi = 256 MiB in float32).
-LOSS_CHUNK_ELEMENTS = 1 << 26
+#: Float elements of one chunk of LM-head logits in the loss (4 Mi = 16 MiB in float32). Small
+#: enough that glibc serves a chunk from freed heap (its mmap threshold grows to 32 MiB) instead
+#: of mapping and faulting in fresh pages each time: SmolLM2-135M's loss took 4.1 s instead of
+#: 5.4 s (2^26) on 4,600 tokens, 1 thread; the LM-head matmul is as fast with 85-token chunks.
+LOSS_CHUNK_ELEMENTS = 1 << 22
 
 
 def _head_for_loss(model) -> torch.nn.Module | None:

@@ -34,6 +34,7 @@ import torch
 
 from diff_erank.config import ConfigError
 from diff_erank.erank import dataset_erank, erank_stats
+from diff_erank.errors import UserError
 from diff_erank.models import DTYPES, resolve_source
 from diff_erank.progress import tqdm
 from diff_erank.storage import read_parquet
@@ -44,7 +45,7 @@ LEVELS = ["erank1_vision", "erank2_connector", "erank3_llm_image", "erank4_llm_t
 IMAGE = "<image>"
 
 
-class MultimodalDataError(RuntimeError):
+class MultimodalDataError(UserError, RuntimeError):
     """An image-text item that cannot be measured; the message names the item and file."""
 
 

@@ -21,6 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from diff_erank.errors import UserError
+
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: Characters per token assumed for prepared texts (English BPE gives ~4-4.5: this errs high).
 CHARS_PER_TOKEN = 3.5
@@ -34,7 +36,7 @@ DISK_MB_PER_S = 200
 MB = 1e6
 
 
-class ResourceError(RuntimeError):
+class ResourceError(UserError, RuntimeError):
     """A job that needs more than it asked for; the message names the resource and the override."""
 
 

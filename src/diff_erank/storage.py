@@ -28,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diff_erank.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PROVENANCE_KEY = b"diff_erank.provenance"
@@ -35,7 +37,7 @@ DIGEST_KEY = b"diff_erank.sha256"
 _PLACEHOLDER = b"0" * 64
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(UserError, RuntimeError):
     """A result file whose bytes are not the ones written; the message names the file."""
 
 
