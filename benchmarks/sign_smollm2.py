@@ -1,10 +1,12 @@
-"""Why is SmolLM2-135M's last-layer Diff-eRank negative? Measure the candidates, tune nothing.
+"""What decides the sign of SmolLM2-135M's last-layer Diff-eRank? Measure the candidates, tune nothing.
 
 Prints, for N held-out demo texts (algorithm (a): exp of the mean per-text entropy, the
 pipeline's own ``erank_stats``; float32 models, float64 eRank):
 
   (a) untrained eRank against depth (every ``hidden_states`` index) for the seeded Llama init of
-      SmolLM2's config, over seeds, and its last layer against ``initializer_range``;
+      SmolLM2's published config (initializer_range 1/24, written into the converted directory
+      from the model entry's ``gguf.published``), over seeds, and against multiples of that
+      init std (``--scales``);
   (b) trained eRank against depth;
   (c) the final RMSNorm: the last block's output before the norm against after it (trained and
       untrained), and the spread of the trained norm's gain;
@@ -15,8 +17,10 @@ pipeline's own ``erank_stats``; float32 models, float64 eRank):
     python benchmarks/sign_smollm2.py --model results/demo/gguf/smollm2-135m/hf \\
         --texts results/demo/corpus/topics-eval.jsonl --zoo results/demo/zoo/zoo-opt-l/main
 
-``--model`` is the converted directory the workflow makes (or a folder with the GGUF file, then
-``--gguf-file`` names it). One process, ``--threads`` torch threads (default 1).
+``--model`` is the converted directory the workflow makes: its ``config.json`` holds the
+published init fields a GGUF file lacks (a config read straight from the GGUF would hold
+LlamaConfig's library default 0.02 instead, the wrong M0). One process, ``--threads`` torch
+threads (default 1).
 """
 
 from __future__ import annotations
@@ -90,12 +94,9 @@ def smollm2(a: argparse.Namespace, texts: list[str]) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
-    kw = {"gguf_file": a.gguf_file} if a.gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(a.model, **kw)
-    trained = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, **kw).eval()
-    cfg = AutoConfig.from_pretrained(a.model, **kw)
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
+    tok = AutoTokenizer.from_pretrained(a.model)
+    trained = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+    cfg = AutoConfig.from_pretrained(a.model)
     L = cfg.num_hidden_layers
     show = [0, 1, 2, 4, 8, 15, 22, 26, 28, 29, 30] if L == 30 else list(range(L + 1))
     print(f"SmolLM2 ({a.model}): {L} layers, d={cfg.hidden_size}; "
@@ -118,15 +119,14 @@ def smollm2(a: argparse.Namespace, texts: list[str]) -> None:
     print(f"    last layer: trained {tr[last]:.2f}, init {mean[last]:.2f} (spread {spread:.2f} over "
           f"{len(inits)} seeds), Diff-eRank {mean[last] - tr[last]:.2f}")  # fmt: skip
 
-    for r in a.ranges:
-        c = AutoConfig.from_pretrained(a.model, **kw)
-        if hasattr(c, "quantization_config"):
-            del c.quantization_config
-        c.initializer_range = r
+    for x in a.scales:
+        c = AutoConfig.from_pretrained(a.model)
+        c.initializer_range = cfg.initializer_range * x
         torch.manual_seed(a.seeds[0])
         init = AutoModelForCausalLM.from_config(c, dtype=torch.float32).eval()
         curve = per_layer_erank(init, tok, texts)
-        print(f"(a) init range {r:<6} seed {a.seeds[0]}: {fmt(curve, show)}")
+        print(f"(a) init std x{x:<5g} ({c.initializer_range:.4f}) seed {a.seeds[0]}: {fmt(curve, show)}  "
+              f"Diff-eRank (last) {curve[last] - tr[last]:.2f}")  # fmt: skip
 
     def no_first(curve):
         return fmt({str(k): curve[f"{k}-first"] for k in show}, show)
@@ -185,12 +185,12 @@ def zoo_q4(zoo_dir: str, texts: list[str]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="converted SmolLM2 directory, or folder of the GGUF")
-    p.add_argument("--gguf-file", default=None)
+    p.add_argument("--model", default=None, help="the converted SmolLM2 directory")
     p.add_argument("--texts", required=True, type=Path)
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--ranges", type=float, nargs="+", default=[0.002, 0.02, 0.2])
+    p.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.48, 2.0],
+                   help="multiples of the published init std (0.48: LlamaConfig's default 0.02)")  # fmt: skip
     p.add_argument("--zoo", default=None, help="a trained zoo model directory for the Q4_1 test")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()

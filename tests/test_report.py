@@ -322,3 +322,56 @@ def test_named_layers_beside_all_are_not_counted_twice(tmp_path) -> None:
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "- opt-s on d1: Diff-eRank over 7 layers from" in summary
     assert "in models this shallow" not in summary  # first, middle and last are three depths here
+
+
+def test_init_scale_sweep_table_figure_and_summary(tmp_path) -> None:
+    """The init-scale experiment's report: one row per scale, in order, with the seeds' std, the
+    figure, and a summary that states where the sign of Diff-eRank changes (here: between x0.25
+    and x0.5, where M0's eRank, made to grow with the scale, passes the trained model's)."""
+    rng = np.random.default_rng(2)
+    layers = {"last": 3}
+    scales = {"x0_25": 0.25, "x0_5": 0.5, "x1": 1.0, "x2": 2.0}
+    config = {
+        "name": "init-scale",
+        "layers": ["last"],
+        "algorithms": ["a"],
+        "figures": ["init_scale"],
+        "paper_tables": [],
+        "accuracy": None,
+        "models": {
+            f"m-{k}": {
+                "family": "m",
+                "size": "s",
+                "untrained": {"kind": "random_init", "seeds": [0, 1], "init_scale": s},
+            }
+            for k, s in scales.items()
+        },
+        "datasets": {"d1": {}},
+    }
+    assert figure_kinds(config) == ["init_scale"]
+    paths = []
+    for k, s in scales.items():
+        # trained eRank 10; M0's grows with the init scale (6 * 2**log2(4s)): 6, 12, 24, 48
+        tables = {"trained": per_text(10.0, 4.0, layers, rng)}
+        tables |= {f"init-s{i}": per_text(6.0 * 4 * s * (1 + i / 20), 7.0, layers, rng) for i in (0, 1)}
+        info = {"model": f"m-{k}", "family": "m", "size": "s", "n_params": 1000, "dataset": "d1",
+                "init_scale": s}  # fmt: skip
+        df = diff_table(tables, ["init-s0", "init-s1"], ["a"], {"samples": 0, "seed": 0, "ci": 0.95}, info)
+        paths.append(tmp_path / f"{k}.parquet")
+        df.to_parquet(paths[-1])
+    out = tmp_path / "out"
+    build(paths, out, config)
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == set(
+        report_files(config).values()
+    )
+    table = pd.read_csv(out / "tables" / "init_scale.csv")
+    assert table["init_scale"].tolist() == [0.25, 0.5, 1.0, 2.0]
+    # Diff-eRank = eRank(M0) - eRank(M1), from the per-text entropies (mean of 2 seeds); per_text
+    # scales every eRank by 1 + layer_index / 10 = 1.3
+    expected = [1.3 * (6.0 * 4 * s * 1.025 - 10.0) for s in scales.values()]
+    assert table["diff_erank"].tolist() == pytest.approx(expected, rel=0.02)
+    assert (table["diff_erank_std"] > 0).all()
+    summary = (out / "summary.md").read_text()
+    assert "Sensitivity to the untrained model's init scale" in summary
+    assert "the sign changes between x0.25 and x0.5" in summary
+    assert (out / "figures" / "init_scale.png").stat().st_size > 10_000

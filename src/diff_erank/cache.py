@@ -90,6 +90,9 @@ def variant_identity(cfg: dict[str, Any], model: str, variant: str, run: str) ->
     m = cfg["models"][model]
     ident: dict[str, Any] = {k: m.get(k) for k in MODEL_KEYS}
     ident["variant"] = variant
+    scale = (m.get("untrained") or {}).get("init_scale")
+    if variant.startswith("init-s") and scale not in (None, 1):  # M0 of another init scale
+        ident["init_scale"] = scale
     if m.get("train"):  # a zoo model trained in this run folder
         ident |= {"train": m["train"], "corpus": cfg.get("corpus"), "run": str(Path(run).resolve())}
     if variant.startswith("ft-"):

@@ -34,6 +34,18 @@ log = logging.getLogger(__name__)
 #: Written beside a converted checkpoint: where its weights came from.
 FACTS = "gguf.json"
 
+#: Config fields the untrained model's initialisation reads, by model type ("*": every type). A
+#: GGUF file carries none of them, and transformers silently fills in its library default, which is
+#: not a fact about the model (SmolLM2-135M publishes initializer_range 1/24, LlamaConfig's default
+#: is 0.02, and Diff-eRank changes sign between the two). ``PreTrainedModel._init_weights`` draws
+#: every Linear and Embedding weight from normal(0, initializer_range); Gemma 3's own
+#: ``_init_weights`` also fills the RoPE buffers of its sliding-window layers from
+#: ``rope_local_base_freq`` (the global layers' ``rope_theta`` is in the file).
+INIT_FIELDS: dict[str, tuple[str, ...]] = {
+    "*": ("initializer_range",),
+    "gemma3_text": ("initializer_range", "rope_local_base_freq"),
+}
+
 
 def check_sha256(path: str | Path, expected: str) -> str:
     """The file's SHA-256; a mismatch with ``expected`` is a ConfigError (the file is not used)."""
@@ -183,21 +195,61 @@ def one_parse():
         gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
-def plain_config(config):
-    """The checkpoint's config without its ``quantization_config`` (a plain float model's)."""
-    import copy
+def init_fields(model_type: str) -> tuple[str, ...]:
+    """The config fields a model type's initialisation reads (:data:`INIT_FIELDS`)."""
+    return INIT_FIELDS.get(model_type, INIT_FIELDS["*"])
 
-    config = copy.deepcopy(config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    return config
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, floats to float32 rounding (a GGUF stores ``rms_norm_eps`` 1e-5 as 9.99999975e-06)."""
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return abs(float(a) - float(b)) <= 1e-6 * max(abs(float(a)), abs(float(b)))
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def published_config(path: str | Path, gguf: dict[str, Any]):
+    """The checkpoint's config: what the GGUF file carries plus the entry's published facts.
+
+    The file's own fields are read as transformers reads them (``load_gguf_checkpoint``, no
+    tensors); ``gguf.published.config`` supplies what the file lacks. A published fact the file
+    contradicts is refused (the entry names another model), and so is a model whose
+    initialisation would read a field that is in neither (:data:`INIT_FIELDS`): building the
+    untrained model from a library default instead is how a wrong M0 goes unnoticed.
+    """
+    from transformers import AutoConfig
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    carried = dict(load_gguf_checkpoint(str(path), return_tensors=False)["config"])
+    published = gguf.get("published") or {}
+    facts = dict(published.get("config") or {})
+    where = f"{Path(path).name} against gguf.published ({published.get('repo')})"
+    wrong = [
+        f"{k}: file {carried[k]!r}, published {v!r}"
+        for k, v in facts.items()
+        if k in carried and not _same(carried[k], v)
+    ]
+    if wrong:
+        raise ConfigError(f"{where}: the file contradicts the published config ({'; '.join(wrong)})")
+    model_type = carried.pop("model_type")
+    missing = [f for f in init_fields(model_type) if f not in carried and f not in facts]
+    if missing:
+        raise ConfigError(
+            f"{Path(path).name}: the file does not carry {', '.join(missing)}, which the untrained model's "
+            "initialisation reads, and the model entry does not declare it: add it under "
+            "gguf.published.config, read from the model's published config.json"
+        )
+    return AutoConfig.for_model(model_type, **{**facts, **carried})
 
 
 def convert(gguf: dict[str, Any], path: str | Path, out_dir: str | Path, dtype) -> dict[str, Any]:
     """Load a checked GGUF file through transformers and save it as a plain model directory.
 
     ``save_pretrained`` refuses a GGUF-loaded model, so the weights go into a ``from_config``
-    model of the same config (no quantisation) with a strict ``load_state_dict``. The directory
+    model of the file's config completed by the entry's published facts (:func:`published_config`,
+    no quantisation) with a strict ``load_state_dict``. The directory
     holds the tokenizer too, and ``gguf.json`` (hash, quantisation type, tensor types).
     """
     import torch
@@ -207,8 +259,10 @@ def convert(gguf: dict[str, Any], path: str | Path, out_dir: str | Path, dtype) 
     digest = check_sha256(path, gguf["sha256"])
     with one_parse():
         facts = {**read_facts(path), "sha256": digest, "packages": gguf.get("packages")}
+        facts["published"] = gguf.get("published")
+        config = published_config(path, gguf)
         model, tokenizer = load_gguf(path.parent, path.name, dtype)
-    plain = AutoModelForCausalLM.from_config(plain_config(model.config), dtype=dtype)
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
     plain.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         for (name, a), (_, b) in zip(model.state_dict().items(), plain.state_dict().items(), strict=True):

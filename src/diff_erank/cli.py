@@ -208,6 +208,8 @@ def cmd_diff(a: argparse.Namespace) -> None:
         "dataset": a.dataset,
         **facts,
     }
+    if (a.spec.get("untrained") or {}).get("init_scale") is not None:  # a point of the init-scale sweep
+        info["init_scale"] = float(a.spec["untrained"]["init_scale"])
     df = diff_table(tables, a.untrained, a.algorithms, a.bootstrap, info)
     write_parquet(df, a.out, provenance(a.spec, inputs=paths, bootstrap=a.bootstrap))
 

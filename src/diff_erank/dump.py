@@ -42,6 +42,7 @@ from diff_erank.errors import UserError
 from diff_erank.models import (
     DTYPES,
     gguf_provenance,
+    init_facts,
     load_tokenizer,
     load_variant,
     n_params,
@@ -532,6 +533,7 @@ def dump(
         "n_params": n_params(model),
         "commit": getattr(model, "hub_commit", None),  # the hub commit actually loaded
         "gguf": gguf_provenance(spec, trained_path),  # file, SHA-256, quantisation of a GGUF entry
+        "init": init_facts(model, variant, spec),  # what an untrained variant was built with (None: trained)
         "dtype": spec["dtype"],
         "dump_dtype": spec["dump_dtype"],
         "store": store,

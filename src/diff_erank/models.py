@@ -25,6 +25,25 @@ from diff_erank.storage import sha256
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: The config field ``PreTrainedModel._init_weights`` takes the std of every initial Linear and
+#: Embedding weight from: the first of these the config has (OPT's is ``init_std``).
+INIT_STD_FIELDS = ("initializer_range", "init_std", "initializer_factor")
+
+
+def scale_init(cfg, spec: dict[str, Any]):
+    """``cfg`` with its init std multiplied by the entry's ``untrained.init_scale`` (if set).
+
+    The init-scale sweep: how much of a Diff-eRank is the choice of M0. Scale 1 (or none) is the
+    published config as it is.
+    """
+    scale = (spec.get("untrained") or {}).get("init_scale")
+    if scale is None or scale == 1:
+        return cfg
+    field = next((f for f in INIT_STD_FIELDS if hasattr(cfg, f)), None)
+    if field is None:
+        raise ConfigError(f"untrained.init_scale: a {cfg.model_type} config has none of {INIT_STD_FIELDS}")
+    setattr(cfg, field, getattr(cfg, field) * scale)
+    return cfg
 
 
 def resolve_source(source: str, revision: str | None) -> tuple[str, str | None]:
@@ -100,20 +119,26 @@ def raw_gguf(spec: dict[str, Any], source: str) -> Path | None:
 
 
 def _load_gguf_variant(spec: dict[str, Any], variant: str, path: Path, dtype: torch.dtype):
-    """A variant of a GGUF entry read straight from the file (the workflow converts it once instead)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """A variant of a GGUF entry read straight from the file (the workflow converts it once instead).
 
-    from diff_erank.checkpoint import check_sha256, plain_config
+    Both variants use the file's config completed by the entry's published facts
+    (``checkpoint.published_config``), as the converted directory does.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from diff_erank.checkpoint import check_sha256, published_config
 
     if not path.is_file():
         raise ConfigError(f"GGUF file not found: {path}")
     check_sha256(path, spec["gguf"]["sha256"])
+    cfg = published_config(path, spec["gguf"])
     if variant == "trained":
-        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, config=cfg, dtype=dtype
+        )
     if variant.startswith("init-s"):
-        cfg = plain_config(AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name))
         torch.manual_seed(int(variant.removeprefix("init-s")))
-        return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        return AutoModelForCausalLM.from_config(scale_init(cfg, spec), dtype=dtype)
     raise ConfigError(f"a GGUF entry has variants trained and init-s<seed>, not {variant!r}")
 
 
@@ -231,7 +256,9 @@ def load_variant(
     elif variant.startswith("init-s"):
         seed = int(variant.removeprefix("init-s"))
         name, rev = resolve_source(source, spec.get("revision"))
-        cfg = _hub_call(AutoConfig.from_pretrained, name, revision=rev, trust_remote_code=remote)
+        cfg = scale_init(
+            _hub_call(AutoConfig.from_pretrained, name, revision=rev, trust_remote_code=remote), spec
+        )
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=remote)
     elif variant.startswith("rev-"):
@@ -252,6 +279,24 @@ def load_variant(
     model.config.use_cache = False
     log.info("loaded %s variant %s (%s, %d parameters)", source, variant, dtype, n_params(model))
     return model
+
+
+def init_facts(model: torch.nn.Module, variant: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The seed and config fields an ``init-s<seed>`` variant was initialised from; None otherwise.
+
+    Recorded in every untrained variant's manifest: Diff-eRank is a difference against this
+    model, and its sign can depend on the init scale alone.
+    """
+    if not variant.startswith("init-s"):
+        return None
+    from diff_erank.checkpoint import INIT_FIELDS
+
+    cfg = model.config
+    names = {*INIT_STD_FIELDS, "rope_parameters"} | {f for fields in INIT_FIELDS.values() for f in fields}
+    fields = {n: getattr(cfg, n) for n in sorted(names) if getattr(cfg, n, None) is not None}
+    seed = int(variant.removeprefix("init-s"))
+    scale = (spec.get("untrained") or {}).get("init_scale") or 1.0
+    return {"seed": seed, "init_scale": scale, "model_type": cfg.model_type, **fields}
 
 
 def n_params(model: torch.nn.Module) -> int:

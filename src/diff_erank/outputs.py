@@ -16,12 +16,17 @@ from diff_erank.config import untrained_variants, variants
 MULTIMODAL_TABLES = frozenset({"table2", "table3"})
 TABLE_FILES = ("csv", "md", "html", "provenance.json")
 FIGURE_FILES = ("png", "pdf", "provenance.json")
-FIGURE_KINDS = ("size", "stages", "algorithms", "accuracy", "layers")
+FIGURE_KINDS = ("size", "stages", "algorithms", "accuracy", "layers", "init_scale")
 
 
 def has_stages(config: dict[str, Any]) -> bool:
     """Whether some model has a checkpoint or further-trained stage besides trained and M0."""
     return any(set(variants(m)) - {"trained", *untrained_variants(m)} for m in config["models"].values())
+
+
+def sweeps_init_scale(config: dict[str, Any]) -> bool:
+    """Whether some model's M0 is built at an init scale other than the published config's."""
+    return any((m.get("untrained") or {}).get("init_scale") is not None for m in config["models"].values())
 
 
 def reproduces_paper(config: dict[str, Any]) -> bool:
@@ -32,7 +37,8 @@ def figure_kinds(config: dict[str, Any]) -> list[str]:
     """The figures of ``config['figures']`` that the config gives something to show.
 
     ``stages`` needs a model with stages, ``algorithms`` both algorithms, ``accuracy`` an accuracy
-    section, ``layers`` more than one layer (or ``all``).
+    section, ``layers`` more than one layer (or ``all``), ``init_scale`` a model with an
+    ``untrained.init_scale``.
     """
     wanted = set(config.get("figures") or [])
     layers = config["layers"] if isinstance(config["layers"], list) else [config["layers"]]
@@ -42,6 +48,7 @@ def figure_kinds(config: dict[str, Any]) -> list[str]:
         "algorithms": len(set(config["algorithms"])) > 1,
         "accuracy": bool(config.get("accuracy")),
         "layers": len(layers) > 1 or "all" in layers,
+        "init_scale": sweeps_init_scale(config),
     }
     return [k for k in FIGURE_KINDS if k in wanted and possible[k]]
 
@@ -50,6 +57,8 @@ def table_names(config: dict[str, Any]) -> list[str]:
     names = ["diff_erank", "all", "algorithms_layers", "layers", "stages"]
     if config.get("accuracy"):
         names.append("accuracy")
+    if "init_scale" in figure_kinds(config):
+        names.append("init_scale")
     if reproduces_paper(config):
         names.append("reproduction")
     return names

@@ -264,6 +264,37 @@ def summarise(
     return "\n".join(out) + "\n"
 
 
+def init_scale_table(main_all: pd.DataFrame) -> pd.DataFrame:
+    """The init-scale sweep's points: one row per model and dataset, in scale order."""
+    rows = main_all[(main_all["algorithm"] == "a") & last_layer(main_all) & main_all["init_scale"].notna()]
+    cols = ["family", "model", "dataset", "init_scale", "n_texts", "erank_untrained", "erank_trained",
+            "diff_erank", "diff_erank_std", "ci_low", "ci_high", "reduced_loss"]  # fmt: skip
+    rows = rows[[c for c in cols if c in rows]]
+    return rows.sort_values(["family", "dataset", "init_scale"], ignore_index=True)
+
+
+def init_scale_lines(table: pd.DataFrame) -> list[str]:
+    """The summary's account of the sweep: the range of Diff-eRank over the init scales, and
+    where its sign changes, per family and dataset (measured, whatever the sign)."""
+    lines = ["## Sensitivity to the untrained model's init scale", ""]
+    for (fam, ds), g in table.groupby(["family", "dataset"], sort=False):
+        scales, diffs = g["init_scale"].to_numpy(), g["diff_erank"].to_numpy()
+        pts = ", ".join(f"x{s:g}: {_num(d, 3)}" for s, d in zip(scales, diffs, strict=True))
+        flips = [
+            f"between x{scales[i]:g} and x{scales[i + 1]:g}"
+            for i in range(len(diffs) - 1)
+            if np.sign(diffs[i]) != np.sign(diffs[i + 1])
+        ]
+        sign = f"; the sign changes {' and '.join(flips)}" if flips else "; one sign throughout"
+        lines.append(f"- **{fam}** on `{ds}`: Diff-eRank {pts} (M0 init std x the published one){sign}.")
+    lines.append("")
+    lines.append(
+        "Diff-eRank is a difference against M0, so its size, and possibly its sign, is partly the "
+        "choice of M0's init scale: compare models only at the same, published, init."
+    )
+    return lines
+
+
 def md_to_html(text: str, title: str) -> str:
     """A Markdown page (summary, reproduction report) as HTML for Snakemake's report."""
     from markdown_it import MarkdownIt
@@ -358,6 +389,7 @@ def build(
         "model",
         "family",
         "size",
+        "init_scale",
         "n_params",
         "dataset",
         "n_texts",
@@ -448,6 +480,18 @@ def build(
     )
 
     kinds = figure_kinds(config)
+    init_scale = init_scale_table(main_all) if "init_scale" in kinds else None
+    if init_scale is not None:
+        write_table(
+            init_scale,
+            tables / "init_scale",
+            prov,
+            "Diff-eRank against the init scale of the untrained model M0 (algorithm (a), last layer)",
+            notes=[
+                "init_scale: M0's init std as a multiple of the published config's (1 = published); "
+                "diff_erank_std: std over the untrained seeds."
+            ],
+        )
     fig_dir = out_dir / "figures"
     if "size" in kinds:
         figures.size_figure(main, fig_dir / "size", prov)
@@ -459,7 +503,11 @@ def build(
         figures.accuracy_figure(main, tasks, fig_dir / "accuracy", prov)
     if "layers" in kinds:
         figures.layers_figure(layers, fig_dir / "layers", prov)
+    if init_scale is not None:
+        figures.init_scale_figure(init_scale, fig_dir / "init_scale", prov)
     summary = summarise(main, stages, layers, by_alg, config)
+    if init_scale is not None:
+        summary += "\n" + "\n".join(init_scale_lines(init_scale)) + "\n"
     write_text(summary, out_dir / "summary.md")
     write_text(md_to_html(summary, f"Summary: {config.get('name', '')}"), out_dir / "summary.html")
     if reproduces_paper(config):
