@@ -266,8 +266,9 @@ def cmd_mm_erank(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     probe = LlavaProbe.load(a.spec, pick_device(a.device))
     per_item = measure_items(probe, read_parquet(a.items), a.rotation)
-    commit = getattr(probe.model.config, "_commit_hash", None)
-    write_parquet(per_item, a.out, provenance(a.spec, rotation=a.rotation, items=a.items, commit=commit))
+    write_parquet(
+        per_item, a.out, provenance(a.spec, rotation=a.rotation, items=a.items, commit=probe.commit)
+    )
 
 
 def cmd_mm_report(a: argparse.Namespace) -> None:
