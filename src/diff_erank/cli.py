@@ -349,9 +349,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_config)
 
     s = sub.add_parser(
-        "pin", help="rewrite model entries' revision to the current commit SHA (needs the hub)"
+        "pin", help="rewrite entries' hub revisions to the current commit SHAs (needs the hub)"
     )
-    s.add_argument("files", nargs="+", help="conf/model/*.yaml files")
+    s.add_argument(
+        "files", nargs="+", help="conf/model, conf/mm_model, conf/dataset or conf/mm_dataset *.yaml files"
+    )
     s.set_defaults(fn=cmd_pin)
 
     s = sub.add_parser(
