@@ -248,3 +248,24 @@ def test_mm_erank_records_the_hub_commit_it_read(llava_dir, tmp_path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert read_provenance(tmp_path / "hub.parquet")["commit"] == sha
     assert read_provenance(tmp_path / "local.parquet")["commit"] is None
+
+
+def test_llava_with_a_corrupted_buffer_is_refused(llava_dir, monkeypatch) -> None:
+    """LLaVA is loaded outside ``load_variant`` and gets the same buffer check (no false alarm: the
+    ``probe`` fixture loads it); a RoPE ``inv_freq`` scaled to the ~1e-29 of the real fault is refused."""
+    from transformers import LlavaForConditionalGeneration
+
+    from diff_erank.config import ConfigError
+
+    original = LlavaForConditionalGeneration.from_pretrained
+
+    def corrupted(*args, **kwargs):
+        model = original(*args, **kwargs)
+        with torch.no_grad():
+            model.model.language_model.rotary_emb.inv_freq.mul_(1e-29)
+        return model
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", corrupted)
+    spec = {"source": str(llava_dir), "revision": None, "dtype": "float32", "template": TEMPLATE}
+    with pytest.raises(ConfigError, match=r"buffer 'inv_freq' of module 'model\.language_model\.rotary_emb'"):
+        M.LlavaProbe.load(spec, torch.device("cpu"))

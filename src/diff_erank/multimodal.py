@@ -35,7 +35,7 @@ import torch
 from diff_erank.config import ConfigError
 from diff_erank.erank import dataset_erank, erank_stats
 from diff_erank.errors import UserError
-from diff_erank.models import DTYPES, hub_commit, resolve_source
+from diff_erank.models import DTYPES, check_buffers, hub_commit, resolve_source
 from diff_erank.progress import tqdm
 from diff_erank.storage import read_parquet
 
@@ -197,13 +197,11 @@ class LlavaProbe:
         # moves meanwhile cannot mix two
         commit = hub_commit(name, rev)
         rev = commit or rev
-        model = (
-            LlavaForConditionalGeneration.from_pretrained(
-                name, revision=rev, dtype=dtype, use_safetensors=True
-            )
-            .to(device)
-            .eval()
+        model = LlavaForConditionalGeneration.from_pretrained(
+            name, revision=rev, dtype=dtype, use_safetensors=True
         )
+        check_buffers(model, dtype, f"{spec['source']}")  # no uninitialised buffers, as in load_variant
+        model = model.to(device).eval()
         tok = AutoTokenizer.from_pretrained(name, revision=rev)
         # pad to a square with the mean colour (image_mean x 255) first, as LLaVA's expand2square
         proc = LlavaImageProcessorPil.from_pretrained(name, revision=rev, do_pad=True)
