@@ -119,6 +119,12 @@ def texts_file(tmp_path) -> Path:
 #: whose forward fails whenever a cache is asked for (OpenELM's calls the removed
 #: ``DynamicCache.from_legacy_cache`` then), hidden states as OpenELM returns them (the input of
 #: every block, then the final norm's output), a learned position table and tied embeddings.
+#: Like OpenELM it computes non-persistent buffers in ``__init__`` and uses them in its forward:
+#: RoPE frequencies ``inv_freq`` (rotating queries and keys) and a boolean ``causal`` mask.
+#: ``INIT_BUFFERS`` marks the lines of ``_init_weights`` that recompute them (what transformers 5
+#: needs: it leaves non-persistent buffers as uninitialised memory in ``from_pretrained`` and
+#: recomputes only those its own models declare); OpenELM's code, written for transformers 4, has
+#: no such lines, and ``save_remote_standin(..., init_buffers=False)`` leaves them out.
 REMOTE_CONFIG_PY = """
 from transformers import PretrainedConfig
 
@@ -147,6 +153,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .configuration_standin import StandInConfig
 
 
+def rotate(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -159,9 +170,10 @@ class Block(nn.Module):
         self.up = nn.Linear(d, 4 * d, bias=False)
         self.down = nn.Linear(4 * d, d, bias=False)
 
-    def forward(self, x, allowed):
+    def forward(self, x, allowed, cos, sin):
         b, n, d = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         a = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed
         )
@@ -179,13 +191,28 @@ class StandInForCausalLM(PreTrainedModel):
         self.positions = nn.Embedding(config.max_context_length, config.model_dim)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_transformer_layers))
         self.norm = nn.RMSNorm(config.model_dim)
+        self.register_buffer("inv_freq", self.rope_frequencies(config), persistent=False)
+        self.register_buffer("causal", self.causal_mask(config), persistent=False)
         self.post_init()
+
+    @staticmethod
+    def rope_frequencies(config):
+        half = config.model_dim // config.num_query_heads // 2
+        return 1.0 / 10000 ** (torch.arange(half, dtype=torch.float32) / half)
+
+    @staticmethod
+    def causal_mask(config):
+        n = config.max_context_length
+        return torch.ones(n, n, dtype=torch.bool).tril()
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.2)
         elif isinstance(module, nn.RMSNorm):
             nn.init.ones_(module.weight)
+        elif isinstance(module, StandInForCausalLM):  # INIT_BUFFERS
+            module.inv_freq.copy_(self.rope_frequencies(self.config))  # INIT_BUFFERS
+            module.causal.copy_(self.causal_mask(self.config))  # INIT_BUFFERS
 
     def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
@@ -195,13 +222,15 @@ class StandInForCausalLM(PreTrainedModel):
         b, n = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        causal = torch.ones(n, n, dtype=torch.bool, device=input_ids.device).tril()
-        allowed = (causal[None] & attention_mask[:, None, :].bool())[:, None]
-        x = self.token_embeddings(input_ids) + self.positions(torch.arange(n, device=input_ids.device))
+        allowed = (self.causal[None, :n, :n] & attention_mask[:, None, :].bool())[:, None]
+        pos = torch.arange(n, device=input_ids.device)
+        angles = (pos[:, None] * self.inv_freq[None]).to(self.token_embeddings.weight.dtype)[:, None]
+        cos, sin = angles.cos(), angles.sin()
+        x = self.token_embeddings(input_ids) + self.positions(pos)
         states = []
         for layer in self.layers:
             states.append(x)
-            x = layer(x, allowed)
+            x = layer(x, allowed, cos, sin)
         x = self.norm(x)
         states.append(x)
         logits = F.linear(x, self.token_embeddings.weight)
@@ -216,13 +245,20 @@ class StandInForCausalLM(PreTrainedModel):
 """
 
 
-def save_remote_standin(root: Path, vocab_size: int, seed: int = 0) -> Path:
-    """A local remote-code model directory (no tokenizer in it: like OpenELM, it has none)."""
+def save_remote_standin(root: Path, vocab_size: int, seed: int = 0, init_buffers: bool = True) -> Path:
+    """A local remote-code model directory (no tokenizer in it: like OpenELM, it has none).
+
+    ``init_buffers=False``: its ``_init_weights`` does not recompute the non-persistent buffers,
+    as OpenELM's does not (``from_pretrained`` on transformers 5 then leaves them uninitialised).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    modeling = REMOTE_MODELING_PY
+    if not init_buffers:
+        modeling = "\n".join(line for line in modeling.splitlines() if "# INIT_BUFFERS" not in line)
     root.mkdir(parents=True, exist_ok=True)
     (root / "configuration_standin.py").write_text(REMOTE_CONFIG_PY)
-    (root / "modeling_standin.py").write_text(REMOTE_MODELING_PY)
+    (root / "modeling_standin.py").write_text(modeling)
     (root / "config.json").write_text(
         json.dumps(
             {

@@ -178,3 +178,85 @@ def test_openelm_like_remote_code_runs_dump_finetune_and_accuracy(openelm_like, 
            "limit": 4, "batch_size": 4}  # fmt: skip
     evaluate(spec, "trained", acc, tmp_path / "acc.json", device="cpu")
     assert json.loads((tmp_path / "acc.json").read_text())["variant"] == "trained"
+
+
+# -- non-persistent buffers: checked against a fresh construction after every load ---------------
+def _logged_buffers(caplog) -> list[str]:
+    import ast
+
+    marker = "non-persistent buffers equal to a fresh construction's: "
+    messages = [r.getMessage() for r in caplog.records]
+    return [name for m in messages if marker in m for name in ast.literal_eval(m.split(marker)[1])]
+
+
+def test_every_family_loads_with_its_non_persistent_buffers_checked(arch_model, tiny_model, caplog) -> None:
+    """No false alarm on any family of conf/model/ (Llama's and GPTNeoX's RoPE, GPT-2's, OPT's and the
+    stand-in's buffers), and every non-persistent buffer transformers itself lists is checked and logged."""
+    import logging
+
+    checked = {}
+    for spec in (_spec(arch_model), model_spec(tiny_model)):
+        for variant in ("trained", "init-s0"):
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="diff_erank.models"):
+                model = load_variant(spec, variant)
+            expected = sorted(name for name, _ in model.named_non_persistent_buffers())
+            assert sorted(_logged_buffers(caplog)) == expected, (spec["source"], variant)
+            checked[spec["source"]] = expected
+    if arch_model.get("trust_remote_code"):
+        assert checked[arch_model["source"]] == ["causal", "inv_freq"]
+
+
+def test_remote_code_with_uninitialised_buffers_is_refused(tmp_path, tokenizer_dir) -> None:
+    """The real fault: a remote-code model written for transformers 4 (its ``_init_weights`` does not
+    set the non-persistent buffers its ``__init__`` computes, as OpenELM's) read by the installed
+    transformers' ``from_pretrained`` gets uninitialised memory for them. Its trained variant is
+    refused naming the buffer; ``init-s0`` (``from_config`` runs ``__init__`` on real tensors) loads."""
+    from conftest import save_remote_standin
+
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    root = save_remote_standin(tmp_path / "standin-unset-buffers", vocab, init_buffers=False)
+    raw = AutoModelForCausalLM.from_pretrained(root, trust_remote_code=True, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(raw.config, trust_remote_code=True, dtype=torch.float32)
+    if torch.equal(raw.inv_freq, fresh.inv_freq) and torch.equal(raw.causal, fresh.causal):
+        pytest.skip("this transformers initialises remote code's non-persistent buffers: the fault is gone")
+    spec = model_spec(root, tokenizer=str(tokenizer_dir), trust_remote_code=True)
+    refusal = r"buffer '(causal|inv_freq)' of module '\(root\)' differs .* by up to"
+    with pytest.raises(ConfigError, match=refusal):
+        load_variant(spec, "trained")
+    model = load_variant(spec, "init-s0")
+    assert torch.equal(model.inv_freq, fresh.inv_freq) and torch.equal(model.causal, fresh.causal)
+
+
+@pytest.mark.parametrize("variant", ["trained", "init-s0", "rev-main", "ft-x"])
+@pytest.mark.parametrize("garbage", [1e-25, float("nan")])
+def test_a_corrupted_buffer_is_refused_for_every_variant_kind(
+    variant, garbage, tmp_path, tokenizer_dir, monkeypatch
+) -> None:
+    """The refusal itself, made deterministic: Llama's RoPE ``inv_freq`` is corrupted right after
+    transformers builds the model (scaled to the ~1e-29 seen in the real fault, or one NaN: a
+    non-finite value differs), for each kind of variant ``load_variant`` builds."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    from conftest import _llama_config
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(_llama_config(tok, heads=4, kv_heads=1, hidden=32)).save_pretrained(
+        tmp_path / "llama" / "main"
+    )
+
+    def corrupt(model):
+        with torch.no_grad():
+            if math.isnan(garbage):
+                model.model.rotary_emb.inv_freq[1] = garbage
+            else:
+                model.model.rotary_emb.inv_freq.mul_(garbage)
+        return model
+
+    for build in ("from_pretrained", "from_config"):
+        original = getattr(AutoModelForCausalLM, build)
+        monkeypatch.setattr(AutoModelForCausalLM, build, lambda *a, _f=original, **k: corrupt(_f(*a, **k)))
+    spec = model_spec(tmp_path / "llama")
+    diff = "inf" if math.isnan(garbage) else "1"  # inv_freq[0] is 1: scaled to ~0
+    refusal = rf"buffer 'inv_freq' of module 'model.rotary_emb' .* by up to {diff} "
+    with pytest.raises(ConfigError, match=refusal):
+        load_variant(spec, variant, variant_path=str(tmp_path / "llama" / "main"))

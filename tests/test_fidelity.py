@@ -116,6 +116,96 @@ def test_pin_skips_abstract_entries_and_pins_the_tokenizer_on_its_own(tmp_path) 
         pin_file(model_dir / "openelm-450m.yaml")
 
 
+def test_pin_covers_mm_models_and_dataset_revisions(tmp_path) -> None:
+    """``pin`` on conf/mm_model (a model entry: the model resolver), conf/dataset and conf/mm_dataset
+    (hub datasets through the dataset resolver: ``source.revision`` in flow or block style, a
+    ``source.hub`` annotation file, ``hf://`` paths); local and inherited sources are skipped; only
+    the pinned values change (comments kept), and the pinned entries still compose."""
+    import shutil
+
+    import pytest
+    import yaml
+
+    from diff_erank.config import ConfigError
+    from diff_erank.pin import pin_file
+
+    shutil.copytree(CONF, tmp_path / "conf")
+    conf = tmp_path / "conf"
+    models: list[tuple[str, str | None]] = []
+    datasets: list[tuple[str, str | None]] = []
+
+    def sha(repo: str) -> str:  # a distinct commit per repository
+        return f"{sum(map(ord, repo)) % 0xFFFF:04x}".ljust(40, "f")
+
+    def model_resolver(repo: str, revision: str | None) -> str:
+        models.append((repo, revision))
+        return sha(repo)
+
+    def dataset_resolver(repo: str, revision: str | None) -> str:
+        datasets.append((repo, revision))
+        return sha(repo)
+
+    before = {f.relative_to(conf): f.read_text() for f in conf.rglob("*.yaml")}
+    files = sorted(f for kind in ("dataset", "mm_dataset", "mm_model") for f in conf.glob(f"{kind}/*.yaml"))
+    got = {f.relative_to(conf).as_posix(): pin_file(f, model_resolver, dataset_resolver) for f in files}
+
+    hub_datasets = {"dolly-15k": "databricks/databricks-dolly-15k", "hh-rlhf": "Anthropic/hh-rlhf",
+                    "openbookqa": "allenai/openbookqa", "openbookqa-train": "allenai/openbookqa",
+                    "openwebtext2": "suolyer/pile_openwebtext2", "piqa": "baber/piqa",
+                    "winogrande": "allenai/winogrande"}  # fmt: skip
+    wiki = "hf://datasets/legacy-datasets/wikipedia@main"
+    assert got == {
+        **{f"dataset/{n}.yaml": {"source.revision": sha(r)} for n, r in hub_datasets.items()},
+        "dataset/wikipedia.yaml": {wiki: sha("legacy-datasets/wikipedia")},
+        **{f"dataset/{n}.yaml": None  # the demo's local corpus, and entries inheriting wikipedia's source
+           for n in ("demo-base", "demo-docstrings", "demo-topics", "wikipedia-1000", "wikipedia-5000",
+                     "wikipedia-10000")},
+        "mm_dataset/detail_23k.yaml": {"source.hub.revision": sha("liuhaotian/LLaVA-Instruct-150K")},
+        "mm_dataset/cc_sbu_align.yaml": None,  # local annotations and images
+        "mm_model/llava-1_5-7b.yaml": {"revision": sha("llava-hf/llava-1.5-7b-hf")},
+        "mm_model/llava-1_5-13b.yaml": {"revision": sha("llava-hf/llava-1.5-13b-hf")},
+    }  # fmt: skip
+    assert sorted(models) == [("llava-hf/llava-1.5-13b-hf", "main"), ("llava-hf/llava-1.5-7b-hf", "main")]
+    assert sorted(datasets) == sorted(
+        [*((r, "main") for r in hub_datasets.values()), ("legacy-datasets/wikipedia", "main"),
+         ("liuhaotian/LLaVA-Instruct-150K", "main")]
+    )  # fmt: skip
+
+    # only the pinned lines changed: every comment and every other line is as it was
+    for rel, text in before.items():
+        after = (conf / rel).read_text().splitlines()
+        changed = [(a, b) for a, b in zip(text.splitlines(), after, strict=True) if a != b]
+        pinned = got.get(rel.as_posix()) or {}
+        assert len(changed) == (1 if pinned else 0), rel
+        for _, new in changed:
+            assert all(v in new for v in pinned.values())
+    hh = yaml.safe_load((conf / "dataset/hh-rlhf.yaml").read_text())["source"]  # block style
+    assert hh["revision"] == sha("Anthropic/hh-rlhf") and len(hh["data_files"]) == 4
+
+    # the pinned entries compose, validate and reach the steps (inherited ones included)
+    cfg = load_config(conf, ["experiment=table11"])
+    assert cfg["datasets"]["wikipedia-1000"]["source"]["data_files"].startswith(
+        f"hf://datasets/legacy-datasets/wikipedia@{sha('legacy-datasets/wikipedia')}/data/20220301.en/"
+    )
+    piqa_source = load_config(conf, ["experiment=table1"])["datasets"]["piqa"]["source"]
+    assert piqa_source["revision"] == sha("baber/piqa")
+    mm = load_config(conf, ["experiment=table2"])["multimodal"]
+    assert mm["models"]["llava-1_5-7b"]["revision"] == sha("llava-hf/llava-1.5-7b-hf")
+    assert mm["datasets"]["detail_23k"]["source"]["hub"]["revision"] == sha("liuhaotian/LLaVA-Instruct-150K")
+
+    # a hub dataset without a revision field is refused and left as it was; offline, one sentence
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("source: {kind: hub, path: org/data, split: train}\n")
+    with pytest.raises(ConfigError, match="no `revision:` field"):
+        pin_file(bare, model_resolver, dataset_resolver)
+    assert bare.read_text() == "source: {kind: hub, path: org/data, split: train}\n"
+    piqa = tmp_path / "piqa.yaml"
+    shutil.copy(CONF / "dataset" / "piqa.yaml", piqa)
+    with pytest.raises(ConfigError, match=r"cannot resolve dataset baber/piqa@main .*needs hub access"):
+        pin_file(piqa)
+    assert piqa.read_text() == (CONF / "dataset" / "piqa.yaml").read_text()
+
+
 def _requirements(lines) -> dict:
     """``{normalised name: SpecifierSet}`` of requirement strings (conda's ``=`` read as ``==``)."""
     import re

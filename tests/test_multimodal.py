@@ -207,3 +207,65 @@ def test_table2_experiment_end_to_end(llava_dir, tmp_path) -> None:
     assert llava["ours"].notna().all() and len(llava) == 14 + 7
     assert not (rep["family"] == "minigpt-v2").any()  # not a model of this run: out of its scope
     assert (out / "figures" / "multimodal.png").stat().st_size > 1000
+
+
+def test_mm_erank_records_the_hub_commit_it_read(llava_dir, tmp_path) -> None:
+    """The recorded commit is the one the revision resolves to (``models.hub_commit``, here through a
+    real offline hub cache: ``refs/main`` -> ``snapshots/<sha>``), not ``config._commit_hash``, which
+    transformers 5 leaves unset; a local directory records None by design."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from diff_erank.storage import read_provenance, write_parquet
+
+    sha = "c" * 40
+    repo = tmp_path / "hub" / "models--org--tiny-llava"
+    shutil.copytree(llava_dir, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    ann, images = make_llava_instruct(tmp_path / "data", 2)
+    source = {"kind": "llava_instruct", "annotations": str(ann), "images": str(images)}
+    write_parquet(M.load_items({"source": source}), tmp_path / "items.parquet", {})
+    runs = {"hub.parquet": "org/tiny-llava", "local.parquet": str(llava_dir)}
+    calls = [
+        [
+            "mm-erank",
+            "--spec",
+            json.dumps({"source": src, "revision": "main", "dtype": "float32", "template": TEMPLATE}),
+            "--items",
+            str(tmp_path / "items.parquet"),
+            "--out",
+            str(tmp_path / out),
+        ]
+        for out, src in runs.items()
+    ]
+    code = f"from diff_erank.cli import main\nfor args in {calls!r}:\n    assert main(args) == 0\n"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_provenance(tmp_path / "hub.parquet")["commit"] == sha
+    assert read_provenance(tmp_path / "local.parquet")["commit"] is None
+
+
+def test_llava_with_a_corrupted_buffer_is_refused(llava_dir, monkeypatch) -> None:
+    """LLaVA is loaded outside ``load_variant`` and gets the same buffer check (no false alarm: the
+    ``probe`` fixture loads it); a RoPE ``inv_freq`` scaled to the ~1e-29 of the real fault is refused."""
+    from transformers import LlavaForConditionalGeneration
+
+    from diff_erank.config import ConfigError
+
+    original = LlavaForConditionalGeneration.from_pretrained
+
+    def corrupted(*args, **kwargs):
+        model = original(*args, **kwargs)
+        with torch.no_grad():
+            model.model.language_model.rotary_emb.inv_freq.mul_(1e-29)
+        return model
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", corrupted)
+    spec = {"source": str(llava_dir), "revision": None, "dtype": "float32", "template": TEMPLATE}
+    with pytest.raises(ConfigError, match=r"buffer 'inv_freq' of module 'model\.language_model\.rotary_emb'"):
+        M.LlavaProbe.load(spec, torch.device("cpu"))

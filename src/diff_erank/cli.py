@@ -268,8 +268,9 @@ def cmd_mm_erank(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     probe = LlavaProbe.load(a.spec, pick_device(a.device))
     per_item = measure_items(probe, read_parquet(a.items), a.rotation)
-    commit = getattr(probe.model.config, "_commit_hash", None)
-    write_parquet(per_item, a.out, provenance(a.spec, rotation=a.rotation, items=a.items, commit=commit))
+    write_parquet(
+        per_item, a.out, provenance(a.spec, rotation=a.rotation, items=a.items, commit=probe.commit)
+    )
 
 
 def cmd_mm_report(a: argparse.Namespace) -> None:
@@ -350,9 +351,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_config)
 
     s = sub.add_parser(
-        "pin", help="rewrite model entries' revision to the current commit SHA (needs the hub)"
+        "pin", help="rewrite entries' hub revisions to the current commit SHAs (needs the hub)"
     )
-    s.add_argument("files", nargs="+", help="conf/model/*.yaml files")
+    s.add_argument(
+        "files", nargs="+", help="conf/model, conf/mm_model, conf/dataset or conf/mm_dataset *.yaml files"
+    )
     s.set_defaults(fn=cmd_pin)
 
     s = sub.add_parser(

@@ -35,7 +35,7 @@ import torch
 from diff_erank.config import ConfigError
 from diff_erank.erank import dataset_erank, erank_stats
 from diff_erank.errors import UserError
-from diff_erank.models import DTYPES, resolve_source
+from diff_erank.models import DTYPES, check_buffers, hub_commit, resolve_source
 from diff_erank.progress import tqdm
 from diff_erank.storage import read_parquet
 
@@ -164,7 +164,15 @@ def tokenizer_image_token(prompt: str, tokenizer, image_id: int, n_image: int) -
 class LlavaProbe:
     """The five hidden-state matrices of one item, from a ``LlavaForConditionalGeneration``."""
 
-    def __init__(self, model, tokenizer, image_processor, template: str, device: torch.device) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_processor,
+        template: str,
+        device: torch.device,
+        commit: str | None = None,
+    ) -> None:
         if IMAGE not in template or "{instruction}" not in template or "{response}" not in template:
             raise ConfigError(f"template {template!r} needs {IMAGE}, {{instruction}} and {{response}}")
         self.model, self.tok, self.proc, self.template, self.device = (
@@ -175,6 +183,8 @@ class LlavaProbe:
             device,
         )
         self.image_id = model.config.image_token_id
+        #: the hub commit model, tokenizer and processor were read at (None: a local directory)
+        self.commit = commit
 
     @classmethod
     def load(cls, spec: dict[str, Any], device: torch.device) -> LlavaProbe:
@@ -182,17 +192,20 @@ class LlavaProbe:
 
         name, rev = resolve_source(spec["source"], spec.get("revision"))
         dtype = DTYPES[spec["dtype"]]
-        model = (
-            LlavaForConditionalGeneration.from_pretrained(
-                name, revision=rev, dtype=dtype, use_safetensors=True
-            )
-            .to(device)
-            .eval()
+        # the commit `rev` points to now, as the model entries resolve theirs (transformers 5 leaves
+        # `config._commit_hash` unset); all three pieces are read at that commit, so a `main` that
+        # moves meanwhile cannot mix two
+        commit = hub_commit(name, rev)
+        rev = commit or rev
+        model = LlavaForConditionalGeneration.from_pretrained(
+            name, revision=rev, dtype=dtype, use_safetensors=True
         )
+        check_buffers(model, dtype, f"{spec['source']}")  # no uninitialised buffers, as in load_variant
+        model = model.to(device).eval()
         tok = AutoTokenizer.from_pretrained(name, revision=rev)
         # pad to a square with the mean colour (image_mean x 255) first, as LLaVA's expand2square
         proc = LlavaImageProcessorPil.from_pretrained(name, revision=rev, do_pad=True)
-        return cls(model, tok, proc, spec["template"], device)
+        return cls(model, tok, proc, spec["template"], device, commit)
 
     def pixels(self, image) -> torch.Tensor:
         pix = self.proc(images=image, return_tensors="pt")["pixel_values"]

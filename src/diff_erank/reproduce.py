@@ -182,7 +182,9 @@ def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str
 
 def accuracy_metrics() -> pd.DataFrame:
     """Which lm-eval metric (acc or acc_norm) each paper accuracy is, per (table, dataset), with
-    the evidence for the choice (``data/accuracy_metrics.csv``)."""
+    the evidence for the choice (``data/accuracy_metrics.csv``). ``settled`` is ``no`` where the
+    evidence does not decide (Table 1's piqa): ``metric`` is then only the one the main table
+    joins on, and the report sets both beside the paper (:func:`unsettled_lines`)."""
     with resources.files("diff_erank").joinpath("data/accuracy_metrics.csv").open() as f:
         return pd.read_csv(f, keep_default_na=False)
 
@@ -323,10 +325,19 @@ def accuracy_section(cmp: pd.DataFrame) -> list[str]:
         "## Accuracy: which lm-eval metric",
         "",
         "Both acc and acc_norm are recorded for every task; each paper row is compared with the one "
-        "the paper used (winogrande defines no acc_norm: its acc enters the acc_norm mean):",
+        "the paper used where the evidence says which, and with both where it does not (winogrande "
+        "defines no acc_norm: its acc enters the acc_norm mean):",
         "",
     ]
-    out += [f"- {r.table}, {r.dataset}: **{r.metric}**. {r.evidence}" for r in choice.itertuples()]
+    for r in choice.itertuples():
+        if r.settled == "no":
+            out.append(
+                f"- {r.table}, {r.dataset}: **not settled by the evidence** (the table above uses "
+                f"{r.metric}). {r.evidence}"
+            )
+            out += unsettled_lines(acc[(acc["table"] == r.table) & (acc["dataset"] == r.dataset)])
+        else:
+            out.append(f"- {r.table}, {r.dataset}: **{r.metric}**. {r.evidence}")
     cols = [
         "table",
         "family",
@@ -339,6 +350,33 @@ def accuracy_section(cmp: pd.DataFrame) -> list[str]:
         "ours_acc_norm",
     ]
     return [*out, "", markdown(acc.sort_values(["table", "dataset", "size_value"])[cols])]
+
+
+def unsettled_lines(acc: pd.DataFrame) -> list[str]:
+    """For a paper accuracy whose lm-eval metric the evidence leaves open: this run's acc and
+    acc_norm beside the paper's, per size, and each metric's summed distance to the paper (in
+    points, over the sizes the run scored with both), computed from the run's own numbers."""
+    both = acc.dropna(subset=["paper", "ours_acc", "ours_acc_norm"]).sort_values("size_value")
+    if both.empty:
+        return ["  This run scored none of its sizes: no distance to report."]
+    dist = {m: 100 * float((both[f"ours_{m}"] - both["paper"]).abs().sum()) for m in ("acc", "acc_norm")}
+    side = both[["family", "size", "paper", "ours_acc", "ours_acc_norm"]].assign(
+        abs_diff_acc=(both["ours_acc"] - both["paper"]).abs(),
+        abs_diff_acc_norm=(both["ours_acc_norm"] - both["paper"]).abs(),
+    )
+    closer = min(dist, key=dist.get) if dist["acc"] != dist["acc_norm"] else None
+    return [
+        f"  This run's summed distance to the paper over {len(both)} size(s): "
+        f"**{dist['acc']:.1f} points with acc, {dist['acc_norm']:.1f} with acc_norm**"
+        + (
+            f" ({closer} closer here; one run's sizes do not settle the paper's metric either):"
+            if closer
+            else ":"
+        ),
+        "",
+        *("  " + line for line in markdown(side).splitlines()),
+        "",
+    ]
 
 
 def build_report(
