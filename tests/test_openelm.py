@@ -28,10 +28,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import model_spec, tiny_openelm_config
+from conftest import REPO, model_spec, tiny_openelm_config
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from diff_erank import dump as D
+from diff_erank.accuracy import hflm_kwargs
+from diff_erank.config import load_config
 from diff_erank.models import load_variant
 from diff_erank.openelm import OpenELMConfig, OpenELMForCausalLM
 
@@ -306,3 +308,25 @@ def test_trained_variant_equals_the_model_saved(tmp_path, tokenizer_dir, texts_f
             spec, variant, texts_file, tmp_path / variant, layers=["embeddings", "last"], device="cpu"
         )
         assert manifest["num_hidden_layers"] == 3 and manifest["layers"]["last"]["index"] == 3
+
+
+def test_openelm_entries_load_natively_and_evaluate_with_bos() -> None:
+    cfg = load_config(REPO / "conf", ["experiment=fig3"])
+    openelm = {name: m for name, m in cfg["models"].items() if m["family"] == "openelm"}
+    assert sorted(openelm) == ["openelm-1_1b", "openelm-270m", "openelm-3b", "openelm-450m"]
+    for name, m in openelm.items():
+        assert m["trust_remote_code"] is False, name
+        assert hflm_kwargs(m, cfg["accuracy"]) == {"batch_size": 8, "max_length": 2048, "add_bos_token": True}
+    # every other model keeps lm-eval's default
+    assert "add_bos_token" not in hflm_kwargs(cfg["models"]["opt-125m"], cfg["accuracy"])
+
+
+def test_hflm_takes_the_entrys_add_bos_token(tokenizer_dir) -> None:
+    from lm_eval.models.huggingface import HFLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_config(tiny_openelm_config(tok), dtype=torch.float32)
+    spec = model_spec("unused", lm_eval={"add_bos_token": True})
+    lm = HFLM(pretrained=model, tokenizer=tok, device="cpu", **hflm_kwargs(spec, {"batch_size": 2}))
+    assert lm.add_bos_token is True and lm.max_length == 64
+    assert lm.tok_encode("a short text")[0] == tok.bos_token_id
