@@ -298,8 +298,24 @@ def _llama_config(tok, heads: int, kv_heads: int, hidden: int):
 
 #: The hub families of conf/model/ beyond OPT and GPTNeoX: GPT-2 (Cerebras-GPT), Llama in
 #: OpenELM's shape (grouped-query attention with 4 query heads per key head, tied embeddings)
-#: and in SmolLM's (3 query heads per key head, tied), and the remote-code stand-in.
-ARCH_FAMILIES = ["gpt2-cerebras", "llama-openelm", "llama-smollm", "remote-openelm"]
+#: and in SmolLM's (3 query heads per key head, tied), the remote-code stand-in, and OpenELM
+#: itself (the project's own classes, diff_erank.openelm).
+ARCH_FAMILIES = ["gpt2-cerebras", "llama-openelm", "llama-smollm", "remote-openelm", "openelm"]
+
+
+def tiny_openelm_config(tok, **kw):
+    """A 3-block OpenELM with what makes it OpenELM: per-layer numbers of query and key/value
+    heads (2 query heads per key/value head) and FFN widths, RMSNorm on queries and keys, input
+    and output embeddings shared."""
+    from diff_erank.openelm import OpenELMConfig
+
+    fields = dict(
+        vocab_size=len(tok), num_transformer_layers=3, model_dim=64, head_dim=16, num_gqa_groups=2,
+        qkv_multipliers=[0.5, 1.0], ffn_multipliers=[0.5, 4.0], ffn_dim_divisor=32,
+        normalize_qk_projections=True, share_input_output_layers=True, max_context_length=64,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    return OpenELMConfig(**{**fields, **kw})
 
 
 @pytest.fixture(scope="session", params=ARCH_FAMILIES)
@@ -319,6 +335,8 @@ def arch_model(request, tmp_path_factory, tokenizer_dir) -> dict:
         )  # fmt: skip
     elif request.param == "llama-openelm":
         cfg = _llama_config(tok, heads=4, kv_heads=1, hidden=32)
+    elif request.param == "openelm":
+        cfg = tiny_openelm_config(tok)
     else:
         cfg = _llama_config(tok, heads=3, kv_heads=1, hidden=24)
     torch.manual_seed(0)

@@ -1,7 +1,8 @@
 """Every model family of conf/model/ through dump and eRank, against an unbatched float64 reading.
 
 The families beyond OPT and GPTNeoX (tests/test_dump.py): GPT-2 (Cerebras-GPT), Llama in
-OpenELM's and SmolLM's shapes, and a remote-code stand-in for OpenELM that the tests write
+OpenELM's and SmolLM's shapes, OpenELM in the project's own classes (``diff_erank.openelm``; more
+in tests/test_openelm.py), and a remote-code stand-in for OpenELM that the tests write
 themselves (its own configuration and modelling files, no ``num_hidden_layers``, a forward that
 fails when a cache is asked for), loaded with ``trust_remote_code`` through the path OpenELM's
 entries take (``models.load_variant`` and ``load_tokenizer`` with a separate tokenizer).

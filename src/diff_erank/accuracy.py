@@ -20,6 +20,17 @@ from diff_erank.storage import write_json
 log = logging.getLogger(__name__)
 
 
+def hflm_kwargs(spec: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's ``HFLM`` settings for a model entry: batch size, context length, and the entry's
+    own ``lm_eval:`` settings (OpenELM's ``add_bos_token: true``, as its model card's lm-eval
+    command has it; lm-eval's default for every other model)."""
+    return {
+        "batch_size": acc.get("batch_size", 8),
+        "max_length": spec["max_length"],
+        **(spec.get("lm_eval") or {}),
+    }
+
+
 def evaluate(
     spec: dict[str, Any],
     variant: str,
@@ -38,13 +49,7 @@ def evaluate(
     dev = pick_device(device)
     model = load_variant(spec, variant, trained_path, variant_path).to(dev)
     tokenizer = load_tokenizer(spec, trained_path)  # further training keeps the tokenizer
-    lm = HFLM(
-        pretrained=model,
-        tokenizer=tokenizer,
-        batch_size=acc.get("batch_size", 8),
-        device=str(dev),
-        max_length=spec["max_length"],
-    )
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=str(dev), **hflm_kwargs(spec, acc))
     manager = TaskManager(
         include_path=acc.get("include_path"), include_defaults=acc.get("include_defaults", True)
     )

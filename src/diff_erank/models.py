@@ -253,6 +253,8 @@ def load_variant(
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    import diff_erank.openelm  # noqa: F401  (registers model_type "openelm": OpenELM without remote code)
+
     dtype = DTYPES[spec["dtype"]]
     remote = bool(spec["trust_remote_code"])
     source = _source(spec, trained_path)
@@ -285,7 +287,7 @@ def load_variant(
     check_buffers(model, dtype, f"{source} variant {variant}")
     model.eval()
     # No KV cache in any forward (dump, finetune, lm-eval's HFLM, which calls model(ids)): one
-    # full-sequence pass needs none, and OpenELM's code builds one with a removed API when it is on.
+    # full-sequence pass needs none, and remote code may build one with an API transformers 5 removed.
     model.config.use_cache = False
     log.info("loaded %s variant %s (%s, %d parameters)", source, variant, dtype, n_params(model))
     return model
