@@ -283,6 +283,7 @@ def test_tower_equals_written_out_eva_and_erank1_drops_cls(probe, tmp_path) -> N
     assert feats.shape == (1, GRID * GRID, WIDTH)
     torch.testing.assert_close(feats, ref[:, 1:], rtol=1e-5, atol=1e-5)
     states = probe.states(image, "Describe it.", "Stripes.")
+    assert list(states) == M.LEVELS == G.LEVELS
     torch.testing.assert_close(states["erank1_vision"], ref[0, 1:], rtol=1e-5, atol=1e-5)
     # the comparison tells the eps apart: 1e-6 for ln_vision, or 1e-5 in the blocks, is far off
     for block_eps, ln_eps in ((1e-6, 1e-6), (1e-5, 1e-5)):
@@ -359,6 +360,21 @@ def test_rotation_changes_the_vision_levels_only(probe, tmp_path) -> None:
     rot = probe.states(M.open_image(path, 90), "Describe it.", "Text.")
     assert erank(up["erank1_vision"]) != pytest.approx(erank(rot["erank1_vision"]), rel=1e-6)
     torch.testing.assert_close(up["erank4_llm_text"], rot["erank4_llm_text"])
+
+
+def test_float16_as_published_stays_near_float32(files, probe, tmp_path) -> None:
+    """The entry's dtype (float16): converted and run in it, every level's eRank within 1%."""
+    spec = {**files["spec"], "dtype": "float16"}
+    G.convert(spec, tmp_path / "fp16")
+    half = M.load_probe(spec, torch.device("cpu"), str(tmp_path / "fp16"))
+    image = M.open_image(make_image(tmp_path / "f.png", 6))
+    ours, ref = (
+        half.states(image, "Describe it.", "Stripes."),
+        probe.states(image, "Describe it.", "Stripes."),
+    )
+    assert ours["erank5_llm_image_text"].dtype == torch.float16
+    for level in M.LEVELS:
+        assert erank(ours[level].float()) == pytest.approx(erank(ref[level]), rel=1e-2)
 
 
 def test_conversion_records_what_it_used(converted, files) -> None:

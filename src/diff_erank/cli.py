@@ -327,7 +327,8 @@ STEPS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    steps = "\n".join(f"  {name:<13} {text}" for name, text in STEPS.items())
+    width = max(map(len, STEPS))
+    steps = "\n".join(f"  {name:<{width}} {text}" for name, text in STEPS.items())
     p = argparse.ArgumentParser(
         prog="diff-erank",
         description=DESCRIPTION,

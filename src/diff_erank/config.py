@@ -469,7 +469,8 @@ def describe_entry(group: str, path: Path) -> str:
             shape = f"{train['arch']}, hidden {train.get('hidden_size')}, {train.get('num_layers')} layer(s)"
             return f"{label}: trained by the demo ({shape})"
         extra = " (remote code)" if entry.get("trust_remote_code") else ""
-        return f"{label}: {entry.get('source')}{extra}"
+        source = entry.get("source") or ("its published files, converted" if entry.get("minigpt") else None)
+        return f"{label}: {source}{extra}"
     return _first_comment(text) or "-"
 
 

@@ -60,6 +60,8 @@ IMAGE_SLOT = "<Img><ImageHere></Img>"
 #: consecutive visual tokens concatenated into one LLM token (minigpt_v2.py ``encode_img``)
 GROUP = 4
 FACTS = "minigpt.json"
+#: diff_erank.multimodal.LEVELS, which imports this module (a test checks they agree)
+LEVELS = ["erank1_vision", "erank2_connector", "erank3_llm_image", "erank4_llm_text", "erank5_llm_image_text"]
 #: buffers a training checkpoint may hold that are computed from the config, not learned
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 _LORA = re.compile(r"^llama_model\.base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight$")
@@ -384,8 +386,6 @@ class MiniGPTv2Probe:
 
     @torch.no_grad()
     def states(self, image, instruction: str, response: str) -> dict[str, torch.Tensor]:
-        from diff_erank.multimodal import LEVELS
-
         feats = self.vision_features(self.pixels(image))
         projected = self.project(feats)
         full = self.template.format(instruction=instruction, response=response)

@@ -252,7 +252,7 @@ def load_probe(spec: dict[str, Any], device: torch.device, path: str | None = No
 def measure_items(probe: LlavaProbe, items: pd.DataFrame, rotate_clockwise: int = 0) -> pd.DataFrame:
     """Per item and level: tokens, dimension, entropy, eRank."""
     rows = []
-    for r in tqdm(list(items.itertuples()), desc=f"llava rot{rotate_clockwise}", mininterval=2.0):
+    for r in tqdm(list(items.itertuples()), desc=f"mm rot{rotate_clockwise}", mininterval=2.0):
         image = open_image(r.image, rotate_clockwise)
         for level, hidden in probe.states(image, r.instruction, r.response).items():
             s = erank_stats(hidden)
