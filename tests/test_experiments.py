@@ -38,9 +38,9 @@ EXPECTED_JOBS = {
     # the demo at full length: corpus, tokenizer, 8 trainings, fetch + convert of SmolLM2's GGUF,
     # 2 prepare, (8 + 1) models x 2 sets x (dump, erank, diff), resolved_config + report + all
     "demo-full": 1 + 1 + 8 + 2 + 2 + 3 * (9 * 2) + 3,
-    # multi-modal: mm_prepare (datasets) + mm_erank (models x datasets x rotations)
-    # + resolved_config + mm_report + all
-    "table2": 2 + 2 * 2 * 2 + 1 + 1 + 1,
+    # multi-modal: mm_prepare (datasets) + convert_minigpt (MiniGPT-v2's published files)
+    # + mm_erank (models x datasets x rotations) + resolved_config + mm_report + all
+    "table2": 2 + 1 + 3 * 2 * 2 + 1 + 1 + 1,
 }
 
 

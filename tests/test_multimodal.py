@@ -181,6 +181,7 @@ def test_table2_experiment_end_to_end(llava_dir, tmp_path) -> None:
     overrides = [
         "experiment=table2",
         "~multimodal.models.llava-1_5-13b",
+        "~multimodal.models.minigpt-v2",  # its own end-to-end test: test_minigpt.py
         f"multimodal.models.llava-1_5-7b.source={llava_dir}",
         "multimodal.models.llava-1_5-7b.dtype=float32",
         "multimodal.datasets.detail_23k.source.hub=null",

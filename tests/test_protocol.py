@@ -61,7 +61,7 @@ FILLS = {
     "table4": {"table4": 15, "table6": 10, "table9": 10},
     "table9": {"table6": 10, "table9": 10},
     "table11": {"table11": 4},
-    "table2": {"table2": 14, "table3": 7},
+    "table2": {"table2": 28, "table3": 7},
     "demo": {},
     "demo-full": {},
     "ci": {},

@@ -261,16 +261,29 @@ def cmd_mm_erank(a: argparse.Namespace) -> None:
     import torch
 
     from diff_erank.dump import pick_device
-    from diff_erank.multimodal import LlavaProbe, measure_items
+    from diff_erank.multimodal import load_probe, measure_items
     from diff_erank.provenance import provenance
     from diff_erank.storage import read_parquet, write_parquet
 
     torch.set_num_threads(a.threads)
-    probe = LlavaProbe.load(a.spec, pick_device(a.device))
+    probe = load_probe(a.spec, pick_device(a.device), a.model_path)
     per_item = measure_items(probe, read_parquet(a.items), a.rotation)
+    commit = getattr(probe, "commit", None)  # the hub commit read (models.hub_commit); None: local
+    checkpoint = getattr(probe, "facts", None)  # a converted MiniGPT-v2: hashes, sources, precision
     write_parquet(
-        per_item, a.out, provenance(a.spec, rotation=a.rotation, items=a.items, commit=probe.commit)
+        per_item,
+        a.out,
+        provenance(a.spec, rotation=a.rotation, items=a.items, commit=commit, checkpoint=checkpoint),
     )
+
+
+def cmd_convert_minigpt(a: argparse.Namespace) -> None:
+    import torch
+
+    from diff_erank.minigpt import convert
+
+    torch.set_num_threads(a.threads)
+    convert(a.spec, a.out)
 
 
 def cmd_mm_report(a: argparse.Namespace) -> None:
@@ -308,14 +321,16 @@ STEPS = {
     "measure": "per-text eRank of a dump (of each variant of a set of dumps)",
     "diff": "this run's view of the cached eRank tables, and Diff-eRank of one model on one dataset",
     "mm-prepare": "image-text items of a multi-modal dataset",
-    "mm-erank": "eRank1..5 of every item for one LLaVA model and rotation",
+    "convert-minigpt": "check MiniGPT-v2's three published files and convert them to one directory",
+    "mm-erank": "eRank1..5 of every item for one multi-modal model (LLaVA, MiniGPT-v2) and rotation",
     "mm-report": "Tables 2-3 layout, figure and comparison with the paper",
     "report": "tables, figures and summary of an experiment",
 }
 
 
 def parser() -> argparse.ArgumentParser:
-    steps = "\n".join(f"  {name:<13} {text}" for name, text in STEPS.items())
+    width = max(map(len, STEPS))
+    steps = "\n".join(f"  {name:<{width}} {text}" for name, text in STEPS.items())
     p = argparse.ArgumentParser(
         prog="diff-erank",
         description=DESCRIPTION,
@@ -481,7 +496,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--model-path", default=None, help="minigpt-v2: the converted directory")
     s.set_defaults(fn=cmd_mm_erank)
+
+    s = step("convert-minigpt")
+    s.add_argument("--spec", type=_json, required=True, help="the multimodal model entry")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_convert_minigpt)
 
     s = step("mm-report")
     s.add_argument("--inputs", nargs="+", required=True, metavar="MODEL:DATASET:ROTATION=PATH")

@@ -218,6 +218,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     mm = cfg.get("multimodal")
     if mm and (not mm["models"] or not mm["datasets"]):
         raise ConfigError("multimodal: needs at least one model and one dataset")
+    for name, model in ((mm or {}).get("models") or {}).items():
+        if not model.get("source") and not (model.get("arch") == "minigpt-v2" and model.get("minigpt")):
+            raise ConfigError(
+                f"multimodal.models.{name}: needs a 'source' (minigpt-v2: or 'minigpt.checkpoints')"
+            )
     for name, ds in ((mm or {}).get("datasets") or {}).items():
         if not ds["source"].get("annotations") and not ds["source"].get("hub"):
             raise ConfigError(f"multimodal.datasets.{name}.source: needs 'annotations' (a file) or 'hub'")
@@ -305,6 +310,11 @@ def missing_paths(cfg: dict[str, Any]) -> list[str]:
         src = model.get("source")
         if src and looks_local(src) and not Path(src).expanduser().exists():
             problems.append(f"multimodal.models.{name}.source: the local directory {src} does not exist")
+        if not src and model.get("minigpt"):  # converted by the workflow from these files
+            for key, entry in model["minigpt"]["checkpoints"].items():
+                path = entry.get("path") or (entry["source"] if looks_local(entry["source"]) else None)
+                if path and not Path(path).expanduser().exists():
+                    problems.append(f"multimodal.models.{name}.minigpt.checkpoints.{key}: {path} is missing")
     for name, ds in (mm.get("datasets") or {}).items():
         for key in ("annotations", "images"):
             path = ds["source"].get(key)
@@ -459,7 +469,8 @@ def describe_entry(group: str, path: Path) -> str:
             shape = f"{train['arch']}, hidden {train.get('hidden_size')}, {train.get('num_layers')} layer(s)"
             return f"{label}: trained by the demo ({shape})"
         extra = " (remote code)" if entry.get("trust_remote_code") else ""
-        return f"{label}: {entry.get('source')}{extra}"
+        source = entry.get("source") or ("its published files, converted" if entry.get("minigpt") else None)
+        return f"{label}: {source}{extra}"
     return _first_comment(text) or "-"
 
 

@@ -20,6 +20,9 @@ mean colour before CLIP preprocessing (their ``expand2square``; ``LlavaImageProc
 ``do_pad=True``), the prompt is the Vicuna v1 conversation with its system prompt (the model
 entry's ``template``), and its pieces around ``<image>`` are tokenised separately
 (:func:`tokenizer_image_token`, their ``tokenizer_image_token``).
+
+MiniGPT-v2 (an entry with ``arch: minigpt-v2``) has its own probe with the same five levels, in
+:mod:`diff_erank.minigpt`; :func:`load_probe` picks by the entry.
 """
 
 from __future__ import annotations
@@ -249,10 +252,20 @@ class LlavaProbe:
         return dict(zip(LEVELS, [feats[0], projected[0], hs3, hs4, hs5], strict=True))
 
 
+def load_probe(spec: dict[str, Any], device: torch.device, path: str | None = None):
+    """The probe of a multi-modal model entry: LLaVA, or MiniGPT-v2 from its converted directory
+    (``path``, the workflow's conversion, or the entry's ``source``)."""
+    if spec.get("arch", "llava") == "minigpt-v2":
+        from diff_erank.minigpt import MiniGPTv2Probe
+
+        return MiniGPTv2Probe.load(spec, device, path)
+    return LlavaProbe.load(spec, device)
+
+
 def measure_items(probe: LlavaProbe, items: pd.DataFrame, rotate_clockwise: int = 0) -> pd.DataFrame:
     """Per item and level: tokens, dimension, entropy, eRank."""
     rows = []
-    for r in tqdm(list(items.itertuples()), desc=f"llava rot{rotate_clockwise}", mininterval=2.0):
+    for r in tqdm(list(items.itertuples()), desc=f"mm rot{rotate_clockwise}", mininterval=2.0):
         image = open_image(r.image, rotate_clockwise)
         for level, hidden in probe.states(image, r.instruction, r.response).items():
             s = erank_stats(hidden)

@@ -86,6 +86,8 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
     for _ in mm.get("datasets") or {}:
         line("mm_prepare").add(sizing.Need(mem_mb=4000, runtime=30))
     for model in (mm.get("models") or {}).values():
+        if model.get("arch") == "minigpt-v2" and not model.get("source"):
+            line("mm_convert").add(sizing.minigpt_convert_need(model))
         for _ in mm.get("datasets") or {}:
             for _ in mm.get("rotations") or []:
                 line("mm_erank").add(sizing.mm_need(model, device))
@@ -110,6 +112,7 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         "diff",
         "accuracy",
         "mm_prepare",
+        "mm_convert",
         "mm_erank",
         "report",
     ]

@@ -539,7 +539,7 @@ def multimodal_report(
     out_dir = Path(out_dir)
     mm = table(files, config["multimodal"]["algorithm"])
     prov = provenance(config, inputs=[str(f) for f in files.values()])
-    write_table(mm, out_dir / "tables" / "multimodal", prov, "eRank1-5 of LLaVA (paper Tables 2-3)")
+    write_table(mm, out_dir / "tables" / "multimodal", prov, "eRank1-5 (paper Tables 2-3)")
     groups = list(mm.groupby(["model", "dataset"], sort=False))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.4), squeeze=False)
     for ax, ((model, ds), g) in zip(axes[0], groups, strict=True):

@@ -297,10 +297,21 @@ def accuracy_need(
     return _apply(need, model)
 
 
-def mm_need(mm_model: dict[str, Any], device: str = "auto", threads: int = 4) -> Need:
-    """LLaVA: the language model (``size`` like 7b, 13b) plus its vision tower, a few hundred items."""
+#: Parameters of a multi-modal model besides its LLM (``size``), by ``arch``, where they are not
+#: small beside it: MiniGPT-v2's EVA ViT-g/14 (39 blocks of 4 x 1408^2 + 2 x 1408 x 6144) and projection.
+EXTRA_PARAMS = {"minigpt-v2": 1.01e9}
+
+
+def _mm_params(mm_model: dict[str, Any]) -> float:
     size = str(mm_model.get("size", "7b")).lower()
     params = float(size[:-1]) * (1e9 if size.endswith("b") else 1e6) if size[-1:] in "bm" else 7e9
+    return params + EXTRA_PARAMS.get(mm_model.get("arch") or "llava", 0.0)
+
+
+def mm_need(mm_model: dict[str, Any], device: str = "auto", threads: int = 4) -> Need:
+    """LLaVA or MiniGPT-v2: the language model (``size`` like 7b, 13b) plus its vision tower, a few
+    hundred items."""
+    params = _mm_params(mm_model)
     b = BYTES[mm_model.get("dtype", "float16")]
     gpus = gpu_count(mm_model, device)
     need = Need(
@@ -311,6 +322,18 @@ def mm_need(mm_model: dict[str, Any], device: str = "auto", threads: int = 4) ->
         gpu_mem_mb=int((params * b * 1.2 + 4e9) / MB) + 1 if gpus else 0,
     )
     return _apply(need, mm_model)
+
+
+def minigpt_convert_need(mm_model: dict[str, Any]) -> Need:
+    """MiniGPT-v2's conversion, on CPU: the LLM in the entry's dtype (each LoRA target upcast to
+    float32 one at a time), the tower read in float32, both written once."""
+    b = BYTES[mm_model.get("dtype", "float16")]
+    llm = _mm_params(mm_model) - EXTRA_PARAMS["minigpt-v2"]
+    need = Need(
+        mem_mb=int((llm * b * 1.5 + EXTRA_PARAMS["minigpt-v2"] * 4 * 2 + 4e9) / MB) + 1,
+        runtime=_minutes(3 * (llm * b + EXTRA_PARAMS["minigpt-v2"] * 4) / (DISK_MB_PER_S * MB)),
+    )
+    return need
 
 
 def gpu_request(gpu_mem_mb: int, cluster: dict[str, Any]) -> dict[str, Any]:

@@ -200,6 +200,30 @@ def dump_output():
 MM = C["multimodal"] or {"models": {}, "datasets": {}, "rotations": []}
 
 
+def minigpt_dir(model):
+    """Where the workflow converts a MiniGPT-v2 entry without a source; None for any other entry."""
+    spec = MM["models"][model]
+    return f"{OUT}/mm/minigpt/{model}" if spec.get("arch") == "minigpt-v2" and not spec.get("source") else None
+
+
+def mm_model_input(w):
+    """What an mm_erank job loads: the converted MiniGPT-v2 directory, or the entry's local files."""
+    converted = minigpt_dir(w.model)
+    return [converted] if converted else model_files(MM["models"][w.model], "trained")
+
+
+def mm_model_path_arg(w):
+    converted = minigpt_dir(w.model)
+    return f"--model-path {converted}" if converted else ""
+
+
+def minigpt_files(w):
+    """The published files a conversion reads (those present: a missing one is the command's error)."""
+    ck = MM["models"][w.model]["minigpt"]["checkpoints"]
+    files = [ck[k]["path"] for k in ("eva_vit", "minigpt") if Path(ck[k]["path"]).expanduser().is_file()]
+    return files + model_files({"source": ck["llama"]["source"]}, "trained")
+
+
 def mm_inputs():
     return {
         f"{m}:{d}:{r}": f"{OUT}/mm/erank/{m}/{d}/rot{r}.parquet"

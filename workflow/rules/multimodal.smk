@@ -1,4 +1,4 @@
-# Multi-modal eRanks (LLaVA): items -> eRank1..5 per item, model and rotation -> Tables 2-3.
+# Multi-modal eRanks (LLaVA, MiniGPT-v2): items -> eRank1..5 per item, model and rotation -> Tables 2-3.
 
 
 rule mm_prepare:
@@ -23,7 +23,7 @@ rule mm_prepare:
 rule mm_erank:
     input:
         table=f"{OUT}/mm/items/{{dataset}}.parquet",
-        model=lambda w: model_files(MM["models"][w.model], "trained"),
+        model=mm_model_input,
     output:
         f"{OUT}/mm/erank/{{model}}/{{dataset}}/rot{{rotation}}.parquet",
     wildcard_constraints:
@@ -31,6 +31,7 @@ rule mm_erank:
     params:
         spec=lambda w: as_json(MM["models"][w.model]),
         device=C["device"],
+        model_path=mm_model_path_arg,
     log:
         f"{OUT}/logs/mm_erank/{{model}}/{{dataset}}/rot{{rotation}}.log",
     benchmark:
@@ -40,7 +41,25 @@ rule mm_erank:
         **_sized(mm_estimate),
     shell:
         "diff-erank mm-erank --spec {params.spec:q} --items {input.table} --rotation {wildcards.rotation}"
-        " --out {output} --device {params.device} --threads {threads} > {log} 2>&1"
+        " --out {output} --device {params.device} --threads {threads} {params.model_path} > {log} 2>&1"
+
+
+rule convert_minigpt:
+    input:
+        minigpt_files,
+    output:
+        directory(f"{OUT}/mm/minigpt/{{model}}"),
+    params:
+        spec=lambda w: as_json(MM["models"][w.model]),
+    log:
+        f"{OUT}/logs/convert_minigpt/{{model}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/convert_minigpt/{{model}}.tsv"
+    threads: 1
+    resources:
+        **_sized(lambda w: sizing.minigpt_convert_need(MM["models"][w.model])),
+    shell:
+        "diff-erank convert-minigpt --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule mm_report:
