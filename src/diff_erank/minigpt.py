@@ -337,7 +337,7 @@ class MiniGPTv2Probe:
         dtype = DTYPES[spec["dtype"]]
         vision = Blip2VisionModel.from_pretrained(folder / "vision", dtype=dtype).to(device).eval()
         llm = AutoModelForCausalLM.from_pretrained(folder / "llm", dtype=dtype).to(device).eval()
-        for part, model in (("vision", vision), ("llm", llm)):  # no uninitialised buffers (load_variant's check)
+        for part, model in (("vision", vision), ("llm", llm)):  # no uninitialised buffers, as load_variant
             check_buffers(model, dtype, f"{folder / part}")
         probe = cls(
             vision,
