@@ -84,6 +84,28 @@ def test_a_job_is_keyed_by_its_set_of_variants() -> None:
     assert described["init-s0"]["key"] == base.measured[("opt-125m", "init-s0", "dolly-15k")]
 
 
+def test_the_init_scale_reaches_the_dump_and_its_key() -> None:
+    """``untrained.init_scale`` makes new keys for the init variants only, and is in the dump spec
+    the dump job loads its variants with (the spec is a projection of the entry: a field left
+    out of it never reaches the model); at scale 1 the spec and keys are the published ones."""
+    from transformers import LlamaConfig
+
+    from diff_erank.models import scale_init
+
+    run = "results/init-scale"
+    sweep = cache.Keys(cfg("experiment=init-scale"), run)
+    for name, scale in (("smollm2-x2", 2.0), ("smollm2-x0_25", 0.25), ("smollm2-x1", None)):
+        spec = sweep.dump_spec(sweep.sets[(name, "topics")])
+        assert (spec.get("untrained") or {}).get("init_scale") == scale
+        assert scale_init(LlamaConfig(initializer_range=0.04), spec).initializer_range == 0.04 * (scale or 1)
+    trained, init = (("smollm2-x2", v, "topics") for v in ("trained", "init-s0"))
+    same = (("smollm2-x1", v, "topics") for v in ("trained", "init-s0"))
+    (t1, i1) = (sweep.measured[j] for j in same)
+    assert sweep.measured[trained] == t1 and sweep.measured[init] != i1
+    demo = cache.Keys(cfg("experiment=demo"), "results/demo")
+    assert "untrained" not in demo.dump_spec(demo.sets[("smollm2-135m", "topics")])
+
+
 def test_the_cache_folder_is_not_a_run_name() -> None:
     with pytest.raises(ConfigError, match="shared measurement cache"):
         cache.cache_dir(cfg("experiment=table9", "name=cache"))

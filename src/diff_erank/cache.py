@@ -230,9 +230,11 @@ class Keys:
         """The part of a model entry a dump reads: the same in every experiment that shares the key
         (labels, resources and recipes are left out, so they do not rerun a shared dump)."""
         m = self.cfg["models"][self.jobs_of[key][0]]
-        return {
-            k: m.get(k) for k in (*MODEL_KEYS, "batch_tokens", "shard_texts", "train")
-        }  # train: zoo check
+        spec = {k: m.get(k) for k in (*MODEL_KEYS, "batch_tokens", "shard_texts", "train")}  # train: zoo
+        scale = (m.get("untrained") or {}).get("init_scale")
+        if scale not in (None, 1):  # M0 at another init scale: in its variants' keys (variant_identity)
+            spec["untrained"] = {"init_scale": scale}
+        return spec
 
 
 @contextlib.contextmanager
