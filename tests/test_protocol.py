@@ -65,6 +65,7 @@ FILLS = {
     "demo": {},
     "demo-full": {},
     "ci": {},
+    "init-scale": {},
 }
 
 
