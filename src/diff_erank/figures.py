@@ -450,8 +450,11 @@ def init_scale_figure(table: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> 
                       color=colors[fam], label=label)  # fmt: skip
         ax_e.plot(g["init_scale"], g["erank_untrained"], marker="o", ms=4, color=colors[fam], label=label)
         ax_e.axhline(float(g["erank_trained"].iloc[0]), color=colors[fam], ls="--", lw=1)
+    scales = sorted(set(table["init_scale"]))
     for ax, title in ((ax_d, "Diff-eRank = eRank(M0) - eRank(M1)"), (ax_e, "eRank of M0 (dashed: trained)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(scales, [f"x{s:g}" for s in scales])
+        ax.minorticks_off()
         ax.axvline(1.0, color="0.5", ls=":", lw=1)
         ax.set_xlabel("init std of M0 (x the published value)")
         ax.set_title(title, fontsize=9)
