@@ -23,7 +23,7 @@ rule mm_prepare:
 rule mm_erank:
     input:
         table=f"{OUT}/mm/items/{{dataset}}.parquet",
-        model=lambda w: model_files(MM["models"][w.model], "trained"),
+        model=lambda w: model_files(MM["models"][w.model], TRAINED),
     output:
         f"{OUT}/mm/erank/{{model}}/{{dataset}}/rot{{rotation}}.parquet",
     wildcard_constraints:
