@@ -220,8 +220,8 @@ def _views(a: argparse.Namespace) -> dict[str, str]:
     import shutil
 
     from diff_erank.cache import select
-    from diff_erank.config import variants
     from diff_erank.storage import atomic_publish_dir
+    from diff_erank.variants import variants
 
     views = Path(a.views)
     partial = views.with_name(views.name + ".partial")

@@ -14,7 +14,7 @@ from typing import Any
 
 from diff_erank import sizing
 from diff_erank.cache import Keys
-from diff_erank.config import variants
+from diff_erank.variants import TRAINED, variants
 
 
 @dataclass
@@ -73,7 +73,7 @@ def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
         if model.get("train"):
             line("train").add(sizing.Need(mem_mb=2000, runtime=30))
         if cfg["accuracy"]:
-            wanted = cfg["accuracy"].get("variants") or ["trained"]
+            wanted = cfg["accuracy"].get("variants") or [TRAINED]
             for v in variants(model):
                 if v in wanted:
                     line("accuracy").add(sizing.accuracy_need(model, cfg["accuracy"], device))
