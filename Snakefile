@@ -20,7 +20,7 @@ from diff_erank.runfolder import claim
 from diff_erank.storage import RunLockedError, lock_run_dir
 
 CONF = Path(workflow.basedir) / "conf"
-try:
+try:  # C: the resolved configuration (diff_erank.plan reads it from here)
     C = load_config(CONF, overrides_from_snakemake(config, CONF))
     cache_dir(C)  # <results_dir>/cache is the shared measurement cache, not a run folder
 except ConfigError as exc:

@@ -11,9 +11,8 @@ from diff_erank.config import (
     missing_paths,
     overrides_from_snakemake,
     split_overrides,
-    untrained_variants,
-    variants,
 )
+from diff_erank.variants import untrained_variants, variants
 
 CONF = REPO / "conf"
 

@@ -164,6 +164,9 @@ def test_pin_covers_mm_models_and_dataset_revisions(tmp_path) -> None:
         "mm_dataset/cc_sbu_align.yaml": None,  # local annotations and images
         "mm_model/llava-1_5-7b.yaml": {"revision": sha("llava-hf/llava-1.5-7b-hf")},
         "mm_model/llava-1_5-13b.yaml": {"revision": sha("llava-hf/llava-1.5-13b-hf")},
+        # converted from local checkpoint files (its Llama's revision, minigpt.checkpoints.llama, is not
+        # pinned by `pin` yet: the conversion records the commit it read)
+        "mm_model/minigpt-v2.yaml": None,
     }  # fmt: skip
     assert sorted(models) == [("llava-hf/llava-1.5-13b-hf", "main"), ("llava-hf/llava-1.5-7b-hf", "main")]
     assert sorted(datasets) == sorted(

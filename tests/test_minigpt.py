@@ -473,13 +473,12 @@ def test_table2_claims_minigpt_rows_and_the_report_sets_them_beside_the_papers()
     assert row["paper"] == pytest.approx(90.59) and row["ours"] == 10.0
 
 
-def test_plan_and_sizes_include_minigpt() -> None:
+def test_plan_and_sizes_include_minigpt(tmp_path) -> None:
     from diff_erank import plan, sizing
-    from diff_erank.config import load_config
 
-    cfg = load_config(REPO / "conf", ["experiment=table2"])
-    lines = plan.bill(cfg, "results/table2")
-    assert lines["mm_convert"].jobs == 1 and lines["mm_erank"].jobs == 3 * 2 * 2
+    jobs = plan.dag(["experiment=table2"], plan.snakefile_for(REPO / "conf"), tmp_path).jobs
+    lines = plan.bill(jobs)
+    assert lines["convert_minigpt"].jobs == 1 and lines["mm_erank"].jobs == 3 * 2 * 2
     entry = {**ENTRY, "resources": None}
     llava = yaml.safe_load((REPO / "conf" / "mm_model" / "llava-1_5-7b.yaml").read_text()) | {
         "resources": None

@@ -99,7 +99,7 @@ def test_every_v1_pythia_row_has_an_experiment() -> None:
 def _synthetic_run(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Results in the shape the aggregate stage and the accuracy rule write, for every model,
     measured dataset, variant, layer and algorithm of ``cfg`` (values arbitrary)."""
-    from diff_erank.config import untrained_variants, variants
+    from diff_erank.variants import untrained_variants, variants
 
     rng = np.random.default_rng(0)
     rows, acc = [], []

@@ -118,8 +118,8 @@ def test_plan_prints_fig1s_bill(capsys, tmp_path, monkeypatch) -> None:
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:1].isalpha()}
     # 4 prepare + 20 dump + 20 erank (one each per model x dataset, both variants) + 20 diff
-    # + 1 report (the dry run adds resolved_config and all: 67, tests/test_experiments.py)
-    assert rows["total"][0] == "65" and rows["dump"][:2] == ["20", "0"]
+    # + resolved_config + report + all: Snakemake's 67 (tests/test_experiments.py)
+    assert rows["total"][0] == "67" and rows["dump"][:2] == ["20", "0"]
     # scratch: two variants x every token of the four datasets' size hints x the five hidden sizes
     tokens = 4500 * 180 + 10_000 * 730 + 10_000 * 900 + 8550 * 250
     hidden = 768 + 2048 + 2560 + 4096 + 5120

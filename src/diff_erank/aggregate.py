@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diff_erank.erank import dataset_erank
+from diff_erank.erank import dataset_erank, dataset_eranks
 from diff_erank.errors import UserError
 from diff_erank.storage import read_parquet, read_provenance
+from diff_erank.variants import TRAINED
 
 KEY = ["layer", "position"]
 
@@ -41,11 +42,7 @@ def bootstrap_diff(
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(h_trained), size=(samples, len(h_trained)))
-    hu, ht = h_untrained[idx], h_trained[idx]
-    if algorithm == "a":
-        stats = np.exp(hu.mean(1)) - np.exp(ht.mean(1))
-    else:
-        stats = np.exp(hu).mean(1) - np.exp(ht).mean(1)
+    stats = dataset_eranks(h_untrained[idx], algorithm) - dataset_eranks(h_trained[idx], algorithm)
     lo, hi = np.quantile(stats, [(1 - ci) / 2, (1 + ci) / 2])
     return float(lo), float(hi)
 
@@ -102,7 +99,7 @@ def diff_table(
     _check_dims(tables)
     rows = []
     for u in untrained:
-        for r in compare(tables["trained"], tables[u], algorithms, bootstrap):
+        for r in compare(tables[TRAINED], tables[u], algorithms, bootstrap):
             rows.append({"role": "untrained", "variant": u, **r})
     df = pd.DataFrame(rows)
     if len(untrained) > 1:
@@ -124,10 +121,10 @@ def diff_table(
         )
         agg["role"], agg["variant"] = "seeds", f"mean of {len(untrained)}"
         df = pd.concat([df, agg], ignore_index=True)
-    stages = [v for v in tables if v != "trained" and v not in untrained]
+    stages = [v for v in tables if v != TRAINED and v not in untrained]
     stage_rows = [
         {"role": "stage", "variant": s, **r}
-        for s in [*untrained[:1], *stages, "trained"]
+        for s in [*untrained[:1], *stages, TRAINED]
         for r in compare(tables[s], tables[untrained[0]], algorithms, bootstrap)
     ]
     df = pd.concat([df, pd.DataFrame(stage_rows)], ignore_index=True)
@@ -150,6 +147,6 @@ def load_tables(paths: Mapping[str, str | Path]) -> tuple[dict[str, pd.DataFrame
     Every table's checksum is verified on reading (``storage.read_parquet``).
     """
     tables = {v: read_parquet(p) for v, p in paths.items()}
-    dump = read_provenance(paths["trained"])["dump"]
+    dump = read_provenance(paths[TRAINED])["dump"]
     skipped = {k: dump.get(k, 0) for k in ("n_skipped_empty", "n_skipped_short")}
     return tables, {"n_params": dump["n_params"], **skipped}

@@ -34,7 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from diff_erank.config import ConfigError, variants
+from diff_erank.config import ConfigError
+from diff_erank.variants import Variant, variants
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,14 @@ def variant_identity(cfg: dict[str, Any], model: str, variant: str, run: str) ->
     m = cfg["models"][model]
     ident: dict[str, Any] = {k: m.get(k) for k in MODEL_KEYS}
     ident["variant"] = variant
+    v = Variant.parse(variant)
     scale = (m.get("untrained") or {}).get("init_scale")
-    if variant.startswith("init-s") and scale not in (None, 1):  # M0 of another init scale
+    if v.kind == "init" and scale not in (None, 1):  # M0 of another init scale
         ident["init_scale"] = scale
     if m.get("train"):  # a zoo model trained in this run folder
         ident |= {"train": m["train"], "corpus": cfg.get("corpus"), "run": str(Path(run).resolve())}
-    if variant.startswith("ft-"):
-        recipe = m["finetune"][variant.removeprefix("ft-")]
+    if v.kind == "ft":
+        recipe = m["finetune"][v.name]
         ident |= {
             "finetune": recipe,
             "finetune_texts": texts_key(cfg, recipe["dataset"], run),

@@ -179,11 +179,10 @@ def cmd_measure(a: argparse.Namespace) -> None:
 
 
 def cmd_plan(a: argparse.Namespace) -> None:
-    from diff_erank.config import load_config
-    from diff_erank.plan import bill, render
+    from diff_erank.plan import bill, dag, render, snakefile_for
 
-    cfg = load_config(_conf_dir(a.conf_dir), a.overrides)
-    print(render(bill(cfg, f"{cfg['results_dir']}/{cfg['name']}"), cfg))
+    experiment = dag(a.overrides, snakefile_for(_conf_dir(a.conf_dir)))  # composed once, by the Snakefile
+    print(render(bill(experiment.jobs), experiment.config))
 
 
 def cmd_diff(a: argparse.Namespace) -> None:
@@ -220,8 +219,8 @@ def _views(a: argparse.Namespace) -> dict[str, str]:
     import shutil
 
     from diff_erank.cache import select
-    from diff_erank.config import variants
     from diff_erank.storage import atomic_publish_dir
+    from diff_erank.variants import variants
 
     views = Path(a.views)
     partial = views.with_name(views.name + ".partial")
@@ -376,9 +375,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "plan",
         help="what an experiment asks of a cluster: jobs, GPU-hours, memory, scratch disk",
-        description="Per job kind and in total: jobs, GPU-hours, peak GPU and host memory and scratch disk, "
-        "from the estimates that size the jobs (diff_erank.sizing); what the shared cache already holds "
-        "is counted apart and not run again.",
+        description="Per job kind (Snakemake rule) and in total: jobs, GPU-hours, peak GPU and host memory, "
+        "scratch disk and threads, read from Snakemake's own DAG and the resources its rules ask for "
+        "(the jobs of `snakemake -n`); jobs whose outputs exist (the shared cache, this run folder) "
+        "are counted apart and not run again.",
     )
     s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
     s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")

@@ -24,18 +24,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from diff_erank.errors import UserError
+from diff_erank.errors import ConfigError
+from diff_erank.layers import check_layers
+from diff_erank.variants import Variant, variants
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-#: Hidden-state layers by name; integers are also accepted (index into ``hidden_states``).
-#: ``embeddings`` = hidden_states[0], ``first`` = [1] (first block), ``all`` = every index 0..L.
-LAYER_NAMES = ("embeddings", "first", "middle", "last", "all")
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration that cannot be run; the message names the key and what is allowed."""
-
 
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
@@ -245,13 +238,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
                     f"models.{name}.finetune.{ft}.dataset: {recipe['dataset']!r} is not a dataset of the "
                     f"experiment; valid: {sorted(cfg['datasets'])}"
                 )
-            if recipe["from"] not in variants(model) or recipe["from"] == f"ft-{ft}":
+            if recipe["from"] not in variants(model) or recipe["from"] == str(Variant("ft", name=ft)):
                 raise ConfigError(
                     f"models.{name}.finetune.{ft}.from: {recipe['from']!r}; valid: {variants(model)}"
                 )
-    for layer in cfg["layers"]:
-        if isinstance(layer, str) and layer not in LAYER_NAMES:
-            raise ConfigError(f"layers: {layer!r} is not a layer; use {list(LAYER_NAMES)} or an integer")
+    check_layers(cfg["layers"])
     return cfg
 
 
@@ -409,30 +400,6 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
             raise ConfigError(f"--config {key}=...: {key!r} is not a key of the configuration; {fix}")
         flatten(key, value)
     return out
-
-
-def variants(model: dict[str, Any]) -> list[str]:
-    """Names of the model variants to dump: the trained model, its untrained counterparts, stages.
-
-    ``trained`` is the entry's revision; ``init-s<seed>`` a seeded ``from_config`` initialisation;
-    ``rev-<name>`` a named revision (Pythia's ``step0``, a zoo checkpoint).
-    """
-    untrained = model["untrained"]
-    if untrained["kind"] == "random_init":
-        names = [f"init-s{s}" for s in untrained["seeds"]]
-    else:
-        names = [f"rev-{untrained['revision']}"]
-    names += [f"rev-{c}" for c in model.get("checkpoints") or [] if f"rev-{c}" not in names]
-    names += [f"ft-{name}" for name in model.get("finetune") or {}]
-    return ["trained", *names]
-
-
-def untrained_variants(model: dict[str, Any]) -> list[str]:
-    """The variants that play M0 in Diff-eRank (all of them when there are several seeds)."""
-    untrained = model["untrained"]
-    if untrained["kind"] == "random_init":
-        return [f"init-s{s}" for s in untrained["seeds"]]
-    return [f"rev-{untrained['revision']}"]
 
 
 #: What ``diff-erank list`` shows: the config groups a user picks from, with their plural names.

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from diff_erank.config import LAYER_NAMES, ConfigError
+from diff_erank.config import ConfigError
 from diff_erank.erank import spectrum_and_dropped
 from diff_erank.errors import UserError
+from diff_erank.layers import layer_indices
 from diff_erank.models import (
     DTYPES,
     gguf_provenance,
@@ -67,31 +68,6 @@ MIN_TOKENS = 3
 
 class ShardError(UserError, RuntimeError):
     """A shard on disk that is missing, truncated or corrupt; the message names the file."""
-
-
-def layer_indices(layers: Sequence[str | int], num_layers: int) -> dict[str, int]:
-    """Map layer names to indices into ``hidden_states`` (0 = embeddings, L = last block).
-
-    ``embeddings`` = 0 (the embedding output, before any block), ``first`` = 1 (output of the
-    first block), ``middle`` = L // 2, ``last`` = L, which for OPT and GPTNeoX is after the final
-    layer norm and equals ``AutoModel(...).last_hidden_state``. ``all`` expands to every index
-    0..L, each named by its index (``"0"`` .. ``"L"``), as an integer layer is.
-    """
-    named = {"embeddings": 0, "first": 1, "middle": max(1, num_layers // 2), "last": num_layers}
-    out: dict[str, int] = {}
-    for layer in layers:
-        if layer == "all":
-            out.update({str(i): i for i in range(num_layers + 1)})
-        elif isinstance(layer, str):
-            if layer not in named:
-                raise ConfigError(f"layer {layer!r}; valid: {list(LAYER_NAMES)} or an integer")
-            out[layer] = named[layer]
-        else:
-            idx = layer if layer >= 0 else num_layers + 1 + layer
-            if not 0 <= idx <= num_layers:
-                raise ConfigError(f"layer {layer} out of range for a model with {num_layers} layers")
-            out[str(layer)] = idx
-    return out
 
 
 @torch.no_grad()

@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 
 ArrayLike = "torch.Tensor | np.ndarray"
 Algorithm = Literal["a", "b"]
+#: The two ways to make one eRank of a dataset from its texts' entropies (:func:`dataset_erank`).
+ALGORITHMS: tuple[Algorithm, ...] = ("a", "b")
+#: The paper's standard algorithm; (b) is its ablation (Table 9).
+STANDARD_ALGORITHM: Algorithm = "a"
 
 #: Relative tolerance under which a centred row is treated as the zero vector.
 ZERO_ROW_RTOL = 1e-10
@@ -210,6 +214,16 @@ def dataset_erank(entropies: Sequence[float] | np.ndarray, algorithm: Algorithm 
         return float(math.exp(a.mean()))
     if algorithm == "b":
         return float(np.exp(a).mean())
+    raise ValueError(f"algorithm must be 'a' or 'b', got {algorithm!r}")
+
+
+def dataset_eranks(entropies: np.ndarray, algorithm: Algorithm = "a") -> np.ndarray:
+    """:func:`dataset_erank` of each row of a 2-D array of entropies (one row per resample),
+    unchecked: the bootstrap's inner loop."""
+    if algorithm == "a":
+        return np.exp(entropies.mean(1))
+    if algorithm == "b":
+        return np.exp(entropies).mean(1)
     raise ValueError(f"algorithm must be 'a' or 'b', got {algorithm!r}")
 
 

@@ -9,3 +9,11 @@ under a second instead of paying for the model stack it never uses.
 
 class UserError(Exception):
     """An error whose message says what to change; subclasses also keep their builtin base."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration that cannot be run; the message names the key and what is allowed.
+
+    Here, not in ``config``, so that the modules ``config`` builds on (``variants``, ``layers``)
+    can raise it; ``config`` re-exports it.
+    """

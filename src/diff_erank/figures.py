@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diff_erank.erank import STANDARD_ALGORITHM
+from diff_erank.layers import DEPTH, LAST
 from diff_erank.storage import atomic_path, write_json
 from diff_erank.tables import human_count
 
@@ -96,7 +98,11 @@ def _yerr(g: pd.DataFrame, value: str, low: str, high: str, std: str) -> np.ndar
 
 
 def size_figure(
-    main: pd.DataFrame, stem: Path, prov: dict[str, Any], algorithm: str = "a", layer: str = "last"
+    main: pd.DataFrame,
+    stem: Path,
+    prov: dict[str, Any],
+    algorithm: str = STANDARD_ALGORITHM,
+    layer: str = LAST,
 ) -> None:
     """Fig. 1: Diff-eRank (left axis, solid) and reduced loss (right axis, dashed) against size."""
     plt = _plt()
@@ -178,7 +184,11 @@ def _step_axis(ax, steps: np.ndarray) -> None:
 
 
 def stages_figure(
-    stages: pd.DataFrame, stem: Path, prov: dict[str, Any], algorithm: str = "a", layer: str = "last"
+    stages: pd.DataFrame,
+    stem: Path,
+    prov: dict[str, Any],
+    algorithm: str = STANDARD_ALGORITHM,
+    layer: str = LAST,
 ) -> None:
     """Training dynamics: eRank, loss and Diff-eRank against step, one row per family."""
     plt = _plt()
@@ -247,7 +257,7 @@ def stages_figure(
     save(fig, stem, prov)
 
 
-def algorithms_figure(last: pd.DataFrame, stem: Path, prov: dict[str, Any], layer: str = "last") -> None:
+def algorithms_figure(last: pd.DataFrame, stem: Path, prov: dict[str, Any], layer: str = LAST) -> None:
     """Fig. 4: Diff-eRank by algorithm (a) (solid) and (b) (dashed) against size, per dataset.
 
     ``last`` holds one row per model, dataset and algorithm (columns family, size, n_params,
@@ -266,12 +276,12 @@ def algorithms_figure(last: pd.DataFrame, stem: Path, prov: dict[str, Any], laye
             ax.plot(
                 g["n_params"],
                 g["diff_erank"],
-                marker="o" if alg == "a" else "s",
-                ls="-" if alg == "a" else "--",
+                marker="o" if alg == STANDARD_ALGORITHM else "s",
+                ls="-" if alg == STANDARD_ALGORITHM else "--",
                 color=colors[fam],
                 label=f"{fam}: algorithm ({alg})",
             )
-            if alg == "a":
+            if alg == STANDARD_ALGORITHM:
                 _label_sizes(ax, g["n_params"], g["diff_erank"], g["size"], colors[fam])
         _size_axis(ax, sub["n_params"])
         ax.set_ylabel("Diff-eRank")
@@ -298,8 +308,8 @@ def accuracy_figure(
     tasks: list[str],
     stem: Path,
     prov: dict[str, Any],
-    algorithm: str = "a",
-    layer: str = "last",
+    algorithm: str = STANDARD_ALGORITHM,
+    layer: str = LAST,
 ) -> None:
     """Fig. 3: Diff-eRank (left, solid, per dataset) and accuracy (right, dotted, per task) by size."""
     plt = _plt()
@@ -351,11 +361,15 @@ def accuracy_figure(
 
 def _depth_key(name: str) -> tuple[int, str]:
     """Named layers in depth order, for labels where several names fall on one hidden state."""
-    return ({"embeddings": 0, "first": 1, "middle": 2, "last": 3}.get(name, 4), name)
+    return (DEPTH.get(name, 4), name)
 
 
 def layers_figure(
-    layers: pd.DataFrame, stem: Path, prov: dict[str, Any], algorithm: str = "a", per_row: int = 4
+    layers: pd.DataFrame,
+    stem: Path,
+    prov: dict[str, Any],
+    algorithm: str = STANDARD_ALGORITHM,
+    per_row: int = 4,
 ) -> None:
     """Per layer: trained (solid) and untrained (dashed) eRank above, Diff-eRank below, against depth.
 
@@ -461,6 +475,9 @@ def init_scale_figure(table: pd.DataFrame, stem: Path, prov: dict[str, Any]) -> 
         ax.grid(alpha=0.3)
     ax_d.axhline(0.0, color="0.3", lw=0.8)
     _shared_legend(fig)
-    fig.suptitle("Sensitivity of Diff-eRank to the untrained model's init scale (algorithm (a), last layer)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "Sensitivity of Diff-eRank to the untrained model's init scale "
+        f"(algorithm ({STANDARD_ALGORITHM}), {LAST} layer)",
+        fontsize=10,
+    )
     save(fig, stem, prov)

@@ -30,6 +30,7 @@ import torch
 
 from diff_erank.config import ConfigError, looks_local
 from diff_erank.storage import sha256
+from diff_erank.variants import Variant
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +142,13 @@ def _load_gguf_variant(spec: dict[str, Any], variant: str, path: Path, dtype: to
         raise ConfigError(f"GGUF file not found: {path}")
     check_sha256(path, spec["gguf"]["sha256"])
     cfg = published_config(path, spec["gguf"])
-    if variant == "trained":
+    v = Variant.parse(variant)
+    if v.kind == "trained":
         return AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, config=cfg, dtype=dtype
         )
-    if variant.startswith("init-s"):
-        torch.manual_seed(int(variant.removeprefix("init-s")))
+    if v.kind == "init":
+        torch.manual_seed(v.seed)
         return AutoModelForCausalLM.from_config(scale_init(cfg, spec), dtype=dtype)
     raise ConfigError(f"a GGUF entry has variants trained and init-s<seed>, not {variant!r}")
 
@@ -257,33 +259,29 @@ def load_variant(
 
     dtype = DTYPES[spec["dtype"]]
     remote = bool(spec["trust_remote_code"])
+    v = Variant.parse(variant)
     source = _source(spec, trained_path)
     gguf = raw_gguf(spec, source)
     if gguf is not None:
         model = _load_gguf_variant(spec, variant, gguf, dtype)
-    elif variant == "trained":
+    elif v.kind == "trained":
         name, rev = resolve_source(source, spec.get("revision"))
         model = _load_weights(name, rev, dtype, remote)
-    elif variant.startswith("init-s"):
-        seed = int(variant.removeprefix("init-s"))
+    elif v.kind == "init":
         name, rev = resolve_source(source, spec.get("revision"))
         cfg = scale_init(
             _hub_call(AutoConfig.from_pretrained, name, revision=rev, trust_remote_code=remote), spec
         )
-        torch.manual_seed(seed)
+        torch.manual_seed(v.seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=remote)
-    elif variant.startswith("rev-"):
-        name, rev = resolve_source(source, variant.removeprefix("rev-"))
+    elif v.kind == "rev":
+        name, rev = resolve_source(source, v.revision)
         model = _load_weights(name, rev, dtype, remote)
-    elif variant.startswith("ft-"):
+    else:  # ft
         if not variant_path:
             raise ConfigError(f"variant {variant} needs the directory of the further-trained model")
         name, _ = resolve_source(variant_path, None)
         model = _load_weights(name, None, dtype, remote)
-    else:
-        raise ConfigError(
-            f"unknown variant {variant!r}; expected trained, init-s<seed>, rev-<revision> or ft-<name>"
-        )
     check_buffers(model, dtype, f"{source} variant {variant}")
     model.eval()
     # No KV cache in any forward (dump, finetune, lm-eval's HFLM, which calls model(ids)): one
@@ -299,16 +297,16 @@ def init_facts(model: torch.nn.Module, variant: str, spec: dict[str, Any]) -> di
     Recorded in every untrained variant's manifest: Diff-eRank is a difference against this
     model, and its sign can depend on the init scale alone.
     """
-    if not variant.startswith("init-s"):
+    v = Variant.parse(variant)
+    if v.kind != "init":
         return None
     from diff_erank.checkpoint import INIT_FIELDS
 
     cfg = model.config
     names = {*INIT_STD_FIELDS, "rope_parameters"} | {f for fields in INIT_FIELDS.values() for f in fields}
     fields = {n: getattr(cfg, n) for n in sorted(names) if getattr(cfg, n, None) is not None}
-    seed = int(variant.removeprefix("init-s"))
     scale = (spec.get("untrained") or {}).get("init_scale") or 1.0
-    return {"seed": seed, "init_scale": scale, "model_type": cfg.model_type, **fields}
+    return {"seed": v.seed, "init_scale": scale, "model_type": cfg.model_type, **fields}
 
 
 @contextlib.contextmanager
@@ -442,16 +440,14 @@ def weights_identity(
     An ``init-s<seed>`` variant is fixed by the config it is built from (a local ``config.json``,
     or the hub commit) plus the seed in its name.
     """
-    ft = variant.startswith("ft-")
-    source = variant_path if ft and variant_path else _source(spec, trained_path)
-    revision = (
-        None if ft else variant.removeprefix("rev-") if variant.startswith("rev-") else spec.get("revision")
-    )
+    v = Variant.parse(variant)
+    source = variant_path if v.kind == "ft" and variant_path else _source(spec, trained_path)
+    revision = {"ft": None, "rev": v.revision}.get(v.kind, spec.get("revision"))
     name, rev = resolve_source(source, revision)
     ident: dict[str, Any] = {"format": getattr(model, "weights_format", None)}
     if Path(name).is_dir():
         files = sorted(p for p in Path(name).iterdir() if p.is_file())
-        if variant.startswith("init-s"):  # built from the config alone: no need to hash the weights
+        if v.kind == "init":  # built from the config alone: no need to hash the weights
             files = [p for p in files if p.name == "config.json"]
         return {**ident, "local_files": {p.name: sha256(p) for p in files}}
     commit = getattr(model, "hub_commit", None) or hub_commit(name, rev)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from diff_erank.config import untrained_variants, variants
+from diff_erank.variants import TRAINED, untrained_variants, variants
 
 #: Multi-modal paper tables, reported by the multi-modal rule rather than this one.
 MULTIMODAL_TABLES = frozenset({"table2", "table3"})
@@ -21,7 +21,7 @@ FIGURE_KINDS = ("size", "stages", "algorithms", "accuracy", "layers", "init_scal
 
 def has_stages(config: dict[str, Any]) -> bool:
     """Whether some model has a checkpoint or further-trained stage besides trained and M0."""
-    return any(set(variants(m)) - {"trained", *untrained_variants(m)} for m in config["models"].values())
+    return any(set(variants(m)) - {TRAINED, *untrained_variants(m)} for m in config["models"].values())
 
 
 def sweeps_init_scale(config: dict[str, Any]) -> bool:

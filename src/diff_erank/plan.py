@@ -1,20 +1,129 @@
 """The bill of an experiment before it runs: ``diff-erank plan experiment=<name>``.
 
-Counts the jobs per kind as the workflow makes them and sizes each with the estimates the rules
-ask Slurm for (:mod:`diff_erank.sizing`). A measurement the shared cache already holds
-(:mod:`diff_erank.cache`) costs nothing: its dump and eRank jobs are counted as cached, not run.
-Before ``prepare`` the texts are sized from the datasets' ``size_hint``; after, from the texts.
+The jobs are Snakemake's own: the workflow's DAG for the experiment, built through Snakemake's API
+the way ``snakemake -n`` builds it (same Snakefile, same overrides, same working directory), and
+each job's resources as its rule evaluates them (the rules size themselves with
+:mod:`diff_erank.sizing`: before ``prepare`` from the datasets' ``size_hint``, after it from the
+prepared texts). Nothing here counts jobs or sizes them again, so the plan and the dry run cannot
+disagree. A job whose outputs already exist and are up to date (a measurement the shared cache
+holds, :mod:`diff_erank.cache`, or a step this run folder has done) is counted as cached: it costs
+nothing and is not run again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diff_erank import sizing
-from diff_erank.cache import Keys
-from diff_erank.config import variants
+from diff_erank.errors import UserError
+
+
+class PlanError(UserError, RuntimeError):
+    """Snakemake could not build the experiment's DAG (the dry run would fail the same way)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of the DAG: its rule, whether it runs, its threads, evaluated resources and outputs."""
+
+    rule: str
+    needrun: bool
+    threads: int
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    output: tuple[str, ...] = ()
+
+    def get(self, name: str) -> float:
+        """A numeric resource, 0 if the rule does not declare it."""
+        value = self.resources.get(name)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+    @property
+    def gpus(self) -> int:
+        """GPUs asked for: ``gpu``, or the count of a ``gres`` of ``gpu:<type>:<n>``."""
+        gres = self.resources.get("gres")
+        if isinstance(gres, str) and gres.startswith("gpu"):
+            count = gres.rsplit(":", 1)[-1]
+            return int(count) if count.isdigit() else 1
+        return int(self.get("gpu"))
+
+
+def snakefile_for(conf_dir: str | Path) -> Path:
+    """The workflow that reads ``conf_dir`` (the Snakefile composes the ``conf/`` beside it)."""
+    snakefile = Path(conf_dir).resolve().parent / "Snakefile"
+    if not snakefile.is_file():
+        raise PlanError(
+            f"plan reads the workflow's own DAG, and there is no Snakefile beside {conf_dir}: "
+            "run it in a checkout of the workflow (or give --conf-dir <checkout>/conf)"
+        )
+    return snakefile
+
+
+@dataclass(frozen=True)
+class Dag:
+    """The experiment's configuration as the workflow composed it, and every job of its DAG."""
+
+    config: dict[str, Any]
+    jobs: list[Job]
+
+
+def dag(overrides: Sequence[str], snakefile: str | Path, workdir: str | Path = ".") -> Dag:
+    """The DAG ``snakemake -n --config overrides=[...]`` builds in ``workdir``.
+
+    Snakemake's API loads the Snakefile and builds the DAG as a dry run does (the workflow profile's
+    ``rerun-incomplete`` included), without executing, locking or running ``onstart``. The Snakefile
+    composes and validates the configuration (its error stops here in one sentence). Threads are the
+    rules' own (not capped by a machine's cores); jobs come in the order the rules are defined.
+    """
+    from snakemake.api import SnakemakeApi
+    from snakemake.exceptions import RuleException, WorkflowError
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        Quietness,
+        ResourceSettings,
+    )
+
+    output = OutputSettings(quiet={Quietness.ALL}, enable_file_logging=False)
+    log = logging.getLogger("snakemake.logging")  # quiet: not through the command line's root handler
+    propagate, log.propagate = log.propagate, False
+    try:
+        with SnakemakeApi(output) as api:
+            workflow_api = api.workflow(
+                resource_settings=ResourceSettings(cores=2**16),
+                config_settings=ConfigSettings(config={"overrides": list(overrides)}),
+                snakefile=Path(snakefile).resolve(),
+                workdir=Path(workdir).resolve(),
+            )
+            workflow_api.dag(DAGSettings(force_incomplete=True))
+            # what DAGApi.printdag/summary do (Workflow.printdag): the DAG, its needrun jobs and
+            # their resources, with no executor
+            workflow = workflow_api._workflow
+            workflow._prepare_dag(forceall=False, ignore_incomplete=False, lock_warn_only=True)
+            workflow._build_dag()
+            graph = workflow.dag
+            order = {rule.name: i for i, rule in enumerate(workflow.rules)}
+            config = workflow.globals.get("C", {})  # the configuration the Snakefile composed
+            jobs = [
+                Job(
+                    job.rule.name,
+                    graph.needrun(job),
+                    int(job.threads),
+                    dict(job.resources.items()),
+                    tuple(str(f) for f in job.output),
+                )
+                for job in graph.jobs
+            ]
+    except (WorkflowError, RuleException) as exc:
+        raise PlanError(f"Snakemake cannot build the DAG (snakemake -n fails the same way): {exc}") from None
+    except SystemExit as exc:  # the Snakefile's own one-sentence stop (a configuration error)
+        raise PlanError(str(exc.code)) from None
+    finally:
+        log.propagate = propagate
+    return Dag(config, sorted(jobs, key=lambda j: order.get(j.rule, len(order))))
 
 
 @dataclass
@@ -28,97 +137,44 @@ class Line:
     mem_mb: int = 0
     disk_mb: int = 0  # written in all (dumps: scratch)
     disk_peak_mb: int = 0  # the largest single job
+    threads: int = 0  # the most of one job
 
-    def add(self, need: sizing.Need) -> None:
+    def add(self, job: Job) -> None:
+        if not job.needrun:
+            self.cached += 1
+            return
         self.jobs += 1
-        self.gpu_hours += need.gpu_hours
-        self.hours += need.runtime / 60
-        self.gpu_mem_mb = max(self.gpu_mem_mb, need.gpu_mem_mb)
-        self.mem_mb = max(self.mem_mb, need.mem_mb)
-        self.disk_mb += need.disk_mb
-        self.disk_peak_mb = max(self.disk_peak_mb, need.disk_mb)
+        runtime = job.get("runtime")
+        self.gpu_hours += job.gpus * runtime / 60
+        self.hours += runtime / 60
+        self.gpu_mem_mb = max(self.gpu_mem_mb, int(job.get("gpu_mem_mb")))
+        self.mem_mb = max(self.mem_mb, int(job.get("mem_mb")))
+        self.disk_mb += int(job.get("disk_mb"))
+        self.disk_peak_mb = max(self.disk_peak_mb, int(job.get("disk_mb")))
+        self.threads = max(self.threads, job.threads)
+
+    def merge(self, other: Line) -> None:
+        self.jobs += other.jobs
+        self.cached += other.cached
+        self.gpu_hours += other.gpu_hours
+        self.hours += other.hours
+        self.gpu_mem_mb = max(self.gpu_mem_mb, other.gpu_mem_mb)
+        self.mem_mb = max(self.mem_mb, other.mem_mb)
+        self.disk_mb += other.disk_mb
+        self.disk_peak_mb = max(self.disk_peak_mb, other.disk_peak_mb)
+        self.threads = max(self.threads, other.threads)
 
 
-def bill(cfg: dict[str, Any], out: str) -> dict[str, Line]:
-    """``{job kind: Line}`` plus ``total``, for the experiment ``cfg`` run into ``out``."""
-    keys = Keys(cfg, out)
+def bill(jobs: Iterable[Job]) -> dict[str, Line]:
+    """``{rule: Line}`` in the order the jobs come, plus ``total``: jobs to run and their
+    resources, and the jobs whose outputs are already there (``cached``)."""
     lines: dict[str, Line] = {}
-
-    def line(kind: str) -> Line:
-        return lines.setdefault(kind, Line(kind))
-
-    device, layers = cfg["device"], cfg["layers"]
-    texts_needed = set()
-    seen: set[str] = set()
-    for (m, d), key in keys.sets.items():
-        model = cfg["models"][m]
-        n = len(variants(model))
-        line("diff").add(sizing.Need(mem_mb=2000, runtime=10))
-        if key in seen:
-            continue
-        seen.add(key)
-        src = keys.prefix.get(d, (d, None))[0]
-        if Path(keys.source_table(m, d)).is_dir():
-            line("dump").cached += 1
-            line("erank").cached += 1
-            continue
-        texts_needed.add(src)
-        size = sizing.texts_size(cfg["datasets"][src], model, keys.texts_path(src))
-        line("dump").add(sizing.dump_need(model, size, layers, device, n_variants=n))
-        line("erank").add(sizing.erank_need(model, size, layers, n_variants=n))
-    for model in cfg["models"].values():
-        for recipe in (model.get("finetune") or {}).values():
-            texts_needed.add(recipe["dataset"])
-            line("finetune").add(sizing.finetune_need(model, recipe, device))
-        if model.get("train"):
-            line("train").add(sizing.Need(mem_mb=2000, runtime=30))
-        if cfg["accuracy"]:
-            wanted = cfg["accuracy"].get("variants") or ["trained"]
-            for v in variants(model):
-                if v in wanted:
-                    line("accuracy").add(sizing.accuracy_need(model, cfg["accuracy"], device))
-    for key in sorted({keys.texts[d] for d in texts_needed}):
-        if Path(f"{keys.root}/texts/{key}.parquet").is_file():
-            line("prepare").cached += 1
-        else:
-            line("prepare").add(sizing.Need(mem_mb=8000, runtime=60))
-    mm = cfg.get("multimodal") or {}
-    for _ in mm.get("datasets") or {}:
-        line("mm_prepare").add(sizing.Need(mem_mb=4000, runtime=30))
-    for model in (mm.get("models") or {}).values():
-        if model.get("arch") == "minigpt-v2" and not model.get("source"):
-            line("mm_convert").add(sizing.minigpt_convert_need(model))
-        for _ in mm.get("datasets") or {}:
-            for _ in mm.get("rotations") or []:
-                line("mm_erank").add(sizing.mm_need(model, device))
-    if cfg["models"] or mm:
-        line("report").add(sizing.Need(mem_mb=4000, runtime=20))
+    for job in jobs:
+        lines.setdefault(job.rule, Line(job.rule)).add(job)
     total = Line("total")
-    for item in lines.values():
-        total.jobs += item.jobs
-        total.cached += item.cached
-        total.gpu_hours += item.gpu_hours
-        total.hours += item.hours
-        total.gpu_mem_mb = max(total.gpu_mem_mb, item.gpu_mem_mb)
-        total.mem_mb = max(total.mem_mb, item.mem_mb)
-        total.disk_mb += item.disk_mb
-        total.disk_peak_mb = max(total.disk_peak_mb, item.disk_peak_mb)
-    order = [
-        "prepare",
-        "train",
-        "finetune",
-        "dump",
-        "erank",
-        "diff",
-        "accuracy",
-        "mm_prepare",
-        "mm_convert",
-        "mm_erank",
-        "report",
-    ]
-    out_lines = {k: lines[k] for k in [*order, *sorted(set(lines) - set(order))] if k in lines}
-    out_lines["total"] = total
-    return out_lines
+    for line in lines.values():
+        total.merge(line)
+    return {**lines, "total": total}
 
 
 def render(lines: dict[str, Line], cfg: dict[str, Any]) -> str:
@@ -127,18 +183,22 @@ def render(lines: dict[str, Line], cfg: dict[str, Any]) -> str:
     def gb(mb: int) -> str:
         return f"{mb / 1000:,.1f}" if mb else "-"
 
+    width = max(10, *(len(k) for k in lines))
     head = (
-        f"{'job kind':<10} {'jobs':>5} {'cached':>6} {'GPU-h':>8} {'job-h':>8} "
-        f"{'peak GPU GB':>11} {'peak host GB':>12} {'scratch GB':>10} {'largest GB':>10}"
+        f"{'job kind':<{width}} {'jobs':>5} {'cached':>6} {'GPU-h':>8} {'job-h':>8} "
+        f"{'peak GPU GB':>11} {'peak host GB':>12} {'scratch GB':>10} {'largest GB':>10} {'threads':>7}"
     )
     rows = [
-        f"{line.kind:<10} {line.jobs:>5} {line.cached:>6} {line.gpu_hours:>8.1f} {line.hours:>8.1f} "
-        f"{gb(line.gpu_mem_mb):>11} {gb(line.mem_mb):>12} {gb(line.disk_mb):>10} {gb(line.disk_peak_mb):>10}"
+        f"{line.kind:<{width}} {line.jobs:>5} {line.cached:>6} {line.gpu_hours:>8.1f} {line.hours:>8.1f} "
+        f"{gb(line.gpu_mem_mb):>11} {gb(line.mem_mb):>12} {gb(line.disk_mb):>10} {gb(line.disk_peak_mb):>10} "
+        f"{line.threads or '-':>7}"
         for line in lines.values()
     ]
     note = (
-        f"experiment {cfg['name']}: cached = already in {cfg['results_dir']}/cache (not run again); "
-        "scratch = hidden-state dumps written in all (temp: deleted once measured); largest = one dump, "
-        "the least `--resources disk_mb=N` must allow"
+        f"experiment {cfg['name']}: Snakemake's own jobs and resources (snakemake -n runs the same jobs); "
+        f"cached = outputs already there (the shared {cfg['results_dir']}/cache, or this run folder): "
+        "not run again; scratch = disk_mb in all (hidden-state dumps, temp: deleted once measured); "
+        "largest = one job's disk_mb, the least `--resources disk_mb=N` must allow; threads = the most "
+        "of one job (--cpus-per-task)"
     )
     return "\n".join([head, "-" * len(head), *rows[:-1], "-" * len(head), rows[-1], note])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,35 +20,34 @@ import pandas as pd
 
 from diff_erank import figures
 from diff_erank.aggregate import headline
-from diff_erank.config import untrained_variants
+from diff_erank.erank import STANDARD_ALGORITHM
+from diff_erank.layers import DEPTH, LAST
 from diff_erank.outputs import figure_kinds, report_files, reproduces_paper
 from diff_erank.provenance import provenance
 from diff_erank.storage import read_parquet, write_text
 from diff_erank.tables import decimals, human_count, spearman, write_table
+from diff_erank.variants import TRAINED, Variant, untrained_variants
 
 log = logging.getLogger(__name__)
 
-#: Depth order of named layers, used only for results written before ``layer_index`` existed.
-LAYER_ORDER = {"embeddings": 0, "first": 1, "middle": 2, "last": 3}
-
-
 def step_of(variant: str, final_step: float = float("inf")) -> float:
     """Training step of a stage variant: rev-step200 -> 200, init-s0 -> 0, trained -> ``final_step``."""
-    if variant == "trained":
+    v = Variant.parse(variant)
+    if v.kind == "trained":
         return final_step
-    m = re.search(r"step(\d+)", variant)
-    return float(m.group(1)) if m else 0.0
+    return float(v.step or 0)
 
 
 def stage_rank(variant: str, model: dict[str, Any]) -> float:
     """Position of a stage in training order: M0, checkpoints by step, the trained model, then the
     further-trained stages in the order the config lists them."""
+    v = Variant.parse(variant)
     if variant in untrained_variants(model):
         return 0.0
-    if variant == "trained":
+    if v.kind == "trained":
         return 2.0
-    if variant.startswith("ft-"):
-        return 3.0 + list(model.get("finetune") or {}).index(variant.removeprefix("ft-"))
+    if v.kind == "ft":
+        return 3.0 + list(model.get("finetune") or {}).index(v.name)
     return 1.0 + step_of(variant) / 1e12
 
 
@@ -94,7 +92,7 @@ def same_depth_notes(layers: pd.DataFrame) -> list[str]:
     idx = idx[(idx["layer_index"] >= 0) & ~idx["layer"].astype(str).str.fullmatch(r"-?\d+")]
     clashes: dict[tuple[str, ...], list[str]] = {}
     for (model, index), g in idx.groupby(["model", "layer_index"], sort=False):
-        names = tuple(sorted(g["layer"], key=lambda n: (LAYER_ORDER.get(n, 9), n)))
+        names = tuple(sorted(g["layer"], key=lambda n: (DEPTH.get(n, 9), n)))
         if len(names) > 1:
             clashes.setdefault((*names, str(int(index))), []).append(model)
     for key, models in clashes.items():
@@ -137,7 +135,7 @@ def _stage_lines(stages: pd.DataFrame) -> list[str]:
         "",
         "## Training stages",
         "",
-        "Each checkpoint against step 0, algorithm (a), last layer; the rank "
+        f"Each checkpoint against step 0, algorithm ({STANDARD_ALGORITHM}), {LAST} layer; the rank "
         "correlation of Diff-eRank with the step leaves out step 0 itself (0 by definition).",
         "",
     ]
@@ -180,10 +178,11 @@ def _stage_lines(stages: pd.DataFrame) -> list[str]:
 
 def _layer_lines(layers: pd.DataFrame) -> list[str]:
     depth = layers.groupby("layer")["layer_index"].max()
-    names = sorted(depth.index, key=lambda n: (LAYER_ORDER.get(n, 9), depth[n]))
+    names = sorted(depth.index, key=lambda n: (DEPTH.get(n, 9), depth[n]))
     if len(names) < 2:
         return []
-    out = ["", "## Layers", "", "Diff-eRank by layer (algorithm (a)), models ordered by size:", ""]
+    by_layer = f"Diff-eRank by layer (algorithm ({STANDARD_ALGORITHM})), models ordered by size:"
+    out = ["", "## Layers", "", by_layer, ""]
     for (fam, ds), g in layers.groupby(["family", "dataset"], sort=False):
         if len(names) <= 6:
             d = decimals(g["diff_erank"], digits=3)  # one precision for the whole line
@@ -229,7 +228,8 @@ def summarise(
     out += [
         "## Diff-eRank against model size",
         "",
-        "Algorithm (a), last layer, trained against untrained (the mean over seeds where there are several).",
+        f"Algorithm ({STANDARD_ALGORITHM}), {LAST} layer, trained against untrained "
+        "(the mean over seeds where there are several).",
         "",
     ]
     for (fam, ds), g in main.groupby(["family", "dataset"], sort=False):
@@ -266,7 +266,8 @@ def summarise(
 
 def init_scale_table(main_all: pd.DataFrame) -> pd.DataFrame:
     """The init-scale sweep's points: one row per model and dataset, in scale order."""
-    rows = main_all[(main_all["algorithm"] == "a") & last_layer(main_all) & main_all["init_scale"].notna()]
+    standard = main_all["algorithm"] == STANDARD_ALGORITHM
+    rows = main_all[standard & last_layer(main_all) & main_all["init_scale"].notna()]
     cols = ["family", "model", "dataset", "init_scale", "n_texts", "erank_untrained", "erank_trained",
             "diff_erank", "diff_erank_std", "ci_low", "ci_high", "reduced_loss"]  # fmt: skip
     rows = rows[[c for c in cols if c in rows]]
@@ -339,12 +340,12 @@ def _layer_index(full: pd.DataFrame) -> pd.Series:
     if "layer_index" in full and (full["layer_index"] >= 0).all():
         return full["layer_index"].astype(int)
     log.warning("diff tables without layer_index: depth in the layers figure is the layers' order")
-    return full["layer"].map(lambda s: LAYER_ORDER.get(s, int(s) if str(s).lstrip("-").isdigit() else 9))
+    return full["layer"].map(lambda s: DEPTH.get(s, int(s) if str(s).lstrip("-").isdigit() else 9))
 
 
 def _depth_sorted(df: pd.DataFrame) -> pd.DataFrame:
     """Rows by family, size, dataset and depth; names on one hidden state as first, middle, last."""
-    key = df["layer"].map(lambda n: LAYER_ORDER.get(n, 9))
+    key = df["layer"].map(lambda n: DEPTH.get(n, 9))
     cols = ["family", "n_params", "dataset", "layer_index", "_name"]
     return df.assign(_name=key).sort_values(cols, ignore_index=True).drop(columns="_name")
 
@@ -355,7 +356,7 @@ def last_layer(df: pd.DataFrame) -> pd.Series:
     With ``layers: all`` the layers may be named by index only; the last one is then the largest
     ``layer_index`` the model has.
     """
-    named = df["layer"] == "last"
+    named = df["layer"] == LAST
     has_named = named.groupby(df["model"]).transform("any")
     deepest = df["layer_index"] == df.groupby("model")["layer_index"].transform("max")
     return named | (~has_named & deepest)
@@ -384,7 +385,7 @@ def build(
     seeds = full[full["role"] == "untrained"].groupby(["model", "dataset", "layer", "algorithm"])
     rl_std = seeds["reduced_loss"].std(ddof=1).rename("reduced_loss_std")
     main_all = main_all.merge(rl_std.reset_index(), on=["model", "dataset", "layer", "algorithm"], how="left")
-    main = main_all[(main_all["algorithm"] == "a") & last_layer(main_all)].copy()
+    main = main_all[(main_all["algorithm"] == STANDARD_ALGORITHM) & last_layer(main_all)].copy()
     cols = [
         "model",
         "family",
@@ -410,7 +411,7 @@ def build(
     main = main.sort_values(["dataset", "family", "n_params"], ignore_index=True)
     tasks: list[str] = []
     if not accuracy.empty:
-        wide = accuracy[accuracy["variant"] == "trained"].pivot_table(
+        wide = accuracy[accuracy["variant"] == TRAINED].pivot_table(
             index="model", columns="task", values="accuracy"
         )
         tasks = list(wide.columns)
@@ -419,7 +420,8 @@ def build(
         main,
         tables / "diff_erank",
         prov,
-        "Diff-eRank (algorithm (a), last layer) and reduced loss against model size (paper Fig. 1 / Table 6)",
+        f"Diff-eRank (algorithm ({STANDARD_ALGORITHM}), {LAST} layer) and reduced loss against model size "
+        "(paper Fig. 1 / Table 6)",
         notes=["ci_low / ci_high: 95% bootstrap interval over texts; *_std: std over untrained seeds."],
     )
 
@@ -428,7 +430,7 @@ def build(
     by_alg.columns.name = None
     by_alg = _depth_sorted(by_alg)
     layers = _depth_sorted(
-        main_all[main_all["algorithm"] == "a"][
+        main_all[main_all["algorithm"] == STANDARD_ALGORITHM][
             [*order, "erank_untrained", "erank_trained", "diff_erank", "ci_low", "ci_high"]
         ]
     )
@@ -444,16 +446,18 @@ def build(
         layers.drop(columns=["family"]),
         tables / "layers",
         prov,
-        "eRank of the trained and untrained model and Diff-eRank per layer, algorithm (a)",
+        "eRank of the trained and untrained model and Diff-eRank per layer, "
+        f"algorithm ({STANDARD_ALGORITHM})",
         notes=notes,
     )
 
-    stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & last_layer(full)].copy()
+    standard = full["algorithm"] == STANDARD_ALGORITHM
+    stages = full[(full["role"] == "stage") & standard & last_layer(full)].copy()
     models = config["models"]
     # the step of each stage where it is known: checkpoints by name, a zoo model's last step
     final = {m: float((spec.get("train") or {}).get("steps", np.nan)) for m, spec in models.items()}
     pairs = list(zip(stages["variant"], stages["model"], strict=True))
-    stages["step"] = [np.nan if v.startswith("ft-") else step_of(v, final[m]) for v, m in pairs]
+    stages["step"] = [np.nan if Variant.parse(v).kind == "ft" else step_of(v, final[m]) for v, m in pairs]
     stages["order"] = [stage_rank(v, models[m]) for v, m in pairs]
     stages["stage"] = [(models[m].get("stage_labels") or {}).get(v, v) for v, m in pairs]
     has_stages = stages.groupby(["model", "dataset"])["variant"].transform("nunique") > 2
@@ -473,7 +477,7 @@ def build(
         stages[stage_cols],
         tables / "stages",
         prov,
-        "Training stages: each checkpoint against step 0 (algorithm (a), last layer)",
+        f"Training stages: each checkpoint against step 0 (algorithm ({STANDARD_ALGORITHM}), {LAST} layer)",
         notes=[
             "step 0 is the untrained model itself, so its Diff-eRank and reduced loss are 0 by definition."
         ],
@@ -486,7 +490,8 @@ def build(
             init_scale,
             tables / "init_scale",
             prov,
-            "Diff-eRank against the init scale of the untrained model M0 (algorithm (a), last layer)",
+            f"Diff-eRank against the init scale of the untrained model M0 (algorithm ({STANDARD_ALGORITHM}), "
+            f"{LAST} layer)",
             notes=[
                 "init_scale: M0's init std as a multiple of the published config's (1 = published); "
                 "diff_erank_std: std over the untrained seeds."

@@ -19,7 +19,10 @@ import numpy as np
 import pandas as pd
 
 from diff_erank.aggregate import headline
+from diff_erank.erank import STANDARD_ALGORITHM
+from diff_erank.layers import FIRST_LAYER_READINGS, LAST
 from diff_erank.tables import markdown, spearman
+from diff_erank.variants import TRAINED, untrained_variants, variants
 
 KEY = ["family", "size", "dataset", "metric", "variant"]
 
@@ -60,7 +63,7 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
     several_layers, several_algorithms = full["layer"].nunique() > 1, full["algorithm"].nunique() > 1
     for r in headline(full).itertuples():
         model = config["models"][r.model]
-        if r.algorithm == "a" and r.layer == "last":
+        if r.algorithm == STANDARD_ALGORITHM and r.layer == LAST:
             rows.append(
                 _row(model, ds_name[r.dataset], "diff_erank", ds_variant[r.dataset], r.diff_erank, r.model)
             )
@@ -80,17 +83,18 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
                 )
             )
             rows.append(_row(model, ds_name[r.dataset], "loss", "trained", r.loss_trained, r.model))
-        if r.layer == "last" and several_algorithms:
+        if r.layer == LAST and several_algorithms:
             rows.append(
                 _row(
                     model, ds_name[r.dataset], "diff_erank", f"algorithm_{r.algorithm}", r.diff_erank, r.model
                 )
             )
-        if r.algorithm == "a" and several_layers:
+        if r.algorithm == STANDARD_ALGORITHM and several_layers:
             rows.append(
                 _row(model, ds_name[r.dataset], "diff_erank", f"layer_{r.layer}", r.diff_erank, r.model)
             )
-    stages = full[(full["role"] == "stage") & (full["algorithm"] == "a") & (full["layer"] == "last")]
+    standard = (full["algorithm"] == STANDARD_ALGORITHM) & (full["layer"] == LAST)
+    stages = full[(full["role"] == "stage") & standard]
     for r in stages.itertuples():
         label = (config["models"][r.model].get("stage_labels") or {}).get(r.variant)
         if label:
@@ -99,7 +103,7 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
             rows.append(_row(model, ds_name[r.dataset], "loss", label, r.loss_trained, r.model))
     for r in accuracy.itertuples():
         model = config["models"][r.model]
-        labels = [""] if r.variant == "trained" else []
+        labels = [""] if r.variant == TRAINED else []
         labels += [lab for v, lab in (model.get("stage_labels") or {}).items() if v == r.variant]
         rows += [_row(model, r.task, "accuracy", lab, r.accuracy, r.model) for lab in labels]
         norm = getattr(r, "accuracy_norm", float("nan"))  # lm-eval's acc_norm (NaN: the task has none)
@@ -126,10 +130,8 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
 def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
     """The (family, size, dataset, metric, variant) keys a run of ``config`` writes into the long
     form (:func:`long_results`, :func:`multimodal_long`), read off the configuration alone."""
-    from diff_erank.config import untrained_variants, variants
-
     keys: set[tuple[str, str, str, str, str]] = set()
-    layers, algorithms = config.get("layers") or ["last"], config.get("algorithms") or ["a"]
+    layers, algorithms = config.get("layers") or [LAST], config.get("algorithms") or [STANDARD_ALGORITHM]
     measured = {d: s for d, s in config["datasets"].items() if s.get("measure", True)}
     acc = config.get("accuracy") or {}
     acc_names = [*(acc.get("tasks") or []), *(acc.get("combine") or {})]
@@ -139,15 +141,15 @@ def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str
         samples: dict[str, list[str]] = {}
         for ds in measured.values():
             name, pv = ds.get("paper_name") or "", ds.get("paper_variant") or ""
-            if "a" in algorithms and "last" in layers:
+            if STANDARD_ALGORITHM in algorithms and LAST in layers:
                 keys |= {(fam, size, name, "diff_erank", pv), (fam, size, name, "reduced_loss", pv)}
                 keys |= {(fam, size, name, "normalized_matrix_entropy", "trained")}
                 keys |= {(fam, size, name, "loss", "trained")}
-            if "last" in layers and len(algorithms) > 1:
+            if LAST in layers and len(algorithms) > 1:
                 keys |= {(fam, size, name, "diff_erank", f"algorithm_{a}") for a in algorithms}
-            if "a" in algorithms and len(layers) > 1:
+            if STANDARD_ALGORITHM in algorithms and len(layers) > 1:
                 keys |= {(fam, size, name, "diff_erank", f"layer_{lay}") for lay in layers}
-            if "a" in algorithms and "last" in layers:
+            if STANDARD_ALGORITHM in algorithms and LAST in layers:
                 m0 = untrained_variants(spec)
                 for v in [*m0[:1], *(v for v in variants(spec) if v not in m0)]:
                     if v in labels:
@@ -157,10 +159,10 @@ def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str
         for name, sizes in samples.items():
             if len(sizes) > 1:
                 keys.add((fam, size, name, "diff_erank_std", "samples=" + ",".join(sizes)))
-        wanted = acc.get("variants") or ["trained"]
+        wanted = acc.get("variants") or [TRAINED]
         for v in variants(spec) if acc else []:
             if v in wanted:
-                for label in ([""] if v == "trained" else []) + ([labels[v]] if v in labels else []):
+                for label in ([""] if v == TRAINED else []) + ([labels[v]] if v in labels else []):
                     keys |= {
                         (fam, size, t, m, label) for t in acc_names for m in ("accuracy", "accuracy_norm")
                     }
@@ -426,13 +428,6 @@ def build_multimodal_report(mm: pd.DataFrame, config: dict[str, Any], out_dir: P
         render(cmp, pd.DataFrame(), f"{config['name']} (multi-modal)"), out_dir / "reproduction_multimodal.md"
     )
     return cmp
-
-
-#: The two readings of the paper's "first layer" (Table 4): hidden_states[0] and hidden_states[1].
-FIRST_LAYER_READINGS = {
-    "embeddings": "hidden_states[0], the embedding output",
-    "first": "hidden_states[1], the first block's output",
-}
 
 
 def first_layer_readings(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from diff_erank.errors import UserError
+from diff_erank.layers import n_distinct
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: Characters per token assumed for prepared texts (English BPE gives ~4-4.5: this errs high).
@@ -116,20 +117,6 @@ def shape(model: dict[str, Any]) -> Shape:
     return Shape(float(params), int(hidden), int(layers), int(vocab), dtype, dump_dtype)
 
 
-def n_dumped_layers(layers: list[str | int], num_layers: int) -> int:
-    """How many hidden-state layers a dump stores (``all`` = L + 1)."""
-    named = {"embeddings": 0, "first": 1, "middle": max(1, num_layers // 2), "last": num_layers}
-    idx: set[int] = set()
-    for layer in layers:
-        if layer == "all":
-            idx |= set(range(num_layers + 1))
-        elif isinstance(layer, str):
-            idx.add(named.get(layer, num_layers))
-        else:
-            idx.add(layer if layer >= 0 else num_layers + 1 + layer)
-    return max(1, len(idx))
-
-
 @lru_cache(maxsize=256)
 def _prepared_chars(path: str, mtime: float) -> tuple[int, ...]:
     """Characters per text of a prepared table: its provenance's ``n_chars``, else its text column."""
@@ -207,7 +194,7 @@ def dump_need(
     ``n_variants`` variants one after the other: n times the time and the disk, the memory of one."""
     s = shape(model)
     b, sb = BYTES[s.dtype], BYTES[s.dump_dtype]
-    n_layers = n_dumped_layers(layers, s.layers)
+    n_layers = n_distinct(layers, s.layers)
     batch = min(int(model.get("batch_tokens") or 16384), max(texts.tokens, 1))
     weights = s.params * b
     # all L+1 hidden states of the batch (output_hidden_states), the logits and their float copy,
@@ -242,7 +229,7 @@ def erank_need(
     ``n_variants`` dumps one after the other. A model entry's ``resources.threads`` sets the threads."""
     threads = int(_overrides(model).get("threads") or threads)
     s = shape(model)
-    n_layers = n_dumped_layers(layers, s.layers)
+    n_layers = n_distinct(layers, s.layers)
     one_text = texts.longest * s.hidden * 8 * 4 + s.hidden**2 * 8 * 3
     mem = one_text + 1.5e9 + texts.n * 2000  # + the result rows
     work = n_layers * texts.tokens * s.hidden**2 + n_layers * texts.n * s.hidden**3

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diff_erank.config import data_file_list, looks_local
+from diff_erank.variants import Variant
 
 
 def _files_in(folder: Path) -> list[str]:
@@ -45,15 +46,16 @@ def model_files(spec: dict[str, Any], variant: str) -> list[str]:
     if tok and looks_local(tok) and Path(tok).expanduser().is_dir():
         out += _files_in(Path(tok).expanduser())
     source = spec.get("source")
-    if not source or spec.get("train") or variant.startswith("ft-") or not looks_local(source):
+    v = Variant.parse(variant)
+    if not source or spec.get("train") or v.kind == "ft" or not looks_local(source):
         return out
     root = Path(source).expanduser()
     if root.is_file():
         return [*out, str(root)]
-    rev = variant.removeprefix("rev-") if variant.startswith("rev-") else spec.get("revision") or "main"
+    rev = v.revision if v.kind == "rev" else spec.get("revision") or "main"
     folder = root / rev if (root / rev).is_dir() else root
     files = _files_in(folder)
-    if variant.startswith("init-s"):
+    if v.kind == "init":
         files = [f for f in files if Path(f).name == "config.json"]
     return [*out, *files]
 

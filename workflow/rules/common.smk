@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from diff_erank import sizing
 from diff_erank.cache import KEY, Keys
-from diff_erank.config import untrained_variants, variants
+from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import dataset_files, image_files, model_files
 from diff_erank.outputs import multimodal_files, report_files
@@ -72,16 +72,21 @@ def finetuned_dir(model, name):
     return f"{OUT}/finetuned/{model}/{name}"
 
 
+def variant_dir(model, variant):
+    """The directory the workflow trains a further-trained (ft-) variant into; None for the others."""
+    v = Variant.parse(variant)
+    return finetuned_dir(model, v.name) if v.kind == "ft" else None
+
+
 def variant_input(w):
     """What a variant is loaded from: the zoo model, a further-trained stage, local model files."""
-    extra = [finetuned_dir(w.model, w.variant.removeprefix("ft-"))] if w.variant.startswith("ft-") else []
-    return trained_input(w) + extra + model_files(C["models"][w.model], w.variant)
+    path = variant_dir(w.model, w.variant)
+    return trained_input(w) + ([path] if path else []) + model_files(C["models"][w.model], w.variant)
 
 
 def variant_path_arg(w):
-    if w.variant.startswith("ft-"):
-        return f"--variant-path {finetuned_dir(w.model, w.variant.removeprefix('ft-'))}"
-    return ""
+    path = variant_dir(w.model, w.variant)
+    return f"--variant-path {path}" if path else ""
 
 
 def model_resources(model, key, default):
@@ -108,7 +113,7 @@ def set_input(j):
 
 def variant_paths_arg(j):
     """``--variant-paths`` for the further-trained (ft-) variants of a set, if it has any."""
-    paths = {v: finetuned_dir(j.model, v.removeprefix("ft-")) for v in j.variants if v.startswith("ft-")}
+    paths = {v: path for v in j.variants if (path := variant_dir(j.model, v))}
     return f"--variant-paths {shlex.quote(as_json(paths))}" if paths else ""
 
 
@@ -170,7 +175,7 @@ def diff_first(w):
 def accuracy_files(model):
     if not C["accuracy"]:
         return []
-    wanted = C["accuracy"].get("variants") or ["trained"]
+    wanted = C["accuracy"].get("variants") or [TRAINED]
     return [f"{OUT}/accuracy/{model}/{v}.json" for v in variants(C["models"][model]) if v in wanted]
 
 
@@ -188,8 +193,8 @@ def finetune_recipe(w):
 
 
 def finetune_from(w):
-    start = finetune_recipe(w)["from"]
-    return [finetuned_dir(w.model, start.removeprefix("ft-"))] if start.startswith("ft-") else []
+    start = variant_dir(w.model, finetune_recipe(w)["from"])
+    return [start] if start else []
 
 
 def dump_output():
@@ -209,7 +214,7 @@ def minigpt_dir(model):
 def mm_model_input(w):
     """What an mm_erank job loads: the converted MiniGPT-v2 directory, or the entry's local files."""
     converted = minigpt_dir(w.model)
-    return [converted] if converted else model_files(MM["models"][w.model], "trained")
+    return [converted] if converted else model_files(MM["models"][w.model], TRAINED)
 
 
 def mm_model_path_arg(w):

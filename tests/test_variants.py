@@ -1,0 +1,97 @@
+"""Variant names, layer names and algorithm names: each parsed and checked in one module."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from diff_erank import sizing
+from diff_erank.config import ConfigError, load_config
+from diff_erank.erank import ALGORITHMS, STANDARD_ALGORITHM, dataset_erank, dataset_eranks
+from diff_erank.layers import check_layers, layer_indices, n_distinct
+from diff_erank.report import step_of
+from diff_erank.variants import Variant, untrained_variants, variants
+
+FORMS = [
+    ("trained", Variant("trained")),
+    ("init-s0", Variant("init", seed=0)),
+    ("init-s12", Variant("init", seed=12)),
+    ("init-s-1", Variant("init", seed=-1)),
+    ("rev-step0", Variant("rev", revision="step0")),
+    ("rev-main", Variant("rev", revision="main")),
+    ("rev-fully_trained", Variant("rev", revision="fully_trained")),
+    ("ft-sft", Variant("ft", name="sft")),
+    ("ft-rlhf-2", Variant("ft", name="rlhf-2")),
+]
+
+
+@pytest.mark.parametrize(("name", "variant"), FORMS)
+def test_parse_and_str_round_trip(name: str, variant: Variant) -> None:
+    assert Variant.parse(name) == variant
+    assert str(variant) == name
+
+
+@pytest.mark.parametrize("bad", ["", "finetuned", "init-s", "init-sx", "init-s07", "rev-", "ft-", "Trained"])
+def test_bad_names_are_refused_with_the_forms(bad: str) -> None:
+    forms = "trained, init-s<seed>, rev-<revision> or ft-<name>"
+    with pytest.raises(ConfigError, match=rf"unknown variant .*; expected {forms}"):
+        Variant.parse(bad)
+
+
+def test_a_variant_has_the_field_of_its_kind_only() -> None:
+    with pytest.raises(ConfigError):
+        Variant("init")
+    with pytest.raises(ConfigError):
+        Variant("trained", seed=0)
+    with pytest.raises(ConfigError):
+        Variant("checkpoint", revision="step1")  # type: ignore[arg-type]
+
+
+def test_step() -> None:
+    assert Variant.parse("rev-step150").step == 150
+    assert Variant.parse("rev-main").step is None and Variant.parse("init-s3").step is None
+    assert step_of("rev-step150") == 150 and step_of("init-s3") == 0 and step_of("trained", 400) == 400
+
+
+def test_every_experiments_variant_names_round_trip() -> None:
+    """The names in file paths, cache keys and tables are what ``str(Variant.parse(name))`` gives."""
+    for path in sorted((REPO / "conf" / "experiment").glob("*.yaml")):
+        cfg = load_config(REPO / "conf", [f"experiment={path.stem}"])
+        for spec in cfg["models"].values():
+            names = variants(spec)
+            assert names[0] == "trained" and set(untrained_variants(spec)) <= set(names)
+            assert [str(Variant.parse(n)) for n in names] == names
+
+
+def test_layers() -> None:
+    assert layer_indices(["embeddings", "first", "middle", "last"], 12) == {
+        "embeddings": 0,
+        "first": 1,
+        "middle": 6,
+        "last": 12,
+    }
+    assert n_distinct(["first", "middle", 1, "all"], 4) == 5 and n_distinct([], 4) == 1
+    check_layers(["embeddings", "all", 3, -1])
+    with pytest.raises(ConfigError, match="'top' is not a layer"):
+        check_layers(["last", "top"])
+
+
+def test_sizing_refuses_an_unknown_layer() -> None:
+    """Once treated as ``last``: a dump would refuse the name, so its estimate does too."""
+    model = {"params": 1e8, "dtype": "float32", "dump_dtype": "float32", "resources": {}}
+    texts = sizing.Texts(10, 1000, 100, False)
+    assert sizing.dump_need(model, texts, ["last"], "cpu").mem_mb > 0
+    with pytest.raises(ConfigError, match="layer 'top'"):
+        sizing.dump_need(model, texts, ["top"], "cpu")
+    with pytest.raises(ConfigError, match="layer 'top'"):
+        sizing.erank_need(model, texts, ["top"])
+
+
+def test_algorithms() -> None:
+    assert ALGORITHMS == ("a", "b") and STANDARD_ALGORITHM == "a"
+    h = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 4.0]])
+    for alg in ALGORITHMS:
+        assert list(dataset_eranks(h, alg)) == pytest.approx([dataset_erank(row, alg) for row in h])
+    with pytest.raises(ValueError, match="algorithm must be"):
+        dataset_eranks(h, "c")  # type: ignore[arg-type]
