@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
-from paper_fixtures import make_datasets
+from helpers import REPO
+from helpers.paper import make_datasets
 
 from diff_erank.config import load_config
 from diff_erank.data import prepare_texts
@@ -232,9 +232,9 @@ def test_accuracy_records_both_metrics_as_lm_eval_computes_them(tmp_path, tiny_o
     import json
 
     import lm_eval
-    from conftest import model_spec
+    from helpers.models import model_spec
+    from helpers.paper import make_tasks
     from lm_eval.tasks import TaskManager
-    from paper_fixtures import make_tasks
 
     from diff_erank.accuracy import evaluate
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from diff_erank import sizing
 from diff_erank.config import load_config
@@ -134,7 +134,7 @@ def test_an_erank_job_over_its_memory_fails_naming_the_resource(tiny_opt, texts_
     import sys
     from pathlib import Path
 
-    from conftest import model_spec
+    from helpers.models import model_spec
 
     from diff_erank.dump import dump
 
