@@ -3,7 +3,7 @@
 #   make test   install into .venv (with test tools), then ruff + pytest
 #   make quick  ruff + the fast tests only (pytest -m "not slow"), for the edit-test loop
 # Nothing here installs system packages: the real-Slurm test does so only where CI=true or
-# DIFF_ERANK_INSTALL_SLURM=1 (tests/slurm_cluster.py), and is skipped with that advice elsewhere.
+# DIFF_ERANK_INSTALL_SLURM=1 (tests/helpers/slurm_cluster.py), and is skipped with that advice elsewhere.
 # Versions come from requirements/constraints.txt: torch==2.13.0 is the CPU wheel where a
 # local one lies on disk (CI) and PyPI's regular CUDA wheel elsewhere.
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import model_spec
+from helpers.models import model_spec
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from diff_erank import dump as D
@@ -107,7 +107,7 @@ def test_layer_names() -> None:
 def openelm_like(tmp_path_factory, tokenizer_dir) -> dict:
     """The stand-in laid out as OpenELM's entries use it: model and tokenizer in separate
     repositories, the tokenizer at its own revision (a sub-directory for a local source)."""
-    from conftest import save_remote_standin
+    from helpers.models import save_remote_standin
 
     root = tmp_path_factory.mktemp("openelm-like")
     tok_repo = root / "tokenizer-repo"
@@ -120,7 +120,7 @@ def openelm_like(tmp_path_factory, tokenizer_dir) -> dict:
 
 
 def test_openelm_like_remote_code_runs_dump_finetune_and_accuracy(openelm_like, texts_file, tmp_path) -> None:
-    from paper_fixtures import make_datasets, make_tasks
+    from helpers.paper import make_datasets, make_tasks
 
     from diff_erank.accuracy import evaluate
     from diff_erank.finetune import finetune
@@ -213,7 +213,7 @@ def test_remote_code_with_uninitialised_buffers_is_refused(tmp_path, tokenizer_d
     set the non-persistent buffers its ``__init__`` computes, as OpenELM's) read by the installed
     transformers' ``from_pretrained`` gets uninitialised memory for them. Its trained variant is
     refused naming the buffer; ``init-s0`` (``from_config`` runs ``__init__`` on real tensors) loads."""
-    from conftest import save_remote_standin
+    from helpers.models import save_remote_standin
 
     vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     root = save_remote_standin(tmp_path / "standin-unset-buffers", vocab, init_buffers=False)
@@ -238,10 +238,10 @@ def test_a_corrupted_buffer_is_refused_for_every_variant_kind(
     transformers builds the model (scaled to the ~1e-29 seen in the real fault, or one NaN: a
     non-finite value differs), for each kind of variant ``load_variant`` builds."""
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    from conftest import _llama_config
+    from helpers.models import llama_config
 
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(_llama_config(tok, heads=4, kv_heads=1, hidden=32)).save_pretrained(
+    AutoModelForCausalLM.from_config(llama_config(tok, heads=4, kv_heads=1, hidden=32)).save_pretrained(
         tmp_path / "llama" / "main"
     )
 

@@ -7,7 +7,7 @@ import random
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from diff_erank import cache
 from diff_erank.config import ConfigError, load_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from diff_erank.cli import STEPS, main, parser
 
@@ -12,14 +12,28 @@ from diff_erank.cli import STEPS, main, parser
 def test_list_shows_every_experiment_and_dataset_with_its_own_description(capsys) -> None:
     assert main(["list", "--conf-dir", str(REPO / "conf")]) == 0
     out = capsys.readouterr().out
-    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if line.startswith("  ")}
+    listed: dict[str, dict[str, str]] = {}
+    for line in out.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            current = listed.setdefault(line[:-1], {})
+        elif line.startswith("  "):
+            name, text = line.split(None, 1)
+            current[name] = text
+    assert list(listed) == ["experiments", "models", "datasets"], out
     for group in ("experiment", "dataset"):
-        for f in (REPO / "conf" / group).glob("*.yaml"):
-            described = yaml.safe_load(f.read_text()).get("description")
-            assert lines[f.stem] == (described or lines[f.stem]), f
+        files = sorted((REPO / "conf" / group).glob("*.yaml"))
+        assert sorted(listed[f"{group}s"]) == sorted(f.stem for f in files), f"list misses a {group}"
+        for f in files:
+            text = f.read_text()
+            described = yaml.safe_load(text).get("description")
+            line = listed[f"{group}s"][f.stem]
+            if described:
+                assert line == described, f"{f.name}: listed as {line!r}, its description is {described!r}"
+            else:  # a base entry: the file's own comment says what it is
+                assert f"# {line}\n" in text, f"{f.name} has no description; listed as {line!r}"
     opt = yaml.safe_load((REPO / "conf" / "model" / "opt-125m.yaml").read_text())
-    assert opt["source"] in lines["opt-125m"]
-    assert "trained by the demo" in lines["zoo-opt-xs"]
+    assert opt["source"] in listed["models"]["opt-125m"]
+    assert "trained by the demo" in listed["models"]["zoo-opt-xs"]
     assert "snakemake --cores 2 --config experiment=<name>" in out
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
-from paper_fixtures import local_source, make_datasets, make_models
-from test_workflow import snakemake
+from helpers import REPO
+from helpers.paper import local_source, make_datasets, make_models
+from helpers.workflow import snakemake
 
 from diff_erank.storage import read_provenance
 

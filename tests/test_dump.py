@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import model_spec
+from helpers.models import model_spec
 from transformers import AutoModel, AutoTokenizer
 
 from diff_erank import dump as D

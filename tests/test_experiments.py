@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, texts_of
-from paper_fixtures import local_source, make_datasets, make_models, make_tasks
-from test_workflow import snakemake
+from helpers import REPO
+from helpers.paper import local_source, make_datasets, make_models, make_tasks
+from helpers.workflow import snakemake, texts_of
 
 from diff_erank.config import load_config
 from diff_erank.storage import read_provenance

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import _save_tiny, model_spec
+from helpers.models import model_spec, save_tiny
 
 from diff_erank import dump as D
 from diff_erank.config import ConfigError
@@ -48,7 +48,7 @@ class Interrupted(Exception):
 def test_resume_after_the_weights_changed_recomputes_everything(tokenizer_dir, tmp_path, caplog) -> None:
     from diff_erank.models import load_variant
 
-    src = _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=0)
+    src = save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=0)
     texts = _texts(tmp_path / "texts.parquet", _paragraphs(24))
     spec = model_spec(src, shard_texts=4, batch_tokens=64)  # 6 shards, one text per forward
     out = tmp_path / "dump"
@@ -64,7 +64,7 @@ def test_resume_after_the_weights_changed_recomputes_everything(tokenizer_dir, t
     with pytest.raises(Interrupted):
         D.dump(spec, "trained", texts, out, device="cpu", model=model)
     assert len(list(out.with_name("dump.partial").glob("shard-*.json"))) == 2
-    _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # the weights are replaced in place
+    save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # the weights are replaced in place
     with caplog.at_level(logging.INFO, logger="diff_erank.dump"):
         resumed = D.dump(spec, "trained", texts, out, device="cpu")
     assert "discarding" in caplog.text and "resuming" not in caplog.text
@@ -77,7 +77,7 @@ def test_hub_identity_is_the_commit_actually_loaded(tokenizer_dir, tmp_path) -> 
     """`revision: main` resolved through a real (offline) hub cache; moving `main` moves the identity."""
     repo = tmp_path / "hub" / "models--org--tiny"
     for seed in (0, 1):
-        _save_tiny(tmp_path / f"m{seed}", "opt", tokenizer_dir, seed)
+        save_tiny(tmp_path / f"m{seed}", "opt", tokenizer_dir, seed)
     code = textwrap.dedent(
         f"""
         import json, os, shutil
@@ -282,15 +282,15 @@ def test_incomplete_zoo_model_is_refused(corpus_file, tokenizer_dir, tmp_path) -
 # -- items 2 and 5 through Snakemake: local files are inputs; the run folder is locked --------------
 @pytest.mark.slow
 def test_local_inputs_rerun_and_the_run_folder_is_locked(tokenizer_dir, tmp_path) -> None:
-    from paper_fixtures import local_source
-    from test_workflow import snakemake
+    from helpers.paper import local_source
+    from helpers.workflow import snakemake
 
     def jobs(r: subprocess.CompletedProcess) -> set[str]:
         """Rules in the dry run's job-count table."""
         rows = [ln.split() for ln in r.stdout.splitlines()]
         return {w[0] for w in rows if len(w) == 2 and w[0].isidentifier() and w[1] == "1"}
 
-    model = _save_tiny(tmp_path / "model", "opt", tokenizer_dir)
+    model = save_tiny(tmp_path / "model", "opt", tokenizer_dir)
     data = tmp_path / "dolly.jsonl"
     data.write_text("".join(json.dumps({"context": t}) + "\n" for t in _paragraphs(8)))
     overrides = [
@@ -332,7 +332,7 @@ def test_local_inputs_rerun_and_the_run_folder_is_locked(tokenizer_dir, tmp_path
         f.write(json.dumps({"context": "an edited dataset file is an input of prepare"}) + "\n")
     assert jobs(snakemake(work, "-n", *at, overrides=overrides)) >= {"prepare", "dump", "erank"}
     os.utime(data, ns=(stamp, stamp))
-    _save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # replaced weights rerun the dump
+    save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # replaced weights rerun the dump
     assert jobs(snakemake(work, "-n", *at, overrides=overrides)) == {"dump", "erank", "diff"}
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import REPO
-from paper_fixtures import local_source
+from helpers import REPO
+from helpers.paper import local_source
 
 from diff_erank.config import load_config
 from diff_erank.data import prepare_texts

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import model_spec
+from helpers.models import model_spec
 
 gguf = pytest.importorskip("gguf")
 
@@ -209,7 +209,7 @@ def test_m0_of_a_gguf_entry_is_built_from_its_published_config(tiny_gguf, tmp_pa
 
 
 def _gguf_entries() -> list[str]:
-    from conftest import REPO
+    from helpers import REPO
 
     return sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml") if "gguf:" in p.read_text())
 
@@ -221,7 +221,7 @@ def test_real_gguf_entries_agree_with_their_published_config(name, tmp_path_fact
     file carries agrees with the published facts the entry declares, every field the untrained
     model's initialisation reads is in one of the two, and the config the conversion builds holds
     the declared value of every field both have. Needs the package index (as the demo does)."""
-    from conftest import REPO
+    from helpers import REPO
 
     from diff_erank.checkpoint import _same, fetch, init_fields, published_config
     from diff_erank.config import ConfigError, load_config
@@ -361,7 +361,7 @@ def test_fetch_refuses_a_file_with_another_sha256(tiny_gguf, tmp_path) -> None:
     ],
 )
 def test_gguf_entry_schema_is_closed(override: str, message: str) -> None:
-    from conftest import REPO
+    from helpers import REPO
 
     from diff_erank.config import ConfigError, load_config
 
@@ -372,7 +372,7 @@ def test_gguf_entry_schema_is_closed(override: str, message: str) -> None:
 @pytest.mark.slow
 def test_workflow_runs_a_gguf_entry_from_a_local_folder(tiny_gguf, tmp_path) -> None:
     """Snakemake: convert_gguf once, then dumps of trained and init-s0 load the converted directory."""
-    from test_workflow import snakemake
+    from helpers.workflow import snakemake
 
     from diff_erank.storage import sha256
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO
-from mm_fixtures import make_image
+from helpers import REPO
+from helpers.multimodal import make_image
 
 from diff_erank import minigpt as G
 from diff_erank import multimodal as M
@@ -283,7 +283,7 @@ def test_tower_equals_written_out_eva_and_erank1_drops_cls(probe, tmp_path) -> N
     assert feats.shape == (1, GRID * GRID, WIDTH)
     torch.testing.assert_close(feats, ref[:, 1:], rtol=1e-5, atol=1e-5)
     states = probe.states(image, "Describe it.", "Stripes.")
-    assert list(states) == M.LEVELS == G.LEVELS
+    assert list(states) == M.LEVELS
     torch.testing.assert_close(states["erank1_vision"], ref[0, 1:], rtol=1e-5, atol=1e-5)
     # the comparison tells the eps apart: 1e-6 for ln_vision, or 1e-5 in the blocks, is far off
     for block_eps, ln_eps in ((1e-6, 1e-6), (1e-5, 1e-5)):
@@ -495,8 +495,8 @@ def test_plan_and_sizes_include_minigpt(tmp_path) -> None:
 @pytest.mark.slow
 def test_table2_with_minigpt_end_to_end(files, tmp_path) -> None:
     """table2 with LLaVA removed: the conversion rule, then every eRank job on the converted model."""
-    from mm_fixtures import make_cc_sbu, make_llava_instruct
-    from test_workflow import snakemake
+    from helpers.multimodal import make_cc_sbu, make_llava_instruct
+    from helpers.workflow import snakemake
 
     ann, images = make_llava_instruct(tmp_path / "data", 3)
     ann2, images2 = make_cc_sbu(tmp_path / "data", 3)

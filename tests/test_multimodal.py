@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
-from mm_fixtures import TEMPLATE, make_cc_sbu, make_image, make_llava_instruct, save_tiny_llava
+from helpers import REPO
+from helpers.multimodal import TEMPLATE, make_cc_sbu, make_image, make_llava_instruct, save_tiny_llava
 
 from diff_erank import multimodal as M
 from diff_erank.erank import dataset_erank, erank
@@ -174,7 +174,7 @@ def test_bad_items(tmp_path, probe) -> None:
 @pytest.mark.slow
 def test_table2_experiment_end_to_end(llava_dir, tmp_path) -> None:
     """The real table2 config with the model and data swapped for a tiny LLaVA and generated images."""
-    from test_workflow import snakemake
+    from helpers.workflow import snakemake
 
     ann, images = make_llava_instruct(tmp_path / "data", 5)
     ann2, images2 = make_cc_sbu(tmp_path / "data", 4)

@@ -28,7 +28,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, model_spec, tiny_openelm_config
+from helpers import REPO
+from helpers.models import model_spec, tiny_openelm_config
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from diff_erank import dump as D

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from diff_erank.plan import Job, PlanError, bill, dag, snakefile_for
 
@@ -125,7 +125,7 @@ def dry_run_jobs(text: str) -> tuple[list[Job], Counter]:
 def test_plan_and_the_dry_run_agree(experiment: str, tmp_path: Path) -> None:
     """Per rule, the plan's jobs are those ``snakemake -n`` runs, each asking what the dry run shows
     (threads uncapped: --cores 64), and the bill's totals are their sums."""
-    from test_workflow import snakemake
+    from helpers.workflow import snakemake
 
     r = snakemake(tmp_path, "-n", "--cores", "64", overrides=f"[experiment={experiment}]")
     assert r.returncode == 0, r.stderr[-3000:]

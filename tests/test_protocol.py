@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
-from paper_fixtures import make_datasets
+from helpers import REPO
+from helpers.paper import make_datasets
 
 from diff_erank.config import load_config
 from diff_erank.data import prepare_texts
@@ -69,13 +69,62 @@ FILLS = {
 }
 
 
+def _per_text(layers: list, rng: np.random.Generator) -> pd.DataFrame:
+    """A per-text eRank table of 3 texts for each layer (values arbitrary)."""
+    rows = [
+        {"layer": str(layer), "layer_index": i, "position": pos, "dim": 8, "entropy": rng.uniform(1, 2),
+         "loss": rng.uniform(1, 5), "normalized_entropy": rng.random()}
+        for i, layer in enumerate(layers)
+        for pos in range(3)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _run_results(cfg: dict) -> pd.DataFrame:
+    """What a run of ``cfg`` writes in the reference's long form: every measured variant of every
+    model on every measured dataset through the aggregate stage (``diff_table``, as the diff rule
+    calls it), the accuracy rule's scores, the multi-modal table's rows, then ``long_results`` and
+    ``multimodal_long`` as the report calls them. Values are arbitrary; the keys are the run's."""
+    from diff_erank.aggregate import diff_table
+    from diff_erank.multimodal import LEVELS
+    from diff_erank.reproduce import KEY, long_results, multimodal_long
+    from diff_erank.variants import untrained_variants, variants
+
+    rng = np.random.default_rng(0)
+    full, acc = [], []
+    no_ci = {"samples": 0, "seed": 0, "ci": 0.9}
+    for m, spec in cfg["models"].items():
+        for d, ds in cfg["datasets"].items():
+            if ds.get("measure", True):
+                tables = {v: _per_text(cfg["layers"], rng) for v in variants(spec)}
+                info = {"model": m, "dataset": d}
+                full.append(diff_table(tables, untrained_variants(spec), cfg["algorithms"], no_ci, info))
+        accuracy = cfg.get("accuracy") or {}
+        for v in variants(spec) if accuracy else []:
+            if v in (accuracy.get("variants") or ["trained"]):
+                for task in [*accuracy["tasks"], *(accuracy.get("combine") or {})]:
+                    acc.append({"model": m, "variant": v, "task": task, "accuracy": rng.random()})
+    accuracy = pd.DataFrame(acc, columns=["model", "variant", "task", "accuracy"])
+    out = [long_results(pd.concat(full, ignore_index=True), accuracy, cfg)] if full else []
+    mm = cfg.get("multimodal") or {}
+    if mm:  # the multi-modal table: one row per model, dataset and rotation
+        metrics = [*LEVELS, "image_reduction_ratio", "image_text_alignment"]
+        keys = [(m, d, rot) for m in mm["models"] for d in mm["datasets"] for rot in mm["rotations"]]
+        values = rng.random((len(keys), len(metrics)))
+        table = pd.DataFrame(keys, columns=["model", "dataset", "rotation"]).join(
+            pd.DataFrame(values, columns=metrics)
+        )
+        out.append(multimodal_long(table, cfg))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=KEY)
+
+
 def _fillable_and_claimed(experiment: str):
-    from diff_erank.reproduce import KEY, in_scope, producible_keys, reference
+    from diff_erank.reproduce import KEY, in_scope, reference
 
     cfg = load_config(REPO / "conf", [f"experiment={experiment}"])
     ref = reference()
     ref["variant"] = ref["variant"].fillna("")
-    keys = producible_keys(cfg)
+    keys = set(_run_results(cfg)[KEY].apply(tuple, axis=1))
     fillable = ref[ref[KEY].apply(tuple, axis=1).isin(keys)]
     claimed = ref[ref["table"].isin(cfg["paper_tables"]) & in_scope(ref, cfg)]
     return fillable, claimed
@@ -94,58 +143,6 @@ def test_every_v1_pythia_row_has_an_experiment() -> None:
 
     v1 = reference().query("table == 'v1_table11'")
     assert set(v1.index) == set(fillable.index) and len(v1) == 80
-
-
-def _synthetic_run(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Results in the shape the aggregate stage and the accuracy rule write, for every model,
-    measured dataset, variant, layer and algorithm of ``cfg`` (values arbitrary)."""
-    from diff_erank.variants import untrained_variants, variants
-
-    rng = np.random.default_rng(0)
-    rows, acc = [], []
-    for m, spec in cfg["models"].items():
-        m0 = untrained_variants(spec)
-        stages = [v for v in variants(spec) if v != "trained" and v not in m0]
-        for d, ds in cfg["datasets"].items():
-            if not ds.get("measure", True):
-                continue
-            roles = [("untrained", u) for u in m0] + ([("seeds", "mean")] if len(m0) > 1 else [])
-            roles += [("stage", s) for s in [*m0[:1], *stages, "trained"]]
-            for role, variant in roles:
-                for layer in cfg["layers"]:
-                    for alg in cfg["algorithms"]:
-                        rows.append(
-                            {
-                                "model": m,
-                                "dataset": d,
-                                "role": role,
-                                "variant": variant,
-                                "layer": layer,
-                                "algorithm": alg,
-                                "diff_erank": rng.random(),
-                                "reduced_loss": rng.random(),
-                                "loss_trained": rng.random(),
-                                "normalized_entropy_trained": rng.random(),
-                            }
-                        )
-        accuracy = cfg.get("accuracy") or {}
-        for v in variants(spec) if accuracy else []:
-            if v in (accuracy.get("variants") or ["trained"]):
-                for task in [*accuracy["tasks"], *(accuracy.get("combine") or {})]:
-                    acc.append({"model": m, "variant": v, "task": task, "accuracy": rng.random()})
-    return pd.DataFrame(rows), pd.DataFrame(acc, columns=["model", "variant", "task", "accuracy"])
-
-
-@pytest.mark.parametrize("experiment", ["fig3", "table4", "table10", "table11", "pythia-dynamics"])
-def test_producible_keys_are_what_the_report_builds(experiment: str) -> None:
-    """The config-side reading of the rows (used for the claims) equals what long_results makes
-    of results in the shape the pipeline writes."""
-    from diff_erank.reproduce import KEY, long_results, producible_keys
-
-    cfg = load_config(REPO / "conf", [f"experiment={experiment}"])
-    full, acc = _synthetic_run(cfg)
-    ours = long_results(full, acc, cfg)
-    assert set(ours[KEY].apply(tuple, axis=1)) == producible_keys(cfg)
 
 
 # -- accuracy: which lm-eval metric each paper number is ------------------------------------------
@@ -232,9 +229,9 @@ def test_accuracy_records_both_metrics_as_lm_eval_computes_them(tmp_path, tiny_o
     import json
 
     import lm_eval
-    from conftest import model_spec
+    from helpers.models import model_spec
+    from helpers.paper import make_tasks
     from lm_eval.tasks import TaskManager
-    from paper_fixtures import make_tasks
 
     from diff_erank.accuracy import evaluate
 

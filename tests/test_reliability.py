@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import model_spec
+from helpers.models import model_spec
 from transformers import AutoTokenizer
 
 from diff_erank import dump as D

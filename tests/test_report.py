@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from diff_erank.aggregate import diff_table
 from diff_erank.outputs import figure_kinds, report_files

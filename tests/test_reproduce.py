@@ -91,7 +91,7 @@ def test_shipped_reference_is_the_papers() -> None:
 
 
 def test_shipped_copy_matches_shared() -> None:
-    from conftest import REPO
+    from helpers import REPO
 
     shared = REPO.parent / "shared" / "paper_reference.csv"
     if not shared.exists():
@@ -129,7 +129,7 @@ def test_table1_piqa_reports_both_metrics_with_the_runs_own_distances(shift) -> 
     """Which metric Table 1's PIQA is, is not settled: the report says so and sets acc and acc_norm
     side by side, with each one's summed distance to the paper from the run's own numbers (lm-eval's
     published OPT values give the 3.4 and 3.6 points of issue 23; shifted by 0.01, other sums)."""
-    from conftest import REPO
+    from helpers import REPO
 
     from diff_erank.config import load_config
 

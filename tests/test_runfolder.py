@@ -10,7 +10,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from diff_erank.config import ConfigError, load_config
 from diff_erank.runfolder import RECORD, claim, running_jobs

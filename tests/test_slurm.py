@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
-from slurm_cluster import OPT_IN, SlurmCluster, SlurmUnavailable, ensure_installed
-from test_workflow import snakemake
+from helpers import REPO
+from helpers.slurm_cluster import OPT_IN, SlurmCluster, SlurmUnavailable, ensure_installed
+from helpers.workflow import snakemake
 
 OVERRIDES = ["experiment=ci", "~models.zoo-opt-s", "~models.zoo-neox-xs", "bootstrap.samples=50"]
 THREADS = min(4, os.cpu_count() or 2)

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, model_spec
+from helpers import REPO
+from helpers.models import model_spec
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

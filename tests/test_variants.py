@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from diff_erank import sizing
 from diff_erank.config import ConfigError, load_config

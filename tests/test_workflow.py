@@ -7,59 +7,18 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, texts_of
+from helpers import REPO
+from helpers.workflow import snakemake, snakemake_cmd, snakemake_env, texts_of
 
 from diff_erank.storage import read_provenance
 
 pytestmark = pytest.mark.slow
-
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-
-
-def snakemake_cmd(
-    workdir: Path, *args: str, overrides: str | list[str] = "[experiment=ci]", config: list[str] | None = None
-) -> list[str]:
-    """The real Snakemake command line; a list of overrides goes through a --configfile (any quoting).
-
-    ``config`` gives plain ``--config`` pairs instead (``experiment=ci``, ``layers=[first,last]``).
-    """
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
-    cmd += list(args)  # before --config, which takes every word after it
-    if config is not None:
-        cmd += ["--config", *config]
-    elif isinstance(overrides, list):
-        workdir.mkdir(parents=True, exist_ok=True)
-        cfg = workdir / "overrides.yaml"
-        cfg.write_text(json.dumps({"overrides": overrides}))
-        cmd += ["--configfile", str(cfg)]
-    else:
-        cmd += ["--config", f"overrides={overrides}"]
-    return cmd
-
-
-def snakemake_env(env: dict | None = None) -> dict:
-    env = dict(env or os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return env
-
-
-def snakemake(
-    workdir: Path,
-    *args: str,
-    overrides: str | list[str] = "[experiment=ci]",
-    config: list[str] | None = None,
-    env: dict | None = None,
-) -> subprocess.CompletedProcess:
-    """Run the real Snakemake CLI and wait for it."""
-    cmd = snakemake_cmd(workdir, *args, overrides=overrides, config=config)
-    return subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env(env), timeout=1200)
 
 
 @pytest.fixture(scope="module")

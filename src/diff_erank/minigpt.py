@@ -60,7 +60,8 @@ IMAGE_SLOT = "<Img><ImageHere></Img>"
 #: consecutive visual tokens concatenated into one LLM token (minigpt_v2.py ``encode_img``)
 GROUP = 4
 FACTS = "minigpt.json"
-#: diff_erank.multimodal.LEVELS, which imports this module (a test checks they agree)
+#: the five eRank levels of an image-text probe, LLaVA's and MiniGPT-v2's alike (diff_erank.multimodal
+#: imports them from here: this module cannot import it back)
 LEVELS = ["erank1_vision", "erank2_connector", "erank3_llm_image", "erank4_llm_text", "erank5_llm_image_text"]
 #: buffers a training checkpoint may hold that are computed from the config, not learned
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")

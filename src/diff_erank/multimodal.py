@@ -38,13 +38,13 @@ import torch
 from diff_erank.config import ConfigError
 from diff_erank.erank import dataset_erank, erank_stats
 from diff_erank.errors import UserError
+from diff_erank.minigpt import LEVELS
 from diff_erank.models import DTYPES, check_buffers, hub_commit, resolve_source
 from diff_erank.progress import tqdm
 from diff_erank.storage import read_parquet
 
 log = logging.getLogger(__name__)
 
-LEVELS = ["erank1_vision", "erank2_connector", "erank3_llm_image", "erank4_llm_text", "erank5_llm_image_text"]
 IMAGE = "<image>"
 
 

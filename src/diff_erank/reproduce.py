@@ -22,7 +22,7 @@ from diff_erank.aggregate import headline
 from diff_erank.erank import STANDARD_ALGORITHM
 from diff_erank.layers import FIRST_LAYER_READINGS, LAST
 from diff_erank.tables import markdown, spearman
-from diff_erank.variants import TRAINED, untrained_variants, variants
+from diff_erank.variants import TRAINED
 
 KEY = ["family", "size", "dataset", "metric", "variant"]
 
@@ -125,61 +125,6 @@ def long_results(full: pd.DataFrame, accuracy: pd.DataFrame, config: dict[str, A
             }
             out = pd.concat([out, pd.DataFrame([extra])], ignore_index=True)
     return out.drop_duplicates(subset=KEY, keep="first")
-
-
-def producible_keys(config: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
-    """The (family, size, dataset, metric, variant) keys a run of ``config`` writes into the long
-    form (:func:`long_results`, :func:`multimodal_long`), read off the configuration alone."""
-    keys: set[tuple[str, str, str, str, str]] = set()
-    layers, algorithms = config.get("layers") or [LAST], config.get("algorithms") or [STANDARD_ALGORITHM]
-    measured = {d: s for d, s in config["datasets"].items() if s.get("measure", True)}
-    acc = config.get("accuracy") or {}
-    acc_names = [*(acc.get("tasks") or []), *(acc.get("combine") or {})]
-    for spec in config["models"].values():
-        fam, size = spec["family"], str(spec["size"])
-        labels = spec.get("stage_labels") or {}
-        samples: dict[str, list[str]] = {}
-        for ds in measured.values():
-            name, pv = ds.get("paper_name") or "", ds.get("paper_variant") or ""
-            if STANDARD_ALGORITHM in algorithms and LAST in layers:
-                keys |= {(fam, size, name, "diff_erank", pv), (fam, size, name, "reduced_loss", pv)}
-                keys |= {(fam, size, name, "normalized_matrix_entropy", "trained")}
-                keys |= {(fam, size, name, "loss", "trained")}
-            if LAST in layers and len(algorithms) > 1:
-                keys |= {(fam, size, name, "diff_erank", f"algorithm_{a}") for a in algorithms}
-            if STANDARD_ALGORITHM in algorithms and len(layers) > 1:
-                keys |= {(fam, size, name, "diff_erank", f"layer_{lay}") for lay in layers}
-            if STANDARD_ALGORITHM in algorithms and LAST in layers:
-                m0 = untrained_variants(spec)
-                for v in [*m0[:1], *(v for v in variants(spec) if v not in m0)]:
-                    if v in labels:
-                        keys |= {(fam, size, name, m, labels[v]) for m in ("diff_erank", "loss")}
-            if pv.startswith("samples="):
-                samples.setdefault(name, []).append(pv.removeprefix("samples="))
-        for name, sizes in samples.items():
-            if len(sizes) > 1:
-                keys.add((fam, size, name, "diff_erank_std", "samples=" + ",".join(sizes)))
-        wanted = acc.get("variants") or [TRAINED]
-        for v in variants(spec) if acc else []:
-            if v in wanted:
-                for label in ([""] if v == TRAINED else []) + ([labels[v]] if v in labels else []):
-                    keys |= {
-                        (fam, size, t, m, label) for t in acc_names for m in ("accuracy", "accuracy_norm")
-                    }
-    mm = config.get("multimodal") or {}
-    if mm:
-        from diff_erank.multimodal import LEVELS
-
-        rot_labels = {int(k): v for k, v in (mm.get("rotation_labels") or {}).items()}
-        for spec in mm["models"].values():
-            for ds in mm["datasets"].values():
-                for rot in mm["rotations"]:
-                    var = "" if rot == 0 else rot_labels.get(rot, f"rotated_{rot}")
-                    keys |= {
-                        (spec["family"], str(spec["size"]), ds.get("paper_name") or "", m, var)
-                        for m in [*LEVELS, "image_reduction_ratio", "image_text_alignment"]
-                    }
-    return keys
 
 
 def accuracy_metrics() -> pd.DataFrame:
