@@ -495,11 +495,9 @@ def test_plan_and_sizes_include_minigpt(tmp_path) -> None:
 @pytest.mark.slow
 def test_table2_with_minigpt_end_to_end(files, tmp_path) -> None:
     """table2 with LLaVA removed: the conversion rule, then every eRank job on the converted model."""
-    from helpers.multimodal import make_cc_sbu, make_llava_instruct
+    from helpers.multimodal import local_table2_datasets
     from helpers.workflow import snakemake
 
-    ann, images = make_llava_instruct(tmp_path / "data", 3)
-    ann2, images2 = make_cc_sbu(tmp_path / "data", 3)
     ck = files["spec"]["minigpt"]["checkpoints"]
     key = "multimodal.models.minigpt-v2"
     overrides = [
@@ -515,11 +513,7 @@ def test_table2_with_minigpt_end_to_end(files, tmp_path) -> None:
         f"{key}.minigpt.checkpoints.minigpt.path='{ck['minigpt']['path']}'",
         f"{key}.minigpt.checkpoints.minigpt.sha256='{ck['minigpt']['sha256']}'",
         f"{key}.minigpt.checkpoints.llama.source='{files['llama']}'",
-        "multimodal.datasets.detail_23k.source.hub=null",
-        f"multimodal.datasets.detail_23k.source.annotations='{ann}'",
-        f"multimodal.datasets.detail_23k.source.images='{images}'",
-        f"multimodal.datasets.cc_sbu_align.source.annotations='{ann2}'",
-        f"multimodal.datasets.cc_sbu_align.source.images='{images2}'",
+        *local_table2_datasets(tmp_path / "data", 3, 3),
     ]
     r = snakemake(tmp_path / "work", overrides=overrides)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

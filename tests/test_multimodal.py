@@ -9,7 +9,14 @@ import pytest
 import torch
 import yaml
 from helpers import REPO
-from helpers.multimodal import TEMPLATE, make_cc_sbu, make_image, make_llava_instruct, save_tiny_llava
+from helpers.multimodal import (
+    TEMPLATE,
+    local_table2_datasets,
+    make_cc_sbu,
+    make_image,
+    make_llava_instruct,
+    save_tiny_llava,
+)
 
 from diff_erank import multimodal as M
 from diff_erank.erank import dataset_erank, erank
@@ -176,19 +183,13 @@ def test_table2_experiment_end_to_end(llava_dir, tmp_path) -> None:
     """The real table2 config with the model and data swapped for a tiny LLaVA and generated images."""
     from helpers.workflow import snakemake
 
-    ann, images = make_llava_instruct(tmp_path / "data", 5)
-    ann2, images2 = make_cc_sbu(tmp_path / "data", 4)
     overrides = [
         "experiment=table2",
         "~multimodal.models.llava-1_5-13b",
         "~multimodal.models.minigpt-v2",  # its own end-to-end test: test_minigpt.py
         f"multimodal.models.llava-1_5-7b.source={llava_dir}",
         "multimodal.models.llava-1_5-7b.dtype=float32",
-        "multimodal.datasets.detail_23k.source.hub=null",
-        f"multimodal.datasets.detail_23k.source.annotations='{ann}'",
-        f"multimodal.datasets.detail_23k.source.images='{images}'",
-        f"multimodal.datasets.cc_sbu_align.source.annotations='{ann2}'",
-        f"multimodal.datasets.cc_sbu_align.source.images='{images2}'",
+        *local_table2_datasets(tmp_path / "data", 5, 4),
     ]
     r = snakemake(tmp_path / "work", overrides=overrides)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -111,3 +111,16 @@ def make_cc_sbu(root: Path, n: int = 5) -> tuple[Path, Path]:
     ann = root / "cc_sbu" / "filter_cap.json"
     ann.write_text(json.dumps({"annotations": anns}))
     return ann, images
+
+
+def local_table2_datasets(root: Path, n_detail: int, n_cc: int) -> list[str]:
+    """Overrides that point table2's two datasets at generated local files (no hub)."""
+    ann, images = make_llava_instruct(root, n_detail)
+    ann2, images2 = make_cc_sbu(root, n_cc)
+    return [
+        "multimodal.datasets.detail_23k.source.hub=null",
+        f"multimodal.datasets.detail_23k.source.annotations='{ann}'",
+        f"multimodal.datasets.detail_23k.source.images='{images}'",
+        f"multimodal.datasets.cc_sbu_align.source.annotations='{ann2}'",
+        f"multimodal.datasets.cc_sbu_align.source.images='{images2}'",
+    ]
