@@ -19,7 +19,7 @@ from diff_erank.storage import read_provenance
 pytestmark = pytest.mark.slow
 
 SITE = "cluster.gpu_types={a100_40g:40,a100_80g:80,h100:80,h200:141}"
-DEMOS = ("demo", "demo-full", "ci")
+DEMOS = ("demo", "demo-full", "ci", "init-scale")  # CPU experiments: no GPU to request
 PAPER = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if p.stem not in DEMOS)
 GPU_RULES = {"dump", "finetune", "accuracy", "mm_erank"}
 GB = 1e9
