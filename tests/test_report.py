@@ -375,3 +375,49 @@ def test_init_scale_sweep_table_figure_and_summary(tmp_path) -> None:
     assert "Sensitivity to the untrained model's init scale" in summary
     assert "the sign changes between x0.25 and x0.5" in summary
     assert (out / "figures" / "init_scale.png").stat().st_size > 10_000
+
+
+def test_a_figure_registered_from_outside_is_validated_declared_and_drawn(report_run, tmp_path) -> None:
+    """Adding a figure is one drawing function and its registration: the config accepts its name,
+    the report rule declares its files and ``build`` draws it from the frame it names."""
+    from diff_erank import figure_registry
+    from diff_erank.config import _check_schema
+    from diff_erank.errors import ConfigError
+    from diff_erank.figures import _plt, save
+
+    def reduced_loss_figure(main: pd.DataFrame, stem: Path, prov: dict) -> None:
+        fig, ax = _plt().subplots()
+        ax.plot(main["n_params"], main["reduced_loss"], marker="o")
+        save(fig, stem, prov)
+
+    out, config = report_run
+    with pytest.raises(ConfigError, match=r"'figures.0' is 'reduced_loss'; valid choices: \['size'"):
+        _check_schema({**_full_config(), "figures": ["reduced_loss"]})
+    try:
+        figure_registry.register_figure(
+            "reduced_loss", reduced_loss_figure, frame="main", needs=lambda c: bool(c["models"])
+        )
+        _check_schema({**_full_config(), "figures": ["reduced_loss"]})  # a valid name now
+        config = {**config, "figures": [*config["figures"], "reduced_loss"]}
+        assert figure_kinds(config)[-1] == "reduced_loss"
+        declared = set(report_files(config).values())
+        new = {f"figures/reduced_loss.{ext}" for ext in ("png", "pdf", "provenance.json")}
+        assert new <= declared
+        diffs = sorted((out.parent / "diff").rglob("*.parquet"))
+        accs = sorted((out.parent / "accuracy").rglob("*.json"))
+        build(diffs, tmp_path / "out", config, accs)  # raises if a declared file is not written
+        written = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+        assert written == declared
+        assert (tmp_path / "out" / "figures" / "reduced_loss.png").read_bytes()[:4] == b"\x89PNG"
+        with pytest.raises(ValueError, match="already registered"):
+            figure_registry.register_figure("reduced_loss", reduced_loss_figure, frame="main")
+    finally:
+        figure_registry.FIGURES.pop("reduced_loss", None)
+    assert "reduced_loss" not in figure_registry.figure_names()
+
+
+def _full_config() -> dict:
+    """A composed, valid run config (the demo experiment's)."""
+    from diff_erank.config import load_config
+
+    return load_config(REPO / "conf", ["experiment=demo"])

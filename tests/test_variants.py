@@ -95,3 +95,12 @@ def test_algorithms() -> None:
         assert list(dataset_eranks(h, alg)) == pytest.approx([dataset_erank(row, alg) for row in h])
     with pytest.raises(ValueError, match="algorithm must be"):
         dataset_eranks(h, "c")  # type: ignore[arg-type]
+
+
+def test_every_variant_kind_has_one_loader() -> None:
+    from typing import get_args
+
+    from diff_erank.models import LOADERS
+    from diff_erank.variants import Kind
+
+    assert set(LOADERS) == set(get_args(Kind))

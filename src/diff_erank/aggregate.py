@@ -16,6 +16,7 @@ import pandas as pd
 
 from diff_erank.erank import dataset_erank, dataset_eranks
 from diff_erank.errors import UserError
+from diff_erank.metrics import summarised
 from diff_erank.storage import read_parquet, read_provenance
 from diff_erank.variants import TRAINED
 
@@ -77,7 +78,7 @@ def compare(
                     "loss_untrained": float(m["loss_u"].mean()),
                     "loss_trained": float(m["loss_t"].mean()),
                     "reduced_loss": float(m["loss_u"].mean() - m["loss_t"].mean()),
-                    "normalized_entropy_trained": float(m["normalized_entropy_t"].mean()),
+                    **{f"{k}_trained": float(m[f"{k}_t"].mean()) for k in summarised()},
                 }
             )
     return rows
@@ -115,7 +116,7 @@ def diff_table(
                 loss_untrained=("loss_untrained", "mean"),
                 loss_trained=("loss_trained", "first"),
                 reduced_loss=("reduced_loss", "mean"),
-                normalized_entropy_trained=("normalized_entropy_trained", "first"),
+                **{f"{k}_trained": (f"{k}_trained", "first") for k in summarised()},
             )
             .reset_index()
         )

@@ -25,6 +25,7 @@ import jsonschema
 import yaml
 
 from diff_erank.errors import ConfigError
+from diff_erank.figure_registry import figure_names
 from diff_erank.layers import check_layers
 from diff_erank.variants import Variant, variants
 
@@ -192,8 +193,16 @@ def _check_unset(cfg: dict[str, Any]) -> None:
         )
 
 
+def _with_registered_names(base: dict[str, Any]) -> dict[str, Any]:
+    """The schema with ``figures``' valid names read from the figure registry, now (a figure
+    registered after the schema was first read is valid too)."""
+    props = base["properties"]
+    figures = {**props["figures"], "items": {"enum": figure_names()}}
+    return {**base, "properties": {**props, "figures": figures}}
+
+
 def _check_schema(cfg: dict[str, Any]) -> None:
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = jsonschema.Draft202012Validator(_with_registered_names(schema()))
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if len(errors) == 1:
         raise ConfigError(f"invalid configuration: {_describe(errors[0])}")

@@ -9,7 +9,8 @@
 - ``layers``: trained and untrained eRank and Diff-eRank against depth, per model and dataset
   (Table 4's layers, or every layer with ``layers: all``).
 
-Every figure carries a title that says what it shows (algorithm, layer, what the bars are) and
+Each is registered in ``figure_registry`` (what it is drawn from, when a config can show it),
+which is how the report finds it. Every figure carries a title that says what it shows (algorithm, layer, what the bars are) and
 labelled axes; the functions take the report's tables, never raw files.
 """
 

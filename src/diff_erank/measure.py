@@ -1,4 +1,5 @@
-"""Per-text eRank of a dump: token count, matrix entropy, eRank and loss, per layer.
+"""Per-text eRank of a dump: token count, matrix entropy, the registered metrics (eRank, ...) and
+loss, per layer.
 
 Streams the shards, so peak memory is one text whatever the number of texts. A set of dumps
 (every variant of a model on a dataset, :func:`diff_erank.dump.dump_set`) gives one table per
@@ -12,42 +13,40 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from diff_erank.dump import iter_spectra, iter_texts, read_manifest, set_variants
-from diff_erank.erank import ERankStats, erank_stats, spectrum_entropy
+from diff_erank.erank import ERankStats, spectrum_and_dropped, spectrum_entropy
+from diff_erank.metrics import METRICS, per_text_values
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_publish_dir, read_parquet, write_parquet
 
-COLUMNS = [
-    "position",
-    "text_id",
-    "layer",
-    "layer_index",
-    "n_tokens",
-    "n_dropped",
-    "dim",
-    "entropy",
-    "erank",
-    "normalized_entropy",
-    "loss",
-]
+
+def columns() -> list[str]:
+    """The per-text table's columns: the registered metrics (``metrics``) between entropy and loss."""
+    fixed = ["position", "text_id", "layer", "layer_index", "n_tokens", "n_dropped", "dim", "entropy"]
+    return [*fixed, *METRICS, "loss"]
+
+
+def _text(n_tokens: int, dim: int, spectrum: np.ndarray, n_dropped: int) -> tuple[ERankStats, np.ndarray]:
+    h = spectrum_entropy(spectrum)
+    return ERankStats(n_tokens, n_dropped, dim, h, math.exp(h)), spectrum
 
 
 def _stats(dump_dir: str | Path, manifest: dict[str, Any]):
-    """``(position, loss, {layer: ERankStats})`` per text, from either kind of dump."""
+    """``(position, loss, {layer: (ERankStats, spectrum)})`` per text, from either kind of dump."""
     if manifest.get("store") == "spectra":
         dims = {n: v["dim"] for n, v in manifest["layers"].items()}
         for pos, loss, n_tokens, layers in iter_spectra(dump_dir):
-            out = {}
-            for name, (spectrum, n_dropped) in layers.items():
-                h = spectrum_entropy(spectrum)
-                out[name] = ERankStats(n_tokens, n_dropped, dims[name], h, math.exp(h))
-            yield pos, loss, out
+            yield pos, loss, {name: _text(n_tokens, dims[name], *sd) for name, sd in layers.items()}
     else:
         for pos, loss, layers in iter_texts(dump_dir):
-            yield pos, loss, {name: erank_stats(hidden) for name, hidden in layers.items()}
+            yield pos, loss, {
+                name: _text(int(hidden.shape[0]), int(hidden.shape[1]), *spectrum_and_dropped(hidden))
+                for name, hidden in layers.items()
+            }
 
 
 def measure(dump_dir: str | Path, texts_path: str | Path | None = None) -> pd.DataFrame:
@@ -58,7 +57,7 @@ def measure(dump_dir: str | Path, texts_path: str | Path | None = None) -> pd.Da
     for pos, loss, layers in tqdm(
         _stats(dump_dir, manifest), total=manifest["n_texts"], desc="erank", mininterval=2.0
     ):
-        for name, s in layers.items():
+        for name, (s, spectrum) in layers.items():
             rows.append(
                 {
                     "position": pos,
@@ -69,12 +68,11 @@ def measure(dump_dir: str | Path, texts_path: str | Path | None = None) -> pd.Da
                     "n_dropped": s.n_dropped,
                     "dim": s.dim,
                     "entropy": s.entropy,
-                    "erank": s.erank,
-                    "normalized_entropy": s.entropy / math.log(s.dim),
+                    **per_text_values(s, spectrum),
                     "loss": loss,
                 }
             )
-    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["layer", "position"], ignore_index=True)
+    return pd.DataFrame(rows, columns=columns()).sort_values(["layer", "position"], ignore_index=True)
 
 
 def measure_to_file(

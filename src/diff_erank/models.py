@@ -245,16 +245,63 @@ def hub_commit(name: str, rev: str | None) -> str | None:
     return commit if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
+#: How each variant kind (``variants.Kind``) is loaded: ``loader(spec, v, source, variant_path,
+#: dtype, remote)`` -> the model, before the checks every variant gets (:func:`load_variant`).
+LOADERS: dict[str, Any] = {}
+
+
+def variant_loader(kind: str):
+    """Register the loader of a variant kind (one per kind)."""
+
+    def register(fn):
+        if kind in LOADERS:
+            raise ValueError(f"variant kind {kind!r} already has a loader")
+        LOADERS[kind] = fn
+        return fn
+
+    return register
+
+
+@variant_loader("trained")
+def _load_trained(spec: dict[str, Any], v: Variant, source: str, variant_path, dtype, remote: bool):
+    name, rev = resolve_source(source, spec.get("revision"))
+    return _load_weights(name, rev, dtype, remote)
+
+
+@variant_loader("init")
+def _load_init(spec: dict[str, Any], v: Variant, source: str, variant_path, dtype, remote: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name, rev = resolve_source(source, spec.get("revision"))
+    cfg = _hub_call(AutoConfig.from_pretrained, name, revision=rev, trust_remote_code=remote)
+    cfg = scale_init(cfg, spec)
+    torch.manual_seed(v.seed)
+    return AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=remote)
+
+
+@variant_loader("rev")
+def _load_revision(spec: dict[str, Any], v: Variant, source: str, variant_path, dtype, remote: bool):
+    name, rev = resolve_source(source, v.revision)
+    return _load_weights(name, rev, dtype, remote)
+
+
+@variant_loader("ft")
+def _load_further_trained(spec: dict[str, Any], v: Variant, source: str, variant_path, dtype, remote: bool):
+    if not variant_path:
+        raise ConfigError(f"variant {v} needs the directory of the further-trained model")
+    name, _ = resolve_source(variant_path, None)
+    return _load_weights(name, None, dtype, remote)
+
+
 def load_variant(
     spec: dict[str, Any], variant: str, trained_path: str | None = None, variant_path: str | None = None
 ):
     """The causal LM for one variant, in eval mode, in the entry's dtype, on the CPU.
 
     ``trained_path`` replaces the entry's source (a zoo model trained by the workflow);
-    ``variant_path`` is the directory of a further-trained ``ft-<name>`` variant.
+    ``variant_path`` is the directory of a further-trained ``ft-<name>`` variant. Each kind of
+    variant is loaded by its registered loader (:data:`LOADERS`); a GGUF file by its own.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     import diff_erank.openelm  # noqa: F401  (registers model_type "openelm": OpenELM without remote code)
 
     dtype = DTYPES[spec["dtype"]]
@@ -264,24 +311,8 @@ def load_variant(
     gguf = raw_gguf(spec, source)
     if gguf is not None:
         model = _load_gguf_variant(spec, variant, gguf, dtype)
-    elif v.kind == "trained":
-        name, rev = resolve_source(source, spec.get("revision"))
-        model = _load_weights(name, rev, dtype, remote)
-    elif v.kind == "init":
-        name, rev = resolve_source(source, spec.get("revision"))
-        cfg = scale_init(
-            _hub_call(AutoConfig.from_pretrained, name, revision=rev, trust_remote_code=remote), spec
-        )
-        torch.manual_seed(v.seed)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=remote)
-    elif v.kind == "rev":
-        name, rev = resolve_source(source, v.revision)
-        model = _load_weights(name, rev, dtype, remote)
-    else:  # ft
-        if not variant_path:
-            raise ConfigError(f"variant {variant} needs the directory of the further-trained model")
-        name, _ = resolve_source(variant_path, None)
-        model = _load_weights(name, None, dtype, remote)
+    else:
+        model = LOADERS[v.kind](spec, v, source, variant_path, dtype, remote)
     check_buffers(model, dtype, f"{source} variant {variant}")
     model.eval()
     # No KV cache in any forward (dump, finetune, lm-eval's HFLM, which calls model(ids)): one

@@ -10,23 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from diff_erank.variants import TRAINED, untrained_variants, variants
+from diff_erank.figure_registry import FIGURES
 
 #: Multi-modal paper tables, reported by the multi-modal rule rather than this one.
 MULTIMODAL_TABLES = frozenset({"table2", "table3"})
 TABLE_FILES = ("csv", "md", "html", "provenance.json")
 FIGURE_FILES = ("png", "pdf", "provenance.json")
-FIGURE_KINDS = ("size", "stages", "algorithms", "accuracy", "layers", "init_scale")
-
-
-def has_stages(config: dict[str, Any]) -> bool:
-    """Whether some model has a checkpoint or further-trained stage besides trained and M0."""
-    return any(set(variants(m)) - {TRAINED, *untrained_variants(m)} for m in config["models"].values())
-
-
-def sweeps_init_scale(config: dict[str, Any]) -> bool:
-    """Whether some model's M0 is built at an init scale other than the published config's."""
-    return any((m.get("untrained") or {}).get("init_scale") is not None for m in config["models"].values())
 
 
 def reproduces_paper(config: dict[str, Any]) -> bool:
@@ -34,23 +23,10 @@ def reproduces_paper(config: dict[str, Any]) -> bool:
 
 
 def figure_kinds(config: dict[str, Any]) -> list[str]:
-    """The figures of ``config['figures']`` that the config gives something to show.
-
-    ``stages`` needs a model with stages, ``algorithms`` both algorithms, ``accuracy`` an accuracy
-    section, ``layers`` more than one layer (or ``all``), ``init_scale`` a model with an
-    ``untrained.init_scale``.
-    """
+    """The figures of ``config['figures']`` that the config gives something to show, in the
+    registry's order (``figure_registry``: each figure's ``needs``)."""
     wanted = set(config.get("figures") or [])
-    layers = config["layers"] if isinstance(config["layers"], list) else [config["layers"]]
-    possible = {
-        "size": True,
-        "stages": has_stages(config),
-        "algorithms": len(set(config["algorithms"])) > 1,
-        "accuracy": bool(config.get("accuracy")),
-        "layers": len(layers) > 1 or "all" in layers,
-        "init_scale": sweeps_init_scale(config),
-    }
-    return [k for k in FIGURE_KINDS if k in wanted and possible[k]]
+    return [name for name, fig in FIGURES.items() if name in wanted and fig.needs(config)]
 
 
 def table_names(config: dict[str, Any]) -> list[str]:

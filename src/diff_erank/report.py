@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ import pandas as pd
 from diff_erank import figures
 from diff_erank.aggregate import headline
 from diff_erank.erank import STANDARD_ALGORITHM
+from diff_erank.figure_registry import FIGURES
 from diff_erank.layers import DEPTH, LAST
-from diff_erank.outputs import figure_kinds, report_files, reproduces_paper
+from diff_erank.outputs import figure_kinds, report_files, reproduces_paper, table_names
 from diff_erank.provenance import provenance
 from diff_erank.storage import read_parquet, write_text
 from diff_erank.tables import decimals, human_count, spearman, write_table
@@ -362,52 +364,40 @@ def last_layer(df: pd.DataFrame) -> pd.Series:
     return named | (~has_named & deepest)
 
 
-def build(
-    diff_files: Sequence[str | Path],
-    out_dir: str | Path,
-    config: dict[str, Any],
-    accuracy_files: Sequence[str | Path] = (),
-) -> dict[str, pd.DataFrame]:
-    """Concatenate per-(model, dataset) results into the experiment's tables and figures."""
-    out_dir = Path(out_dir)
-    full = pd.concat([read_parquet(f) for f in diff_files], ignore_index=True)
-    full["layer_index"] = _layer_index(full)
-    accuracy = load_accuracy(accuracy_files)
-    prov = provenance(config, inputs=[str(f) for f in [*diff_files, *accuracy_files]])
-    tables = out_dir / "tables"
-    if config.get("accuracy"):
-        write_table(accuracy, tables / "accuracy", prov, "Zero-shot accuracy (lm-evaluation-harness)")
-    lead = ["model", "family", "size", "n_params", "dataset"]
-    full = full[lead + [c for c in full.columns if c not in lead]]
-    write_table(full, tables / "all", prov, "Every comparison of every model, dataset, layer and algorithm")
+@dataclass
+class Frames:
+    """The report's frames, each built once from the per-(model, dataset) results: every table,
+    figure and summary sentence reads these (a figure by name: ``figure_registry.FRAMES``)."""
 
-    main_all = headline(full).copy()
-    seeds = full[full["role"] == "untrained"].groupby(["model", "dataset", "layer", "algorithm"])
-    rl_std = seeds["reduced_loss"].std(ddof=1).rename("reduced_loss_std")
-    main_all = main_all.merge(rl_std.reset_index(), on=["model", "dataset", "layer", "algorithm"], how="left")
+    all: pd.DataFrame  # every comparison as measured
+    accuracy: pd.DataFrame  # accuracy records (model, variant, task, accuracy, accuracy_norm)
+    main_all: pd.DataFrame  # headline comparisons, every algorithm and layer
+    main: pd.DataFrame  # one row per model and dataset: algorithm (a), last layer, acc_<task>
+    tasks: list[str]  # the accuracy tasks, in the wide table's order
+    algorithms_layers: pd.DataFrame  # Diff-eRank by algorithm and layer
+    layers: pd.DataFrame  # algorithm (a) per layer
+    stages: pd.DataFrame  # each checkpoint against step 0
+    init_scale: pd.DataFrame | None  # the init-scale sweep, where the config has one
+
+    @property
+    def last(self) -> pd.DataFrame:
+        """Every algorithm at each model's last layer."""
+        return self.main_all[last_layer(self.main_all)]
+
+    def frame(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+MAIN_COLUMNS = ["model", "family", "size", "init_scale", "n_params", "dataset", "n_texts", "diff_erank",
+                "ci_low", "ci_high", "diff_erank_std", "reduced_loss", "reduced_loss_std", "erank_untrained",
+                "erank_trained", "loss_untrained", "loss_trained", "n_skipped_empty",
+                "n_skipped_short"]  # fmt: skip
+
+
+def _main(main_all: pd.DataFrame, accuracy: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The headline table (algorithm (a), last layer) with each accuracy task as ``acc_<task>``."""
     main = main_all[(main_all["algorithm"] == STANDARD_ALGORITHM) & last_layer(main_all)].copy()
-    cols = [
-        "model",
-        "family",
-        "size",
-        "init_scale",
-        "n_params",
-        "dataset",
-        "n_texts",
-        "diff_erank",
-        "ci_low",
-        "ci_high",
-        "diff_erank_std",
-        "reduced_loss",
-        "reduced_loss_std",
-        "erank_untrained",
-        "erank_trained",
-        "loss_untrained",
-        "loss_trained",
-        "n_skipped_empty",
-        "n_skipped_short",
-    ]
-    main = main[[c for c in cols if c in main and main[c].notna().any()]]
+    main = main[[c for c in MAIN_COLUMNS if c in main and main[c].notna().any()]]
     main = main.sort_values(["dataset", "family", "n_params"], ignore_index=True)
     tasks: list[str] = []
     if not accuracy.empty:
@@ -416,44 +406,13 @@ def build(
         )
         tasks = list(wide.columns)
         main = main.merge(wide.add_prefix("acc_").reset_index(), on="model", how="left")
-    write_table(
-        main,
-        tables / "diff_erank",
-        prov,
-        f"Diff-eRank (algorithm ({STANDARD_ALGORITHM}), {LAST} layer) and reduced loss against model size "
-        "(paper Fig. 1 / Table 6)",
-        notes=["ci_low / ci_high: 95% bootstrap interval over texts; *_std: std over untrained seeds."],
-    )
+    return main, tasks
 
-    order = ["model", "family", "n_params", "dataset", "layer", "layer_index"]
-    by_alg = main_all.pivot_table(index=order, columns="algorithm", values="diff_erank").reset_index()
-    by_alg.columns.name = None
-    by_alg = _depth_sorted(by_alg)
-    layers = _depth_sorted(
-        main_all[main_all["algorithm"] == STANDARD_ALGORITHM][
-            [*order, "erank_untrained", "erank_trained", "diff_erank", "ci_low", "ci_high"]
-        ]
-    )
-    notes = same_depth_notes(layers)
-    write_table(
-        by_alg.drop(columns=["family"]),
-        tables / "algorithms_layers",
-        prov,
-        "Diff-eRank by algorithm (a, b) and layer (paper Tables 4 and 9)",
-        notes=notes,
-    )
-    write_table(
-        layers.drop(columns=["family"]),
-        tables / "layers",
-        prov,
-        "eRank of the trained and untrained model and Diff-eRank per layer, "
-        f"algorithm ({STANDARD_ALGORITHM})",
-        notes=notes,
-    )
 
+def _stages(full: pd.DataFrame, models: dict[str, Any]) -> pd.DataFrame:
+    """Each checkpoint against step 0 (algorithm (a), last layer), in training order."""
     standard = full["algorithm"] == STANDARD_ALGORITHM
     stages = full[(full["role"] == "stage") & standard & last_layer(full)].copy()
-    models = config["models"]
     # the step of each stage where it is known: checkpoints by name, a zoo model's last step
     final = {m: float((spec.get("train") or {}).get("steps", np.nan)) for m, spec in models.items()}
     pairs = list(zip(stages["variant"], stages["model"], strict=True))
@@ -461,7 +420,79 @@ def build(
     stages["order"] = [stage_rank(v, models[m]) for v, m in pairs]
     stages["stage"] = [(models[m].get("stage_labels") or {}).get(v, v) for v, m in pairs]
     has_stages = stages.groupby(["model", "dataset"])["variant"].transform("nunique") > 2
-    stages = stages[has_stages].sort_values(["family", "n_params", "dataset", "order"], ignore_index=True)
+    return stages[has_stages].sort_values(["family", "n_params", "dataset", "order"], ignore_index=True)
+
+
+def frames(
+    diff_files: Sequence[str | Path], config: dict[str, Any], accuracy_files: Sequence[str | Path] = ()
+) -> Frames:
+    """Read the per-(model, dataset) results and build every frame of the report."""
+    full = pd.concat([read_parquet(f) for f in diff_files], ignore_index=True)
+    full["layer_index"] = _layer_index(full)
+    lead = ["model", "family", "size", "n_params", "dataset"]
+    full = full[lead + [c for c in full.columns if c not in lead]]
+    accuracy = load_accuracy(accuracy_files)
+
+    main_all = headline(full).copy()
+    seeds = full[full["role"] == "untrained"].groupby(["model", "dataset", "layer", "algorithm"])
+    rl_std = seeds["reduced_loss"].std(ddof=1).rename("reduced_loss_std")
+    main_all = main_all.merge(rl_std.reset_index(), on=["model", "dataset", "layer", "algorithm"], how="left")
+    main, tasks = _main(main_all, accuracy)
+
+    order = ["model", "family", "n_params", "dataset", "layer", "layer_index"]
+    by_alg = main_all.pivot_table(index=order, columns="algorithm", values="diff_erank").reset_index()
+    by_alg.columns.name = None
+    layers = _depth_sorted(
+        main_all[main_all["algorithm"] == STANDARD_ALGORITHM][
+            [*order, "erank_untrained", "erank_trained", "diff_erank", "ci_low", "ci_high"]
+        ]
+    )
+    sweep = init_scale_table(main_all) if "init_scale" in table_names(config) else None
+    return Frames(
+        all=full,
+        accuracy=accuracy,
+        main_all=main_all,
+        main=main,
+        tasks=tasks,
+        algorithms_layers=_depth_sorted(by_alg),
+        layers=layers,
+        stages=_stages(full, config["models"]),
+        init_scale=sweep,
+    )
+
+
+def write_tables(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[str, Any]) -> None:
+    """``tables/``: CSV, Markdown and HTML of each table ``outputs.table_names`` lists (bar the
+    reproduction, written with the summary)."""
+    tables = out_dir / "tables"
+    if config.get("accuracy"):
+        write_table(f.accuracy, tables / "accuracy", prov, "Zero-shot accuracy (lm-evaluation-harness)")
+    write_table(f.all, tables / "all", prov, "Every comparison of every model, dataset, layer and algorithm")
+    write_table(
+        f.main,
+        tables / "diff_erank",
+        prov,
+        f"Diff-eRank (algorithm ({STANDARD_ALGORITHM}), {LAST} layer) and reduced loss against model size "
+        "(paper Fig. 1 / Table 6)",
+        notes=["ci_low / ci_high: 95% bootstrap interval over texts; *_std: std over untrained seeds."],
+    )
+    notes = same_depth_notes(f.layers)
+    write_table(
+        f.algorithms_layers.drop(columns=["family"]),
+        tables / "algorithms_layers",
+        prov,
+        "Diff-eRank by algorithm (a, b) and layer (paper Tables 4 and 9)",
+        notes=notes,
+    )
+    write_table(
+        f.layers.drop(columns=["family"]),
+        tables / "layers",
+        prov,
+        "eRank of the trained and untrained model and Diff-eRank per layer, "
+        f"algorithm ({STANDARD_ALGORITHM})",
+        notes=notes,
+    )
+    stages = f.stages
     stage_cols = [
         "model",
         "dataset",
@@ -482,12 +513,9 @@ def build(
             "step 0 is the untrained model itself, so its Diff-eRank and reduced loss are 0 by definition."
         ],
     )
-
-    kinds = figure_kinds(config)
-    init_scale = init_scale_table(main_all) if "init_scale" in kinds else None
-    if init_scale is not None:
+    if f.init_scale is not None:
         write_table(
-            init_scale,
+            f.init_scale,
             tables / "init_scale",
             prov,
             f"Diff-eRank against the init scale of the untrained model M0 (algorithm ({STANDARD_ALGORITHM}), "
@@ -497,40 +525,54 @@ def build(
                 "diff_erank_std: std over the untrained seeds."
             ],
         )
-    fig_dir = out_dir / "figures"
-    if "size" in kinds:
-        figures.size_figure(main, fig_dir / "size", prov)
-    if "stages" in kinds:
-        figures.stages_figure(stages, fig_dir / "stages", prov)
-    if "algorithms" in kinds:
-        figures.algorithms_figure(main_all[last_layer(main_all)], fig_dir / "algorithms", prov)
-    if "accuracy" in kinds:
-        figures.accuracy_figure(main, tasks, fig_dir / "accuracy", prov)
-    if "layers" in kinds:
-        figures.layers_figure(layers, fig_dir / "layers", prov)
-    if init_scale is not None:
-        figures.init_scale_figure(init_scale, fig_dir / "init_scale", prov)
-    summary = summarise(main, stages, layers, by_alg, config)
-    if init_scale is not None:
-        summary += "\n" + "\n".join(init_scale_lines(init_scale)) + "\n"
+
+
+def draw_figures(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[str, Any]) -> None:
+    """``figures/``: each registered figure the config shows (``figure_registry``), from its frames."""
+    for name in figure_kinds(config):
+        fig = FIGURES[name]
+        fig.drawer()(*(f.frame(frame) for frame in fig.frames), out_dir / "figures" / name, prov)
+
+
+def write_summary(f: Frames, config: dict[str, Any], out_dir: Path) -> None:
+    """``summary.md`` and its HTML, and, for experiments that reproduce paper tables, the comparison."""
+    summary = summarise(f.main, f.stages, f.layers, f.algorithms_layers, config)
+    if f.init_scale is not None:
+        summary += "\n" + "\n".join(init_scale_lines(f.init_scale)) + "\n"
     write_text(summary, out_dir / "summary.md")
     write_text(md_to_html(summary, f"Summary: {config.get('name', '')}"), out_dir / "summary.html")
     if reproduces_paper(config):
         from diff_erank.reproduce import build_report
 
-        build_report(full, accuracy, config, out_dir)
+        build_report(f.all, f.accuracy, config, out_dir)
         text = (out_dir / "reproduction.md").read_text()
         write_text(md_to_html(text, f"Reproduction: {config['name']}"), out_dir / "reproduction.html")
-    missing = [f for f in report_files(config).values() if not (out_dir / f).exists()]
+
+
+def build(
+    diff_files: Sequence[str | Path],
+    out_dir: str | Path,
+    config: dict[str, Any],
+    accuracy_files: Sequence[str | Path] = (),
+) -> dict[str, pd.DataFrame]:
+    """The experiment's report from its per-(model, dataset) results: frames, then tables,
+    figures and summary, exactly the files ``outputs.report_files`` declares."""
+    out_dir = Path(out_dir)
+    f = frames(diff_files, config, accuracy_files)
+    prov = provenance(config, inputs=[str(p) for p in [*diff_files, *accuracy_files]])
+    write_tables(f, config, out_dir, prov)
+    draw_figures(f, config, out_dir, prov)
+    write_summary(f, config, out_dir)
+    missing = [p for p in report_files(config).values() if not (out_dir / p).exists()]
     if missing:
         raise RuntimeError(f"report did not write {missing} (outputs.report_files and report.build disagree)")
     return {
-        "all": full,
-        "main": main,
-        "stages": stages,
-        "algorithms_layers": by_alg,
-        "layers": layers,
-        "accuracy": accuracy,
+        "all": f.all,
+        "main": f.main,
+        "stages": f.stages,
+        "algorithms_layers": f.algorithms_layers,
+        "layers": f.layers,
+        "accuracy": f.accuracy,
     }
 
 
