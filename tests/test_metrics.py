@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import model_spec
+from helpers.models import model_spec
 
 from diff_erank import dump as D
 from diff_erank import metrics

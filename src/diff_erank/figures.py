@@ -10,8 +10,9 @@
   (Table 4's layers, or every layer with ``layers: all``).
 
 Each is registered in ``figure_registry`` (what it is drawn from, when a config can show it),
-which is how the report finds it. Every figure carries a title that says what it shows (algorithm, layer, what the bars are) and
-labelled axes; the functions take the report's tables, never raw files.
+which is how the report finds it. Every figure carries a title that says what it shows
+(algorithm, layer, what the bars are) and labelled axes; the functions take the report's tables,
+never raw files.
 """
 
 from __future__ import annotations
