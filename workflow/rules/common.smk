@@ -117,6 +117,12 @@ def variant_paths_arg(j):
     return f"--variant-paths {shlex.quote(as_json(paths))}" if paths else ""
 
 
+def _cpu_sized(estimate):
+    """Resources of a CPU-only rule from one estimate: memory and time, no GPU request (a GPU
+    request of nothing has no ``constraint``/``gpu_model`` to give under cluster.gpu_types)."""
+    return {k: (lambda w, k=k: getattr(estimate(w), k)) for k in ("mem_mb", "runtime")}
+
+
 def _sized(estimate):
     """Resources of a rule from one estimate (diff_erank.sizing): memory, time, disk, GPU memory,
     and the GPU request the site's types make of it (cluster.gpu_types; profiles/slurm)."""

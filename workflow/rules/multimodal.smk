@@ -57,7 +57,7 @@ rule convert_minigpt:
         f"{OUT}/benchmarks/convert_minigpt/{{model}}.tsv"
     threads: 1
     resources:
-        **_sized(lambda w: sizing.minigpt_convert_need(MM["models"][w.model])),
+        **_cpu_sized(lambda w: sizing.minigpt_convert_need(MM["models"][w.model])),
     shell:
         "diff-erank convert-minigpt --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
 
