@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from diff_erank.config import ConfigError
-from diff_erank.variants import Variant, variants
+from diff_erank.variants import Variant, init_scale, variants
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def variant_identity(cfg: dict[str, Any], model: str, variant: str, run: str) ->
     ident: dict[str, Any] = {k: m.get(k) for k in MODEL_KEYS}
     ident["variant"] = variant
     v = Variant.parse(variant)
-    scale = (m.get("untrained") or {}).get("init_scale")
+    scale = init_scale(m)
     if v.kind == "init" and scale not in (None, 1):  # M0 of another init scale
         ident["init_scale"] = scale
     if m.get("train"):  # a zoo model trained in this run folder
@@ -233,7 +233,7 @@ class Keys:
         (labels, resources and recipes are left out, so they do not rerun a shared dump)."""
         m = self.cfg["models"][self.jobs_of[key][0]]
         spec = {k: m.get(k) for k in (*MODEL_KEYS, "batch_tokens", "shard_texts", "train")}  # train: zoo
-        scale = (m.get("untrained") or {}).get("init_scale")
+        scale = init_scale(m)
         if scale not in (None, 1):  # M0 at another init scale: in its variants' keys (variant_identity)
             spec["untrained"] = {"init_scale": scale}
         return spec

@@ -190,6 +190,7 @@ def cmd_diff(a: argparse.Namespace) -> None:
     from diff_erank.config import ConfigError
     from diff_erank.provenance import provenance
     from diff_erank.storage import write_parquet
+    from diff_erank.variants import init_scale
 
     if a.tables:  # the cached tables of the model's variants: this run's view of them first
         if not (a.views and a.texts and a.layers is not None):
@@ -207,8 +208,8 @@ def cmd_diff(a: argparse.Namespace) -> None:
         "dataset": a.dataset,
         **facts,
     }
-    if (a.spec.get("untrained") or {}).get("init_scale") is not None:  # a point of the init-scale sweep
-        info["init_scale"] = float(a.spec["untrained"]["init_scale"])
+    if (scale := init_scale(a.spec)) is not None:  # a point of the init-scale sweep
+        info["init_scale"] = scale
     df = diff_table(tables, a.untrained, a.algorithms, a.bootstrap, info)
     write_parquet(df, a.out, provenance(a.spec, inputs=paths, bootstrap=a.bootstrap))
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
-from diff_erank.variants import TRAINED, untrained_variants, variants
+from diff_erank.variants import TRAINED, init_scale, untrained_variants, variants
 
 Config = dict[str, Any]
 
@@ -106,8 +106,8 @@ def has_stages(config: Config) -> bool:
 
 
 def sweeps_init_scale(config: Config) -> bool:
-    """Whether some model's M0 is built at an init scale other than the published config's."""
-    return any((m.get("untrained") or {}).get("init_scale") is not None for m in config["models"].values())
+    """Whether some model entry sets the init scale of its M0 (a point of an init-scale sweep)."""
+    return any(init_scale(m) is not None for m in config["models"].values())
 
 
 def both_algorithms(config: Config) -> bool:

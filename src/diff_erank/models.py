@@ -30,7 +30,7 @@ import torch
 
 from diff_erank.config import ConfigError, looks_local
 from diff_erank.storage import sha256
-from diff_erank.variants import Variant
+from diff_erank.variants import Variant, init_scale
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def scale_init(cfg, spec: dict[str, Any]):
     The init-scale sweep: how much of a Diff-eRank is the choice of M0. Scale 1 (or none) is the
     published config as it is.
     """
-    scale = (spec.get("untrained") or {}).get("init_scale")
+    scale = init_scale(spec)
     if scale is None or scale == 1:
         return cfg
     field = next((f for f in INIT_STD_FIELDS if hasattr(cfg, f)), None)
@@ -336,7 +336,7 @@ def init_facts(model: torch.nn.Module, variant: str, spec: dict[str, Any]) -> di
     cfg = model.config
     names = {*INIT_STD_FIELDS, "rope_parameters"} | {f for fields in INIT_FIELDS.values() for f in fields}
     fields = {n: getattr(cfg, n) for n in sorted(names) if getattr(cfg, n, None) is not None}
-    scale = (spec.get("untrained") or {}).get("init_scale") or 1.0
+    scale = init_scale(spec) or 1.0
     return {"seed": v.seed, "init_scale": scale, "model_type": cfg.model_type, **fields}
 
 

@@ -74,6 +74,14 @@ class Variant:
         return int(m.group(1)) if m and self.kind == "rev" else None
 
 
+def init_scale(model: dict[str, Any]) -> float | None:
+    """The multiple of the published init std an entry's ``init-s<seed>`` variants are built at
+    (``untrained.init_scale``); None when unset. Only a value other than 1 changes M0 (and its
+    cache keys); any value set makes the entry a point of an init-scale sweep in the report."""
+    scale = (model.get("untrained") or {}).get("init_scale")
+    return None if scale is None else float(scale)
+
+
 def untrained_variants(model: dict[str, Any]) -> list[str]:
     """The variants that play M0 in Diff-eRank (all of them when there are several seeds)."""
     untrained = model["untrained"]
