@@ -8,9 +8,11 @@ machine-wide: run one such test session at a time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -53,10 +55,39 @@ def profile(tmp_path, cluster) -> Path:
     return prof
 
 
-def n_jobs(workdir: Path, overrides: list[str]) -> int:
+#: the steps of seconds that run in the main Snakemake process, never through sbatch (localrules)
+LOCAL_RULES = ("resolved_config", "diff", "report")
+
+
+def job_stats(workdir: Path, overrides: list[str]) -> dict[str, int]:
+    """``snakemake -n``'s count of jobs per rule."""
     r = snakemake(workdir, "-n", overrides=overrides)
     assert r.returncode == 0, r.stderr[-2000:]
-    return int(re.search(r"^total\s+(\d+)$", r.stdout + r.stderr, re.M).group(1))
+    table = (r.stdout + r.stderr).split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+class Watcher(threading.Thread):
+    """Polls folders while a run goes on: every path seen under ``shared`` that is a dump (a
+    ``dumps`` folder, a ``.partial`` one, a shard) and every shard seen under ``scratch``."""
+
+    def __init__(self, shared: Path, scratch: Path) -> None:
+        super().__init__(daemon=True)
+        self.shared, self.scratch = shared, scratch
+        self.dumps_shared: set[str] = set()
+        self.shards_scratch: set[str] = set()
+        self.done = threading.Event()
+
+    @staticmethod
+    def is_dump(p: Path) -> bool:
+        return "dumps" in p.parts or p.name.endswith(".partial") or p.name.startswith("shard-")
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for root, found in ((self.shared, self.dumps_shared), (self.scratch, self.shards_scratch)):
+                with contextlib.suppress(OSError):  # a folder removed while walked
+                    found |= {str(p) for p in root.rglob("*") if self.is_dump(p)}
+            self.done.wait(0.05)
 
 
 def test_system_packages_are_installed_only_when_asked(tmp_path, monkeypatch) -> None:
@@ -73,16 +104,43 @@ def test_system_packages_are_installed_only_when_asked(tmp_path, monkeypatch) ->
 
 @pytest.mark.slow
 def test_ci_experiment_through_slurm_equals_a_local_run(cluster, profile, tmp_path) -> None:
-    before = len(cluster.accounted_jobs())
-    expected = n_jobs(tmp_path / "dry", OVERRIDES) - 1  # `all` is a local target, not a job
+    """Each dump and its eRank run in one Slurm job on node-local scratch, which the job asks for
+    (--tmp): no dump ever appears under the shared results folder; the seconds-long steps
+    (localrules) never reach sbatch; the tables equal a local run's."""
+    before = len(cluster.requests())
+    node = tmp_path / "node-scratch"  # the compute node's $TMPDIR, as a site sets it
+    overrides = [*OVERRIDES, f"scratch_dir={node}"]
+    stats = job_stats(tmp_path / "dry", overrides)
+    # `all` is a local target; the local rules run here; each erank runs inside its dump's job
+    expected = sum(n for rule, n in stats.items() if rule not in ("total", "all", "erank", *LOCAL_RULES))
     slurm = tmp_path / "slurm"
-    r = snakemake(slurm, "--profile", str(profile), overrides=OVERRIDES, env=cluster.env)
+    watcher = Watcher(slurm / "results", node)
+    watcher.start()
+    try:
+        r = snakemake(slurm, "--profile", str(profile), overrides=overrides, env=cluster.env)
+    finally:
+        watcher.done.set()
+        watcher.join()
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + cluster.logs()
-    jobs = cluster.accounted_jobs()[before:]
+    assert watcher.shards_scratch, "the dumps should have been written to the node-local scratch"
+    assert not watcher.dumps_shared, sorted(watcher.dumps_shared)[:10]
+    assert not [p for p in node.rglob("*") if p.is_file()]  # measured, then deleted on the node
+    assert (slurm / "results" / "cache" / "erank").is_dir()  # the eRank tables are shared
+    jobs = cluster.requests()[before:]
+    states = {j["id"]: j["state"] for j in cluster.accounted_jobs()}
     assert len(jobs) == expected, jobs
-    assert {j["state"] for j in jobs} == {"COMPLETED"}
+    assert {states[j["id"]] for j in jobs} == {"COMPLETED"}
+    rules = {j["comment"] for j in jobs}
+    for rule in (*LOCAL_RULES, "erank", "dump"):  # dump and erank: as group jobs, not rule jobs
+        assert not any(c.startswith(f"rule_{rule}") for c in rules), (rule, rules)
+    groups = [j for j in jobs if not re.match(r"rule_(corpus|tokenizer|train|prepare)", j["comment"])]
+    assert len(groups) == stats["dump"] == stats["erank"], jobs
+    tmp = cluster.tmp_requests()
+    for j in groups:  # the node-local disk reached sbatch (--tmp from cluster.scratch_request)
+        assert j["partition"] == cluster.GPU_PARTITION
+        assert int(re.match(r"\d+", tmp[j["id"]]).group()) > 0, (j, tmp.get(j["id"]))
     local = tmp_path / "local"
-    r = snakemake(local, overrides=OVERRIDES)
+    r = snakemake(local, overrides=OVERRIDES)  # dumps in this machine's /tmp
     assert r.returncode == 0, r.stderr[-3000:]
     for f in sorted((slurm / "results" / "ci" / "erank").rglob("*.parquet")):
         other = local / "results" / "ci" / f.relative_to(slurm / "results" / "ci")
@@ -128,10 +186,18 @@ def test_a_failed_job_names_its_slurm_log_and_a_rerun_finishes(cluster, profile,
 
 @pytest.mark.slow
 def test_job_sizes_reach_slurm(cluster, profile, tmp_path) -> None:
-    """The estimates are what Slurm accounts: memory, CPUs, partition and the GPU as a typed GRES."""
+    """The estimates are what Slurm accounts: memory, CPUs, partition and the GPU as a typed GRES;
+    without the site's GPU types a job needing more than cluster.gpu_mem_gb is never submitted."""
     from diff_erank import sizing
     from diff_erank.cache import Keys
     from diff_erank.config import load_config
+
+    before = len(cluster.requests())
+    big = [*OVERRIDES, "models.zoo-opt-xs.resources.gpus=1", "models.zoo-opt-xs.resources.gpu_mem_gb=100"]
+    r = snakemake(tmp_path / "big", "--profile", str(profile), overrides=big, env=cluster.env)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "cluster.gpu_mem_gb" in out and "job dump (key=" in out, out[-3000:]
+    assert len(cluster.requests()) == before  # the DAG stopped: nothing reached sbatch
 
     overrides = [
         *OVERRIDES,
@@ -149,20 +215,17 @@ def test_job_sizes_reach_slurm(cluster, profile, tmp_path) -> None:
     model = cfg["models"]["zoo-opt-xs"]
     texts = sizing.texts_size(cfg["datasets"]["topics"], model, work / keys.texts_path("topics"))
     assert texts.known
-    dumps = [j for j in jobs if j["comment"].startswith("rule_dump")]
-    eranks = [j for j in jobs if j["comment"].startswith("rule_erank")]
-    assert len(dumps) == len(eranks) == 1, jobs  # one job each for trained, rev-step0, rev-step20
+    # the dump and its eRank: one group job (trained, rev-step0, rev-step20), the larger memory of the two
+    groups = [j for j in jobs if not re.match(r"rule_(corpus|tokenizer|train|prepare)", j["comment"])]
+    assert len(groups) == 1, jobs
     dump_need = sizing.dump_need(model, texts, cfg["layers"], cfg["device"], THREADS, n_variants=3)
     erank_need = sizing.erank_need(model, texts, cfg["layers"], THREADS, n_variants=3)
     default = 4000  # the profile's mem_mb
     assert dump_need.mem_mb != default and erank_need.mem_mb != default
-    for j in dumps:
+    for j in groups:
         assert j["partition"] == cluster.GPU_PARTITION and int(j["cpus"]) == THREADS  # set-threads
-        assert int(re.match(r"\d+", j["mem"]).group()) == dump_need.mem_mb, j
+        assert int(re.match(r"\d+", j["mem"]).group()) == max(dump_need.mem_mb, erank_need.mem_mb), j
         assert "gres/gpu" in j["tres"] and "gres/gpu:fake=1" in j["tres"], j
-    for j in eranks:
-        assert j["partition"] == cluster.PARTITION and int(j["cpus"]) == THREADS
-        assert int(re.match(r"\d+", j["mem"]).group()) == erank_need.mem_mb, j
-        assert "gres/gpu" not in j["tres"]
-    others = [j for j in jobs if j["comment"].startswith(("rule_diff", "rule_report", "rule_select"))]
+    others = [j for j in jobs if j["comment"].startswith(("rule_prepare", "rule_train"))]
     assert others and all(j["partition"] == cluster.PARTITION and j["cpus"] == "1" for j in others)
+    assert not [j for j in jobs if j["comment"].startswith(tuple(f"rule_{r}" for r in LOCAL_RULES))]

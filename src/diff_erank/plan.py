@@ -137,6 +137,7 @@ class Line:
     mem_mb: int = 0
     disk_mb: int = 0  # written in all (dumps: scratch)
     disk_peak_mb: int = 0  # the largest single job
+    shared_mb: int = 0  # what stays on the shared filesystem (eRank tables; dumps if kept)
     threads: int = 0  # the most of one job
 
     def add(self, job: Job) -> None:
@@ -151,6 +152,7 @@ class Line:
         self.mem_mb = max(self.mem_mb, int(job.get("mem_mb")))
         self.disk_mb += int(job.get("disk_mb"))
         self.disk_peak_mb = max(self.disk_peak_mb, int(job.get("disk_mb")))
+        self.shared_mb += int(job.get("shared_mb"))
         self.threads = max(self.threads, job.threads)
 
     def merge(self, other: Line) -> None:
@@ -162,6 +164,7 @@ class Line:
         self.mem_mb = max(self.mem_mb, other.mem_mb)
         self.disk_mb += other.disk_mb
         self.disk_peak_mb = max(self.disk_peak_mb, other.disk_peak_mb)
+        self.shared_mb += other.shared_mb
         self.threads = max(self.threads, other.threads)
 
 
@@ -178,27 +181,42 @@ def bill(jobs: Iterable[Job]) -> dict[str, Line]:
 
 
 def render(lines: dict[str, Line], cfg: dict[str, Any]) -> str:
-    """A fixed-width table; sizes in GB (10^9 bytes), times in hours."""
+    """A fixed-width table; sizes in GB (10^9 bytes), times in hours.
+
+    Disk in two places: ``node GB``, the largest node-local scratch one job needs (a dump, written
+    to the compute node's $TMPDIR and deleted once its eRank is measured in the same job: what
+    ``--tmp`` asks for), and ``shared GB``, what stays on the shared filesystem (the eRank tables;
+    with ``keep_dumps`` the dumps too, and then no node-local scratch)."""
 
     def gb(mb: int) -> str:
         return f"{mb / 1000:,.1f}" if mb else "-"
 
+    kept = bool(cfg.get("keep_dumps"))
     width = max(10, *(len(k) for k in lines))
     head = (
         f"{'job kind':<{width}} {'jobs':>5} {'cached':>6} {'GPU-h':>8} {'job-h':>8} "
-        f"{'peak GPU GB':>11} {'peak host GB':>12} {'scratch GB':>10} {'largest GB':>10} {'threads':>7}"
+        f"{'peak GPU GB':>11} {'peak host GB':>12} {'node GB':>9} {'shared GB':>10} {'threads':>7}"
     )
     rows = [
         f"{line.kind:<{width}} {line.jobs:>5} {line.cached:>6} {line.gpu_hours:>8.1f} {line.hours:>8.1f} "
-        f"{gb(line.gpu_mem_mb):>11} {gb(line.mem_mb):>12} {gb(line.disk_mb):>10} {gb(line.disk_peak_mb):>10} "
-        f"{line.threads or '-':>7}"
+        f"{gb(line.gpu_mem_mb):>11} {gb(line.mem_mb):>12} {gb(0 if kept else line.disk_peak_mb):>9} "
+        f"{gb(line.shared_mb):>10} {line.threads or '-':>7}"
         for line in lines.values()
     ]
+    where = (
+        "dumps kept in the shared cache (keep_dumps): shared GB includes them"
+        if kept
+        else "node GB = the largest node-local scratch of one job (a dump, measured and deleted in "
+        "its job: --tmp); shared GB = what stays on the shared filesystem (eRank tables)"
+    )
     note = (
         f"experiment {cfg['name']}: Snakemake's own jobs and resources (snakemake -n runs the same jobs); "
         f"cached = outputs already there (the shared {cfg['results_dir']}/cache, or this run folder): "
-        "not run again; scratch = disk_mb in all (hidden-state dumps, temp: deleted once measured); "
-        "largest = one job's disk_mb, the least `--resources disk_mb=N` must allow; threads = the most "
-        "of one job (--cpus-per-task)"
+        f"not run again; {where}; threads = the most of one job (--cpus-per-task)"
     )
+    if not kept and lines.get("erank") and lines["erank"].jobs and lines.get("dump"):
+        note += (
+            f"; on a cluster each erank runs in its dump's job, on its GPU node: the GPUs are held "
+            f"{lines['erank'].hours:.1f} h more than GPU-h says"
+        )
     return "\n".join([head, "-" * len(head), *rows[:-1], "-" * len(head), rows[-1], note])

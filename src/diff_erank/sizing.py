@@ -16,7 +16,7 @@ runtime, threads); a job that exceeds one fails with a message naming that overr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,11 @@ ERANK_REF_SECONDS = 1.9
 ERANK_REF_WORK = 2048 * 5120**2 + 5120**3
 DISK_MB_PER_S = 200
 MB = 1e6
+#: Bytes of one row (one text, one layer, one variant) of a per-text eRank table on disk, with the
+#: key file and Parquet's own overhead rounded up: what stays on the shared filesystem per measurement.
+TABLE_ROW_BYTES = 200
+#: Each retry (Snakemake's ``attempt``) asks this much more memory, GPU memory and time than the last.
+RETRY_GROWTH = 0.5
 
 
 class ResourceError(UserError, RuntimeError):
@@ -202,11 +207,18 @@ def dump_need(
     act = batch * (s.hidden * b * (s.layers + 1) + s.vocab * (b + 4) + 4 * s.hidden * b)
     gpu = weights + act + 1.5e9
     shard_tokens = min(texts.tokens, int(model.get("shard_texts") or 256) * texts.longest)
-    shard = shard_tokens * s.hidden * max(b, sb) * n_layers * 2  # the collected states + their concat
+    spectra = (model.get("store") or "hidden") == "spectra"
+    if spectra:  # per text and layer min(tokens, d) float64 eigenvalues, computed on the device
+        shard = min(shard_tokens, s.hidden * int(model.get("shard_texts") or 256)) * 8 * n_layers * 2
+        disk = spectra_bytes(texts, s.hidden) * n_layers * 1.02 + 50 * MB
+    else:
+        shard = shard_tokens * s.hidden * max(b, sb) * n_layers * 2  # the collected states + their concat
+        disk = texts.tokens * s.hidden * sb * n_layers * 1.02 + 50 * MB
     host = weights * 1.2 + shard + 3e9
-    disk = texts.tokens * s.hidden * sb * n_layers * 1.02 + 50 * MB
     gpus = gpu_count(model, device)
     flops = 2 * s.params * texts.tokens
+    if spectra:  # each text's Gram matrix, per layer, in float64 (its eigenvalues cost less)
+        flops += n_layers * 2 * texts.tokens * s.hidden * min(texts.longest, s.hidden)
     rate = GPU_FLOPS[s.dtype] if gpus else CPU_FLOPS_PER_THREAD * threads
     seconds = flops / rate + disk / (DISK_MB_PER_S * MB) + weights / (DISK_MB_PER_S * MB)
     seconds, disk = seconds * n_variants, disk * n_variants
@@ -221,6 +233,19 @@ def dump_need(
     return _apply(need, model)
 
 
+def spectra_bytes(texts: Texts, hidden: int) -> float:
+    """Bytes of one layer's spectra (``store: spectra``): min(tokens, d) float64 eigenvalues a text;
+    texts no longer than d (the usual case) keep 8 bytes a token, a d-th of their hidden states."""
+    if texts.longest <= hidden:
+        return texts.tokens * 8.0
+    return min(texts.tokens, texts.n * hidden) * 8.0
+
+
+def table_bytes(texts: Texts, layers: list[str | int], model: dict[str, Any], n_variants: int = 1) -> float:
+    """What a measurement leaves on the shared filesystem: one eRank row per text, layer and variant."""
+    return texts.n * n_distinct(layers, shape(model).layers) * n_variants * TABLE_ROW_BYTES + 1 * MB
+
+
 def erank_need(
     model: dict[str, Any], texts: Texts, layers: list[str | int], threads: int = 4, n_variants: int = 1
 ) -> Need:
@@ -232,6 +257,12 @@ def erank_need(
     n_layers = n_distinct(layers, s.layers)
     one_text = texts.longest * s.hidden * 8 * 4 + s.hidden**2 * 8 * 3
     mem = one_text + 1.5e9 + texts.n * 2000  # + the result rows
+    if (model.get("store") or "hidden") == "spectra":  # the dump computed the spectra: entropies only
+        one_text = min(texts.longest, s.hidden) * 8 * 4
+        mem = one_text + 1.5e9 + texts.n * 2000
+        disk_read = spectra_bytes(texts, s.hidden) * n_layers * 2
+        seconds = disk_read / (DISK_MB_PER_S * MB) + n_layers * texts.n * 1e-4
+        return Need(mem_mb=int(mem / MB) + 1, runtime=_minutes(seconds * n_variants), threads=threads)
     work = n_layers * texts.tokens * s.hidden**2 + n_layers * texts.n * s.hidden**3
     seconds = ERANK_REF_SECONDS * work / ERANK_REF_WORK / threads**0.8
     disk_read = texts.tokens * s.hidden * BYTES[s.dump_dtype] * n_layers * 2  # checksum + read
@@ -323,30 +354,72 @@ def minigpt_convert_need(mm_model: dict[str, Any]) -> Need:
     return need
 
 
-def gpu_request(gpu_mem_mb: int, cluster: dict[str, Any]) -> dict[str, Any]:
+def gpu_request(
+    gpu_mem_mb: int, cluster: dict[str, Any], job: str | None = None, retry: bool = False
+) -> dict[str, Any]:
     """The Slurm resources (executor plugin 2.8) that put a job on a GPU with enough memory.
 
     ``cluster.gpu_types`` maps the site's GPU types to their memory in GB; ``gpu_request`` says
     how a type is asked for: ``constraint`` (node features, ``-C 'a|b'``: every type that fits),
     ``gpu_model`` (``--gpus=<type>:1``: the smallest that fits) or ``gres``
-    (``--gres=gpu:<type>:1``, without ``gpu``: the plugin refuses both). No types: any GPU.
+    (``--gres=gpu:<type>:1``, without ``gpu``: the plugin refuses both). No types: any GPU, and
+    ``cluster.gpu_mem_gb`` (the smallest GPU a job may land on) bounds what a job may need: more
+    stops the DAG naming ``job``, instead of an out-of-memory on a smaller card. A ``retry``
+    (a grown request) is never refused: it asks for the largest type.
     """
-    if gpu_mem_mb <= 0:
-        return {"gpu": 0}
+    how = cluster.get("gpu_request", "constraint")
     types = cluster.get("gpu_types") or {}
+    if gpu_mem_mb <= 0:  # no GPU: every key the GPU jobs of this site give, set to none
+        key = how if how in ("gres", "gpu_model") else "constraint"
+        return {"gpu": 0, key: None} if types else {"gpu": 0}
     fits = sorted((gb, name) for name, gb in types.items() if gb * 1000 >= gpu_mem_mb)
     if not types:
+        site = cluster.get("gpu_mem_gb")
+        if site and gpu_mem_mb > site * 1000 and not retry:
+            raise ResourceError(
+                f"{job or 'a job'} needs {gpu_mem_mb / 1000:.1f} GB of GPU memory but cluster.gpu_mem_gb "
+                f"says the site's GPUs have {site:g} GB: name the site's GPU types in cluster.gpu_types "
+                f"so the job asks for a large enough one, or lower the model's batch_tokens or dtype"
+            )
         return {"gpu": 1}
     if not fits:
-        biggest = max(types.values())
-        raise ValueError(
-            f"a job needs {gpu_mem_mb / 1000:.0f} GB of GPU memory but the largest GPU in cluster.gpu_types "
-            f"has {biggest} GB: lower batch_tokens or use a smaller dtype, or set the model's "
-            f"resources.gpu_mem_gb to override the estimate"
-        )
-    how = cluster.get("gpu_request", "constraint")
+        if retry:  # a retry that outgrew the largest type: ask for the largest, the estimate may be high
+            fits = [max((gb, name) for name, gb in types.items())]
+        else:
+            biggest = max(types.values())
+            raise ResourceError(
+                f"{job or 'a job'} needs {gpu_mem_mb / 1000:.0f} GB of GPU memory but the largest GPU in "
+                f"cluster.gpu_types has {biggest} GB: lower batch_tokens or use a smaller dtype, or set the "
+                f"model's resources.gpu_mem_gb to override the estimate"
+            )
     if how == "gres":
         return {"gpu": 0, "gres": f"gpu:{fits[0][1]}:1"}
     if how == "gpu_model":
         return {"gpu": 1, "gpu_model": fits[0][1]}
     return {"gpu": 1, "constraint": "|".join(name for _, name in fits)}
+
+
+def grown(need: Need, attempt: int) -> Need:
+    """The request of a retry: ``attempt`` 1 is the estimate, each further one asks
+    :data:`RETRY_GROWTH` more memory, GPU memory and time (an out-of-memory or time-limit failure
+    is not repeated with the same request). Overrides from a model entry grow too."""
+    if attempt <= 1:
+        return need
+    f = 1 + RETRY_GROWTH * (attempt - 1)
+    return replace(
+        need,
+        mem_mb=math.ceil(need.mem_mb * f),
+        runtime=math.ceil(need.runtime * f),
+        gpu_mem_mb=math.ceil(need.gpu_mem_mb * f),
+    )
+
+
+def check_runtime(runtime: int, cluster: dict[str, Any], job: str) -> int:
+    """The runtime to ask for, or a stop naming the job when it exceeds ``cluster.max_runtime``."""
+    limit = cluster.get("max_runtime")
+    if limit and runtime > limit:
+        raise ResourceError(
+            f"{job} asks for {runtime} minutes but cluster.max_runtime is {limit}: lower cluster."
+            f"variants_per_job or the dataset's max_texts, or raise max_runtime to the partition's limit"
+        )
+    return runtime

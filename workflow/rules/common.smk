@@ -123,15 +123,25 @@ def _cpu_sized(estimate):
     return {k: (lambda w, k=k: getattr(estimate(w), k)) for k in ("mem_mb", "runtime")}
 
 
-def _sized(estimate):
+def job_name(rule, w):
+    """A job as a user finds it in `snakemake -n` and in the messages: rule and wildcards."""
+    return f"job {rule} ({', '.join(f'{k}={v}' for k, v in w.items())})"
+
+
+def _sized(estimate, rule="job"):
     """Resources of a rule from one estimate (diff_erank.sizing): memory, time, disk, GPU memory,
-    and the GPU request the site's types make of it (cluster.gpu_types; profiles/slurm)."""
+    and the GPU request the site's types make of it (cluster.gpu_types; profiles/slurm). A retry
+    (Snakemake's ``attempt``) asks more (sizing.grown); a first attempt over cluster.max_runtime or
+    over the site's GPU memory stops the DAG naming the job."""
 
     def get(key):
-        def value(w):
-            need = estimate(w)
+        def value(w, attempt):
+            need = sizing.grown(estimate(w), attempt)
             if key in ("gpu", "constraint", "gpu_model", "gres"):
-                return sizing.gpu_request(need.gpu_mem_mb if need.gpus else 0, C["cluster"])[key]
+                mb = need.gpu_mem_mb if need.gpus else 0
+                return sizing.gpu_request(mb, C["cluster"], job_name(rule, w), retry=attempt > 1).get(key)
+            if key == "runtime":
+                return _runtime(need, rule, w, attempt)
             return getattr(need, key)
 
         return value
@@ -140,6 +150,25 @@ def _sized(estimate):
     if C["cluster"]["gpu_types"]:  # only when the site names its GPU types: -C '' would match none
         out |= {k: get(k) for k in sizing.gpu_request(1, C["cluster"]) if k != "gpu"}
     return out | {"gpu": get("gpu")}
+
+
+def _cpu_grown(estimate, rule="job"):
+    """Memory and time of a CPU rule from one estimate, grown on retry, time checked on the first."""
+
+    def mem(w, attempt):
+        return sizing.grown(estimate(w), attempt).mem_mb
+
+    def runtime(w, attempt):
+        return _runtime(sizing.grown(estimate(w), attempt), rule, w, attempt)
+
+    return {"mem_mb": mem, "runtime": runtime}
+
+
+def _runtime(need, rule, w, attempt):
+    """A first attempt over cluster.max_runtime stops the DAG; a retry asks at most the limit."""
+    if attempt == 1:
+        return sizing.check_runtime(need.runtime, C["cluster"], job_name(rule, w))
+    return min(need.runtime, C["cluster"]["max_runtime"] or need.runtime)
 
 
 def dump_estimate(w):
@@ -203,9 +232,50 @@ def finetune_from(w):
     return [start] if start else []
 
 
+def scratch_root():
+    """Where a dump is written when it is not kept: node-local scratch (``scratch_dir``, else the
+    job's $TMPDIR, else /tmp), per user. Evaluated where the job runs: on a cluster the path is the
+    compute node's, which the login node never reads (the dump is ``nodelocal``)."""
+    import getpass
+    import os
+    import tempfile
+
+    base = os.path.expandvars(C["scratch_dir"] or os.environ.get("TMPDIR") or tempfile.gettempdir())
+    return f"{base}/diff-erank-{getpass.getuser()}/dumps"
+
+
+#: where the dumps live: the shared cache (keep_dumps) or node-local scratch
+DUMPS = f"{CACHE}/dumps" if C["keep_dumps"] else scratch_root()
+
+
+def dump_path():
+    return f"{DUMPS}/{{key}}/{{layers}}"
+
+
 def dump_output():
-    out = directory(f"{CACHE}/dumps/{{key}}/{{layers}}")
-    return out if C["keep_dumps"] else temp(out)
+    """A kept dump goes to the shared cache. Otherwise it is node-local and temporary: on a cluster
+    Snakemake runs the dump and its eRank in one job (a group job: ``temp(..., group_jobs=True)``),
+    so the shared filesystem receives only the eRank tables; locally the dump lives in /tmp."""
+    out = directory(dump_path())
+    return out if C["keep_dumps"] else temp(out, group_jobs=True)
+
+
+def scratch_request(w):
+    """The sbatch option asking for a dump job's node-local disk (cluster.scratch_request, e.g.
+    ``--tmp=<MB>M``), through the Slurm plugin's ``slurm_extra``; empty for a kept dump."""
+    template = C["cluster"]["scratch_request"]
+    if C["keep_dumps"] or not template:
+        return ""
+    return template.replace("{mb}", str(dump_estimate(w).disk_mb))
+
+
+def shared_mb(w):
+    """MB a measurement leaves on the shared filesystem: its eRank tables, and the dump if kept."""
+    j = job(w)
+    model = C["models"][j.model]
+    size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
+    mb = int(sizing.table_bytes(size, C["layers"], model, len(j.variants)) / 1e6) + 1
+    return mb + (dump_estimate(w).disk_mb if C["keep_dumps"] else 0)
 
 
 MM = C["multimodal"] or {"models": {}, "datasets": {}, "rotations": []}

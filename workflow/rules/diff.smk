@@ -3,6 +3,11 @@
 # CI over texts, mean +- std over seeds, stages.
 
 
+# seconds of work each: on a cluster they run in the main Snakemake process, not through sbatch
+localrules:
+    diff,
+
+
 rule diff:
     input:
         unpack(diff_source),

@@ -1,8 +1,10 @@
-# Hidden-state dumps: every variant of one model (trained / init-s<seed> / rev-<revision> / ft-<name>) on
+# Hidden-state dumps: up to cluster.variants_per_job variants of one model (trained / init-s<seed> / rev-<revision> / ft-<name>) on
 # one dataset, in one process (the model code, tokenizer and tokenised texts are shared), in the shared
 # cache under the key of that set of measurements. Sized from the model, the texts and the number of
-# variants (diff_erank.sizing): host and GPU memory, the GPU type, time, and disk_mb, so
-# `--resources disk_mb=N` caps the scratch.
+# variants (diff_erank.sizing): host and GPU memory, the GPU type, time, and disk_mb. Unless
+# keep_dumps, the dump is node-local scratch (common.smk's dump_output): on a cluster it and its
+# eRank run in one job that asks for the disk (cluster.scratch_request, e.g. --tmp), and only the
+# eRank tables (shared_mb) reach the shared results folder.
 
 
 rule dump:
@@ -27,8 +29,10 @@ rule dump:
     threads: lambda w: dump_estimate(w).threads
     priority: 10  # the longest jobs: started before the zoo's training, which fills the cores around them
     resources:
-        **_sized(dump_estimate),
+        **_sized(dump_estimate, "dump"),
         disk_mb=lambda w: dump_estimate(w).disk_mb,
+        shared_mb=shared_mb,
+        slurm_extra=scratch_request,
     shell:
         "diff-erank dump --spec {params.spec:q} --variants {params.variants} --texts {input.texts}"
         " --out {output} --layers {params.layers:q} --device {params.device} {params.trained}"

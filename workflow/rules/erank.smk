@@ -1,11 +1,11 @@
-# Per-text eRank of a set of dumps, one table per variant, one text in memory at a time, into the shared
-# cache (with a key file saying what was measured). Each run folder's view of the tables (its layers,
+# Per-text eRank of a set of dumps, one table per variant, one text in memory at a time, into the
+# shared cache (on a cluster, unless keep_dumps, in its dump's job, on that node's scratch) (with a key file saying what was measured). Each run folder's view of the tables (its layers,
 # or a sample's first texts) is made by the diff step.
 
 
 rule erank:
     input:
-        dump=f"{CACHE}/dumps/{{key}}/{{layers}}",
+        dump=dump_path(),
         texts=lambda w: texts_path(job(w).dataset),
     output:
         tables=directory(f"{CACHE}/erank/{{key}}/{{layers}}"),
@@ -20,8 +20,7 @@ rule erank:
         f"{OUT}/benchmarks/erank/{{key}}/{{layers}}.tsv"
     threads: lambda w: erank_estimate(w).threads
     resources:
-        mem_mb=lambda w: erank_estimate(w).mem_mb,
-        runtime=lambda w: erank_estimate(w).runtime,
+        **_cpu_grown(erank_estimate, "erank"),
     shell:
         "printf '%s\\n' {params.key:q} > {output.key}.tmp && mv {output.key}.tmp {output.key} && "
         "diff-erank measure --dump {input.dump} --texts {input.texts} --out {output.tables}"

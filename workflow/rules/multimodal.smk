@@ -62,6 +62,10 @@ rule convert_minigpt:
         "diff-erank convert-minigpt --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
 
 
+localrules:
+    mm_report,  # seconds: in the main Snakemake process on a cluster, not through sbatch
+
+
 rule mm_report:
     input:
         **mm_inputs(),

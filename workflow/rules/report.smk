@@ -47,6 +47,12 @@ def report_rule_outputs(files=None):
     return outs
 
 
+# seconds of work each: on a cluster they run in the main Snakemake process, not through sbatch
+localrules:
+    resolved_config,
+    report,
+
+
 rule resolved_config:
     output:
         f"{OUT}/config.json",
