@@ -164,7 +164,7 @@ def test_gpu_memory_becomes_the_sites_gpu_types() -> None:
         "gres": "gpu:a100_40g:1",
     }
     assert sizing.gpu_request(30_000, {"gpu_types": None, "gpu_request": "constraint"}) == {"gpu": 1}
-    with pytest.raises(ValueError, match=r"needs 150 GB .* resources.gpu_mem_gb"):
+    with pytest.raises(sizing.ResourceError, match=r"needs 150 GB .* resources.gpu_mem_gb"):
         sizing.gpu_request(150_000, {"gpu_types": types, "gpu_request": "constraint"})
 
 
@@ -185,11 +185,76 @@ def test_plan_prints_fig1s_bill(capsys, tmp_path, monkeypatch, fig1) -> None:
     texts = {"dolly-15k": 4500, "wikipedia": 10_000, "openwebtext2": 10_000, "hh-rlhf": 8550}
     tokens = sum(n * fig1["datasets"][d]["size_hint"]["mean_tokens"] for d, n in texts.items())
     hidden = sum(m["shape"]["hidden_size"] for m in fig1["models"].values())
-    scratch_gb = float(rows["total"][6].replace(",", ""))
-    assert scratch_gb * GB == pytest.approx(2 * tokens * hidden * 4, rel=0.03)
+    assert tokens * hidden * 4 * 2 > 2 * 1000 * GB  # all of fig1's dumps: over 2 TB, never at once
+    # node-local scratch: the largest single job, OPT-13B (d = 5120) on OpenWebText2 (the longest
+    # texts), both variants, float32; nothing else of a dump is left anywhere
+    owt = 10_000 * fig1["datasets"]["openwebtext2"]["size_hint"]["mean_tokens"]
+    node_gb = float(rows["total"][6].replace(",", ""))
+    assert node_gb * GB == pytest.approx(2 * owt * 5120 * 4, rel=0.03)
+    # shared: only the eRank tables, a row per text and variant (a few hundred bytes each)
+    shared_gb = float(rows["total"][7].replace(",", ""))
+    rows_in_all = 5 * 2 * sum(texts.values())
+    assert rows_in_all * 50 < shared_gb * GB < rows_in_all * 1000 + 20 * 10 * 1e6
     # peak GPU: OPT-13B's dump, on an 80 GB card
     least = dump_gpu_bytes(fig1["models"]["opt-13b"]["batch_tokens"])
     assert least < float(rows["total"][4]) * GB <= 80 * GB
+    # store: spectra keeps min(tokens, d) float64 eigenvalues a text (texts shorter than d: 8 bytes a
+    # token): OPT-13B on OpenWebText2 is ~72 MB a variant, not ~190 GB
+    assert main(["plan", "--conf-dir", str(REPO / "conf"), "experiment=fig1", "model.store=spectra"]) == 0
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in capsys.readouterr().out.splitlines()
+        if line[:1].isalpha()
+    }
+    assert float(rows["total"][6]) * GB == pytest.approx(2 * (owt * 8 * 1.02 + 50e6), abs=0.05 * GB)
+    assert float(rows["total"][6]) < 1
+
+
+def test_spectra_are_sized_for_what_they_write(fig1) -> None:
+    """store: spectra writes one float64 eigenvalue per token of a text shorter than d (its Gram
+    matrix's rank), at most d per text; the eRank step then reads those, not hidden states."""
+    opt = fig1["models"]["opt-13b"]
+    texts = sizing.Texts(n=1000, tokens=1000 * 900, longest=2048, known=True)
+    hidden = sizing.dump_need(opt, texts, ["last"])
+    spectra = sizing.dump_need({**opt, "store": "spectra"}, texts, ["last", "first"])
+    assert hidden.disk_mb * 1e6 == pytest.approx(900_000 * 5120 * 4, rel=0.03)
+    # 2,048-token texts can exceed d = 5120? no: min(tokens, d) = tokens here, 8 bytes each, 2 layers
+    assert spectra.disk_mb * 1e6 == pytest.approx(2 * 900_000 * 8 * 1.02 + 50e6, rel=0.01)
+    assert spectra.mem_mb < hidden.mem_mb  # a shard of spectra, not of hidden states
+    wide = sizing.Texts(n=10, tokens=10 * 8000, longest=8000, known=True)  # texts longer than d
+    assert sizing.spectra_bytes(wide, 5120) == 10 * 5120 * 8
+    slow = sizing.erank_need(opt, texts, ["last"])
+    fast = sizing.erank_need({**opt, "store": "spectra"}, texts, ["last"])
+    assert fast.runtime < slow.runtime and fast.mem_mb < slow.mem_mb
+
+
+def test_without_gpu_types_a_job_over_the_sites_gpu_memory_stops() -> None:
+    """cluster.gpu_mem_gb (no gpu_types): a job needing more is refused naming it, not sent to any
+    GPU; a retry is never refused; a CPU job gives no GPU keys (device=cpu with gpu_types)."""
+    site = {"gpu_types": None, "gpu_request": "constraint", "gpu_mem_gb": 40}
+    assert sizing.gpu_request(39_000, site) == {"gpu": 1}
+    with pytest.raises(
+        sizing.ResourceError, match=r"^job dump \(key=k\) needs 75\.0 GB .*cluster\.gpu_mem_gb"
+    ):
+        sizing.gpu_request(75_000, site, "job dump (key=k)")
+    assert sizing.gpu_request(75_000, site, retry=True) == {"gpu": 1}
+    types = {"gpu_types": {"a100": 40}, "gpu_request": "constraint"}
+    assert sizing.gpu_request(0, types) == {"gpu": 0, "constraint": None}  # dropped by Snakemake
+    assert sizing.gpu_request(0, {**types, "gpu_request": "gres"}) == {"gpu": 0, "gres": None}
+    assert sizing.gpu_request(50_000, types, retry=True) == {"gpu": 1, "constraint": "a100"}
+
+
+def test_retries_ask_for_more_and_runtimes_meet_the_partition_limit() -> None:
+    need = sizing.Need(mem_mb=1000, runtime=60, gpus=1, gpu_mem_mb=20_000)
+    assert sizing.grown(need, 1) is need
+    again = sizing.grown(need, 2)
+    assert (again.mem_mb, again.runtime, again.gpu_mem_mb) == (1500, 90, 30_000)
+    assert sizing.grown(need, 3).mem_mb == 2000
+    assert sizing.check_runtime(60, {"max_runtime": 60}, "job dump (key=k)") == 60
+    with pytest.raises(
+        sizing.ResourceError, match=r"^job dump \(key=k\) asks for 61 minutes .*max_runtime is 60"
+    ):
+        sizing.check_runtime(61, {"max_runtime": 60}, "job dump (key=k)")
 
 
 def test_an_erank_job_over_its_memory_fails_naming_the_resource(tiny_opt, texts_file, tmp_path) -> None:

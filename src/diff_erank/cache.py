@@ -119,10 +119,19 @@ def measurement_key(cfg: dict[str, Any], model: str, variant: str, dataset: str,
     )
 
 
-def set_key(cfg: dict[str, Any], model: str, dataset: str, run: str) -> str:
-    """The key of one job's measurement: every variant of ``model`` on ``dataset``, by their keys."""
-    names = variants(cfg["models"][model])
+def set_key(cfg: dict[str, Any], model: str, dataset: str, run: str, names: list[str] | None = None) -> str:
+    """The key of one job's measurement: the variants ``names`` (default: every variant of ``model``)
+    on ``dataset``, by their keys."""
+    names = variants(cfg["models"][model]) if names is None else names
     return digest({"variants": {v: measurement_key(cfg, model, v, dataset, run) for v in names}})
+
+
+def chunks(names: list[str], per_job: int | None) -> list[list[str]]:
+    """A model's variants in jobs of at most ``per_job`` (cluster.variants_per_job), in order: a
+    Pythia trajectory of 154 checkpoints is ten bounded jobs, not one of 33 hours and 2.8 TB. A
+    model with no more variants than that is one job, under the key it always had."""
+    n = per_job or len(names) or 1
+    return [names[i : i + n] for i in range(0, len(names), n)] or [[]]
 
 
 def prefix_samples(cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
@@ -165,20 +174,29 @@ class Keys:
             self.datasets_of.setdefault(k, d)
         self.prefix = prefix_samples(cfg)
         self.measured: dict[tuple[str, str, str], str] = {}  # (model, variant, dataset) -> variant key
-        self.sets: dict[tuple[str, str], str] = {}  # (model, dataset) -> the key of its job
+        self.sets: dict[tuple[str, str], str] = {}  # (model, dataset) -> the key of its (first) job
+        self.set_keys: dict[tuple[str, str], list[str]] = {}  # (model, dataset) -> its jobs' keys
+        self._variants: dict[str, list[str]] = {}  # job key -> its variants
+        per_job = (cfg.get("cluster") or {}).get("variants_per_job")
         for m, spec in cfg["models"].items():
             for d, dspec in cfg["datasets"].items():
                 if dspec.get("measure", True):
                     src = self.prefix.get(d, (d, None))[0]
-                    self.sets[(m, d)] = set_key(cfg, m, src, run)
+                    keys = []
+                    for names in chunks(variants(spec), per_job):
+                        keys.append(set_key(cfg, m, src, run, names))
+                        self._variants.setdefault(keys[-1], names)
+                    self.sets[(m, d)], self.set_keys[(m, d)] = keys[0], keys
                     for v in variants(spec):
                         self.measured[(m, v, d)] = measurement_key(cfg, m, v, src, run)
-        self.jobs_of: dict[str, tuple[str, str]] = {}  # set key -> (model, dataset measured)
-        for (m, d), k in self.sets.items():
-            self.jobs_of.setdefault(k, (m, self.prefix.get(d, (d, None))[0]))
+        self.jobs_of: dict[str, tuple[str, str]] = {}  # job key -> (model, dataset measured)
+        for (m, d), keys in self.set_keys.items():
+            for k in keys:
+                self.jobs_of.setdefault(k, (m, self.prefix.get(d, (d, None))[0]))
 
     def variants_of(self, key: str) -> list[str]:
-        return variants(self.cfg["models"][self.jobs_of[key][0]])
+        """The variants one job measures (at most cluster.variants_per_job of its model's)."""
+        return self._variants[key]
 
     def texts_spec(self, dataset: str) -> dict[str, Any]:
         """The dataset entry as ``prepare`` reads it: without the fields that do not change the texts."""
@@ -194,9 +212,13 @@ class Keys:
         """The directory of a job's per-variant tables (``<variant>.parquet``)."""
         return f"{self.root}/erank/{key}/{tag or self.layers}"
 
-    def source_table(self, model: str, dataset: str) -> str:
+    def source_tables(self, model: str, dataset: str) -> list[str]:
+        """The cached table folders of every job of a model on a dataset (one per variants_per_job)."""
+        return [self.source_table(model, dataset, key) for key in self.set_keys[(model, dataset)]]
+
+    def source_table(self, model: str, dataset: str, key: str | None = None) -> str:
         """The cached tables a run-folder view reads: this layer set's, or finished ones with more."""
-        key = self.sets[(model, dataset)]
+        key = key or self.sets[(model, dataset)]
         own = self.table_path(key)
         if Path(own).is_dir():
             return own

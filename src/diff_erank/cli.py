@@ -227,8 +227,10 @@ def _views(a: argparse.Namespace) -> dict[str, str]:
     partial = views.with_name(views.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for v in variants(a.spec):
-        select(Path(a.tables) / f"{v}.parquet", partial / f"{v}.parquet", a.layers, a.texts, a.first)
+    for v in variants(a.spec):  # a variant's table is in its job's folder (cluster.variants_per_job)
+        found = [Path(t) / f"{v}.parquet" for t in a.tables if (Path(t) / f"{v}.parquet").is_file()]
+        table = found[0] if found else Path(a.tables[0]) / f"{v}.parquet"
+        select(table, partial / f"{v}.parquet", a.layers, a.texts, a.first)
     atomic_publish_dir(partial, views)
     return {v: str(views / f"{v}.parquet") for v in variants(a.spec)}
 
@@ -473,7 +475,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", type=_json, required=True, help="the model entry")
     s.add_argument("--model", required=True)
     s.add_argument("--dataset", required=True)
-    s.add_argument("--tables", default=None, help="the cached tables of the variants (<variant>.parquet)")
+    s.add_argument("--tables", nargs="+", default=None, help="cached table folders (<variant>.parquet)")
     s.add_argument("--views", default=None, help="with --tables: where this run's view of them goes")
     s.add_argument("--texts", default=None, help="with --tables: the texts they were measured on")
     s.add_argument("--layers", type=_json, default=None, help="with --tables: this run's layers")

@@ -395,6 +395,24 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def to_device(model: torch.nn.Module, dev: torch.device | str, variant: str) -> torch.nn.Module:
+    """Move the weights to the dump's device; an out-of-memory here is a GPU too small for the
+    weights alone (no batch has run, so halving batches cannot help), and says so."""
+    try:
+        return model.to(dev)
+    except torch.OutOfMemoryError:
+        from diff_erank.sizing import ResourceError
+
+        weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+        card = torch.cuda.get_device_properties(dev).total_memory / 1e9 if torch.cuda.is_available() else 0
+        raise ResourceError(
+            f"out of GPU memory while loading the weights of {variant} ({weights:.1f} GB) onto a "
+            f"{card:.0f} GB GPU, before any batch: the job got too small a GPU; name the site's GPU types "
+            f"in cluster.gpu_types (or set cluster.gpu_mem_gb to its smallest card) so the job asks for "
+            f"a large enough one, or load the model in float16 (models.<name>.dtype)"
+        ) from None
+
+
 def dump(
     spec: dict[str, Any],
     variant: str,
@@ -446,7 +464,7 @@ def dump(
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
-    model.to(dev)
+    to_device(model, dev, variant)
     num_layers = count_layers(model, min(tok.ids, key=len), dev)
     layer_idx = layer_indices(layers, num_layers)
     store_dtype = DTYPES[spec["dump_dtype"]]

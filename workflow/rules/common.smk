@@ -200,7 +200,7 @@ def mm_estimate(w):
 def diff_source(w):
     """The cached tables a run's view reads, and the texts they were measured on."""
     src, first = K.prefix.get(w.dataset, (w.dataset, None))
-    return {"tables": K.source_table(w.model, w.dataset), "texts": texts_path(src)}
+    return {"tables": K.source_tables(w.model, w.dataset), "texts": texts_path(src)}
 
 
 def diff_first(w):
