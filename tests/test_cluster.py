@@ -22,6 +22,8 @@ SITE = "cluster.gpu_types={a100_40g:40,a100_80g:80,h100:80,h200:141}"
 DEMOS = ("demo", "demo-full", "ci", "init-scale")  # CPU experiments: no GPU to request
 PAPER = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if p.stem not in DEMOS)
 GPU_RULES = {"dump", "finetune", "accuracy", "mm_erank"}
+#: erank runs in its dump's group job (the dump is node-local), so it asks for the dump's partition
+GPU_PARTITION = GPU_RULES | {"erank"}
 GB = 1e9
 
 
@@ -47,7 +49,7 @@ def test_slurm_dry_run_asks_for_what_the_estimates_say(experiment: str, tmp_path
     assert jobs
     for job in jobs:
         gpu_job = job["rule"] in GPU_RULES
-        assert job["slurm_partition"] == ("gpu" if gpu_job else "cpu"), job
+        assert job["slurm_partition"] == ("gpu" if job["rule"] in GPU_PARTITION else "cpu"), job
         if not gpu_job:
             assert int(job.get("gpu", 0)) == 0 and "constraint" not in job, job
             continue
@@ -55,8 +57,9 @@ def test_slurm_dry_run_asks_for_what_the_estimates_say(experiment: str, tmp_path
         need = int(job["gpu_mem_mb"])
         types = {"a100_40g": 40, "a100_80g": 80, "h100": 80, "h200": 141}
         assert set(job["constraint"].split("|")) == {t for t, gb in types.items() if gb * 1000 >= need}
-        if job["rule"] == "dump":
+        if job["rule"] == "dump":  # node-local scratch, asked of Slurm with --tmp
             assert int(job["disk_mb"]) > 0 and int(job["runtime"]) > 10
+            assert job["slurm_extra"] == f"--tmp={job['disk_mb']}M", job
     if experiment != "fig1":
         return
     # OPT-13B x wikipedia, from the paper's shapes (40 blocks, d = 5120, ~13e9 parameters, float32)
@@ -132,3 +135,23 @@ def test_a_second_experiment_reuses_the_first_ones_measurements(tmp_path: Path, 
     # any change to the key recomputes: here the model's truncation
     r = snakemake(work, "-n", overrides=[*fig1, *common, "model.max_length=32"])
     assert re.search(r"^dump\s+1$", r.stdout + r.stderr, re.M), (r.stdout + r.stderr)[-2000:]
+
+
+def test_cpu_runs_and_site_limits_under_the_slurm_profile(tmp_path: Path) -> None:
+    """device=cpu with the site's GPU types asks for no GPU (it was KeyError: 'constraint'); a job
+    over cluster.max_runtime or, without GPU types, over cluster.gpu_mem_gb stops the dry run
+    naming the job; the config, diff and report steps are local rules."""
+    jobs = dry_jobs(tmp_path / "cpu", ["experiment=fig1", SITE, "device=cpu"])
+    dumps = [j for j in jobs if j["rule"] == "dump"]
+    assert dumps and all(int(j["gpu"]) == 0 and "constraint" not in j for j in dumps)
+    r = snakemake(tmp_path / "t", "-n", "--profile", str(REPO / "profiles" / "slurm"),
+                  overrides=["experiment=fig1", "cluster.max_runtime=600"])  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and re.search(r"job dump \(key=\w+, layers=last\) asks for \d+ minutes", out)
+    r = snakemake(tmp_path / "g", "-n", overrides=["experiment=fig1", "cluster.gpu_mem_gb=40"])
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and re.search(r"job dump \(key=\w+, layers=last\) needs 7\d\.\d GB", out)
+    from diff_erank.plan import dag
+
+    local = {j.rule for j in dag(["experiment=ci"], REPO / "Snakefile", tmp_path / "ci").jobs if j.local}
+    assert {"resolved_config", "diff", "report"} <= local and not local & {"dump", "erank", "train"}

@@ -42,6 +42,24 @@ def test_bill_adds_up_the_jobs_to_run_and_sets_apart_the_cached() -> None:
     assert total.hours == pytest.approx(2.5 + 10 / 60) and total.gpu_hours == pytest.approx(3.5)
 
 
+def test_disk_is_billed_where_it_lies() -> None:
+    """Not kept, a dump is node-local: the plan gives the largest job's (what --tmp asks) and what
+    stays shared (the tables); kept, the dumps are shared and nothing is node-local."""
+    from diff_erank.plan import render
+
+    jobs = [
+        Job("dump", True, 4, {"disk_mb": 300_000, "shared_mb": 5, "gpu": 1, "runtime": 60}),
+        Job("dump", True, 4, {"disk_mb": 100_000, "shared_mb": 3, "gpu": 1, "runtime": 60}),
+        Job("erank", True, 4, {"runtime": 30}),
+    ]
+    cfg = {"name": "x", "results_dir": "results", "keep_dumps": False}
+    rows = {r.split()[0]: r.split() for r in render(bill(jobs), cfg).splitlines() if r[:1].isalpha()}
+    assert rows["total"][7:9] == ["300.0", "0.0"]  # node GB: the largest job; shared: 8 MB
+    assert "held 0.5 h more" in render(bill(jobs), cfg)  # the eRank holds its dump's GPU
+    kept = {r.split()[0]: r.split() for r in render(bill(jobs), cfg | {"keep_dumps": True}).splitlines()}
+    assert kept["total"][7] == "-"  # no node-local scratch when the dumps are kept
+
+
 def test_the_report_job_asks_what_its_rule_asks(tmp_path: Path) -> None:
     """workflow/rules/report.smk asks 2,000 MB and 10 minutes; the plan used to bill 4,000 and 20."""
     report = [j for j in dag(["experiment=fig1"], SNAKEFILE, tmp_path).jobs if j.rule == "report"]

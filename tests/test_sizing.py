@@ -284,3 +284,39 @@ def test_an_erank_job_over_its_memory_fails_naming_the_resource(tiny_opt, texts_
         text=True,
     )
     assert enough.returncode == 0, enough.stderr[-2000:]
+
+
+def test_a_trajectory_is_many_bounded_jobs(tmp_path) -> None:
+    """cluster.variants_per_job splits a model's variants into jobs, in order, each its own cache
+    key; a model with no more variants than that keeps the one key it always had."""
+    from diff_erank.cache import Keys, set_key
+
+    run = str(tmp_path / "results" / "ci")
+    whole = Keys(load_config(REPO / "conf", ["experiment=ci"]), run)
+    cfg = load_config(REPO / "conf", ["experiment=ci", "cluster.variants_per_job=2"])
+    split = Keys(cfg, run)
+    job = ("zoo-opt-xs", "topics")
+    assert whole.set_keys[job] == [whole.sets[job]] == [set_key(cfg, *job, run)]  # unchanged
+    keys = split.set_keys[job]
+    assert [split.variants_of(k) for k in keys] == [["trained", "rev-step0"], ["rev-step20"]]
+    assert len(set(keys)) == 2 and whole.sets[job] not in keys
+    assert split.source_tables(*job) == [split.table_path(k) for k in keys]
+    for k in keys:  # each job's dump names only its own variants
+        assert split.jobs_of[k] == job and split.describe(k)["variants"].keys() == set(split.variants_of(k))
+
+
+def test_an_out_of_memory_while_loading_says_so() -> None:
+    """Moving the weights to a too-small GPU fails before any batch: the message says so and points
+    at the GPU request, not at "batches were halved down to 1". (No GPU here: a module whose move
+    raises CUDA's own out-of-memory error stands for the card; a real one raises the same type.)"""
+    import torch
+
+    from diff_erank.dump import to_device
+
+    class TooBig(torch.nn.Linear):
+        def to(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 52.00 GiB")
+
+    with pytest.raises(sizing.ResourceError, match=r"while loading the weights of trained \(0\.0 GB") as err:
+        to_device(TooBig(100, 100), "cpu", "trained")
+    assert "cluster.gpu_types" in str(err.value) and "halved" not in str(err.value)

@@ -34,6 +34,7 @@ class Job:
     threads: int
     resources: Mapping[str, Any] = field(default_factory=dict)
     output: tuple[str, ...] = ()
+    local: bool = False  # a localrule: on a cluster it runs in the main Snakemake process, not via sbatch
 
     def get(self, name: str) -> float:
         """A numeric resource, 0 if the rule does not declare it."""
@@ -114,6 +115,7 @@ def dag(overrides: Sequence[str], snakefile: str | Path, workdir: str | Path = "
                     int(job.threads),
                     dict(job.resources.items()),
                     tuple(str(f) for f in job.output),
+                    job.rule.name in workflow._localrules or job.rule.norun,  # local on a cluster
                 )
                 for job in graph.jobs
             ]
