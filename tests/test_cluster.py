@@ -151,6 +151,17 @@ def test_cpu_runs_and_site_limits_under_the_slurm_profile(tmp_path: Path) -> Non
     r = snakemake(tmp_path / "g", "-n", overrides=["experiment=fig1", "cluster.gpu_mem_gb=40"])
     out = r.stdout + r.stderr
     assert r.returncode != 0 and re.search(r"job dump \(key=\w+, layers=last\) needs 7\d\.\d GB", out)
+    # a retry (Snakemake's attempt 2) asks 1.5 x the memory and time of the first attempt
+    asked = []
+    for attempt in ("1", "2"):
+        r = snakemake(tmp_path / f"a{attempt}", "-n", "--attempt", attempt, overrides=["experiment=fig3"])
+        assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+        pattern = r"rule dump:.*?key=(\w+).*?resources: .*?runtime=(\d+).*?mem_mb=(\d+)"
+        found = re.findall(pattern, r.stdout, re.S)
+        asked.append({key: (int(t), int(m)) for key, t, m in found})
+    assert asked[0] and asked[0].keys() == asked[1].keys()
+    for key, (t1, m1) in asked[0].items():
+        assert asked[1][key] == (-(-t1 * 3 // 2), -(-m1 * 3 // 2)), key
     from diff_erank.plan import dag
 
     local = {j.rule for j in dag(["experiment=ci"], REPO / "Snakefile", tmp_path / "ci").jobs if j.local}
