@@ -197,6 +197,27 @@ def mm_estimate(w):
     return sizing.mm_need(MM["models"][w.model], C["device"], THREADS)
 
 
+def check_site_limits():
+    """Stop before anything is submitted when a dump or eRank job asks for more than the site
+    allows (cluster.gpu_mem_gb without gpu_types, cluster.max_runtime): a real run evaluates a job's
+    resources only when it is ready, hours of upstream jobs later. The rules' own resources check
+    again once the texts are prepared."""
+    for key in K.jobs_of:
+        w = {"key": key, "layers": LAYERS}
+        for rule, estimate in (("dump", dump_estimate), ("erank", erank_estimate)):
+            need = estimate(SimpleNamespace(**w))
+            sizing.check_runtime(need.runtime, C["cluster"], job_name(rule, w))
+            if need.gpus:
+                sizing.gpu_request(need.gpu_mem_mb, C["cluster"], job_name(rule, w))
+
+
+if workflow.is_main_process:
+    try:
+        check_site_limits()
+    except sizing.ResourceError as exc:
+        sys.exit(f"Cannot start: {exc}")
+
+
 def diff_source(w):
     """The cached tables a run's view reads, and the texts they were measured on."""
     src, first = K.prefix.get(w.dataset, (w.dataset, None))
