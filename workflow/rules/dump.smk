@@ -1,6 +1,6 @@
-# Hidden-state dumps: up to cluster.variants_per_job variants of one model (trained / init-s<seed> / rev-<revision> / ft-<name>) on
-# one dataset, in one process (the model code, tokenizer and tokenised texts are shared), in the shared
-# cache under the key of that set of measurements. Sized from the model, the texts and the number of
+# Hidden-state dumps: up to cluster.variants_per_job variants of one model (trained / init-s<seed> /
+# rev-<revision> / ft-<name>) on one dataset, in one process (the model code, tokenizer and tokenised
+# texts are shared), under the key of that set of measurements. Sized from the model, the texts and the number of
 # variants (diff_erank.sizing): host and GPU memory, the GPU type, time, and disk_mb. Unless
 # keep_dumps, the dump is node-local scratch (common.smk's dump_output): on a cluster it and its
 # eRank run in one job that asks for the disk (cluster.scratch_request, e.g. --tmp), and only the

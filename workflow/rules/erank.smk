@@ -1,6 +1,7 @@
 # Per-text eRank of a set of dumps, one table per variant, one text in memory at a time, into the
-# shared cache (on a cluster, unless keep_dumps, in its dump's job, on that node's scratch) (with a key file saying what was measured). Each run folder's view of the tables (its layers,
-# or a sample's first texts) is made by the diff step.
+# shared cache, with a key file saying what was measured (on a cluster, unless keep_dumps, it runs
+# in its dump's group job, reading the dump from that node's scratch). Each run folder's view of
+# the tables (its layers, or a sample's first texts) is made by the diff step.
 
 
 rule erank:
