@@ -6,7 +6,7 @@ import shlex
 from types import SimpleNamespace
 
 from diff_erank import sizing
-from diff_erank.cache import KEY, Keys
+from diff_erank.cache import KEY, Keys, finetune_key, zoo_key
 from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import dataset_files, image_files, model_files
@@ -30,6 +30,12 @@ MEASURED = [d for d, spec in C["datasets"].items() if spec.get("measure", True)]
 K = Keys(C, OUT)
 CACHE = K.root
 LAYERS = K.layers
+#: the demo corpus, its tokenizer and zoo models, under the corpus's key (shared by every run name)
+DEMO = K.corpus or f"{CACHE}/demo/none"
+#: layer tags the dump and erank rules make: this run's, and a wider finished set a view reads from
+#: (so that the view's table is an output of this run's DAG, which reruns it when an input changes)
+TAGS = [LAYERS, *(t for t in K.wider_tables() if t != LAYERS)]
+TAG = "|".join(re.escape(t) for t in TAGS)
 #: threads of the jobs that use several (cpus-per-task on Slurm; capped by --cores locally)
 THREADS = 4
 
@@ -48,8 +54,9 @@ def model_spec(w):
 
 
 def zoo_dir(model):
-    """Directory of a zoo model trained by the workflow (the train rule's output)."""
-    return f"{OUT}/zoo/{model}"
+    """Directory of a zoo model trained by the workflow (the train rule's output): in the cache,
+    under the key of its recipe, so a second run name trains nothing."""
+    return f"{DEMO}/zoo/{zoo_key(C, model)}"
 
 
 def built_dir(model):
@@ -65,11 +72,12 @@ def trained_input(w):
 
 
 def trained_path_arg(w):
-    return f"--trained-path {built_dir(w.model)}" if built_dir(w.model) else ""
+    return f"--trained-path {shlex.quote(built_dir(w.model))}" if built_dir(w.model) else ""
 
 
 def finetuned_dir(model, name):
-    return f"{OUT}/finetuned/{model}/{name}"
+    """A further-trained stage: in the cache, under the key of what its weights are."""
+    return f"{CACHE}/finetuned/{finetune_key(C, model, name)}"
 
 
 def variant_dir(model, variant):
@@ -86,7 +94,7 @@ def variant_input(w):
 
 def variant_path_arg(w):
     path = variant_dir(w.model, w.variant)
-    return f"--variant-path {path}" if path else ""
+    return f"--variant-path {shlex.quote(path)}" if path else ""
 
 
 def model_resources(model, key, default):
@@ -146,14 +154,14 @@ def dump_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.dump_need(model, size, C["layers"], C["device"], THREADS, n_variants=len(j.variants))
+    return sizing.dump_need(model, size, K.layers_of(w.layers), C["device"], THREADS, n_variants=len(j.variants))
 
 
 def erank_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.erank_need(model, size, C["layers"], THREADS, n_variants=len(j.variants))
+    return sizing.erank_need(model, size, K.layers_of(w.layers), THREADS, n_variants=len(j.variants))
 
 
 def finetune_estimate(w):
@@ -191,7 +199,13 @@ def accuracy_files(model):
 def prepare_input(w):
     """The demo corpus part, or a local dataset's files (so editing one reruns `prepare`)."""
     source = C["datasets"][w.dataset]["source"]
-    return [str(demo_corpus_file(OUT, source["part"]))] if source["kind"] == "demo" else dataset_files(source)
+    return [str(demo_corpus_file(DEMO, source["part"]))] if source["kind"] == "demo" else dataset_files(source)
+
+
+def stage(w):
+    """The (model, stage name) of a finetune job, from its cache key."""
+    m, name = K.finetuned[w.stage]
+    return SimpleNamespace(model=m, name=name)
 
 
 def finetune_recipe(w):
@@ -225,7 +239,7 @@ def mm_model_input(w):
 
 def mm_model_path_arg(w):
     converted = minigpt_dir(w.model)
-    return f"--model-path {converted}" if converted else ""
+    return f"--model-path {shlex.quote(converted)}" if converted else ""
 
 
 def minigpt_files(w):
