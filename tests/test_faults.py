@@ -346,3 +346,62 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- issue 29 item 3: manifests are checksummed like the tables -------------------------------------
+def test_a_flipped_digit_in_a_dump_manifest_is_an_error_naming_it(tiny_opt, texts_file, tmp_path) -> None:
+    from diff_erank.storage import IntegrityError
+
+    spec = model_spec(tiny_opt)
+    D.dump_set(spec, ["trained"], texts_file, tmp_path / "set", device="cpu")
+    manifest = tmp_path / "set" / "trained" / D.MANIFEST
+    n_params = json.loads(manifest.read_text())["n_params"]
+    text = manifest.read_text()
+    flipped = str(n_params).replace(str(n_params)[0], str((int(str(n_params)[0]) + 1) % 10), 1)
+    manifest.write_text(text.replace(f'"n_params": {n_params}', f'"n_params": {flipped}'))
+    with pytest.raises(IntegrityError, match=rf"dump manifest {manifest} is corrupt.*delete the folder"):
+        measure_to_file(tmp_path / "set" / "trained", tmp_path / "t.parquet", texts_file)
+    manifest.write_text(text[: len(text) // 2])  # truncated: named, not a JSONDecodeError traceback
+    with pytest.raises(IntegrityError, match=rf"dump manifest {manifest} is truncated or not JSON"):
+        measure_to_file(tmp_path / "set" / "trained", tmp_path / "t.parquet", texts_file)
+    assert not (tmp_path / "t.parquet").exists()
+
+
+# -- issue 29 item 5: a truncated texts table and an out-of-memory read say what they are -----------
+def test_truncated_texts_and_out_of_memory_name_the_file(tmp_path) -> None:
+    from diff_erank.provenance import provenance
+    from diff_erank.storage import IntegrityError, read_provenance, write_parquet
+
+    texts = tmp_path / "texts.parquet"
+    rng = np.random.default_rng(0)
+    big = [rng.bytes(2000).hex() for _ in range(40_000)]  # ~160 MB of text, incompressible
+    write_parquet(pd.DataFrame({"text_id": range(len(big)), "text": big}), texts, provenance({}))
+    script = textwrap.dedent(
+        f"""
+        import re
+        from diff_erank.sizing import limit_memory
+        from diff_erank.storage import read_parquet
+        used = int(re.search(r"VmData:\\s+(\\d+)", open("/proc/self/status").read())[1]) // 1024
+        limit_memory(used + 64)  # a job's cap, well under the table
+        read_parquet({str(texts)!r})
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert f"out of memory while reading {texts}" in r.stderr and "mem_mb" in r.stderr, r.stderr[-2000:]
+    assert "unreadable" not in r.stderr
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(texts.read_bytes()[:-300])
+    with pytest.raises(IntegrityError, match=rf"{cut} is not a complete parquet file"):
+        read_provenance(cut)
+
+
+# -- issue 29 item 6: names that are no run folder -------------------------------------------------
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a" * 300])
+def test_a_run_name_that_is_no_folder_is_refused(name: str) -> None:
+    from helpers import REPO
+
+    from diff_erank.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^name: "):
+        load_config(REPO / "conf", ["experiment=ci", f"name={name}"])
