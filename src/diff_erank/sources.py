@@ -159,3 +159,26 @@ def model_identity(spec: dict[str, Any], variant: str, memo_dir: str | Path | No
             base = root if root.is_dir() else root.parent
             out["source"] = {"local": files_identity(files, base, memo_dir) or {"missing": source}}
     return out
+
+
+def changed_trained_file(folder: str | Path, memo_dir: str | Path | None = None) -> str | None:
+    """The first file of a finished zoo model folder whose bytes are not the ones its training
+    recorded (``training.json``: the SHA-256 of every file), or None.
+
+    Snakemake dates a directory output by its ``.snakemake_timestamp``, so an edit inside one (a
+    zoo model's ``tokenizer.json``) would rerun nothing; the workflow checks this when it builds
+    the DAG instead (hashes remembered by stat: a stat per file when nothing changed). A folder
+    without a readable record is left to the loader's own check (:func:`diff_erank.models.check_trained_dir`).
+    """
+    import json
+
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / "training.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for name, digest in sorted(files.items()):
+        path = folder / name
+        if not path.is_file() or file_sha256(path, memo_dir) != digest:
+            return name
+    return None

@@ -2,14 +2,15 @@
 import json
 import re
 import shlex
+import sys
 
 from types import SimpleNamespace
 
 from diff_erank import sizing
-from diff_erank.cache import KEY, Keys, finetune_key, zoo_key
+from diff_erank.cache import KEY, Keys, finetune_key, memo_dir, zoo_key
 from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
-from diff_erank.sources import dataset_files, image_files, model_files
+from diff_erank.sources import changed_trained_file, dataset_files, image_files, model_files
 from diff_erank.outputs import multimodal_files, report_files
 
 NAME = r"[A-Za-z0-9_.-]+"
@@ -36,6 +37,22 @@ DEMO = K.corpus or f"{CACHE}/demo/none"
 #: (so that the view's table is an output of this run's DAG, which reruns it when an input changes)
 TAGS = [LAYERS, *(t for t in K.wider_tables() if t != LAYERS)]
 TAG = "|".join(re.escape(t) for t in TAGS)
+
+
+def _check_zoo():
+    """Stop before any job if a finished zoo model folder was edited (Snakemake dates a directory by
+    its own timestamp file, so the edit would rerun nothing and the next load would refuse it)."""
+    for key, model in K.zoo.items():
+        folder = f"{DEMO}/zoo/{key}"
+        changed = changed_trained_file(folder, memo_dir(C)) if Path(folder).is_dir() else None
+        if changed:
+            sys.exit(
+                f"Cannot start: {folder}/{changed} (zoo model {model}) differs from the file its training "
+                f"wrote: delete the folder {folder} to train it again"
+            )
+
+
+_check_zoo()
 #: threads of the jobs that use several (cpus-per-task on Slurm; capped by --cores locally)
 THREADS = 4
 
