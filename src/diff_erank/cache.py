@@ -101,6 +101,13 @@ def zoo_key(cfg: dict[str, Any], model: str) -> str:
     return digest({"train": cfg["models"][model]["train"], "corpus": corpus_key(cfg)})
 
 
+def gguf_key(cfg: dict[str, Any], model: str) -> str:
+    """A GGUF entry's converted folder's key: the checkpoint (file, SHA-256, packages, published
+    config) and the dtype it is converted to; the run folder and the source folder's path are not."""
+    m = cfg["models"][model]
+    return digest({"gguf": m["gguf"], "dtype": m.get("dtype")})
+
+
 def texts_recipe(cfg: dict[str, Any], dataset: str, run: str | None = None) -> dict[str, Any]:
     """What determines a dataset's texts: its entry without labels, local files by their content
     (SHA-256, never the path as written), a demo part by its corpus's key. ``run`` is unused (kept
@@ -208,7 +215,10 @@ class Keys:
         #: zoo model key -> the first model trained by that recipe (a twin recipe trains once)
         self.zoo: dict[str, str] = {}
         self.finetuned: dict[str, tuple[str, str]] = {}  # stage key -> (model, stage name)
+        self.gguf: dict[str, str] = {}  # converted GGUF key -> the first model entry of that checkpoint
         for m, spec in cfg["models"].items():
+            if spec.get("gguf"):
+                self.gguf.setdefault(gguf_key(cfg, m), m)
             if spec.get("train"):
                 self.zoo.setdefault(zoo_key(cfg, m), m)
             for name in spec.get("finetune") or {}:

@@ -7,7 +7,7 @@ import sys
 from types import SimpleNamespace
 
 from diff_erank import sizing
-from diff_erank.cache import KEY, Keys, finetune_key, memo_dir, zoo_key
+from diff_erank.cache import KEY, Keys, finetune_key, gguf_key, memo_dir, zoo_key
 from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import changed_trained_file, dataset_files, image_files, model_files
@@ -81,7 +81,7 @@ def built_dir(model):
     spec = C["models"][model]
     if spec.get("train"):
         return zoo_dir(model)
-    return f"{OUT}/gguf/{model}/hf" if spec.get("gguf") else None
+    return f"{CACHE}/gguf/{gguf_key(C, model)}/hf" if spec.get("gguf") else None
 
 
 def trained_input(w):
