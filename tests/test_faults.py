@@ -474,3 +474,19 @@ def test_checkouts_sharing_a_cache_and_views_of_wider_tables_stay_true(tokenizer
     assert r.returncode == 0, r.stderr[-3000:]
     after = diff("one", "narrow")
     assert not np.allclose(after["diff_erank"], before["diff_erank"])
+
+
+def test_every_path_in_every_rule_is_quoted() -> None:
+    """A results_dir with a space broke `prepare` (its error went into a stray file `with`): each
+    {input}/{output}/{log} of a shell command is quoted with `:q`, as Snakemake offers."""
+    import re
+
+    from helpers import REPO
+
+    bare = re.compile(r"\{(input|output|log)(\.[A-Za-z_]+)?\}")
+    found = [
+        f"{smk.name}: {m.group(0)}"
+        for smk in sorted((REPO / "workflow" / "rules").glob("*.smk"))
+        for m in bare.finditer(smk.read_text())
+    ]
+    assert not found, found
