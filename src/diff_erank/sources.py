@@ -155,7 +155,8 @@ def model_identity(spec: dict[str, Any], variant: str, memo_dir: str | Path | No
             out["source"] = {"local": "gguf"}
         else:
             root = Path(source).expanduser()
-            files = [f for f in model_files({**spec, "tokenizer": None}, variant)]
+            loaded = "trained" if Variant.parse(variant).kind == "ft" else variant  # ft: trained from it
+            files = model_files({**spec, "tokenizer": None}, loaded)
             base = root if root.is_dir() else root.parent
             out["source"] = {"local": files_identity(files, base, memo_dir) or {"missing": source}}
     return out
