@@ -1,24 +1,32 @@
 """The measurement cache shared by every experiment: ``<results_dir>/cache/``.
 
-What determines a per-text eRank table is the model as loaded (source, revision, tokenizer, dtype,
-dump dtype, truncation; for a zoo or fine-tuned variant also its recipe and the run folder that
-built it), the variant, the prepared texts (the dataset's recipe; the file's SHA-256 is in every
-dump's fingerprint and Snakemake reruns what follows a rewritten texts file), the layers and the
-on-disk format. Their hash is a variant's key. One job measures every variant of one model on one
-dataset (the trained model, its untrained counterparts, its stages), so the model's code is
-imported, its tokenizer loaded and the texts tokenised once, not once per variant; the cache entry
-is keyed by that set of variant keys. Two experiments that measure the same thing (fig1, table4
-and table9 on OPT x dolly-15k) share one dump and one table set, whatever they are called, and a
-change to any part gives a new key: nothing stale is read.
+What determines a per-text eRank table is the model as loaded (hub source, revision, tokenizer,
+dtype, dump dtype, truncation; a local model folder or tokenizer by the SHA-256 of the files the
+variant loads; a zoo variant by its recipe and corpus; a fine-tuned one by its recipe, texts and
+starting point), the variant, the prepared texts (the dataset's recipe, local data files by their
+SHA-256), the device setting, the layers and the on-disk format. Their hash is a variant's key. No
+path as written and no run folder is part of a key: two checkouts with different files at the
+same relative path get two entries, and a renamed run, a twin experiment or a copied checkout
+gets the same ones (issue 29, item 1; issue 25, item 9). One job measures every variant of one
+model on one dataset (the trained model, its untrained counterparts, its stages), so the model's
+code is imported, its tokenizer loaded and the texts tokenised once, not once per variant; the
+cache entry is keyed by that set of variant keys. Two experiments that measure the same thing
+(fig1, table4 and table9 on OPT x dolly-15k) share one dump and one table set, whatever they are
+called, and a change to any part gives a new key: nothing stale is read.
 
     cache/texts/<texts key>.parquet               prepared texts
     cache/dumps/<key>/<layers>/<variant>/         hidden states per variant (temp() unless keep_dumps)
     cache/erank/<key>/<layers>/<variant>.parquet  per-text eRank, with <layers>.json: what the key is
+    cache/demo/<corpus key>/corpus/, zoo/         the demo corpus, its tokenizer, zoo/<model key>/
+    cache/finetuned/<key>/, cache/gguf/<key>/hf/  further-trained stages, converted GGUF checkpoints
+    cache/sha256/                                 SHA-256 of local files, remembered by path and stat
 
 The run folder's ``erank/<model>/<dataset>/<variant>.parquet`` is a view of a cached table (made by
 the ``diff`` step): its layers, or the first k texts of a larger sample drawn with the same seed
 (table11's 1,000 and 5,000 are the first texts of its 10,000), with provenance naming the cached
-table it came from. A table set with more layers serves a run that asks for fewer.
+table it came from. A table set with more layers serves a run that asks for fewer; that run's own
+dump and erank rules then make that layer set, so its DAG ties the table to its inputs, and the
+view checks the texts' SHA-256 the table records (issue 29, item 2).
 
 Snakefile-cheap: stdlib only (:func:`select`, which the ``diff`` step calls, imports pandas).
 """
