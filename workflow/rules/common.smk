@@ -171,14 +171,16 @@ def dump_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.dump_need(model, size, K.layers_of(w.layers), C["device"], THREADS, n_variants=len(j.variants))
+    layers = K.layers_of(getattr(w, "layers", LAYERS))  # this run's, or a wider set it reads from
+    return sizing.dump_need(model, size, layers, C["device"], THREADS, n_variants=len(j.variants))
 
 
 def erank_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.erank_need(model, size, K.layers_of(w.layers), THREADS, n_variants=len(j.variants))
+    layers = K.layers_of(getattr(w, "layers", LAYERS))
+    return sizing.erank_need(model, size, layers, THREADS, n_variants=len(j.variants))
 
 
 def finetune_estimate(w):
