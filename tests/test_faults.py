@@ -398,14 +398,16 @@ def test_truncated_texts_and_out_of_memory_name_the_file(tmp_path) -> None:
 
 
 # -- issue 29 item 6: names that are no run folder -------------------------------------------------
-@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a" * 300])
-def test_a_run_name_that_is_no_folder_is_refused(name: str) -> None:
+@pytest.mark.parametrize(
+    "override", ["name=..", "name=.", "name=.hidden", f"name={'a' * 300}", "results_dir=''"]
+)
+def test_a_run_name_that_is_no_folder_is_refused(override: str) -> None:
     from helpers import REPO
 
     from diff_erank.config import load_config
 
-    with pytest.raises(ConfigError, match=r"^name: "):
-        load_config(REPO / "conf", ["experiment=ci", f"name={name}"])
+    with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]}: "):
+        load_config(REPO / "conf", ["experiment=ci", override])
 
 
 # -- issue 29 items 1, 2 and 6 through Snakemake: shared caches, views, a results folder with a space ----
