@@ -60,7 +60,6 @@ def test_a_registered_metric_is_measured_and_summarised(
     row = df[(df["role"] == "untrained") & (df["layer"] == trained["layer"].iloc[0])].iloc[0]
     texts = trained[trained["layer"] == row["layer"]]
     assert row["participation_ratio_trained"] == pytest.approx(texts["participation_ratio"].mean())
-    assert (
-        list(df.columns).index("participation_ratio_trained")
-        == list(df.columns).index("normalized_entropy_trained") + 1
-    )
+    assert list(df.columns).index("participation_ratio_trained") == list(df.columns).index(
+        "normalized_entropy_trained"
+    ) + 1

@@ -102,7 +102,9 @@ class Tokenised:
     min_tokens: int = MIN_TOKENS  # the bound ``n_short`` was counted against
 
 
-def tokenise(tokenizer, texts: Sequence[str], max_length: int, min_tokens: int = MIN_TOKENS) -> Tokenised:
+def tokenise(
+    tokenizer, texts: Sequence[str], max_length: int, min_tokens: int = MIN_TOKENS
+) -> Tokenised:
     """Token ids of the texts worth measuring; skipped texts are counted, never silently dropped.
 
     A text that is empty after stripping is skipped (a tokenizer turns ``"   "`` into real tokens
