@@ -81,6 +81,9 @@ def image_files(source: dict[str, Any]) -> list[str]:
 # so a large local model is hashed once, not once per job.
 
 
+_SEEN: dict[str, str] = {}
+
+
 def _memo_name(path: Path, st: os.stat_result) -> str:
     facts = f"{path.resolve()}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
     return hashlib.sha256(facts.encode()).hexdigest()[:32]
@@ -90,17 +93,21 @@ def file_sha256(path: str | Path, memo_dir: str | Path | None = None) -> str:
     """The SHA-256 of a file's bytes, remembered under ``memo_dir`` while its stat is unchanged."""
     path = Path(path).expanduser()
     st = path.stat()
-    memo = Path(memo_dir) / _memo_name(path, st) if memo_dir else None
+    name = _memo_name(path, st)
+    if name in _SEEN:  # one Snakefile evaluation keys every variant x dataset: hash each file once
+        return _SEEN[name]
+    memo = Path(memo_dir) / name if memo_dir else None
     if memo is not None:
         with contextlib.suppress(OSError):
             text = memo.read_text().strip()
             if len(text) == 64:
+                _SEEN[name] = text
                 return text
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
-    digest = h.hexdigest()
+    digest = _SEEN[name] = h.hexdigest()
     if memo is not None:  # best effort: a read-only cache only costs the hash again
         with contextlib.suppress(OSError):
             memo.parent.mkdir(parents=True, exist_ok=True)
