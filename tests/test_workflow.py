@@ -62,7 +62,7 @@ def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
     assert side["config"]["name"] == "ci" and "transformers" in side["versions"]
     assert (ci_run / "figures" / "size.png").stat().st_size > 1000
     assert "Spearman" in (ci_run / "summary.md").read_text()
-    assert not any((ci_run.parent / "cache").rglob("*.safetensors"))  # dumps are temp()
+    assert not any((ci_run.parent / "cache" / "dumps").rglob("*.safetensors"))  # dumps are temp()
     assert prov["cache"]["key"]["layers"] == ["last"] and prov["cache"]["table"].startswith(
         "results/cache/erank/"
     )
@@ -257,8 +257,9 @@ def test_a_twin_or_a_copy_of_ci_trains_and_dumps_nothing(ci_run: Path, tmp_path:
     entry = copy / prov["cache"]["table"]
     shutil.rmtree(entry.parent)
     entry.parent.with_suffix(".json").unlink()
-    r = snakemake(copy, "-n")
+    r = snakemake(copy, "-n")  # it used to say "Nothing to be done" and leave the entry missing
     assert _jobs(r).get("dump") == 1 and _jobs(r).get("erank") == 1, r.stdout[-3000:]
+    assert _jobs(r).get("diff") == 1 and _jobs(r).get("report") == 1
     tok = copy / zoo_model_dir("zoo-opt-xs") / "main" / "tokenizer.json"
     tok.write_text(tok.read_text() + " ")  # an edit inside a directory output
     r = snakemake(copy, "-n")

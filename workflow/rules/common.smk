@@ -283,6 +283,17 @@ def mm_outputs():
     return [f"{OUT}/{path}" for path in multimodal_files(C).values()]
 
 
+def cache_entries():
+    """The cached table sets (and key files) this run's views read. They are targets of `all`:
+    Snakemake skips a missing intermediate whose consumers are up to date, so a cache entry deleted
+    under a finished run folder would stay missing ("Nothing to be done"); as a target it is
+    measured again, and the views that read it are then older than their input and remade."""
+    if not C["models"]:
+        return []
+    tables = sorted({K.source_table(m, d) for m, d in K.sets})
+    return [f for t in tables for f in (t, f"{t}.json")]
+
+
 def report_outputs():
     """What `all` asks for: the language-model report (if any models) and the multi-modal one."""
     outs = []
