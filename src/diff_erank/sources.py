@@ -108,9 +108,11 @@ def file_sha256(path: str | Path, memo_dir: str | Path | None = None) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     digest = _SEEN[name] = h.hexdigest()
-    if memo is not None:  # best effort: a read-only cache only costs the hash again
+    # best effort: a read-only cache only costs the hash again; nothing is created where no run has
+    # made the cache yet (a dry run on a fresh checkout writes nothing)
+    if memo is not None and memo.parent.parent.is_dir():
         with contextlib.suppress(OSError):
-            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.parent.mkdir(exist_ok=True)
             tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
             tmp.write_text(digest + "\n")
             os.replace(tmp, memo)
