@@ -249,8 +249,14 @@ def test_a_local_model_is_keyed_by_its_files(tiny_opt, tmp_path, monkeypatch) ->
     weights = tmp_path / "copy" / "main" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 1  # other weights at the same path
+    init = ("opt-125m", "init-s0", "dolly-15k")
+    init_before = cache.Keys(cfg(*copied), "results/other").measured[init]
     weights.write_bytes(bytes(data))
     assert cache.Keys(cfg(*copied), "results/other").measured[job] != base
+    assert cache.Keys(cfg(*copied), "results/other").measured[init] == init_before  # M0 reads no weights
+    tok = tmp_path / "copy" / "main" / "tokenizer.json"
+    tok.write_text(tok.read_text() + " ")  # but its texts are tokenised by the folder's tokenizer
+    assert cache.Keys(cfg(*copied), "results/other").measured[init] != init_before
 
 
 def test_no_run_folder_is_part_of_a_key_and_the_zoo_is_cached_by_recipe(tmp_path, monkeypatch) -> None:

@@ -82,6 +82,8 @@ def image_files(source: dict[str, Any]) -> list[str]:
 
 
 _SEEN: dict[str, str] = {}
+#: Files an untrained (init-s<seed>) variant does not read: its key holds the config and tokenizer.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 
 
 def _memo_name(path: Path, st: os.stat_result) -> str:
@@ -164,8 +166,11 @@ def model_identity(spec: dict[str, Any], variant: str, memo_dir: str | Path | No
             out["source"] = {"local": "gguf"}
         else:
             root = Path(source).expanduser()
-            loaded = "trained" if Variant.parse(variant).kind == "ft" else variant  # ft: trained from it
+            kind = Variant.parse(variant).kind
+            loaded = variant if kind in ("trained", "rev") else "trained"  # ft: trained from it
             files = model_files({**spec, "tokenizer": None}, loaded)
+            if kind == "init":  # built from the config, tokenised by the folder's tokenizer: no weights
+                files = [f for f in files if not f.endswith(WEIGHT_SUFFIXES)]
             base = root if root.is_dir() else root.parent
             out["source"] = {"local": files_identity(files, base, memo_dir) or {"missing": source}}
     return out
