@@ -60,4 +60,5 @@ include: "workflow/rules/multimodal.smk"
 rule all:
     input:
         report_outputs(),
+        cache_entries(),
     default_target: True

@@ -14,8 +14,9 @@ pipeline's own ``erank_stats``; float32 models, float64 eRank):
       (every 2-D weight whose rows are whole 32-blocks), eRank before and after; the same for the
       untrained SmolLM2 init.
 
-    python benchmarks/sign_smollm2.py --model results/demo/gguf/smollm2-135m/hf \\
-        --texts results/demo/corpus/topics-eval.jsonl --zoo results/demo/zoo/zoo-opt-l/main
+    python benchmarks/sign_smollm2.py --model results/cache/gguf/<key>/hf \\
+        --texts results/cache/demo/<corpus key>/corpus/topics-eval.jsonl \\
+        --zoo results/cache/demo/<corpus key>/zoo/<zoo-opt-l key>/main
 
 ``--model`` is the converted directory the workflow makes: its ``config.json`` holds the
 published init fields a GGUF file lacks (a config read straight from the GGUF would hold

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 
 import pandas as pd
 import pytest
@@ -192,3 +194,121 @@ def test_a_table_with_more_layers_serves_a_run_that_asks_for_fewer(tmp_path, mon
     tables.with_suffix(".json").write_text(json.dumps(t4.describe(key)))
     assert f1.source_table(*job) == str(t4.table_path(key))  # table4's four layers hold fig1's last
     assert t4.describe(key)["layers"] == ["embeddings", "first", "middle", "last"]
+
+
+# -- issue 29 item 1 and issue 25 item 9: keys from content and recipes, never from paths -------------
+def _local_dolly(path: str) -> list[str]:
+    from helpers.paper import local_source
+
+    return ["experiment=table9", *local_source("dolly-15k", path)]
+
+
+def test_a_local_file_is_keyed_by_its_content_not_its_spelling(tmp_path, monkeypatch) -> None:
+    """Two checkouts sharing results/cache, each with its own data/topics.jsonl: two texts keys. The
+    same bytes spelled another way (absolute, or a copied checkout) are one key."""
+    rows = {"a": ["one", "two", "three"], "b": ["one", "two"]}
+    for checkout, texts in rows.items():
+        (tmp_path / checkout / "data").mkdir(parents=True)
+        (tmp_path / checkout / "data" / "dolly.jsonl").write_text(
+            "".join(json.dumps({"context": t}) + "\n" for t in texts)
+        )
+    keys = {}
+    for checkout in rows:
+        monkeypatch.chdir(tmp_path / checkout)
+        keys[checkout] = cache.Keys(cfg(*_local_dolly("data/dolly.jsonl")), "results/table9")
+    assert keys["a"].texts["dolly-15k"] != keys["b"].texts["dolly-15k"]
+    job = ("opt-125m", "dolly-15k")
+    assert keys["a"].sets[job] != keys["b"].sets[job]
+    absolute = cache.Keys(cfg(*_local_dolly(str(tmp_path / "b" / "data" / "dolly.jsonl"))), "x/y")
+    shutil.copytree(tmp_path / "b", tmp_path / "b-copy")
+    monkeypatch.chdir(tmp_path / "b-copy")
+    copied = cache.Keys(cfg(*_local_dolly("data/dolly.jsonl")), "results/table9")
+    assert absolute.sets[job] == copied.sets[job] == keys["b"].sets[job]
+
+
+def test_an_edit_with_the_mtime_set_back_is_a_new_key(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "dolly.jsonl"
+    data.write_text(json.dumps({"context": "first"}) + "\n")
+    before = cache.Keys(cfg(*_local_dolly(str(data))), "results/table9").texts["dolly-15k"]
+    stamp = data.stat().st_mtime_ns
+    data.write_text(json.dumps({"context": "other"}) + "\n")  # same size, same mtime after utime
+    os.utime(data, ns=(stamp, stamp))
+    after = cache.Keys(cfg(*_local_dolly(str(data))), "results/table9").texts["dolly-15k"]
+    assert after != before
+
+
+def test_a_local_model_is_keyed_by_its_files(tiny_opt, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    over = ["experiment=table9", f"models.opt-125m.source={tiny_opt}", "models.opt-125m.revision=main"]
+    job = ("opt-125m", "trained", "dolly-15k")
+    base = cache.Keys(cfg(*over), "results/table9").measured[job]
+    shutil.copytree(tiny_opt, tmp_path / "copy")
+    copied = [*over[:1], f"models.opt-125m.source={tmp_path / 'copy'}", over[2]]
+    assert cache.Keys(cfg(*copied), "results/other").measured[job] == base
+    weights = tmp_path / "copy" / "main" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 1  # other weights at the same path
+    init = ("opt-125m", "init-s0", "dolly-15k")
+    init_before = cache.Keys(cfg(*copied), "results/other").measured[init]
+    weights.write_bytes(bytes(data))
+    assert cache.Keys(cfg(*copied), "results/other").measured[job] != base
+    assert cache.Keys(cfg(*copied), "results/other").measured[init] == init_before  # M0 reads no weights
+    tok = tmp_path / "copy" / "main" / "tokenizer.json"
+    tok.write_text(tok.read_text() + " ")  # but its texts are tokenised by the folder's tokenizer
+    assert cache.Keys(cfg(*copied), "results/other").measured[init] != init_before
+
+
+def test_no_run_folder_is_part_of_a_key_and_the_zoo_is_cached_by_recipe(tmp_path, monkeypatch) -> None:
+    """A twin of `ci` under another name, a copied checkout, another results folder: one zoo, one key."""
+    monkeypatch.chdir(tmp_path)
+    ci = cache.Keys(cfg("experiment=ci"), "results/ci")
+    twin = cache.Keys(cfg("experiment=ci", "name=ci-20"), "results/ci-20")
+    moved = cache.Keys(cfg("experiment=ci"), str(tmp_path / "elsewhere" / "results" / "ci"))
+    assert ci.sets == twin.sets == moved.sets and ci.texts == twin.texts == moved.texts
+    assert ci.corpus == twin.corpus and ci.corpus.startswith("results/cache/demo/")
+    assert set(ci.zoo.values()) == {"zoo-opt-xs", "zoo-opt-s", "zoo-neox-xs"}
+    longer = cache.Keys(cfg("experiment=ci", "models.zoo-opt-xs.train.steps=61"), "results/ci")
+    assert set(longer.zoo) ^ set(ci.zoo) and longer.sets != ci.sets  # another recipe: another model
+    other_corpus = cache.Keys(cfg("experiment=ci", "corpus.seed=1"), "results/ci")
+    assert other_corpus.corpus != ci.corpus and other_corpus.texts != ci.texts
+
+
+def test_the_device_is_part_of_the_key() -> None:
+    job = ("opt-125m", "trained", "dolly-15k")
+    keys = {
+        d: cache.Keys(cfg("experiment=table9", f"device={d}"), "r/t").measured[job] for d in ("cpu", "cuda")
+    }
+    assert keys["cpu"] != keys["cuda"]
+
+
+# -- issue 29 item 2: a view never pairs one run's texts with a table measured on others -----------------
+def test_a_view_refuses_a_table_measured_on_other_texts(tmp_path) -> None:
+    from diff_erank.storage import IntegrityError, sha256
+
+    tpath, table = _tables(tmp_path, 6_458_670, 40)
+    write_parquet(
+        read_parquet_plain(table), table, provenance(dump={"n_texts_in": 40, "texts_sha256": sha256(tpath)})
+    )
+    cache.select(table, tmp_path / "ok.parquet", ["last"], tpath)  # its own texts: read
+    other = tmp_path / "other.parquet"
+    write_parquet(pd.DataFrame({"text_id": [0], "text": ["x"]}), other, provenance({}))
+    with pytest.raises(IntegrityError, match=r"was measured on other texts than .*other\.parquet"):
+        cache.select(table, tmp_path / "view.parquet", ["last"], other)
+
+
+def read_parquet_plain(path):
+    return pd.read_parquet(path)
+
+
+def test_a_damaged_cached_table_names_the_entry_to_delete(tmp_path) -> None:
+    from diff_erank.storage import IntegrityError
+
+    tpath, table = _tables(tmp_path, 6_458_670, 40)
+    keyfile = table.parent.with_suffix(".json")
+    keyfile.write_text(keyfile.read_text()[:10])  # a truncated key file: no JSONDecodeError traceback
+    with pytest.raises(IntegrityError, match=r"key file .*first\+last\.json is unreadable or truncated"):
+        cache.select(table, tmp_path / "view.parquet", ["last"], tpath)
+    table.write_bytes(table.read_bytes()[:-100])  # a truncated table: the folder to delete, not "it"
+    with pytest.raises(IntegrityError, match=r"delete the cache entry .*/erank/k/first\+last/ and"):
+        cache.select(table, tmp_path / "view.parquet", ["last"], tpath)

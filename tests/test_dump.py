@@ -160,6 +160,8 @@ def test_corrupt_shard_is_named(tiny_opt, texts_file, tmp_path) -> None:
     shard.write_bytes(data[: len(data) // 2])
     with pytest.raises(D.ShardError, match=shard.name):
         measure(out)
+    with pytest.raises(D.ShardError, match=rf"delete the folder {tmp_path} and rerun"):  # advice (issue 29.5)
+        measure(out)
     shutil.rmtree(out)
     with pytest.raises(D.ShardError, match="not a finished dump"):
         measure(out)

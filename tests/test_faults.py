@@ -331,9 +331,10 @@ def test_local_inputs_rerun_and_the_run_folder_is_locked(tokenizer_dir, tmp_path
     with data.open("a") as f:
         f.write(json.dumps({"context": "an edited dataset file is an input of prepare"}) + "\n")
     assert jobs(snakemake(work, "-n", *at, overrides=overrides)) >= {"prepare", "dump", "erank"}
-    os.utime(data, ns=(stamp, stamp))
+    os.utime(data, ns=(stamp, stamp))  # the edit stays: its content is a new texts key (issue 29.4)
+    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) >= {"prepare", "dump", "erank"}
     save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # replaced weights rerun the dump
-    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) == {"dump", "erank", "diff"}
+    assert jobs(snakemake(work, "-n", *at, overrides=overrides)) >= {"dump", "erank", "diff"}
 
 
 def test_atomic_writes_get_the_usual_file_mode(tmp_path) -> None:
@@ -346,3 +347,148 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- issue 29 item 3: manifests are checksummed like the tables -------------------------------------
+def test_a_flipped_digit_in_a_dump_manifest_is_an_error_naming_it(tiny_opt, texts_file, tmp_path) -> None:
+    from diff_erank.storage import IntegrityError
+
+    spec = model_spec(tiny_opt)
+    D.dump_set(spec, ["trained"], texts_file, tmp_path / "set", device="cpu")
+    manifest = tmp_path / "set" / "trained" / D.MANIFEST
+    n_params = json.loads(manifest.read_text())["n_params"]
+    text = manifest.read_text()
+    flipped = str(n_params).replace(str(n_params)[0], str((int(str(n_params)[0]) + 1) % 10), 1)
+    manifest.write_text(text.replace(f'"n_params": {n_params}', f'"n_params": {flipped}'))
+    with pytest.raises(IntegrityError, match=rf"dump manifest {manifest} is corrupt.*delete the folder"):
+        measure_to_file(tmp_path / "set" / "trained", tmp_path / "t.parquet", texts_file)
+    manifest.write_text(text[: len(text) // 2])  # truncated: named, not a JSONDecodeError traceback
+    with pytest.raises(IntegrityError, match=rf"dump manifest {manifest} is truncated or not JSON"):
+        measure_to_file(tmp_path / "set" / "trained", tmp_path / "t.parquet", texts_file)
+    assert not (tmp_path / "t.parquet").exists()
+
+
+# -- issue 29 item 5: a truncated texts table and an out-of-memory read say what they are -----------
+def test_truncated_texts_and_out_of_memory_name_the_file(tmp_path) -> None:
+    from diff_erank.provenance import provenance
+    from diff_erank.storage import IntegrityError, read_provenance, write_parquet
+
+    texts = tmp_path / "texts.parquet"
+    rng = np.random.default_rng(0)
+    big = [rng.bytes(2000).hex() for _ in range(40_000)]  # ~160 MB of text, incompressible
+    write_parquet(pd.DataFrame({"text_id": range(len(big)), "text": big}), texts, provenance({}))
+    script = textwrap.dedent(
+        f"""
+        import re
+        from diff_erank.sizing import limit_memory
+        from diff_erank.storage import read_parquet
+        used = int(re.search(r"VmData:\\s+(\\d+)", open("/proc/self/status").read())[1]) // 1024
+        limit_memory(used + 64)  # a job's cap, well under the table
+        read_parquet({str(texts)!r})
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert f"out of memory while reading {texts}" in r.stderr and "mem_mb" in r.stderr, r.stderr[-2000:]
+    assert "unreadable" not in r.stderr
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(texts.read_bytes()[:-300])
+    with pytest.raises(IntegrityError, match=rf"{cut} is not a complete parquet file"):
+        read_provenance(cut)
+
+
+# -- issue 29 item 6: names that are no run folder -------------------------------------------------
+@pytest.mark.parametrize(
+    "override", ["name=..", "name=.", "name=.hidden", f"name={'a' * 300}", "results_dir=''"]
+)
+def test_a_run_name_that_is_no_folder_is_refused(override: str) -> None:
+    from helpers import REPO
+
+    from diff_erank.config import load_config
+
+    with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]}: "):
+        load_config(REPO / "conf", ["experiment=ci", override])
+
+
+# -- issue 29 items 1, 2 and 6 through Snakemake: shared caches, views, a results folder with a space ----
+def _jobs(r: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rules and counts in a dry run's job table."""
+    rows = [ln.split() for ln in r.stdout.splitlines()]
+    return {w[0]: int(w[1]) for w in rows if len(w) == 2 and w[0].isidentifier() and w[1].isdigit()}
+
+
+@pytest.mark.slow
+def test_checkouts_sharing_a_cache_and_views_of_wider_tables_stay_true(tokenizer_dir, tmp_path) -> None:
+    """Two checkouts share results/cache (a symlink), each with its own data/dolly.jsonl: each reports
+    its own texts. A narrow run reading `last` from a wide run's table reruns that table when the
+    model's weights are replaced (it used to say "Nothing to be done" and keep the old numbers). The
+    results folder has a space in its name: every path of every rule is quoted."""
+    from helpers.paper import local_source
+    from helpers.workflow import snakemake
+
+    save_tiny(tmp_path / "model", "opt", tokenizer_dir)
+    base = [
+        "experiment=table9",
+        *[f"~models.opt-{s}" for s in ("1_3b", "2_7b", "6_7b", "13b")],
+        f"models.opt-125m.source={tmp_path / 'model'}",
+        "models.opt-125m.revision=main",
+        *local_source("dolly-15k", "data/dolly.jsonl"),  # relative: each checkout's own file
+        "model.max_length=64",
+        "model.batch_tokens=512",
+        "results_dir='my results'",
+    ]
+    n_texts = {"one": 8, "two": 6}
+    for checkout, n in n_texts.items():
+        (tmp_path / checkout / "data").mkdir(parents=True)
+        (tmp_path / checkout / "data" / "dolly.jsonl").write_text(
+            "".join(json.dumps({"context": t}) + "\n" for t in _paragraphs(n))
+        )
+    (tmp_path / "two" / "my results").mkdir()
+    (tmp_path / "two" / "my results" / "cache").symlink_to(tmp_path / "one" / "my results" / "cache")
+
+    def diff(checkout: str, name: str) -> pd.DataFrame:
+        return pd.read_parquet(
+            tmp_path / checkout / "my results" / name / "diff" / "opt-125m" / "dolly-15k.parquet"
+        )
+
+    target = ("--cores", "2", "my results/{}/diff/opt-125m/dolly-15k.parquet")
+    for checkout in n_texts:
+        at = (*target[:2], target[2].format("table9"))
+        r = snakemake(tmp_path / checkout, *at, overrides=base)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert not (tmp_path / checkout / "with").exists()  # no stray file from an unquoted path
+    assert (diff("one", "table9")["n_texts"] == 8).all() and (diff("two", "table9")["n_texts"] == 6).all()
+
+    wide = [*base, "name=wide", "layers=[first,last]"]
+    narrow = [*base, "name=narrow", "layers=[last]"]
+    work = tmp_path / "one"
+    r = snakemake(work, *target[:2], target[2].format("wide"), overrides=wide)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = snakemake(work, "-n", *target[:2], target[2].format("narrow"), overrides=narrow)
+    assert "dump" not in _jobs(r) and _jobs(r).get("diff") == 1, r.stdout[-3000:]  # read from wide's table
+    r = snakemake(work, *target[:2], target[2].format("narrow"), overrides=narrow)
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = diff("one", "narrow")
+    save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # other weights at the same path
+    r = snakemake(work, "-n", *target[:2], target[2].format("narrow"), overrides=narrow)
+    assert _jobs(r).get("dump") == 1 and _jobs(r).get("erank") == 1, r.stdout[-3000:]
+    r = snakemake(work, *target[:2], target[2].format("narrow"), overrides=narrow)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = diff("one", "narrow")
+    assert not np.allclose(after["diff_erank"], before["diff_erank"])
+
+
+def test_every_path_in_every_rule_is_quoted() -> None:
+    """A results_dir with a space broke `prepare` (its error went into a stray file `with`): each
+    {input}/{output}/{log} of a shell command is quoted with `:q`, as Snakemake offers."""
+    import re
+
+    from helpers import REPO
+
+    bare = re.compile(r"\{(input|output|log)(\.[A-Za-z_]+)?\}")
+    found = [
+        f"{smk.name}: {m.group(0)}"
+        for smk in sorted((REPO / "workflow" / "rules").glob("*.smk"))
+        for m in bare.finditer(smk.read_text())
+    ]
+    assert not found, found

@@ -388,8 +388,9 @@ def test_workflow_runs_a_gguf_entry_from_a_local_folder(tiny_gguf, tmp_path) -> 
     r = snakemake(tmp_path, target, overrides=["experiment=ci", f"+models.tinyg={entry}"])
     assert r.returncode == 0, r.stderr[-4000:]
     out = tmp_path / "results" / "ci"
-    assert json.loads((out / "gguf/tinyg/hf/gguf.json").read_text())["quantization"] == "Q8_0"
-    log = (out / "logs/convert_gguf/tinyg.log").read_text()
-    assert "converted" in log and not (out / "gguf/tinyg" / file).exists()  # a local file is not copied
+    (converted,) = (tmp_path / "results" / "cache" / "gguf").glob("*/hf")  # in the cache, by checkpoint
+    assert json.loads((converted / "gguf.json").read_text())["quantization"] == "Q8_0"
+    log = (out / "logs/convert_gguf" / f"{converted.parent.name}.log").read_text()
+    assert "converted" in log and not (converted.parent / file).exists()  # a local file is not copied
     table = pd.read_parquet(tmp_path / target)
     assert set(table["variant"]) >= {"init-s0"} and np.isfinite(table["diff_erank"]).all()

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import REPO
-from helpers.workflow import snakemake, snakemake_cmd, snakemake_env, texts_of
+from helpers.workflow import snakemake, snakemake_cmd, snakemake_env, texts_of, zoo_model_dir
 
 from diff_erank.storage import read_provenance
 
@@ -62,7 +62,7 @@ def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
     assert side["config"]["name"] == "ci" and "transformers" in side["versions"]
     assert (ci_run / "figures" / "size.png").stat().st_size > 1000
     assert "Spearman" in (ci_run / "summary.md").read_text()
-    assert not any((ci_run.parent / "cache").rglob("*.safetensors"))  # dumps are temp()
+    assert not any((ci_run.parent / "cache" / "dumps").rglob("*.safetensors"))  # dumps are temp()
     assert prov["cache"]["key"]["layers"] == ["last"] and prov["cache"]["table"].startswith(
         "results/cache/erank/"
     )
@@ -77,7 +77,8 @@ def test_job_logs_are_clean_lines(ci_run: Path) -> None:
     for log in logs:
         text = log.read_bytes().decode()
         assert "\r" not in text and "Warning" not in text, f"{log}:\n{text[-2000:]}"
-    assert "(end)" in (ci_run / "logs" / "train" / "zoo-opt-xs.log").read_text()
+    zoo_key = Path(zoo_model_dir("zoo-opt-xs")).name
+    assert "(end)" in (ci_run / "logs" / "train" / f"{zoo_key}.log").read_text()
 
 
 def test_second_run_does_nothing(ci_run: Path) -> None:
@@ -135,22 +136,24 @@ def test_config_pairs_reach_the_jobs_and_unknown_keys_stop(tmp_path: Path) -> No
 
 def test_a_run_folder_holds_one_configuration(tmp_path: Path) -> None:
     """A changed config stops before any job unless the run is named; a named run goes its own way."""
-    corpus = "results/ci/corpus/corpus.json"
+    corpus = "results/ci/config.json"  # a cheap job of the run folder (the corpus lives in the cache)
     r = snakemake(tmp_path, corpus, config=["experiment=ci"])
     assert r.returncode == 0, r.stderr[-3000:]
     before = (tmp_path / corpus).stat().st_mtime_ns
     changed = ["experiment=ci", "dataset={max_texts: 5}"]
-    r = snakemake(tmp_path, corpus, "--forcerun", "corpus", config=changed)
+    r = snakemake(tmp_path, corpus, "--forcerun", "resolved_config", config=changed)
     assert r.returncode != 0
     assert "Cannot start: results/ci/ holds the results of another configuration" in r.stderr
     assert "datasets.topics.max_texts: null -> 5" in r.stderr and "name=ci-" in r.stderr
     assert (tmp_path / corpus).stat().st_mtime_ns == before  # no job ran
-    named = "results/ci-5/corpus/corpus.json"
+    named = "results/ci-5/config.json"
     r = snakemake(tmp_path, named, config=["experiment=ci", "dataset={max_texts: 5}", "name=ci-5"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / named).is_file() and (tmp_path / "results/ci-5/config.yaml").is_file()
     nowhere = ["experiment=ci", "models={zoo-opt-xs: {source: ./nowhere}}"]
-    r = snakemake(tmp_path, corpus, "--forcerun", "corpus", config=nowhere)  # onstart runs only if a job does
+    r = snakemake(
+        tmp_path, corpus, "--forcerun", "resolved_config", config=nowhere
+    )  # onstart: only if a job runs
     assert r.returncode != 0
     assert "Cannot start: models.zoo-opt-xs.source: the local model directory ./nowhere" in r.stderr
 
@@ -162,9 +165,9 @@ def test_a_hard_killed_run_is_recovered_by_the_plain_rerun(tmp_path: Path) -> No
     """
     from diff_erank.runfolder import running_jobs
 
-    target = "results/ci/zoo/zoo-opt-xs"
+    target = zoo_model_dir("zoo-opt-xs")
     cmd = snakemake_cmd(tmp_path, target, config=["experiment=ci"])
-    log = tmp_path / "results/ci/logs/train/zoo-opt-xs.log"
+    log = tmp_path / f"results/ci/logs/train/{Path(target).name}.log"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     with subprocess.Popen(cmd, env=snakemake_env(), **quiet) as run:
         deadline = time.monotonic() + 300
@@ -225,3 +228,40 @@ def test_html_report(ci_run: Path) -> None:
     assert len(params) == 9  # one per result shown
     assert all(p.startswith("experiment=ci, models=zoo-opt-xs zoo-opt-s zoo-neox-xs, ") for p in params)
     assert all(len(p) < 200 for p in params)  # not the resolved config as escaped JSON
+
+
+def _jobs(r: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rules and counts in a dry run's job table."""
+    rows = [ln.split() for ln in r.stdout.splitlines()]
+    return {w[0]: int(w[1]) for w in rows if len(w) == 2 and w[0].isidentifier() and w[1].isdigit()}
+
+
+def test_a_twin_or_a_copy_of_ci_trains_and_dumps_nothing(ci_run: Path, tmp_path: Path) -> None:
+    """Issue 25.9 and 29.1: the corpus, tokenizer and zoo are cached by their recipe and no key holds
+    a run folder, so another name plans only its views; a copied checkout plans nothing. Issue
+    29.4: a deleted cache entry is measured again, and an edit inside a zoo model folder stops the
+    run (Snakemake alone would never see it)."""
+    import shutil
+
+    work = ci_run.parents[1]
+    r = snakemake(work, "-n", config=["experiment=ci", "name=ci-twin"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = _jobs(r)
+    assert not {"corpus", "tokenizer", "train", "prepare", "dump", "erank"} & set(jobs), jobs
+    assert jobs["diff"] == 3
+    copy = tmp_path / "copy"
+    shutil.copytree(work, copy, symlinks=True)
+    r = snakemake(copy, "-n")
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:]
+    prov = read_provenance(copy / "results" / "ci" / "erank" / "zoo-opt-xs" / "topics" / "trained.parquet")
+    entry = copy / prov["cache"]["table"]
+    shutil.rmtree(entry.parent)
+    entry.parent.with_suffix(".json").unlink()
+    r = snakemake(copy, "-n")  # it used to say "Nothing to be done" and leave the entry missing
+    assert _jobs(r).get("dump") == 1 and _jobs(r).get("erank") == 1, r.stdout[-3000:]
+    assert _jobs(r).get("diff") == 1 and _jobs(r).get("report") == 1
+    tok = copy / zoo_model_dir("zoo-opt-xs") / "main" / "tokenizer.json"
+    tok.write_text(tok.read_text() + " ")  # an edit inside a directory output
+    r = snakemake(copy, "-n")
+    assert r.returncode != 0
+    assert "main/tokenizer.json (zoo model zoo-opt-xs) differs from the file its training wrote" in r.stderr

@@ -1,24 +1,32 @@
 """The measurement cache shared by every experiment: ``<results_dir>/cache/``.
 
-What determines a per-text eRank table is the model as loaded (source, revision, tokenizer, dtype,
-dump dtype, truncation; for a zoo or fine-tuned variant also its recipe and the run folder that
-built it), the variant, the prepared texts (the dataset's recipe; the file's SHA-256 is in every
-dump's fingerprint and Snakemake reruns what follows a rewritten texts file), the layers and the
-on-disk format. Their hash is a variant's key. One job measures every variant of one model on one
-dataset (the trained model, its untrained counterparts, its stages), so the model's code is
-imported, its tokenizer loaded and the texts tokenised once, not once per variant; the cache entry
-is keyed by that set of variant keys. Two experiments that measure the same thing (fig1, table4
-and table9 on OPT x dolly-15k) share one dump and one table set, whatever they are called, and a
-change to any part gives a new key: nothing stale is read.
+What determines a per-text eRank table is the model as loaded (hub source, revision, tokenizer,
+dtype, dump dtype, truncation; a local model folder or tokenizer by the SHA-256 of the files the
+variant loads; a zoo variant by its recipe and corpus; a fine-tuned one by its recipe, texts and
+starting point), the variant, the prepared texts (the dataset's recipe, local data files by their
+SHA-256), the device setting, the layers and the on-disk format. Their hash is a variant's key. No
+path as written and no run folder is part of a key: two checkouts with different files at the
+same relative path get two entries, and a renamed run, a twin experiment or a copied checkout
+gets the same ones (issue 29, item 1; issue 25, item 9). One job measures every variant of one
+model on one dataset (the trained model, its untrained counterparts, its stages), so the model's
+code is imported, its tokenizer loaded and the texts tokenised once, not once per variant; the
+cache entry is keyed by that set of variant keys. Two experiments that measure the same thing
+(fig1, table4 and table9 on OPT x dolly-15k) share one dump and one table set, whatever they are
+called, and a change to any part gives a new key: nothing stale is read.
 
     cache/texts/<texts key>.parquet               prepared texts
     cache/dumps/<key>/<layers>/<variant>/         hidden states per variant (temp() unless keep_dumps)
     cache/erank/<key>/<layers>/<variant>.parquet  per-text eRank, with <layers>.json: what the key is
+    cache/demo/<corpus key>/corpus/, zoo/         the demo corpus, its tokenizer, zoo/<model key>/
+    cache/finetuned/<key>/, cache/gguf/<key>/hf/  further-trained stages, converted GGUF checkpoints
+    cache/sha256/                                 SHA-256 of local files, remembered by path and stat
 
 The run folder's ``erank/<model>/<dataset>/<variant>.parquet`` is a view of a cached table (made by
 the ``diff`` step): its layers, or the first k texts of a larger sample drawn with the same seed
 (table11's 1,000 and 5,000 are the first texts of its 10,000), with provenance naming the cached
-table it came from. A table set with more layers serves a run that asks for fewer.
+table it came from. A table set with more layers serves a run that asks for fewer; that run's own
+dump and erank rules then make that layer set, so its DAG ties the table to its inputs, and the
+view checks the texts' SHA-256 the table records (issue 29, item 2).
 
 Snakefile-cheap: stdlib only (:func:`select`, which the ``diff`` step calls, imports pandas).
 """
@@ -30,11 +38,13 @@ import fcntl
 import hashlib
 import json
 import logging
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from diff_erank.config import ConfigError
+from diff_erank.sources import data_files_identity, model_identity
 from diff_erank.variants import Variant, init_scale, variants
 
 log = logging.getLogger(__name__)
@@ -75,55 +85,106 @@ def layers_tag(layers: list[str | int]) -> str:
     return "+".join(str(x) for x in layers)
 
 
-def texts_recipe(cfg: dict[str, Any], dataset: str, run: str) -> dict[str, Any]:
+def memo_dir(cfg: dict[str, Any]) -> str:
+    """Where the SHA-256 of local files are remembered (:func:`diff_erank.sources.file_sha256`)."""
+    return f"{cache_dir(cfg)}/sha256"
+
+
+def corpus_key(cfg: dict[str, Any]) -> str | None:
+    """The demo corpus's key: its settings and the Python version whose standard library it is cut
+    from (:mod:`diff_erank.corpus`). The tokenizer is made from it and its ``vocab_size``."""
+    if not cfg.get("corpus"):
+        return None
+    return digest({"corpus": cfg["corpus"], "python": platform.python_version()})
+
+
+def corpus_root(cfg: dict[str, Any]) -> str:
+    """``<cache>/demo/<corpus key>``: the corpus parts (``corpus/``), the tokenizer (``zoo/tokenizer``)
+    and the zoo models (``zoo/<model key>``) of every run with this corpus, whatever its name."""
+    return f"{cache_dir(cfg)}/demo/{corpus_key(cfg)}"
+
+
+def zoo_key(cfg: dict[str, Any], model: str) -> str:
+    """A zoo model's key: its training recipe (architecture, steps, seed, ...) on its corpus."""
+    return digest({"train": cfg["models"][model]["train"], "corpus": corpus_key(cfg)})
+
+
+def gguf_key(cfg: dict[str, Any], model: str) -> str:
+    """A GGUF entry's converted folder's key: the checkpoint (file, SHA-256, packages, published
+    config) and the dtype it is converted to; the run folder and the source folder's path are not."""
+    m = cfg["models"][model]
+    return digest({"gguf": m["gguf"], "dtype": m.get("dtype")})
+
+
+def texts_recipe(cfg: dict[str, Any], dataset: str, run: str | None = None) -> dict[str, Any]:
+    """What determines a dataset's texts: its entry without labels, local files by their content
+    (SHA-256, never the path as written), a demo part by its corpus's key. ``run`` is unused (kept
+    for callers): no run folder is part of a key, so a renamed or copied run shares the cache."""
     spec = {k: v for k, v in cfg["datasets"][dataset].items() if k not in DATASET_NEUTRAL}
-    if spec["source"]["kind"] == "demo":  # made from the run folder's own corpus
-        spec = {**spec, "corpus": cfg.get("corpus"), "run": str(Path(run).resolve())}
+    source = spec["source"]
+    if source["kind"] == "demo":  # made from the corpus, which its key names
+        spec = {**spec, "corpus": corpus_key(cfg)}
+    elif source["kind"] != "hub" and source.get("data_files"):
+        spec = {
+            **spec,
+            "source": {**source, "data_files": data_files_identity(source["data_files"], memo_dir(cfg))},
+        }
     return spec
 
 
-def texts_key(cfg: dict[str, Any], dataset: str, run: str) -> str:
-    return digest({"texts": texts_recipe(cfg, dataset, run)})
+def texts_key(cfg: dict[str, Any], dataset: str, run: str | None = None) -> str:
+    return digest({"texts": texts_recipe(cfg, dataset)})
 
 
-def variant_identity(cfg: dict[str, Any], model: str, variant: str, run: str) -> dict[str, Any]:
-    """What the weights of a model variant are: its entry's loading fields and how it was made."""
+def variant_identity(cfg: dict[str, Any], model: str, variant: str, run: str | None = None) -> dict[str, Any]:
+    """What the weights of a model variant are: its entry's loading fields (local files by their
+    content) and how it was made (a zoo model's recipe, a stage's recipe and texts)."""
     m = cfg["models"][model]
     ident: dict[str, Any] = {k: m.get(k) for k in MODEL_KEYS}
+    ident |= model_identity(m, variant, memo_dir(cfg))
     ident["variant"] = variant
     v = Variant.parse(variant)
     scale = init_scale(m)
     if v.kind == "init" and scale not in (None, 1):  # M0 of another init scale
         ident["init_scale"] = scale
-    if m.get("train"):  # a zoo model trained in this run folder
-        ident |= {"train": m["train"], "corpus": cfg.get("corpus"), "run": str(Path(run).resolve())}
+    if m.get("train"):  # a zoo model: its recipe on its corpus
+        ident |= {"train": m["train"], "corpus": corpus_key(cfg)}
     if v.kind == "ft":
         recipe = m["finetune"][v.name]
         ident |= {
             "finetune": recipe,
-            "finetune_texts": texts_key(cfg, recipe["dataset"], run),
-            "from": variant_identity(cfg, model, recipe["from"], run),
-            "run": str(Path(run).resolve()),
+            "finetune_texts": texts_key(cfg, recipe["dataset"]),
+            "from": variant_identity(cfg, model, recipe["from"]),
         }
     return ident
 
 
-def measurement_key(cfg: dict[str, Any], model: str, variant: str, dataset: str, run: str) -> str:
+def finetune_key(cfg: dict[str, Any], model: str, name: str) -> str:
+    """A further-trained stage's key: what its weights are (recipe, texts, starting point)."""
+    return digest({"finetuned": variant_identity(cfg, model, f"ft-{name}"), "device": cfg.get("device")})
+
+
+def measurement_key(
+    cfg: dict[str, Any], model: str, variant: str, dataset: str, run: str | None = None
+) -> str:
     return digest(
         {
-            "model": variant_identity(cfg, model, variant, run),
-            "texts": texts_key(cfg, dataset, run),
+            "model": variant_identity(cfg, model, variant),
+            "texts": texts_key(cfg, dataset),
+            "device": cfg.get("device"),  # auto | cpu | cuda: a GPU's numbers are not a CPU's
             "format": CACHE_FORMAT,
             "measure": MEASURE_VERSION,
         }
     )
 
 
-def set_key(cfg: dict[str, Any], model: str, dataset: str, run: str, names: list[str] | None = None) -> str:
+def set_key(
+    cfg: dict[str, Any], model: str, dataset: str, run: str | None = None, names: list[str] | None = None
+) -> str:
     """The key of one job's measurement: the variants ``names`` (default: every variant of ``model``)
     on ``dataset``, by their keys."""
     names = variants(cfg["models"][model]) if names is None else names
-    return digest({"variants": {v: measurement_key(cfg, model, v, dataset, run) for v in names}})
+    return digest({"variants": {v: measurement_key(cfg, model, v, dataset) for v in names}})
 
 
 def chunks(names: list[str], per_job: int | None) -> list[list[str]]:
@@ -168,6 +229,19 @@ class Keys:
     def __init__(self, cfg: dict[str, Any], run: str) -> None:
         self.cfg, self.run, self.root = cfg, run, cache_dir(cfg)
         self.layers = layers_tag(cfg["layers"])
+        self.tag_layers: dict[str, list[str | int]] = {self.layers: cfg["layers"]}
+        self.corpus = corpus_root(cfg) if cfg.get("corpus") else None
+        #: zoo model key -> the first model trained by that recipe (a twin recipe trains once)
+        self.zoo: dict[str, str] = {}
+        self.finetuned: dict[str, tuple[str, str]] = {}  # stage key -> (model, stage name)
+        self.gguf: dict[str, str] = {}  # converted GGUF key -> the first model entry of that checkpoint
+        for m, spec in cfg["models"].items():
+            if spec.get("gguf"):
+                self.gguf.setdefault(gguf_key(cfg, m), m)
+            if spec.get("train"):
+                self.zoo.setdefault(zoo_key(cfg, m), m)
+            for name in spec.get("finetune") or {}:
+                self.finetuned.setdefault(finetune_key(cfg, m, name), (m, name))
         self.texts = {d: texts_key(cfg, d, run) for d in cfg["datasets"]}
         self.datasets_of = {}
         for d, k in self.texts.items():
@@ -216,36 +290,61 @@ class Keys:
         """The cached table folders of every job of a model on a dataset (one per variants_per_job)."""
         return [self.source_table(model, dataset, key) for key in self.set_keys[(model, dataset)]]
 
+    def wider_tables(self) -> dict[str, list[str | int]]:
+        """``{layers tag: layers}`` of the finished table sets with more layers than this run asks
+        for, under this run's set keys: a view may read one instead of measuring again, and the
+        workflow then lets its own dump and erank rules make that tag (so this run's DAG connects
+        the table to its texts and model files, and reruns it when one of them changes)."""
+        out: dict[str, list[str | int]] = {}
+        for (m, d), keys in self.set_keys.items():
+            for key in keys:
+                found = self._wider(m, d, key)
+                if found:
+                    out[Path(found).name] = self.tag_layers[Path(found).name]
+        return out
+
+    def _wider(self, model: str, dataset: str, key: str | None = None) -> str | None:
+        key = key or self.sets[(model, dataset)]
+        wanted = {str(x) for x in self.cfg["layers"]}
+        for keyfile in sorted(Path(self.root, "erank", key).glob("*.json")):
+            if keyfile.stem == self.layers:
+                continue
+            try:
+                have = json.loads(keyfile.read_text())["layers"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged key file serves no view; this run measures its own layers
+            if wanted <= {str(x) for x in have} and keyfile.with_suffix("").is_dir():
+                self.tag_layers[keyfile.stem] = list(have)
+                return str(keyfile.with_suffix(""))
+        return None
+
     def source_table(self, model: str, dataset: str, key: str | None = None) -> str:
         """The cached tables a run-folder view reads: this layer set's, or finished ones with more."""
         key = key or self.sets[(model, dataset)]
         own = self.table_path(key)
         if Path(own).is_dir():
             return own
-        wanted = {str(x) for x in self.cfg["layers"]}
-        for keyfile in sorted(Path(self.root, "erank", key).glob("*.json")):
-            try:
-                have = {str(x) for x in json.loads(keyfile.read_text())["layers"]}
-            except (OSError, ValueError, KeyError):
-                continue
-            if wanted <= have and keyfile.with_suffix("").is_dir():
-                return str(keyfile.with_suffix(""))
-        return own
+        return self._wider(model, dataset, key) or own
 
-    def describe(self, key: str) -> dict[str, Any]:
+    def layers_of(self, tag: str) -> list[str | int]:
+        """The layers a tag stands for: this run's, or a wider table set's (:meth:`wider_tables`)."""
+        return self.cfg["layers"] if tag == self.layers else self.tag_layers[tag]
+
+    def describe(self, key: str, layers: list[str | int] | None = None) -> dict[str, Any]:
         """The key file's content: what the cached tables measure, readable."""
         m, d = self.jobs_of[key]
         return {
             "key": key,
-            "layers": self.cfg["layers"],
+            "layers": self.cfg["layers"] if layers is None else layers,
             "variants": {
                 v: {
-                    "key": measurement_key(self.cfg, m, v, d, self.run),
-                    **variant_identity(self.cfg, m, v, self.run),
+                    "key": measurement_key(self.cfg, m, v, d),
+                    **variant_identity(self.cfg, m, v),
                 }
                 for v in self.variants_of(key)
             },
-            "texts": {"key": self.texts[d], "recipe": texts_recipe(self.cfg, d, self.run)},
+            "texts": {"key": self.texts[d], "recipe": texts_recipe(self.cfg, d)},
+            "device": self.cfg.get("device"),
             "format": CACHE_FORMAT,
             "measure": MEASURE_VERSION,
         }
@@ -292,6 +391,42 @@ def check_prefix(texts_prov: dict[str, Any], k: int) -> None:
         )
 
 
+def entry_advice(table: str | Path) -> str:
+    """What to do about a damaged cached eRank table: delete its entry (the ``<layers>`` folder and
+    its key file, the erank rule's two outputs), then rerun: the plain rerun measures it again."""
+    folder = Path(table).parent
+    return f"delete the cache entry {folder}/ and {folder}.json, then rerun"
+
+
+def read_key_file(keyfile: str | Path) -> dict[str, Any]:
+    """A cached table set's key file (``<layers>.json``), or a UserError naming it and what to do."""
+    from diff_erank.storage import IntegrityError
+
+    try:
+        return json.loads(Path(keyfile).read_text())
+    except (OSError, ValueError) as exc:
+        folder = Path(keyfile).with_suffix("")
+        raise IntegrityError(
+            f"the cache key file {keyfile} is unreadable or truncated ({exc}): delete it and the folder "
+            f"{folder}/, then rerun"
+        ) from None
+
+
+def check_texts(table: str | Path, prov: dict[str, Any], texts: str | Path) -> None:
+    """Refuse a cached table measured on other texts than the ones this run prepared: a view must
+    never pair one run's texts with another's numbers (the table records the texts' SHA-256)."""
+    from diff_erank.storage import IntegrityError, sha256
+
+    recorded = (prov.get("dump") or {}).get("texts_sha256")
+    if recorded is None:  # a table from before the texts were recorded: keyed by recipe only
+        log.warning("%s does not record the SHA-256 of its texts: not checked against %s", table, texts)
+        return
+    if recorded != sha256(texts):
+        raise IntegrityError(
+            f"{table} was measured on other texts than {texts} (SHA-256 differs): {entry_advice(table)}"
+        )
+
+
 def select(
     table: str | Path,
     out: str | Path,
@@ -305,8 +440,9 @@ def select(
     from diff_erank.provenance import provenance
     from diff_erank.storage import read_parquet, read_provenance, write_parquet
 
-    df = read_parquet(table)
-    prov = read_provenance(table)
+    df = read_parquet(table, advice=entry_advice(table))
+    prov = read_provenance(table, advice=entry_advice(table))
+    check_texts(table, prov, texts)
     wanted = [str(x) for x in layers]
     missing = sorted(set(wanted) - set(df["layer"].astype(str)))
     if missing and "all" not in wanted:
@@ -329,7 +465,7 @@ def select(
             "n_tokens": int(df.drop_duplicates("position")["n_tokens"].sum()),
         }
     keyfile = Path(table).parent.with_suffix(".json")  # <layers>/<variant>.parquet beside <layers>.json
-    key = json.loads(keyfile.read_text()) if keyfile.is_file() else None
+    key = read_key_file(keyfile) if keyfile.is_file() else None
     record = provenance(
         dump=dump,
         dump_provenance=prov.get("dump_provenance"),

@@ -210,9 +210,30 @@ def _check_schema(cfg: dict[str, Any]) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors[:10]))
 
 
+#: The longest run name: it is one path component (255 bytes on most filesystems) of folders and of
+#: log names that add their own parts; the schema's pattern already keeps it to one component.
+MAX_NAME = 100
+
+
+def check_run_name(name: str) -> None:
+    """A run name is a folder of ``results_dir``: not ``.``/``..`` (which would write the run's
+    files into the results folder or the checkout itself), not hidden, and not too long a name."""
+    if name.strip(".") == "" or name.startswith("."):
+        raise ConfigError(
+            f"name: {name!r} is not a folder name a run can have; start it with a letter or digit"
+        )
+    if len(name) > MAX_NAME:
+        raise ConfigError(
+            f"name: {len(name)} characters is too long for a run folder; use at most {MAX_NAME}"
+        )
+
+
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Validate against the schema, fill defaults and check cross-references; return ``cfg``."""
     _check_schema(cfg)
+    check_run_name(cfg["name"])
+    if not str(cfg["results_dir"]).strip():
+        raise ConfigError("results_dir: empty (the run would write to /<name>); give a folder, e.g. results")
     if not cfg["models"] and not cfg.get("multimodal"):
         raise ConfigError("the experiment names no models (models: {}) and no multimodal section")
     if cfg["models"] and not cfg["datasets"]:

@@ -52,13 +52,22 @@ from diff_erank.models import (
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.shardwriter import ShardReader, ShardWriter, write_safetensors
-from diff_erank.storage import atomic_publish_dir, read_parquet, sha256, write_json
+from diff_erank.storage import (
+    atomic_publish_dir,
+    read_checked_json,
+    read_parquet,
+    sha256,
+    write_checked_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 #: The file of a :func:`dump_set` directory that names its variants (one dump directory each).
 SET_MANIFEST = "variants.json"
+#: What to do about a damaged dump: the whole set's folder goes (its variants are one job's output).
+DUMP_ADVICE = "delete the folder {dir} and rerun (the dump is redone)"
 FORMAT_VERSION = 1
 #: Fewest tokens a text needs to be measured (a model entry's ``min_tokens`` overrides it). Two
 #: centred token vectors are always collinear, so a 2-token text has an eRank of exactly 1 whatever
@@ -349,7 +358,10 @@ def _shard_done(partial: Path, k: int) -> bool:
     side = partial / f"shard-{k:05d}.json"
     if not side.is_file():
         return False
-    meta = json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text())
+    except ValueError:  # a side file cut by the kill: the shard is redone
+        return False
     f = partial / meta["file"]
     return f.is_file() and sha256(f) == meta["sha256"]
 
@@ -442,18 +454,23 @@ def dump(
     model = model or load_variant(spec, variant, trained_path, variant_path)
     # checked after loading: only then is the hub commit behind a moving `revision: main` known
     weights = weights_identity(spec, variant, trained_path, variant_path, model)
+    texts_sha = sha256(texts_path)
     fingerprint = _fingerprint(
         spec,
         variant,
         layers,
-        texts=sha256(texts_path),
+        texts=texts_sha,
         tokens=hashlib.sha256(json.dumps(tok.ids).encode()).hexdigest(),
         weights=weights,
         device=dev.type,
         min_tokens=min_tokens,
     )
     if (out_dir / MANIFEST).is_file():
-        if json.loads((out_dir / MANIFEST).read_text()).get("fingerprint") == fingerprint:
+        try:
+            kept = read_checked_json(out_dir / MANIFEST, "dump manifest").get("fingerprint")
+        except UserError:  # damaged: redone below, like a dump of other weights
+            kept = None
+        if kept == fingerprint:
             log.info("%s is already dumped from the same weights, texts and settings: kept", out_dir)
             return read_manifest(out_dir)
         log.warning("discarding %s: it was made from other weights, texts or settings", out_dir)
@@ -534,6 +551,7 @@ def dump(
         "device": str(dev),
         "weights": weights,
         "fingerprint": fingerprint,
+        "texts_sha256": texts_sha,  # the view step checks a table against the texts it is read with
         "n_texts_in": len(texts),
         "n_texts": len(tok.ids),
         "min_tokens": min_tokens,
@@ -544,7 +562,7 @@ def dump(
         "shards": shard_meta,
         "provenance": provenance(spec, variant=variant, texts=str(texts_path), layers=list(layers)),
     }
-    write_json(manifest, partial / MANIFEST)
+    write_checked_json(manifest, partial / MANIFEST)
     stamp.unlink()
     atomic_publish_dir(partial, out_dir)
     log.info(
@@ -606,7 +624,7 @@ def dump_set(
         )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    write_json({"format": FORMAT_VERSION, "variants": list(variants)}, partial / SET_MANIFEST)
+    write_checked_json({"format": FORMAT_VERSION, "variants": list(variants)}, partial / SET_MANIFEST)
     atomic_publish_dir(partial, out_dir)
     return manifests
 
@@ -616,23 +634,26 @@ def set_variants(dump_dir: str | Path) -> list[str]:
     path = Path(dump_dir) / SET_MANIFEST
     if not path.is_file():
         raise ShardError(f"{dump_dir} is not a finished set of dumps (no {SET_MANIFEST})")
-    return json.loads(path.read_text())["variants"]
+    return read_checked_json(path, "dump set manifest", DUMP_ADVICE.format(dir=dump_dir))["variants"]
 
 
 def read_manifest(dump_dir: str | Path) -> dict[str, Any]:
+    """A dump's manifest, checked against the SHA-256 written into it (IntegrityError naming it)."""
     path = Path(dump_dir) / MANIFEST
     if not path.is_file():
         raise ShardError(f"{dump_dir} is not a finished dump (no {MANIFEST})")
-    return json.loads(path.read_text())
+    return read_checked_json(path, "dump manifest", DUMP_ADVICE.format(dir=Path(dump_dir).parent))
 
 
 def _checked_shard(dump_dir: Path, meta: dict[str, Any]) -> Path:
     """A shard's path once it exists and its bytes hash to the manifest's SHA-256 (else ShardError)."""
     f = dump_dir / meta["file"]
     if not f.is_file():
-        raise ShardError(f"shard missing: {f}")
+        raise ShardError(f"shard missing: {f}; {DUMP_ADVICE.format(dir=dump_dir.parent)}")
     if sha256(f) != meta["sha256"]:
-        raise ShardError(f"shard corrupt or truncated (checksum mismatch): {f}")
+        raise ShardError(
+            f"shard corrupt or truncated (checksum mismatch): {f}; {DUMP_ADVICE.format(dir=dump_dir.parent)}"
+        )
     return f
 
 
@@ -655,14 +676,19 @@ def iter_texts(dump_dir: str | Path) -> Iterator[tuple[int, float, dict[str, tor
                 if len(offsets) != meta["n_texts"] + 1 or any(
                     h.shape(k)[0] != int(offsets[-1]) for k in names.values()
                 ):
-                    raise ShardError(f"shard lengths inconsistent with its offsets: {f}")
+                    raise ShardError(
+                        f"shard lengths inconsistent with its offsets: {f}; "
+                        f"{DUMP_ADVICE.format(dir=dump_dir.parent)}"
+                    )
                 for j in range(meta["n_texts"]):
                     a, b = int(offsets[j]), int(offsets[j + 1])
                     yield int(position[j]), float(loss[j]), {n: h.rows(k, a, b) for n, k in names.items()}
-        except ShardError:
+        except (ShardError, MemoryError):  # out of memory is said as such by the caller
             raise
         except Exception as exc:
-            raise ShardError(f"shard unreadable: {f}: {exc}") from None
+            raise ShardError(
+                f"shard unreadable: {f}: {exc}; {DUMP_ADVICE.format(dir=dump_dir.parent)}"
+            ) from None
 
 
 def iter_spectra(dump_dir: str | Path) -> Iterator[tuple[int, float, int, dict[str, tuple[np.ndarray, int]]]]:
@@ -680,8 +706,12 @@ def iter_spectra(dump_dir: str | Path) -> Iterator[tuple[int, float, int, dict[s
         f = _checked_shard(dump_dir, meta)
         try:
             t = load_file(str(f))
+        except MemoryError:
+            raise
         except Exception as exc:
-            raise ShardError(f"shard unreadable: {f}: {exc}") from None
+            raise ShardError(
+                f"shard unreadable: {f}: {exc}; {DUMP_ADVICE.format(dir=dump_dir.parent)}"
+            ) from None
         n = meta["n_texts"]
         if len(t["n_tokens"]) != n or any(
             len(t[f"spectrum_offsets.{m}"]) != n + 1

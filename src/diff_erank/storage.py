@@ -67,6 +67,46 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+#: The field of a checksummed JSON file (:func:`write_checked_json`) holding the SHA-256 of the rest.
+JSON_DIGEST = "sha256_of_content"
+
+
+def _json_digest(obj: dict[str, Any]) -> str:
+    body = {k: v for k, v in obj.items() if k != JSON_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_checked_json(obj: dict[str, Any], path: str | Path) -> None:
+    """A JSON object with the SHA-256 of its own content in it (a manifest whose numbers feed the
+    tables: a flipped digit in ``n_params`` must stop the run, not reorder the models)."""
+    obj = dict(obj)
+    obj[JSON_DIGEST] = _json_digest(obj)
+    write_json(obj, path)
+
+
+def read_checked_json(path: str | Path, what: str = "file", advice: str = "delete it and rerun") -> dict:
+    """A JSON object written by :func:`write_checked_json`, after checking it; IntegrityError naming
+    the file (and what to do) when it is unreadable, truncated, or its content is not the one written.
+    A file without the field (written before checksums) is read as it is, with a warning."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise IntegrityError(f"cannot read the {what} {path}: {exc.strerror}; {advice}") from None
+    except ValueError as exc:
+        raise IntegrityError(f"the {what} {path} is truncated or not JSON ({exc}); {advice}") from None
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"the {what} {path} is not a JSON object; {advice}")
+    if JSON_DIGEST not in obj:
+        log.warning("%s carries no diff-erank checksum: read without verification", path)
+        return obj
+    if obj[JSON_DIGEST] != _json_digest(obj):
+        raise IntegrityError(
+            f"the {what} {path} is corrupt (its content differs from the SHA-256 recorded when it was "
+            f"written); {advice}"
+        )
+    return {k: v for k, v in obj.items() if k != JSON_DIGEST}
+
+
 def write_text(text: str, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -84,10 +124,24 @@ def write_parquet(df: pd.DataFrame, path: str | Path, provenance: dict[str, Any]
         _seal(tmp)
 
 
-def _digest_slot(data: bytes, path: str | Path) -> int | None:
+RERUN = "delete it and rerun"
+
+
+class OutOfMemoryError(UserError, MemoryError):
+    """A step that ran out of memory: the message names the file and the resource to raise."""
+
+
+def out_of_memory(path: str | Path, exc: BaseException) -> OutOfMemoryError:
+    return OutOfMemoryError(
+        f"out of memory while reading {path} ({type(exc).__name__}): rerun with more memory "
+        "(the rule's mem_mb, e.g. --set-resources <rule>:mem_mb=<MB>, or models.<name>.resources.mem_mb)"
+    )
+
+
+def _digest_slot(data: bytes, path: str | Path, advice: str = RERUN) -> int | None:
     """Offset of the 64 hex digits stored under DIGEST_KEY in the parquet footer (raw bytes)."""
     if len(data) < 12 or data[-4:] != b"PAR1":
-        raise IntegrityError(f"{path} is not a complete parquet file: delete it and rerun")
+        raise IntegrityError(f"{path} is not a complete parquet file (truncated?): {advice}")
     start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
     key = data.find(DIGEST_KEY, max(start, 0))
     if key < 0:
@@ -95,7 +149,7 @@ def _digest_slot(data: bytes, path: str | Path) -> int | None:
     # thrift compact KeyValue: key bytes, a field header byte, the length varint (64), the value
     slot = key + len(DIGEST_KEY) + 2
     if data[slot - 1] != 64 or slot + 64 > len(data) - 8:
-        raise IntegrityError(f"{path} is corrupt (its checksum field is damaged): delete it and rerun")
+        raise IntegrityError(f"{path} is corrupt (its checksum field is damaged): {advice}")
     return slot
 
 
@@ -113,7 +167,7 @@ def _seal(path: Path) -> None:
     path.write_bytes(data)
 
 
-def verify_parquet(path: str | Path) -> bool:
+def verify_parquet(path: str | Path, advice: str = RERUN) -> bool:
     """Raise IntegrityError (naming the file) unless it is byte for byte the table written.
 
     Returns False for a table that carries no checksum (not written by diff-erank, e.g. a texts
@@ -124,7 +178,9 @@ def verify_parquet(path: str | Path) -> bool:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise IntegrityError(f"cannot read {path}: {exc.strerror}") from None
-    slot = _digest_slot(data, path)
+    except MemoryError as exc:
+        raise out_of_memory(path, exc) from None
+    slot = _digest_slot(data, path, advice)
     if slot is None:
         log.warning("%s carries no diff-erank checksum: read without verification", path)
         return False
@@ -132,23 +188,35 @@ def verify_parquet(path: str | Path) -> bool:
     actual = hashlib.sha256(data[:slot] + _PLACEHOLDER + data[slot + 64 :]).hexdigest().encode()
     if actual != recorded:
         raise IntegrityError(
-            f"{path} is corrupt (SHA-256 differs from the one recorded when it was written): "
-            "delete it and rerun"
+            f"{path} is corrupt (SHA-256 differs from the one recorded when it was written): {advice}"
         )
     return True
 
 
-def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """A table written by :func:`write_parquet`, after checking its checksum."""
-    verify_parquet(path)
+def read_parquet(path: str | Path, columns: list[str] | None = None, advice: str = RERUN) -> pd.DataFrame:
+    """A table written by :func:`write_parquet`, after checking its checksum. Out of memory is said
+    as such (with the resource to raise), not as an unreadable file."""
+    verify_parquet(path, advice)
     try:
         return pd.read_parquet(path, columns=columns)
+    except (MemoryError, pa.ArrowMemoryError) as exc:
+        raise out_of_memory(path, exc) from None
     except Exception as exc:  # a footer damaged so that the hash still matched cannot happen
-        raise IntegrityError(f"{path} is unreadable: {type(exc).__name__}: {exc}") from None
+        raise IntegrityError(f"{path} is unreadable: {type(exc).__name__}: {exc}; {advice}") from None
 
 
-def read_provenance(path: str | Path) -> dict[str, Any]:
-    meta = pq.read_schema(path).metadata or {}
+def read_provenance(path: str | Path, advice: str = RERUN) -> dict[str, Any]:
+    """The provenance record of a table; IntegrityError naming a truncated or damaged file."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (MemoryError, pa.ArrowMemoryError) as exc:
+        raise out_of_memory(path, exc) from None
+    except OSError as exc:
+        raise IntegrityError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # pyarrow's ArrowInvalid for a cut footer, and its kin
+        raise IntegrityError(
+            f"{path} is not a complete parquet file ({type(exc).__name__}): {advice}"
+        ) from None
     if PROVENANCE_KEY not in meta:
         raise ValueError(f"{path} carries no diff-erank provenance")
     return json.loads(meta[PROVENANCE_KEY])

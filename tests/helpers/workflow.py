@@ -61,3 +61,13 @@ def texts_of(run_dir: Path, model: str, dataset: str):
 
     prov = read_provenance(run_dir / "erank" / model / dataset / "trained.parquet")
     return pd.read_parquet(run_dir.parents[1] / prov["dump_provenance"]["texts"])
+
+
+def zoo_model_dir(model: str, overrides: list[str] | None = None) -> str:
+    """Where a run trains a zoo model, relative to its working directory: in the shared cache under
+    the key of its recipe (``results/cache/demo/<corpus key>/zoo/<model key>``), not in the run folder."""
+    from diff_erank.cache import corpus_root, zoo_key
+    from diff_erank.config import load_config
+
+    cfg = load_config(REPO / "conf", overrides or ["experiment=ci"])
+    return f"{corpus_root(cfg)}/zoo/{zoo_key(cfg, model)}"

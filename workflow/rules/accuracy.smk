@@ -21,5 +21,5 @@ rule accuracy:
         **_sized(accuracy_estimate),
     shell:
         "diff-erank accuracy --spec {params.spec:q} --variant {wildcards.variant}"
-        " --accuracy {params.accuracy:q} --out {output} --device {params.device}"
-        " {params.trained} {params.variant} --threads {threads} > {log} 2>&1"
+        " --accuracy {params.accuracy:q} --out {output:q} --device {params.device}"
+        " {params.trained} {params.variant} --threads {threads} > {log:q} 2>&1"

@@ -2,14 +2,15 @@
 import json
 import re
 import shlex
+import sys
 
 from types import SimpleNamespace
 
 from diff_erank import sizing
-from diff_erank.cache import KEY, Keys
+from diff_erank.cache import KEY, Keys, finetune_key, gguf_key, memo_dir, zoo_key
 from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
-from diff_erank.sources import dataset_files, image_files, model_files
+from diff_erank.sources import changed_trained_file, dataset_files, image_files, model_files
 from diff_erank.outputs import multimodal_files, report_files
 
 NAME = r"[A-Za-z0-9_.-]+"
@@ -30,6 +31,28 @@ MEASURED = [d for d, spec in C["datasets"].items() if spec.get("measure", True)]
 K = Keys(C, OUT)
 CACHE = K.root
 LAYERS = K.layers
+#: the demo corpus, its tokenizer and zoo models, under the corpus's key (shared by every run name)
+DEMO = K.corpus or f"{CACHE}/demo/none"
+#: layer tags the dump and erank rules make: this run's, and a wider finished set a view reads from
+#: (so that the view's table is an output of this run's DAG, which reruns it when an input changes)
+TAGS = [LAYERS, *(t for t in K.wider_tables() if t != LAYERS)]
+TAG = "|".join(re.escape(t) for t in TAGS)
+
+
+def _check_zoo():
+    """Stop before any job if a finished zoo model folder was edited (Snakemake dates a directory by
+    its own timestamp file, so the edit would rerun nothing and the next load would refuse it)."""
+    for key, model in K.zoo.items():
+        folder = f"{DEMO}/zoo/{key}"
+        changed = changed_trained_file(folder, memo_dir(C)) if Path(folder).is_dir() else None
+        if changed:
+            sys.exit(
+                f"Cannot start: {folder}/{changed} (zoo model {model}) differs from the file its training "
+                f"wrote: delete the folder {folder} to train it again"
+            )
+
+
+_check_zoo()
 #: threads of the jobs that use several (cpus-per-task on Slurm; capped by --cores locally)
 THREADS = 4
 
@@ -48,8 +71,9 @@ def model_spec(w):
 
 
 def zoo_dir(model):
-    """Directory of a zoo model trained by the workflow (the train rule's output)."""
-    return f"{OUT}/zoo/{model}"
+    """Directory of a zoo model trained by the workflow (the train rule's output): in the cache,
+    under the key of its recipe, so a second run name trains nothing."""
+    return f"{DEMO}/zoo/{zoo_key(C, model)}"
 
 
 def built_dir(model):
@@ -57,7 +81,7 @@ def built_dir(model):
     spec = C["models"][model]
     if spec.get("train"):
         return zoo_dir(model)
-    return f"{OUT}/gguf/{model}/hf" if spec.get("gguf") else None
+    return f"{CACHE}/gguf/{gguf_key(C, model)}/hf" if spec.get("gguf") else None
 
 
 def trained_input(w):
@@ -65,11 +89,12 @@ def trained_input(w):
 
 
 def trained_path_arg(w):
-    return f"--trained-path {built_dir(w.model)}" if built_dir(w.model) else ""
+    return f"--trained-path {shlex.quote(built_dir(w.model))}" if built_dir(w.model) else ""
 
 
 def finetuned_dir(model, name):
-    return f"{OUT}/finetuned/{model}/{name}"
+    """A further-trained stage: in the cache, under the key of what its weights are."""
+    return f"{CACHE}/finetuned/{finetune_key(C, model, name)}"
 
 
 def variant_dir(model, variant):
@@ -86,7 +111,7 @@ def variant_input(w):
 
 def variant_path_arg(w):
     path = variant_dir(w.model, w.variant)
-    return f"--variant-path {path}" if path else ""
+    return f"--variant-path {shlex.quote(path)}" if path else ""
 
 
 def model_resources(model, key, default):
@@ -175,14 +200,16 @@ def dump_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.dump_need(model, size, C["layers"], C["device"], THREADS, n_variants=len(j.variants))
+    layers = K.layers_of(getattr(w, "layers", LAYERS))  # this run's, or a wider set it reads from
+    return sizing.dump_need(model, size, layers, C["device"], THREADS, n_variants=len(j.variants))
 
 
 def erank_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.erank_need(model, size, C["layers"], THREADS, n_variants=len(j.variants))
+    layers = K.layers_of(getattr(w, "layers", LAYERS))
+    return sizing.erank_need(model, size, layers, THREADS, n_variants=len(j.variants))
 
 
 def finetune_estimate(w):
@@ -241,7 +268,13 @@ def accuracy_files(model):
 def prepare_input(w):
     """The demo corpus part, or a local dataset's files (so editing one reruns `prepare`)."""
     source = C["datasets"][w.dataset]["source"]
-    return [str(demo_corpus_file(OUT, source["part"]))] if source["kind"] == "demo" else dataset_files(source)
+    return [str(demo_corpus_file(DEMO, source["part"]))] if source["kind"] == "demo" else dataset_files(source)
+
+
+def stage(w):
+    """The (model, stage name) of a finetune job, from its cache key."""
+    m, name = K.finetuned[w.stage]
+    return SimpleNamespace(model=m, name=name)
 
 
 def finetune_recipe(w):
@@ -316,7 +349,7 @@ def mm_model_input(w):
 
 def mm_model_path_arg(w):
     converted = minigpt_dir(w.model)
-    return f"--model-path {converted}" if converted else ""
+    return f"--model-path {shlex.quote(converted)}" if converted else ""
 
 
 def minigpt_files(w):
@@ -339,6 +372,17 @@ def mm_outputs():
     if not C["multimodal"]:
         return []
     return [f"{OUT}/{path}" for path in multimodal_files(C).values()]
+
+
+def cache_entries():
+    """The cached table sets (and key files) this run's views read. They are targets of `all`:
+    Snakemake skips a missing intermediate whose consumers are up to date, so a cache entry deleted
+    under a finished run folder would stay missing ("Nothing to be done"); as a target it is
+    measured again, and the views that read it are then older than their input and remade."""
+    if not C["models"]:
+        return []
+    tables = sorted({t for m, d in K.sets for t in K.source_tables(m, d)})
+    return [f for t in tables for f in (t, f"{t}.json")]
 
 
 def report_outputs():

@@ -31,6 +31,6 @@ rule diff:
         runtime=10,
     shell:
         "diff-erank diff --spec {params.spec:q} --model {wildcards.model} --dataset {wildcards.dataset}"
-        " --tables {input.tables} --texts {input.texts} --layers {params.layers:q} {params.first}"
-        " --views {output.views} --untrained {params.untrained} --algorithms {params.algorithms}"
-        " --bootstrap {params.bootstrap:q} --out {output.diff} > {log} 2>&1"
+        " --tables {input.tables:q} --texts {input.texts:q} --layers {params.layers:q} {params.first}"
+        " --views {output.views:q} --untrained {params.untrained} --algorithms {params.algorithms}"
+        " --bootstrap {params.bootstrap:q} --out {output.diff:q} > {log:q} 2>&1"

@@ -14,11 +14,11 @@ rule dump:
     output:
         dump_output(),
     wildcard_constraints:
-        layers=re.escape(LAYERS),
+        layers=TAG,
     params:
         spec=lambda w: as_json(K.dump_spec(w.key)),
         variants=lambda w: " ".join(job(w).variants),
-        layers=lambda w: as_json(C["layers"]),
+        layers=lambda w: as_json(K.layers_of(w.layers)),
         trained=lambda w: trained_path_arg(job(w)),
         variant_paths=lambda w: variant_paths_arg(job(w)),
         device=C["device"],
@@ -34,6 +34,6 @@ rule dump:
         shared_mb=shared_mb,
         slurm_extra=scratch_request,
     shell:
-        "diff-erank dump --spec {params.spec:q} --variants {params.variants} --texts {input.texts}"
-        " --out {output} --layers {params.layers:q} --device {params.device} {params.trained}"
-        " {params.variant_paths} --threads {threads} --gpu-mem-mb {resources.gpu_mem_mb} > {log} 2>&1"
+        "diff-erank dump --spec {params.spec:q} --variants {params.variants} --texts {input.texts:q}"
+        " --out {output:q} --layers {params.layers:q} --device {params.device} {params.trained}"
+        " {params.variant_paths} --threads {threads} --gpu-mem-mb {resources.gpu_mem_mb} > {log:q} 2>&1"

@@ -12,9 +12,9 @@ rule erank:
         tables=directory(f"{CACHE}/erank/{{key}}/{{layers}}"),
         key=f"{CACHE}/erank/{{key}}/{{layers}}.json",
     wildcard_constraints:
-        layers=re.escape(LAYERS),
+        layers=TAG,
     params:
-        key=lambda w: as_json(K.describe(w.key)),
+        key=lambda w: as_json(K.describe(w.key, K.layers_of(w.layers))),
     log:
         f"{OUT}/logs/erank/{{key}}/{{layers}}.log",
     benchmark:
@@ -23,6 +23,6 @@ rule erank:
     resources:
         **_cpu_grown(erank_estimate, "erank"),
     shell:
-        "printf '%s\\n' {params.key:q} > {output.key}.tmp && mv {output.key}.tmp {output.key} && "
-        "diff-erank measure --dump {input.dump} --texts {input.texts} --out {output.tables}"
-        " --threads {threads} --mem-mb {resources.mem_mb} > {log} 2>&1"
+        "printf '%s\\n' {params.key:q} > {output.key:q}.tmp && mv {output.key:q}.tmp {output.key:q} && "
+        "diff-erank measure --dump {input.dump:q} --texts {input.texts:q} --out {output.tables:q}"
+        " --threads {threads} --mem-mb {resources.mem_mb} > {log:q} 2>&1"

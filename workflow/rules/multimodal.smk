@@ -17,7 +17,7 @@ rule mm_prepare:
         mem_mb=4000,
         runtime=30,
     shell:
-        "diff-erank mm-prepare --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "diff-erank mm-prepare --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule mm_erank:
@@ -40,8 +40,8 @@ rule mm_erank:
     resources:
         **_sized(mm_estimate),
     shell:
-        "diff-erank mm-erank --spec {params.spec:q} --items {input.table} --rotation {wildcards.rotation}"
-        " --out {output} --device {params.device} --threads {threads} {params.model_path} > {log} 2>&1"
+        "diff-erank mm-erank --spec {params.spec:q} --items {input.table:q} --rotation {wildcards.rotation}"
+        " --out {output:q} --device {params.device} --threads {threads} {params.model_path} > {log:q} 2>&1"
 
 
 rule convert_minigpt:
@@ -59,7 +59,7 @@ rule convert_minigpt:
     resources:
         **_cpu_sized(lambda w: sizing.minigpt_convert_need(MM["models"][w.model])),
     shell:
-        "diff-erank convert-minigpt --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
+        "diff-erank convert-minigpt --spec {params.spec:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 localrules:
@@ -73,7 +73,7 @@ rule mm_report:
     output:
         **report_rule_outputs(multimodal_files(C)),
     params:
-        inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items() if k != "config"),
+        inputs=lambda w, input: " ".join(shlex.quote(f"{k}={v}") for k, v in input.items() if k != "config"),
         run=run_folder,
         experiment=C["name"],
     log:
@@ -85,5 +85,5 @@ rule mm_report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank mm-report --inputs {params.inputs} --config \"$(cat {input.config:q})\" --out-dir {params.run}"
-        " > {log} 2>&1"
+        "diff-erank mm-report --inputs {params.inputs} --config \"$(cat {input.config:q})\""
+        " --out-dir {params.run:q} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ rule prepare:
         # what determines the texts only (no labels, no run folder but a demo corpus's): a params
         # change reruns a job, and this one is shared by every experiment whose texts have this key
         spec=lambda w: as_json(K.texts_spec(K.datasets_of[w.key])),
-        run=lambda w: OUT if C["datasets"][K.datasets_of[w.key]]["source"]["kind"] == "demo" else ".",
+        run=lambda w: DEMO if C["datasets"][K.datasets_of[w.key]]["source"]["kind"] == "demo" else ".",
     log:
         f"{OUT}/logs/prepare/{{key}}.log",
     benchmark:
@@ -22,4 +22,4 @@ rule prepare:
         mem_mb=8000,
         runtime=60,
     shell:
-        "diff-erank prepare --spec {params.spec:q} --out {output} --results-root {params.run} > {log} 2>&1"
+        "diff-erank prepare --spec {params.spec:q} --out {output:q} --results-root {params.run:q} > {log:q} 2>&1"

@@ -65,7 +65,7 @@ rule resolved_config:
         mem_mb=100,
         runtime=1,
     shell:
-        "printf '%s\\n' {params.config:q} > {output} 2> {log}"
+        "printf '%s\\n' {params.config:q} > {output:q} 2> {log:q}"
 
 
 rule report:
@@ -93,5 +93,5 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        'diff-erank report --diffs {input.diffs} --accuracy {input.accuracy} --config "$(cat {input.config:q})"'
-        " --out-dir {params.run} > {log} 2>&1"
+        'diff-erank report --diffs {input.diffs:q} --accuracy {input.accuracy:q} --config "$(cat {input.config:q})"'
+        " --out-dir {params.run:q} > {log:q} 2>&1"

@@ -1,11 +1,13 @@
-# The demo zoo: a BPE tokenizer, then small causal LMs trained from scratch with checkpoints.
+# The demo zoo: a BPE tokenizer, then small causal LMs trained from scratch with checkpoints. Both live
+# in the shared cache beside their corpus, a model under the key of its recipe (diff_erank.cache.zoo_key):
+# a new run name, a copied results folder or a twin experiment trains nothing again.
 
 
 rule tokenizer:
     input:
-        f"{OUT}/corpus/train.jsonl",
+        f"{DEMO}/corpus/train.jsonl",
     output:
-        directory(f"{OUT}/zoo/tokenizer"),
+        directory(f"{DEMO}/zoo/tokenizer"),
     params:
         vocab=C["corpus"]["vocab_size"] if C["corpus"] else 0,
     log:
@@ -17,26 +19,28 @@ rule tokenizer:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank tokenizer --corpus {input} --out {output} --vocab-size {params.vocab} > {log} 2>&1"
+        "diff-erank tokenizer --corpus {input:q} --out {output:q} --vocab-size {params.vocab} > {log:q} 2>&1"
 
 
 rule train:
     input:
-        tokenizer=f"{OUT}/zoo/tokenizer",
-        corpus=f"{OUT}/corpus/train.jsonl",
+        tokenizer=f"{DEMO}/zoo/tokenizer",
+        corpus=f"{DEMO}/corpus/train.jsonl",
     output:
-        directory(f"{OUT}/zoo/{{model}}"),
+        directory(f"{DEMO}/zoo/{{zoo}}"),
+    wildcard_constraints:
+        zoo=KEY,
     params:
-        spec=lambda w: as_json(C["models"][w.model]["train"]),
+        spec=lambda w: as_json(C["models"][K.zoo[w.zoo]]["train"]),
     log:
-        f"{OUT}/logs/train/{{model}}.log",
+        f"{OUT}/logs/train/{{zoo}}.log",
     benchmark:
-        f"{OUT}/benchmarks/train/{{model}}.tsv"
+        f"{OUT}/benchmarks/train/{{zoo}}.tsv"
     threads: 1
-    priority: lambda w: min(9, 2 * C["models"][w.model]["train"]["num_layers"])  # deepest (longest) first
+    priority: lambda w: min(9, 2 * C["models"][K.zoo[w.zoo]]["train"]["num_layers"])  # deepest (longest) first
     resources:
-        mem_mb=lambda w: model_resources(w.model, "mem_mb", 2000),
-        runtime=lambda w: model_resources(w.model, "runtime", 30),
+        mem_mb=lambda w: model_resources(K.zoo[w.zoo], "mem_mb", 2000),
+        runtime=lambda w: model_resources(K.zoo[w.zoo], "runtime", 30),
     shell:
-        "diff-erank train --spec {params.spec:q} --tokenizer {input.tokenizer} --corpus {input.corpus}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        "diff-erank train --spec {params.spec:q} --tokenizer {input.tokenizer:q} --corpus {input.corpus:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
