@@ -15,7 +15,7 @@ from helpers import REPO
 
 from diff_erank.aggregate import diff_table
 from diff_erank.outputs import figure_kinds, report_files
-from diff_erank.report import build
+from diff_erank.report import build, summarise
 from diff_erank.reproduce import first_layer_readings, first_layer_section, reference
 from diff_erank.tables import human_count, markdown
 
@@ -50,6 +50,7 @@ def model_entry(family: str, size: str) -> dict:
         "untrained": {"kind": "revision", "revision": "step0"},
         "checkpoints": ["step40", "step150"],
         "train": {"steps": 400},
+        "max_length": 64,
     }
 
 
@@ -60,6 +61,9 @@ MODELS = {
     "neox-s": ("neox", "s", 125_000_000, 3),
     "neox-l": ("neox", "l", 1_300_000_000, 4),
 }
+
+
+TRUNCATED = {("opt-l", "d1"): 3}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +91,8 @@ def report_run(tmp_path_factory) -> tuple[Path, dict]:
                 for v, e in STEPS.items()
             }
             info = {"model": model, "family": fam, "size": size, "n_params": n_params, "dataset": ds}
+            # what aggregate.load_tables passes on from the dump: 3 of opt-l's 12 d1 texts were cut
+            info |= {"n_skipped_empty": 0, "n_skipped_short": 0, "n_truncated": TRUNCATED.get((model, ds), 0)}
             df = diff_table(tables, ["rev-step0"], ["a", "b"], {"samples": 50, "seed": 0, "ci": 0.95}, info)
             path = tmp / "diff" / model / f"{ds}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +127,7 @@ def test_tables_are_readable(report_run) -> None:
     md = (out / "tables" / "diff_erank.md").read_text().splitlines()
     header = [c.strip() for c in md[0].strip("|").split("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md[2:] if line.startswith("|")]
-    assert "params" in header and "n_params" not in header
-    params = {r[header.index("model")]: r[header.index("params")] for r in rows}
+    params = {r[header.index("model")]: r[header.index("n_params")] for r in rows}
     assert params == {"opt-s": "82K", "opt-l": "1.3M", "neox-s": "125M", "neox-l": "1.3B"}
     for col in ("diff_erank", "reduced_loss", "erank_trained", "ci_low"):
         cells = [r[header.index(col)] for r in rows]
@@ -132,6 +137,31 @@ def test_tables_are_readable(report_run) -> None:
     assert set(csv["n_params"]) == {p for _, _, p, _ in MODELS.values()}
     html = (out / "tables" / "diff_erank.html").read_text()
     assert "<table>" in html and "1.3B" in html
+    # one set of column names: the CSV's are the Markdown's and the HTML's, in every table
+    for csv_file in (out / "tables").glob("*.csv"):
+        names = list(pd.read_csv(csv_file).columns)
+        md_head = csv_file.with_suffix(".md").read_text().splitlines()[0]
+        assert [c.strip() for c in md_head.strip("|").split("|")] == names, csv_file.name
+        assert re.findall(r"<th>(.*?)</th>", csv_file.with_suffix(".html").read_text()) == names
+    # footnotes name only columns the table has
+    for md_file in (out / "tables").glob("*.md"):
+        lines = md_file.read_text().splitlines()
+        cols = {c.strip() for c in lines[0].strip("|").split("|")}
+        for note in (x for x in lines[1:] if x and not x.startswith("|")):
+            named = set(re.findall(r"\b([a-z]+(?:_[a-z0-9]+)+)\b", note))
+            assert named <= cols | {"max_length", "hidden_states"}, (md_file.name, named - cols)
+
+
+def test_truncated_texts_are_counted_and_stated(report_run) -> None:
+    out, _ = report_run
+    csv = pd.read_csv(out / "tables" / "diff_erank.csv")
+    cut = {(r.model, r.dataset): r.n_truncated for r in csv.itertuples() if r.n_truncated}
+    assert cut == {("opt-l", "d1"): 3}
+    assert "n_truncated" in pd.read_csv(out / "tables" / "all.csv").columns
+    summary = (out / "summary.md").read_text()
+    assert "opt-l on d1: 3 of 12 texts cut at 64 tokens" in summary
+    # a run where nothing was cut says nothing about cutting
+    assert "cut at" not in summarise(csv.assign(n_truncated=0), pd.DataFrame(), config={"name": "x"})
 
 
 def test_even_precision_and_human_counts() -> None:
@@ -421,3 +451,38 @@ def _full_config() -> dict:
     from diff_erank.config import load_config
 
     return load_config(REPO / "conf", ["experiment=demo"])
+
+
+def test_summary_keeps_families_apart_and_describes_the_run_made(report_run) -> None:
+    from diff_erank.report import main_notes
+
+    out, _ = report_run
+    summary = (out / "summary.md").read_text()
+    assert "All families together" not in summary  # two families (opt, neox): no pooled trend
+    assert "not comparable across families" in summary
+    ran = "This run measured 4 models (neox: neox-s, neox-l; opt: opt-s, opt-l) on 2 datasets (d1, d2)."
+    assert ran in summary
+    # conf/experiment/ci.yaml composes zoo-opt-xs, zoo-opt-s, zoo-neox-xs on topics, "a smaller demo for CI"
+    main = pd.DataFrame(
+        {
+            "model": ["zoo-opt-xs", "zoo-opt-s", "zoo-neox-xs"],
+            "family": ["zoo-opt", "zoo-opt", "zoo-neox"],
+            "size": ["xs", "s", "xs"],
+            "n_params": [82_464, 239_000, 144_000],
+            "dataset": "topics",
+            "diff_erank": [15.0, 20.0, 7.0],
+            "reduced_loss": [1.5, 2.0, 2.1],
+        }
+    )
+    ci = {"name": "ci", "description": "a smaller demo for CI", "datasets": {"topics": {}}}
+    ci["models"] = {m: {} for m in main["model"]}
+    as_written = summarise(main, pd.DataFrame(), config=ci)
+    assert "Experiment `ci`: a smaller demo for CI. This run measured 3 models" in as_written
+    other = main[main["model"] != "zoo-opt-s"]  # ci with a model taken out: not the experiment as written
+    made = summarise(other, pd.DataFrame(), config={**ci, "models": {m: {} for m in other["model"]}})
+    assert "smaller demo" not in made
+    ran = "This run measured 2 models (zoo-neox: zoo-neox-xs; zoo-opt: zoo-opt-xs) on 1 dataset (topics)."
+    assert ran in made
+    # footnotes only for the columns there are: no bootstrap interval, no note about it
+    notes = " ".join(main_notes(main.assign(diff_erank_std=0.1)))
+    assert "ci_low" not in notes and "diff_erank_std" in notes
