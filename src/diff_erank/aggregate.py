@@ -153,5 +153,6 @@ def load_tables(paths: Mapping[str, str | Path]) -> tuple[dict[str, pd.DataFrame
     skipped = {k: dump.get(k, 0) for k in ("n_skipped_empty", "n_skipped_short")}
     # texts cut at max_length (measured, but only their first max_length tokens); NaN: not recorded
     truncated = dump.get("n_truncated")
-    facts = {"n_params": dump["n_params"], **skipped, "n_truncated": np.nan if truncated is None else truncated}
+    facts = {"n_params": dump["n_params"], **skipped}
+    facts["n_truncated"] = np.nan if truncated is None else truncated
     return tables, facts
