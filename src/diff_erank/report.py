@@ -635,9 +635,11 @@ def write_tables(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[st
 
 def draw_figures(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[str, Any]) -> None:
     """``figures/``: each registered figure the config shows (``figure_registry``), from its frames."""
+    options = config.get("figure_options") or {}  # e.g. {layers: {share_y: true}}
     for name in figure_kinds(config):
         fig = FIGURES[name]
-        fig.drawer()(*(f.frame(frame) for frame in fig.frames), out_dir / "figures" / name, prov)
+        frames_ = (f.frame(frame) for frame in fig.frames)
+        fig.drawer()(*frames_, out_dir / "figures" / name, prov, **(options.get(name) or {}))
 
 
 def write_summary(f: Frames, config: dict[str, Any], out_dir: Path) -> None:
