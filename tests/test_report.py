@@ -486,3 +486,102 @@ def test_summary_keeps_families_apart_and_describes_the_run_made(report_run) -> 
     # footnotes only for the columns there are: no bootstrap interval, no note about it
     notes = " ".join(main_notes(main.assign(diff_erank_std=0.1)))
     assert "ci_low" not in notes and "diff_erank_std" in notes
+
+
+# -- figures: what a reviewer looks for, read off the drawn matplotlib objects ------------------------
+def _size_rows(order: list[tuple[str, str, float]], datasets=("d1", "d2")) -> pd.DataFrame:
+    rows = []
+    for ds in datasets:
+        for k, (fam, size, n) in enumerate(order):
+            rows.append({"model": f"{fam}-{size}", "family": fam, "size": size, "n_params": n, "dataset": ds,
+                         "diff_erank": 10.0 + k, "ci_low": 9.0 + k, "ci_high": 11.0 + k,
+                         "reduced_loss": 2.0 + k / 10})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _series_colors(fig) -> dict[str, tuple]:
+    """Colour of each labelled data line (a family's series), over every panel."""
+    from matplotlib.colors import to_rgba
+
+    out: dict[str, set] = {}
+    for ax in fig.axes:
+        for c in ax.containers:  # an errorbar series: its label is the container's, its line the first
+            out.setdefault(c.get_label(), set()).add(to_rgba(c.lines[0].get_color()))
+    assert all(len(c) == 1 for c in out.values()), out  # one colour per family in every panel
+    return {k: next(iter(v)) for k, v in out.items()}
+
+
+def test_size_figure_two_panels_and_a_colour_per_family_whatever_the_run(tmp_path) -> None:
+    import matplotlib.pyplot as plt
+
+    from diff_erank.figures import size_fig
+
+    run1 = _size_rows([("opt", "125m", 125e6), ("opt", "1.3b", 1.3e9), ("pythia", "1.4b", 1.4e9)])
+    # another run: other families, listed in another order
+    run2 = _size_rows([("pythia", "1.4b", 1.4e9), ("my-family", "1b", 1e9), ("opt", "1.3b", 1.3e9),
+                       ("cerebras-gpt", "1.3b", 1.3e9)])  # fmt: skip
+    fig1, fig2 = size_fig(run1), size_fig(run2)
+    c1, c2 = _series_colors(fig1), _series_colors(fig2)
+    assert c1["opt"] == c2["opt"] and c1["pythia"] == c2["pythia"]
+    assert len(set(c2.values())) == 4  # four families, four colours
+    # two panels per dataset, Diff-eRank above reduced loss, and no twin y-axis
+    visible = [ax for ax in fig1.axes if ax.get_visible()]
+    assert len(visible) == 4
+    assert sorted(ax.get_ylabel() for ax in visible) == ["Diff-eRank"] * 2 + ["reduced loss (nats)"] * 2
+    # OPT-1.3B and Cerebras-GPT-1.3B, one size, are drawn side by side, not on one spot
+    xs = {c.get_label(): float(c.lines[0].get_xdata()[-1]) for c in fig2.axes[0].containers}
+    assert xs["opt"] != xs["cerebras-gpt"] and abs(np.log10(xs["opt"] / xs["cerebras-gpt"])) < 0.1
+    plt.close("all")
+
+
+def test_stages_figure_has_error_bars_and_no_lone_dataset_legend(report_run) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from diff_erank.figures import stages_fig
+
+    stages = pd.read_csv(report_run[0] / "tables" / "stages.csv")
+    full = pd.read_csv(report_run[0] / "tables" / "all.csv")
+    rows = full.query("role == 'stage' and layer == 'last' and algorithm == 'a'")
+    cols = ["model", "dataset", "variant", "family", "n_params", "ci_low", "ci_high"]
+    stages = stages.merge(rows[cols], on=["model", "dataset", "variant"])
+    stages["order"] = stages["step"]
+    one = stages[stages["dataset"] == "d1"]
+    fig = stages_fig(one)
+    diff_panels = [ax for ax in fig.axes if ax.get_ylabel() == "Diff-eRank"]
+    bars = [c for ax in diff_panels for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert bars and all(c.has_yerr for c in bars)
+    texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert not any("dataset" in t for t in texts)
+    two = stages_fig(stages)
+    assert {"dataset: d1", "dataset: d2"} <= {t.get_text() for leg in two.legends for t in leg.get_texts()}
+    plt.close("all")
+
+
+def test_algorithm_b_is_drawn_over_a_and_layers_can_share_a_scale(report_run) -> None:
+    import matplotlib.pyplot as plt
+
+    from diff_erank.figures import algorithms_fig, layers_fig
+
+    out, _ = report_run
+    full = pd.read_csv(out / "tables" / "all.csv")
+    last = full[(full["role"] == "untrained") & (full["layer"] == "last")]
+    fig = algorithms_fig(last)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")}
+    a, b = lines["opt: algorithm (a)"], lines["opt: algorithm (b)"]
+    assert b.get_zorder() > a.get_zorder() and b.get_markerfacecolor() == "none"
+    assert b.get_markersize() > a.get_markersize()  # an open ring around (a)'s filled marker
+    layers = pd.read_csv(out / "tables" / "layers.csv").merge(
+        full[["model", "family"]].drop_duplicates(), on="model"
+    )
+    shared = layers_fig(layers, share_y=True)
+    tops = [ax for ax in shared.axes if ax.get_visible() and ax.get_ylabel() != "Diff-eRank"]
+    tops = [ax for ax in tops if any(ln.get_linestyle() == "--" for ln in ax.get_lines())]  # eRank panels
+    assert len(tops) == 4 and len({ax.get_ylim() for ax in tops}) == 1
+    own = layers_fig(layers)
+    tops = [ax for ax in own.axes if any(ln.get_linestyle() == "--" for ln in ax.get_lines())]
+    assert len({ax.get_ylim() for ax in tops}) > 1
+    # tick labels name the layers, one name per line: first / middle over the index they share
+    labels = {t.get_text() for ax in own.axes for t in ax.get_xticklabels()}
+    assert "first\nmiddle\n(1)" in labels
+    plt.close("all")
