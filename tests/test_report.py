@@ -585,3 +585,28 @@ def test_algorithm_b_is_drawn_over_a_and_layers_can_share_a_scale(report_run) ->
     labels = {t.get_text() for ax in own.axes for t in ax.get_xticklabels()}
     assert "first\nmiddle\n(1)" in labels
     plt.close("all")
+
+
+def test_the_html_reports_landing_page_names_the_run_and_its_numbers(report_run) -> None:
+    from jinja2 import Environment
+
+    out, _ = report_run
+    rst = (out / "report.rst").read_text()
+    assert rst.startswith("Diff-eRank: experiment fixture\n==============================\n")
+    csv = pd.read_csv(out / "tables" / "diff_erank.csv")
+    row = csv[(csv["model"] == "neox-l") & (csv["dataset"] == "d2")].iloc[0]
+    # three significant digits, as the summary gives them
+    cell = f"{row.diff_erank:.1f} [{row.ci_low:.1f}, {row.ci_high:.1f}]"
+    assert f"   * - neox-l\n     - d2\n     - {cell}" in rst
+    assert "3 of 12 texts cut at 64 tokens" in rst
+    # Snakemake renders the page with Jinja, the categories it found: only those are listed
+    from types import SimpleNamespace
+
+    cats = [SimpleNamespace(name=n) for n in ("Summary", "Fig. 1 / Table 6: size")]
+    page = Environment().from_string(rst).render(categories=cats, snakemake=None, files=[])
+    listed = [line[2:] for line in page.splitlines() if line.startswith("- ")]
+    assert listed == ["Fig. 1 / Table 6: size", "Summary"]
+    import docutils.core
+
+    html = docutils.core.publish_parts(page, writer_name="html")["html_body"]
+    assert "<table" in html and "neox-l" in html and "System Message" not in html  # valid reST

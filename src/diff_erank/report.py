@@ -386,6 +386,61 @@ def init_scale_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+#: Rows of the headline table on the report's landing page; the rest are in Fig. 1 / Table 6.
+LANDING_ROWS = 30
+
+
+def landing_rst(main: pd.DataFrame, config: dict[str, Any]) -> str:
+    """The landing page of Snakemake's HTML report (``report.rst``): the experiment's name, what this
+    run measured, its headline numbers, and the report's sections. The section list is a Jinja loop
+    over the categories Snakemake found, so it names only the sections this run has."""
+    name = config.get("name", "experiment")
+    title = f"Diff-eRank: experiment {name}"
+    # Markdown's `code` is reST's ``code``
+    md = [*run_lines(main, config), *(line for line in truncation_lines(main, config) if line)]
+    out = [title, "=" * len(title), "", *(line.replace("`", "``") for line in md)]
+    rows = main.sort_values(["dataset", "family", "n_params"])
+    d = decimals(rows["diff_erank"], digits=3)
+    dl = decimals(rows["reduced_loss"], digits=3)
+    out += [
+        "",
+        f"Headline: Diff-eRank (algorithm ({STANDARD_ALGORITHM}), {LAST} layer, trained against untrained) "
+        "with its 95% bootstrap interval over texts, and the reduced loss (nats).",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - model",
+        "     - dataset",
+        "     - Diff-eRank [95% CI]",
+        "     - reduced loss",
+    ]
+    for r in rows.head(LANDING_ROWS).itertuples():
+        lo, hi = getattr(r, "ci_low", np.nan), getattr(r, "ci_high", np.nan)
+        ci = f" [{lo:.{d}f}, {hi:.{d}f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+        out += [
+            f"   * - {r.model}",
+            f"     - {r.dataset}",
+            f"     - {r.diff_erank:.{d}f}{ci}",
+            f"     - {r.reduced_loss:.{dl}f}",
+        ]
+    if len(rows) > LANDING_ROWS:
+        out += ["", f"and {len(rows) - LANDING_ROWS} more rows in Fig. 1 / Table 6."]
+    out += [
+        "",
+        "Sections of this report (menu on the left):",
+        "",
+        "{% for cat in categories|sort(attribute='name') %}- {{ cat.name }}",
+        "{% endfor %}",
+        "The effective rank (eRank) of a text's hidden states is exp of the entropy of their normalised "
+        "covariance spectrum; Diff-eRank is eRank(untrained M0) - eRank(trained M1) (Wei et al., NeurIPS "
+        "2024). Every table is also under ``tables/`` as CSV (full precision), Markdown and HTML, every "
+        "figure under ``figures/`` as PNG and PDF, each with its provenance; the resolved configuration "
+        "is ``config.json``.",
+    ]
+    return "\n".join(out) + "\n"
+
+
 def md_to_html(text: str, title: str) -> str:
     """A Markdown page (summary, reproduction report) as HTML for Snakemake's report."""
     from markdown_it import MarkdownIt
@@ -648,6 +703,7 @@ def write_summary(f: Frames, config: dict[str, Any], out_dir: Path) -> None:
     if f.init_scale is not None:
         summary += "\n" + "\n".join(init_scale_lines(f.init_scale)) + "\n"
     write_text(summary, out_dir / "summary.md")
+    write_text(landing_rst(f.main, config), out_dir / "report.rst")
     write_text(md_to_html(summary, f"Summary: {config.get('name', '')}"), out_dir / "summary.html")
     if reproduces_paper(config):
         from diff_erank.reproduce import build_report
