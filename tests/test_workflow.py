@@ -53,6 +53,14 @@ def test_tables_agree_with_per_text_erank(ci_run: Path) -> None:
     assert main.loc["zoo-opt-xs", "diff_erank"] == pytest.approx(expected, rel=1e-12)
     texts = texts_of(ci_run, "zoo-opt-xs", "topics")
     assert list(t["text_id"]) == list(texts["text_id"])
+    # texts cut at max_length, counted again with the run's own tokenizer: the table says as many
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ci_run / "zoo" / "tokenizer")
+    limit = json.loads((ci_run / "config.json").read_text())["models"]["zoo-opt-xs"]["max_length"]
+    cut = sum(len(tok(x, add_special_tokens=True)["input_ids"]) > limit for x in texts["text"])
+    assert cut > 0 and main.loc["zoo-opt-xs", "n_truncated"] == cut
+    assert f"{cut} of 40 texts cut at {limit} tokens" in (ci_run / "summary.md").read_text()
 
 
 def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
@@ -198,7 +206,7 @@ def test_every_report_file_is_declared_and_rebuilt_when_deleted(ci_run: Path) ->
 
     declared = set(report_files(load_config(REPO / "conf", ["experiment=ci"])).values())
     on_disk = {str(p.relative_to(ci_run)) for d in ("tables", "figures") for p in (ci_run / d).iterdir()}
-    assert on_disk | {"summary.md", "summary.html"} == declared  # nothing written that is not declared
+    assert on_disk | {"summary.md", "summary.html", "report.rst"} == declared  # nothing undeclared written
     assert {"figures/stages.pdf", "figures/algorithms.png", "tables/stages.md"} <= declared
     for f in ("figures/stages.pdf", "tables/stages.md"):
         (ci_run / f).unlink()

@@ -286,11 +286,13 @@ def truncation_lines(main: pd.DataFrame, config: dict[str, Any]) -> list[str]:
     if cut.empty:
         return []
     models = config.get("models") or {}
-    parts = []
-    for r in cut.itertuples():
-        limit = (models.get(r.model) or {}).get("max_length")
+    limits = cut["model"].map(lambda m: (models.get(m) or {}).get("max_length") or 0)
+    parts = []  # models with the same count on a dataset in one clause
+    for (ds, n, of, limit), g in cut.assign(limit=limits).groupby(
+        ["dataset", "n_truncated", "n_texts", "limit"], sort=False
+    ):
         at = f" at {limit} tokens" if limit else ""
-        parts.append(f"{r.model} on {r.dataset}: {r.n_truncated:.0f} of {r.n_texts:.0f} texts cut{at}")
+        parts.append(f"{', '.join(g['model'])} on {ds}: {n:.0f} of {of:.0f} texts cut{at}")
     return [
         "**Texts cut at max_length**: " + "; ".join(parts) + ". A cut text is measured on its first "
         "max_length tokens only; raise the model's `max_length` to measure it whole (column "
@@ -324,8 +326,8 @@ def summarise(
         out += [
             "",
             "Each trend is within one family: Diff-eRank is not comparable across families (each is "
-            "measured against its own untrained model, with its own tokenizer and width), so families "
-            "are not pooled into one trend.",
+            "measured against its own untrained model, whose eRank depends on the architecture and "
+            "width), so families are not pooled into one trend.",
         ]
     acc_cols = [c for c in main.columns if c.startswith("acc_")]
     if acc_cols:
