@@ -1,7 +1,7 @@
 """Figures of an experiment in the paper's style, each saved as PNG and PDF with its provenance.
 
-- ``size``: Diff-eRank and reduced loss against model size (the paper's Fig. 1), one panel per
-  dataset, one colour per family;
+- ``size``: Diff-eRank (above) and reduced loss (below) against model size (the paper's Fig. 1),
+  two panels per dataset, one colour and marker per family (fixed by its name, :data:`FAMILY_STYLES`);
 - ``stages``: eRank, loss and Diff-eRank against training step (Table 10's question, over the
   zoo's or Pythia's checkpoints), one row of panels per family;
 - ``algorithms``: algorithm (a) against (b) over model size (Fig. 4);
@@ -12,7 +12,8 @@
 Each is registered in ``figure_registry`` (what it is drawn from, when a config can show it),
 which is how the report finds it. Every figure carries a title that says what it shows
 (algorithm, layer, what the bars are) and labelled axes; the functions take the report's tables,
-never raw files.
+never raw files. Each ``<kind>_figure`` saves what ``<kind>_fig`` draws, so tests read the drawn
+panels, lines and legends.
 """
 
 from __future__ import annotations
