@@ -603,7 +603,8 @@ def test_the_html_reports_landing_page_names_the_run_and_its_numbers(report_run)
     from types import SimpleNamespace
 
     cats = [SimpleNamespace(name=n) for n in ("Summary", "Fig. 1 / Table 6: size")]
-    page = Environment().from_string(rst).render(categories=cats, snakemake=None, files=[])
+    env = Environment(trim_blocks=True, lstrip_blocks=True)  # as snakemake.report renders it
+    page = env.from_string(rst).render(categories=cats, snakemake=None, files=[])
     listed = [line[2:] for line in page.splitlines() if line.startswith("- ")]
     assert listed == ["Fig. 1 / Table 6: size", "Summary"]
     import docutils.core

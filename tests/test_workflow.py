@@ -223,13 +223,18 @@ def test_html_report(ci_run: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     text = html.read_text(errors="replace")
     assert "Diff-eRank" in text and len(text) > 10000
-    # a landing page, one category per paper table or figure, tables as HTML pages, readable params
-    assert "the tables and figures of one experiment" in text
+    # a landing page that names the run and gives its numbers, one category per paper table or
+    # figure this run has (ci measures one layer: no Table 4), tables as HTML pages, readable params
+    desc = re.search(r'workflow_desc = "(.*?)";\n', text, re.S).group(1)
+    assert "Diff-eRank: experiment ci</h1>" in desc and "zoo-opt-s" in desc and "<table" in desc
+    assert "<li>Summary</li>" in desc and "Table 4" not in desc and "System Message" not in desc
+    assert "align-items: flex-start" in text  # the page starts at the top (workflow/report/report.css)
     for category in ("Fig. 1 / Table 6: size", "Table 10: training stages", "Summary"):
         assert f'"{category}": {{' in text
+    assert '"Table 4: layers": {' not in text
     for item in ("tables/diff_erank.html", "tables/stages.html", "figures/stages.png", "summary.html"):
         assert f"Adding {Path(item).name}" in r.stdout + r.stderr
     params = re.findall(r'"rule": "report", "wildcards": "", "params": "(.*?)"}', text)
-    assert len(params) == 9  # one per result shown
+    assert len(params) == 8  # one per result shown
     assert all(p.startswith("experiment=ci, models=zoo-opt-xs zoo-opt-s zoo-neox-xs, ") for p in params)
     assert all(len(p) < 200 for p in params)  # not the resolved config as escaped JSON

@@ -432,8 +432,10 @@ def landing_rst(main: pd.DataFrame, config: dict[str, Any]) -> str:
         "",
         "Sections of this report (menu on the left):",
         "",
-        "{% for cat in categories|sort(attribute='name') %}- {{ cat.name }}",
+        "{% for cat in categories|sort(attribute='name') %}",
+        "- {{ cat.name }}",
         "{% endfor %}",
+        "",
         "The effective rank (eRank) of a text's hidden states is exp of the entropy of their normalised "
         "covariance spectrum; Diff-eRank is eRank(untrained M0) - eRank(trained M1) (Wei et al., NeurIPS "
         "2024). Every table is also under ``tables/`` as CSV (full precision), Markdown and HTML, every "
