@@ -228,7 +228,7 @@ def test_html_report(ci_run: Path) -> None:
     desc = re.search(r'workflow_desc = "(.*?)";\n', text, re.S).group(1)
     assert "Diff-eRank: experiment ci</h1>" in desc and "zoo-opt-s" in desc and "<table" in desc
     assert "<li>Summary</li>" in desc and "Table 4" not in desc and "System Message" not in desc
-    assert "align-items: flex-start" in text  # the page starts at the top (workflow/report/report.css)
+    assert "div.h-screen.items-center{align-items:flex-start}" in desc  # the page starts at the top
     for category in ("Fig. 1 / Table 6: size", "Table 10: training stages", "Summary"):
         assert f'"{category}": {{' in text
     assert '"Table 4: layers": {' not in text

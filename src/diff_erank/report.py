@@ -391,6 +391,14 @@ def init_scale_lines(table: pd.DataFrame) -> list[str]:
 #: Rows of the headline table on the report's landing page; the rest are in Fig. 1 / Table 6.
 LANDING_ROWS = 30
 
+#: Snakemake centres its landing page in a full-screen box, which leaves half a screen of white
+#: above a short page and cuts off the top of a long one; the page carries this style to start at
+#: the top and use the window's width (a <style> in the page applies while the page is shown).
+LANDING_STYLE = (
+    "<style>div.h-screen.items-center{align-items:flex-start}"
+    "div.prose.max-w-lg{max-width:60rem}div.prose table{font-variant-numeric:tabular-nums}</style>"
+)
+
 
 def landing_rst(main: pd.DataFrame, config: dict[str, Any]) -> str:
     """The landing page of Snakemake's HTML report (``report.rst``): the experiment's name, what this
@@ -400,7 +408,8 @@ def landing_rst(main: pd.DataFrame, config: dict[str, Any]) -> str:
     title = f"Diff-eRank: experiment {name}"
     # Markdown's `code` is reST's ``code``
     md = [*run_lines(main, config), *(line for line in truncation_lines(main, config) if line)]
-    out = [title, "=" * len(title), "", *(line.replace("`", "``") for line in md)]
+    out = [title, "=" * len(title), "", ".. raw:: html", "", f"   {LANDING_STYLE}", ""]
+    out += [line.replace("`", "``") for line in md]
     rows = main.sort_values(["dataset", "family", "n_params"])
     d = decimals(rows["diff_erank"], digits=3)
     dl = decimals(rows["reduced_loss"], digits=3)
