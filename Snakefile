@@ -40,7 +40,12 @@ onstart:
             sys.exit(f"Cannot start: {exc}")
 
 
-report: "workflow/report/workflow.rst"
+# The HTML report's landing page: the one this run's report step wrote (its name, headline numbers
+# and sections), else the generic page, before the run has results.
+LANDING = Path(OUT, "report.rst").resolve()
+
+
+report: str(LANDING) if LANDING.is_file() else "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -174,6 +174,19 @@ def test_a_view_keeps_the_layers_and_first_texts_and_says_where_they_came_from(t
     )
 
 
+def test_a_view_counts_the_texts_cut_among_its_own_first_texts(tmp_path) -> None:
+    tpath, table = _tables(tmp_path, 6_458_670, 40)
+    df = pd.read_parquet(table)
+    # the dump cut texts 1, 5 and 30 of its 40 (dump.tokenise records their positions)
+    dump = {"n_texts_in": 40, "n_params": 7, "n_truncated": 3, "truncated_positions": [1, 5, 30]}
+    write_parquet(df, table, provenance(dump=dump))
+    cache.select(table, tmp_path / "view.parquet", ["last"], tpath, first=10)
+    assert read_provenance(tmp_path / "view.parquet")["dump"]["n_truncated"] == 2  # 1 and 5; 30 is past 10
+    # the whole sample keeps the dump's own count
+    cache.select(table, tmp_path / "all.parquet", ["last"], tpath)
+    assert read_provenance(tmp_path / "all.parquet")["dump"]["n_truncated"] == 3
+
+
 def test_a_sample_that_is_no_prefix_is_refused(tmp_path) -> None:
     tpath, table = _tables(tmp_path, 150, 40)  # 150 rows: k = 10 and k = 40 draw differently
     with pytest.raises(DataError, match="not the first 10 of its 40-text sample"):

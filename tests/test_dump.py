@@ -87,6 +87,11 @@ def test_short_and_long_texts_are_counted(tiny_opt, texts_file, tmp_path) -> Non
     tok = AutoTokenizer.from_pretrained(tiny_opt / "main")
     t = D.tokenise(tok, ["", "abc def"], max_length=1)
     assert (t.n_empty, t.n_short) == (1, 1)  # one-token texts are skipped
+    # which texts were cut, by position (a prefix of the sample counts its own): the long one only
+    long = " ".join(["word"] * 200)
+    t = D.tokenise(tok, ["short text here", long, "", long], max_length=16)
+    assert (t.n_truncated, t.truncated) == (2, [1, 3]) and all(len(i) == 16 for i in t.ids[1:])
+    assert m["truncated_positions"] and len(m["truncated_positions"]) == m["n_truncated"]
 
 
 def test_untrained_variants(tiny_opt, texts_file, tmp_path) -> None:

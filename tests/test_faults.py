@@ -159,7 +159,8 @@ def test_blank_and_two_token_texts_are_skipped_and_counted(tiny_opt, tmp_path) -
     df = measure_to_file(tmp_path / "d", tmp_path / "e.parquet", texts)
     assert set(df["position"]) == set(range(3, 9)) and (df["n_tokens"] >= 3).all()
     _, facts = load_tables({"trained": tmp_path / "e.parquet"})  # what the diff table carries
-    assert (facts["n_skipped_empty"], facts["n_skipped_short"]) == (2, 1)
+    skipped = (facts["n_skipped_empty"], facts["n_skipped_short"], facts["n_truncated"])
+    assert skipped == (2, 1, m["n_truncated"])
     # why 2 tokens are too few: two centred vectors are collinear, eRank exactly 1 whatever they are
     assert erank_stats(torch.randn(2, 64, dtype=torch.float64)).erank == pytest.approx(1.0, abs=1e-12)
     kept = D.dump(model_spec(tiny_opt, min_tokens=2), "trained", texts, tmp_path / "d2", device="cpu")

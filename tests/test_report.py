@@ -15,7 +15,7 @@ from helpers import REPO
 
 from diff_erank.aggregate import diff_table
 from diff_erank.outputs import figure_kinds, report_files
-from diff_erank.report import build
+from diff_erank.report import build, summarise
 from diff_erank.reproduce import first_layer_readings, first_layer_section, reference
 from diff_erank.tables import human_count, markdown
 
@@ -50,6 +50,7 @@ def model_entry(family: str, size: str) -> dict:
         "untrained": {"kind": "revision", "revision": "step0"},
         "checkpoints": ["step40", "step150"],
         "train": {"steps": 400},
+        "max_length": 64,
     }
 
 
@@ -60,6 +61,9 @@ MODELS = {
     "neox-s": ("neox", "s", 125_000_000, 3),
     "neox-l": ("neox", "l", 1_300_000_000, 4),
 }
+
+
+TRUNCATED = {("opt-l", "d1"): 3}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +91,8 @@ def report_run(tmp_path_factory) -> tuple[Path, dict]:
                 for v, e in STEPS.items()
             }
             info = {"model": model, "family": fam, "size": size, "n_params": n_params, "dataset": ds}
+            # what aggregate.load_tables passes on from the dump: 3 of opt-l's 12 d1 texts were cut
+            info |= {"n_skipped_empty": 0, "n_skipped_short": 0, "n_truncated": TRUNCATED.get((model, ds), 0)}
             df = diff_table(tables, ["rev-step0"], ["a", "b"], {"samples": 50, "seed": 0, "ci": 0.95}, info)
             path = tmp / "diff" / model / f"{ds}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +127,7 @@ def test_tables_are_readable(report_run) -> None:
     md = (out / "tables" / "diff_erank.md").read_text().splitlines()
     header = [c.strip() for c in md[0].strip("|").split("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md[2:] if line.startswith("|")]
-    assert "params" in header and "n_params" not in header
-    params = {r[header.index("model")]: r[header.index("params")] for r in rows}
+    params = {r[header.index("model")]: r[header.index("n_params")] for r in rows}
     assert params == {"opt-s": "82K", "opt-l": "1.3M", "neox-s": "125M", "neox-l": "1.3B"}
     for col in ("diff_erank", "reduced_loss", "erank_trained", "ci_low"):
         cells = [r[header.index(col)] for r in rows]
@@ -132,6 +137,31 @@ def test_tables_are_readable(report_run) -> None:
     assert set(csv["n_params"]) == {p for _, _, p, _ in MODELS.values()}
     html = (out / "tables" / "diff_erank.html").read_text()
     assert "<table>" in html and "1.3B" in html
+    # one set of column names: the CSV's are the Markdown's and the HTML's, in every table
+    for csv_file in (out / "tables").glob("*.csv"):
+        names = list(pd.read_csv(csv_file).columns)
+        md_head = csv_file.with_suffix(".md").read_text().splitlines()[0]
+        assert [c.strip() for c in md_head.strip("|").split("|")] == names, csv_file.name
+        assert re.findall(r"<th>(.*?)</th>", csv_file.with_suffix(".html").read_text()) == names
+    # footnotes name only columns the table has
+    for md_file in (out / "tables").glob("*.md"):
+        lines = md_file.read_text().splitlines()
+        cols = {c.strip() for c in lines[0].strip("|").split("|")}
+        for note in (x for x in lines[1:] if x and not x.startswith("|")):
+            named = set(re.findall(r"\b([a-z]+(?:_[a-z0-9]+)+)\b", note))
+            assert named <= cols | {"max_length", "hidden_states"}, (md_file.name, named - cols)
+
+
+def test_truncated_texts_are_counted_and_stated(report_run) -> None:
+    out, _ = report_run
+    csv = pd.read_csv(out / "tables" / "diff_erank.csv")
+    cut = {(r.model, r.dataset): r.n_truncated for r in csv.itertuples() if r.n_truncated}
+    assert cut == {("opt-l", "d1"): 3}
+    assert "n_truncated" in pd.read_csv(out / "tables" / "all.csv").columns
+    summary = (out / "summary.md").read_text()
+    assert "opt-l on d1: 3 of 12 texts cut at 64 tokens" in summary
+    # a run where nothing was cut says nothing about cutting
+    assert "cut at" not in summarise(csv.assign(n_truncated=0), pd.DataFrame(), config={"name": "x"})
 
 
 def test_even_precision_and_human_counts() -> None:
@@ -421,3 +451,163 @@ def _full_config() -> dict:
     from diff_erank.config import load_config
 
     return load_config(REPO / "conf", ["experiment=demo"])
+
+
+def test_summary_keeps_families_apart_and_describes_the_run_made(report_run) -> None:
+    from diff_erank.report import main_notes
+
+    out, _ = report_run
+    summary = (out / "summary.md").read_text()
+    assert "All families together" not in summary  # two families (opt, neox): no pooled trend
+    assert "not comparable across families" in summary
+    ran = "This run measured 4 models (neox: neox-s, neox-l; opt: opt-s, opt-l) on 2 datasets (d1, d2)."
+    assert ran in summary
+    # conf/experiment/ci.yaml composes zoo-opt-xs, zoo-opt-s, zoo-neox-xs on topics, "a smaller demo for CI"
+    main = pd.DataFrame(
+        {
+            "model": ["zoo-opt-xs", "zoo-opt-s", "zoo-neox-xs"],
+            "family": ["zoo-opt", "zoo-opt", "zoo-neox"],
+            "size": ["xs", "s", "xs"],
+            "n_params": [82_464, 239_000, 144_000],
+            "dataset": "topics",
+            "diff_erank": [15.0, 20.0, 7.0],
+            "reduced_loss": [1.5, 2.0, 2.1],
+        }
+    )
+    ci = {"name": "ci", "description": "a smaller demo for CI", "datasets": {"topics": {}}}
+    ci["models"] = {m: {} for m in main["model"]}
+    as_written = summarise(main, pd.DataFrame(), config=ci)
+    assert "Experiment `ci`: a smaller demo for CI. This run measured 3 models" in as_written
+    other = main[main["model"] != "zoo-opt-s"]  # ci with a model taken out: not the experiment as written
+    made = summarise(other, pd.DataFrame(), config={**ci, "models": {m: {} for m in other["model"]}})
+    assert "smaller demo" not in made
+    ran = "This run measured 2 models (zoo-neox: zoo-neox-xs; zoo-opt: zoo-opt-xs) on 1 dataset (topics)."
+    assert ran in made
+    # footnotes only for the columns there are: no bootstrap interval, no note about it
+    notes = " ".join(main_notes(main.assign(diff_erank_std=0.1)))
+    assert "ci_low" not in notes and "diff_erank_std" in notes
+
+
+# -- figures: what a reviewer looks for, read off the drawn matplotlib objects ------------------------
+def _size_rows(order: list[tuple[str, str, float]], datasets=("d1", "d2")) -> pd.DataFrame:
+    rows = []
+    for ds in datasets:
+        for k, (fam, size, n) in enumerate(order):
+            rows.append({"model": f"{fam}-{size}", "family": fam, "size": size, "n_params": n, "dataset": ds,
+                         "diff_erank": 10.0 + k, "ci_low": 9.0 + k, "ci_high": 11.0 + k,
+                         "reduced_loss": 2.0 + k / 10})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _series_colors(fig) -> dict[str, tuple]:
+    """Colour of each labelled data line (a family's series), over every panel."""
+    from matplotlib.colors import to_rgba
+
+    out: dict[str, set] = {}
+    for ax in fig.axes:
+        for c in ax.containers:  # an errorbar series: its label is the container's, its line the first
+            out.setdefault(c.get_label(), set()).add(to_rgba(c.lines[0].get_color()))
+    assert all(len(c) == 1 for c in out.values()), out  # one colour per family in every panel
+    return {k: next(iter(v)) for k, v in out.items()}
+
+
+def test_size_figure_two_panels_and_a_colour_per_family_whatever_the_run(tmp_path) -> None:
+    import matplotlib.pyplot as plt
+
+    from diff_erank.figures import size_fig
+
+    run1 = _size_rows([("opt", "125m", 125e6), ("opt", "1.3b", 1.3e9), ("pythia", "1.4b", 1.4e9)])
+    # another run: other families, listed in another order
+    run2 = _size_rows([("pythia", "1.4b", 1.4e9), ("my-family", "1b", 1e9), ("opt", "1.3b", 1.3e9),
+                       ("cerebras-gpt", "1.3b", 1.3e9)])  # fmt: skip
+    fig1, fig2 = size_fig(run1), size_fig(run2)
+    c1, c2 = _series_colors(fig1), _series_colors(fig2)
+    assert c1["opt"] == c2["opt"] and c1["pythia"] == c2["pythia"]
+    assert len(set(c2.values())) == 4  # four families, four colours
+    # two panels per dataset, Diff-eRank above reduced loss, and no twin y-axis
+    visible = [ax for ax in fig1.axes if ax.get_visible()]
+    assert len(visible) == 4
+    assert sorted(ax.get_ylabel() for ax in visible) == ["Diff-eRank"] * 2 + ["reduced loss (nats)"] * 2
+    # OPT-1.3B and Cerebras-GPT-1.3B, one size, are drawn side by side, not on one spot
+    xs = {c.get_label(): float(c.lines[0].get_xdata()[-1]) for c in fig2.axes[0].containers}
+    assert xs["opt"] != xs["cerebras-gpt"] and abs(np.log10(xs["opt"] / xs["cerebras-gpt"])) < 0.1
+    plt.close("all")
+
+
+def test_stages_figure_has_error_bars_and_no_lone_dataset_legend(report_run) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from diff_erank.figures import stages_fig
+
+    stages = pd.read_csv(report_run[0] / "tables" / "stages.csv")
+    full = pd.read_csv(report_run[0] / "tables" / "all.csv")
+    rows = full.query("role == 'stage' and layer == 'last' and algorithm == 'a'")
+    cols = ["model", "dataset", "variant", "family", "n_params", "ci_low", "ci_high"]
+    stages = stages.merge(rows[cols], on=["model", "dataset", "variant"])
+    stages["order"] = stages["step"]
+    one = stages[stages["dataset"] == "d1"]
+    fig = stages_fig(one)
+    diff_panels = [ax for ax in fig.axes if ax.get_ylabel() == "Diff-eRank"]
+    bars = [c for ax in diff_panels for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert bars and all(c.has_yerr for c in bars)
+    texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert not any("dataset" in t for t in texts)
+    two = stages_fig(stages)
+    assert {"dataset: d1", "dataset: d2"} <= {t.get_text() for leg in two.legends for t in leg.get_texts()}
+    plt.close("all")
+
+
+def test_algorithm_b_is_drawn_over_a_and_layers_can_share_a_scale(report_run) -> None:
+    import matplotlib.pyplot as plt
+
+    from diff_erank.figures import algorithms_fig, layers_fig
+
+    out, _ = report_run
+    full = pd.read_csv(out / "tables" / "all.csv")
+    last = full[(full["role"] == "untrained") & (full["layer"] == "last")]
+    fig = algorithms_fig(last)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")}
+    a, b = lines["opt: algorithm (a)"], lines["opt: algorithm (b)"]
+    assert b.get_zorder() > a.get_zorder() and b.get_markerfacecolor() == "none"
+    assert b.get_markersize() > a.get_markersize()  # an open ring around (a)'s filled marker
+    layers = pd.read_csv(out / "tables" / "layers.csv").merge(
+        full[["model", "family"]].drop_duplicates(), on="model"
+    )
+    shared = layers_fig(layers, share_y=True)
+    tops = [ax for ax in shared.axes if ax.get_visible() and ax.get_ylabel() != "Diff-eRank"]
+    tops = [ax for ax in tops if any(ln.get_linestyle() == "--" for ln in ax.get_lines())]  # eRank panels
+    assert len(tops) == 4 and len({ax.get_ylim() for ax in tops}) == 1
+    own = layers_fig(layers)
+    tops = [ax for ax in own.axes if any(ln.get_linestyle() == "--" for ln in ax.get_lines())]
+    assert len({ax.get_ylim() for ax in tops}) > 1
+    # tick labels name the layers, one name per line: first / middle over the index they share
+    labels = {t.get_text() for ax in own.axes for t in ax.get_xticklabels()}
+    assert "first\nmiddle\n(1)" in labels
+    plt.close("all")
+
+
+def test_the_html_reports_landing_page_names_the_run_and_its_numbers(report_run) -> None:
+    from jinja2 import Environment
+
+    out, _ = report_run
+    rst = (out / "report.rst").read_text()
+    assert rst.startswith("Diff-eRank: experiment fixture\n==============================\n")
+    csv = pd.read_csv(out / "tables" / "diff_erank.csv")
+    row = csv[(csv["model"] == "neox-l") & (csv["dataset"] == "d2")].iloc[0]
+    # three significant digits, as the summary gives them
+    cell = f"{row.diff_erank:.1f} [{row.ci_low:.1f}, {row.ci_high:.1f}]"
+    assert f"   * - neox-l\n     - d2\n     - {cell}" in rst
+    assert "3 of 12 texts cut at 64 tokens" in rst
+    # Snakemake renders the page with Jinja, the categories it found: only those are listed
+    from types import SimpleNamespace
+
+    cats = [SimpleNamespace(name=n) for n in ("Summary", "Fig. 1 / Table 6: size")]
+    env = Environment(trim_blocks=True, lstrip_blocks=True)  # as snakemake.report renders it
+    page = env.from_string(rst).render(categories=cats, snakemake=None, files=[])
+    listed = [line[2:] for line in page.splitlines() if line.startswith("- ")]
+    assert listed == ["Fig. 1 / Table 6: size", "Summary"]
+    import docutils.core
+
+    html = docutils.core.publish_parts(page, writer_name="html")["html_body"]
+    assert "<table" in html and "neox-l" in html and "System Message" not in html  # valid reST

@@ -53,6 +53,14 @@ def test_tables_agree_with_per_text_erank(ci_run: Path) -> None:
     assert main.loc["zoo-opt-xs", "diff_erank"] == pytest.approx(expected, rel=1e-12)
     texts = texts_of(ci_run, "zoo-opt-xs", "topics")
     assert list(t["text_id"]) == list(texts["text_id"])
+    # texts cut at max_length, counted again with the run's own tokenizer: the table says as many
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ci_run / "zoo" / "tokenizer")
+    limit = json.loads((ci_run / "config.json").read_text())["models"]["zoo-opt-xs"]["max_length"]
+    cut = sum(len(tok(x, add_special_tokens=True)["input_ids"]) > limit for x in texts["text"])
+    assert cut > 0 and main.loc["zoo-opt-xs", "n_truncated"] == cut
+    assert f"{cut} of 40 texts cut at {limit} tokens" in (ci_run / "summary.md").read_text()
 
 
 def test_outputs_carry_provenance_and_dumps_are_temporary(ci_run: Path) -> None:
@@ -201,7 +209,7 @@ def test_every_report_file_is_declared_and_rebuilt_when_deleted(ci_run: Path) ->
 
     declared = set(report_files(load_config(REPO / "conf", ["experiment=ci"])).values())
     on_disk = {str(p.relative_to(ci_run)) for d in ("tables", "figures") for p in (ci_run / d).iterdir()}
-    assert on_disk | {"summary.md", "summary.html"} == declared  # nothing written that is not declared
+    assert on_disk | {"summary.md", "summary.html", "report.rst"} == declared  # nothing undeclared written
     assert {"figures/stages.pdf", "figures/algorithms.png", "tables/stages.md"} <= declared
     for f in ("figures/stages.pdf", "tables/stages.md"):
         (ci_run / f).unlink()
@@ -218,14 +226,19 @@ def test_html_report(ci_run: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     text = html.read_text(errors="replace")
     assert "Diff-eRank" in text and len(text) > 10000
-    # a landing page, one category per paper table or figure, tables as HTML pages, readable params
-    assert "the tables and figures of one experiment" in text
+    # a landing page that names the run and gives its numbers, one category per paper table or
+    # figure this run has (ci measures one layer: no Table 4), tables as HTML pages, readable params
+    desc = re.search(r'workflow_desc = "(.*?)";\n', text, re.S).group(1)
+    assert "Diff-eRank: experiment ci</h1>" in desc and "zoo-opt-s" in desc and "<table" in desc
+    assert "<li>Summary</li>" in desc and "Table 4" not in desc and "System Message" not in desc
+    assert "div.h-screen.items-center{align-items:flex-start}" in desc  # the page starts at the top
     for category in ("Fig. 1 / Table 6: size", "Table 10: training stages", "Summary"):
         assert f'"{category}": {{' in text
+    assert '"Table 4: layers": {' not in text
     for item in ("tables/diff_erank.html", "tables/stages.html", "figures/stages.png", "summary.html"):
         assert f"Adding {Path(item).name}" in r.stdout + r.stderr
     params = re.findall(r'"rule": "report", "wildcards": "", "params": "(.*?)"}', text)
-    assert len(params) == 9  # one per result shown
+    assert len(params) == 8  # one per result shown
     assert all(p.startswith("experiment=ci, models=zoo-opt-xs zoo-opt-s zoo-neox-xs, ") for p in params)
     assert all(len(p) < 200 for p in params)  # not the resolved config as escaped JSON
 

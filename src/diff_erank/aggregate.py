@@ -143,11 +143,16 @@ def headline(full: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_tables(paths: Mapping[str, str | Path]) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """Per-variant tables and the facts the dumps recorded (parameters, skipped texts) for the report.
+    """Per-variant tables and the facts the dumps recorded (parameters, skipped and truncated texts)
+    for the report.
 
     Every table's checksum is verified on reading (``storage.read_parquet``).
     """
     tables = {v: read_parquet(p) for v, p in paths.items()}
     dump = read_provenance(paths[TRAINED])["dump"]
     skipped = {k: dump.get(k, 0) for k in ("n_skipped_empty", "n_skipped_short")}
-    return tables, {"n_params": dump["n_params"], **skipped}
+    # texts cut at max_length (measured, but only their first max_length tokens); NaN: not recorded
+    truncated = dump.get("n_truncated")
+    facts = {"n_params": dump["n_params"], **skipped}
+    facts["n_truncated"] = np.nan if truncated is None else truncated
+    return tables, facts

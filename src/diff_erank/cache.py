@@ -427,6 +427,20 @@ def check_texts(table: str | Path, prov: dict[str, Any], texts: str | Path) -> N
         )
 
 
+def _prefix_truncated(dump: dict[str, Any], prov: dict[str, Any], df: Any, first: int) -> int | None:
+    """Texts among the first ``first`` that the dump cut at ``max_length``: its recorded positions,
+    or, for a dump from before they were recorded, the measured texts exactly ``max_length`` long
+    (an upper bound: a text of exactly that length was not cut); ``None`` where neither is known."""
+    if "truncated_positions" in dump:
+        return sum(1 for p in dump["truncated_positions"] if p < first)
+    if not dump.get("n_truncated"):
+        return 0 if "n_truncated" in dump else None
+    max_length = ((prov.get("dump_provenance") or {}).get("config") or {}).get("max_length")
+    if not max_length or "n_tokens" not in df:
+        return None
+    return int((df.drop_duplicates("position")["n_tokens"] >= max_length).sum())
+
+
 def select(
     table: str | Path,
     out: str | Path,
@@ -462,6 +476,7 @@ def select(
             "n_texts": len(measured),
             "n_skipped_empty": empty,
             "n_skipped_short": first - len(measured) - empty,
+            "n_truncated": _prefix_truncated(dump, prov, df, first),
             "n_tokens": int(df.drop_duplicates("position")["n_tokens"].sum()),
         }
     keyfile = Path(table).parent.with_suffix(".json")  # <layers>/<variant>.parquet beside <layers>.json

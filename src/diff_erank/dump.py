@@ -27,7 +27,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ class Tokenised:
     n_truncated: int
     n_empty: int = 0  # texts empty or whitespace only, skipped before tokenising
     min_tokens: int = MIN_TOKENS  # the bound ``n_short`` was counted against
+    truncated: list[int] = field(default_factory=list)  # positions of the texts cut at max_length
 
 
 def tokenise(
@@ -111,6 +112,7 @@ def tokenise(
     whose eRank would be averaged in); so is one with fewer than ``min_tokens`` tokens.
     """
     ids, positions, n_short, n_truncated, n_empty = [], [], 0, 0, 0
+    truncated: list[int] = []
     for pos, text in enumerate(texts):
         if not text or not text.strip():
             n_empty += 1
@@ -118,12 +120,13 @@ def tokenise(
         tok = tokenizer(text, add_special_tokens=True)["input_ids"]
         if len(tok) > max_length:
             tok, n_truncated = tok[:max_length], n_truncated + 1
+            truncated.append(pos)
         if len(tok) < min_tokens:
             n_short += 1
             continue
         ids.append(list(tok))
         positions.append(pos)
-    return Tokenised(ids, positions, n_short, n_truncated, n_empty, min_tokens)
+    return Tokenised(ids, positions, n_short, n_truncated, n_empty, min_tokens, truncated)
 
 
 def plan_shards(lengths: Sequence[int], shard_texts: int) -> list[list[int]]:
@@ -558,6 +561,7 @@ def dump(
         "n_skipped_empty": tok.n_empty,
         "n_skipped_short": tok.n_short,
         "n_truncated": tok.n_truncated,
+        "truncated_positions": tok.truncated,  # a prefix of the sample counts its own (cache.select)
         "n_tokens": sum(lengths),
         "shards": shard_meta,
         "provenance": provenance(spec, variant=variant, texts=str(texts_path), layers=list(layers)),

@@ -49,7 +49,7 @@ def report_files(config: dict[str, Any]) -> dict[str, str]:
     """Every file the report writes, relative to the experiment's folder, by output name."""
     files = [f"tables/{t}.{ext}" for t in table_names(config) for ext in TABLE_FILES]
     files += [f"figures/{f}.{ext}" for f in figure_kinds(config) for ext in FIGURE_FILES]
-    files += ["summary.md", "summary.html"]
+    files += ["summary.md", "summary.html", "report.rst"]  # report.rst: the HTML report's landing page
     if reproduces_paper(config):
         files += ["reproduction.md", "reproduction.html"]
     return {key(f): f for f in files}

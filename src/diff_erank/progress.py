@@ -9,6 +9,7 @@ every ``interval`` seconds (and one at the end), so ``less`` and ``tail -f`` sho
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -50,8 +51,9 @@ class LogProgress:
 
     def _line(self) -> str:
         elapsed = time.monotonic() - self.start
+        # whole percent rounded down: 100% only when every item is done (never 999/1,000 (100%))
         done = f"{self.n:,.0f}" + (
-            f"/{self.total:,.0f} ({100 * self.n / self.total:.0f}%)" if self.total else ""
+            f"/{self.total:,.0f} ({math.floor(100 * self.n / self.total)}%)" if self.total else ""
         )
         rate = f", {self.n / elapsed:,.1f} {self.unit}/s" if elapsed > 0 else ""
         return f"{self.desc}: {done} {self.unit} in {elapsed:.0f} s{rate}"
@@ -71,7 +73,13 @@ class LogProgress:
     def __iter__(self) -> Iterator[Any]:
         try:
             for item in self.iterable or ():
-                yield item
+                try:
+                    yield item
+                except GeneratorExit:
+                    # the loop stopped taking items (break, return): the item in hand was its last,
+                    # so the line ends at N/N where the loop broke at the last item, not N-1/N
+                    self.n += 1
+                    raise
                 self.update()
         finally:  # also when the loop breaks early
             self.close()

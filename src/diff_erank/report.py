@@ -215,6 +215,92 @@ def _layer_lines(layers: pd.DataFrame) -> list[str]:
     return out
 
 
+def experiment_members(name: str, conf_dir: Path | None = None) -> tuple[set[str], set[str]] | None:
+    """The models and datasets experiment ``name``'s own YAML composes (following the experiments it
+    extends), read from ``conf/experiment/``; ``None`` where there is no such file."""
+    import yaml
+
+    from diff_erank.config import DEFAULT_CONF_DIR
+
+    folder = Path(conf_dir or DEFAULT_CONF_DIR) / "experiment"
+    models: set[str] = set()
+    datasets: set[str] = set()
+    seen: set[str] = set()
+
+    def read(exp: str) -> bool:
+        path = folder / f"{exp}.yaml"
+        if exp in seen or not path.is_file():
+            return exp in seen
+        seen.add(exp)
+        node = yaml.safe_load(path.read_text()) or {}
+        for item in node.get("defaults") or []:
+            if isinstance(item, str) and item != "_self_":
+                if not read(item.lstrip("/").removeprefix("experiment/")):
+                    return False
+            elif isinstance(item, dict):
+                for key in item:
+                    group, _, target = str(key).lstrip("/").partition("@")
+                    if group == "model" and target.startswith("models."):
+                        models.add(target.removeprefix("models."))
+                    elif group == "dataset" and target.startswith("datasets."):
+                        datasets.add(target.removeprefix("datasets."))
+        models.update(node.get("models") or {})
+        datasets.update(node.get("datasets") or {})
+        return True
+
+    return (models, datasets) if read(name) else None
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def run_lines(main: pd.DataFrame, config: dict[str, Any]) -> list[str]:
+    """What this run measured, from its results (models by family, datasets), and the experiment's
+    own description only where the run is that experiment: a run built from ``ci`` with other models
+    or datasets is described as what it is, not as "a smaller demo for CI"."""
+    fams = main.drop_duplicates("model").sort_values(["family", "n_params"]).groupby("family", sort=False)
+    models = "; ".join(f"{fam}: {_names(list(g['model']))}" for fam, g in fams)
+    datasets = sorted(set(main["dataset"]))
+    n_models = main["model"].nunique()
+    ran = (
+        f"This run measured {n_models} model{'s' * (n_models != 1)} ({models}) on "
+        f"{len(datasets)} dataset{'s' * (len(datasets) != 1)} ({_names(datasets)})."
+    )
+    name, description = config.get("name"), config.get("description")
+    if not description:
+        return [ran, ""]
+    own = experiment_members(str(name)) if name else None
+    if own is not None and own == (set(config.get("models") or {}), set(config.get("datasets") or {})):
+        return [f"Experiment `{name}`: {str(description).rstrip('.')}. {ran}", ""]
+    return [ran, ""]
+
+
+def truncation_lines(main: pd.DataFrame, config: dict[str, Any]) -> list[str]:
+    """A note when texts were cut at ``max_length``: they were measured on their first tokens only."""
+    if "n_truncated" not in main:
+        return []
+    cut = main[main["n_truncated"].fillna(0) > 0]
+    if cut.empty:
+        return []
+    models = config.get("models") or {}
+    limits = cut["model"].map(lambda m: (models.get(m) or {}).get("max_length") or 0)
+    parts = []  # models with the same count on a dataset in one clause
+    for (ds, n, of, limit), g in cut.assign(limit=limits).groupby(
+        ["dataset", "n_truncated", "n_texts", "limit"], sort=False
+    ):
+        at = f" at {limit} tokens" if limit else ""
+        parts.append(f"{', '.join(g['model'])} on {ds}: {n:.0f} of {of:.0f} texts cut{at}")
+    return [
+        "**Texts cut at max_length**: " + "; ".join(parts) + ". A cut text is measured on its first "
+        "max_length tokens only; raise the model's `max_length` to measure it whole (column "
+        "`n_truncated` of the tables).",
+        "",
+    ]
+
+
 def summarise(
     main: pd.DataFrame,
     stages: pd.DataFrame,
@@ -225,8 +311,8 @@ def summarise(
     """What was measured, in sentences generated from the numbers (no claim is hard-coded)."""
     config = config or {}
     out = [f"# Summary: {config.get('name', 'experiment')}", ""]
-    if config.get("description"):
-        out += [str(config["description"]), ""]
+    out += run_lines(main, config)
+    out += truncation_lines(main, config)
     out += [
         "## Diff-eRank against model size",
         "",
@@ -237,8 +323,12 @@ def summarise(
     for (fam, ds), g in main.groupby(["family", "dataset"], sort=False):
         out.append(f"- {fam} on {ds}: {_trend(g)}.")
     if main["family"].nunique() > 1:
-        out += ["", "All families together:", ""]
-        out += [f"- {ds}: {_trend(g)}." for ds, g in main.groupby("dataset", sort=False)]
+        out += [
+            "",
+            "Each trend is within one family: Diff-eRank is not comparable across families (each is "
+            "measured against its own untrained model, whose eRank depends on the architecture and "
+            "width), so families are not pooled into one trend.",
+        ]
     acc_cols = [c for c in main.columns if c.startswith("acc_")]
     if acc_cols:
         out += ["", "## Accuracy", ""]
@@ -296,6 +386,72 @@ def init_scale_lines(table: pd.DataFrame) -> list[str]:
         "choice of M0's init scale: compare models only at the same, published, init."
     )
     return lines
+
+
+#: Rows of the headline table on the report's landing page; the rest are in Fig. 1 / Table 6.
+LANDING_ROWS = 30
+
+#: Snakemake centres its landing page in a full-screen box, which leaves half a screen of white
+#: above a short page and cuts off the top of a long one; the page carries this style to start at
+#: the top and use the window's width (a <style> in the page applies while the page is shown).
+LANDING_STYLE = (
+    "<style>div.h-screen.items-center{align-items:flex-start}"
+    "div.prose.max-w-lg{max-width:60rem}div.prose table{font-variant-numeric:tabular-nums}</style>"
+)
+
+
+def landing_rst(main: pd.DataFrame, config: dict[str, Any]) -> str:
+    """The landing page of Snakemake's HTML report (``report.rst``): the experiment's name, what this
+    run measured, its headline numbers, and the report's sections. The section list is a Jinja loop
+    over the categories Snakemake found, so it names only the sections this run has."""
+    name = config.get("name", "experiment")
+    title = f"Diff-eRank: experiment {name}"
+    # Markdown's `code` is reST's ``code``
+    md = [*run_lines(main, config), *(line for line in truncation_lines(main, config) if line)]
+    out = [title, "=" * len(title), "", ".. raw:: html", "", f"   {LANDING_STYLE}", ""]
+    out += [line.replace("`", "``") for line in md]
+    rows = main.sort_values(["dataset", "family", "n_params"])
+    d = decimals(rows["diff_erank"], digits=3)
+    dl = decimals(rows["reduced_loss"], digits=3)
+    out += [
+        "",
+        f"Headline: Diff-eRank (algorithm ({STANDARD_ALGORITHM}), {LAST} layer, trained against untrained) "
+        "with its 95% bootstrap interval over texts, and the reduced loss (nats).",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - model",
+        "     - dataset",
+        "     - Diff-eRank [95% CI]",
+        "     - reduced loss",
+    ]
+    for r in rows.head(LANDING_ROWS).itertuples():
+        lo, hi = getattr(r, "ci_low", np.nan), getattr(r, "ci_high", np.nan)
+        ci = f" [{lo:.{d}f}, {hi:.{d}f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+        out += [
+            f"   * - {r.model}",
+            f"     - {r.dataset}",
+            f"     - {r.diff_erank:.{d}f}{ci}",
+            f"     - {r.reduced_loss:.{dl}f}",
+        ]
+    if len(rows) > LANDING_ROWS:
+        out += ["", f"and {len(rows) - LANDING_ROWS} more rows in Fig. 1 / Table 6."]
+    out += [
+        "",
+        "Sections of this report (menu on the left):",
+        "",
+        "{% for cat in categories|sort(attribute='name') %}",
+        "- {{ cat.name }}",
+        "{% endfor %}",
+        "",
+        "The effective rank (eRank) of a text's hidden states is exp of the entropy of their normalised "
+        "covariance spectrum; Diff-eRank is eRank(untrained M0) - eRank(trained M1) (Wei et al., NeurIPS "
+        "2024). Every table is also under ``tables/`` as CSV (full precision), Markdown and HTML, every "
+        "figure under ``figures/`` as PNG and PDF, each with its provenance; the resolved configuration "
+        "is ``config.json``.",
+    ]
+    return "\n".join(out) + "\n"
 
 
 def md_to_html(text: str, title: str) -> str:
@@ -391,7 +547,7 @@ class Frames:
 MAIN_COLUMNS = ["model", "family", "size", "init_scale", "n_params", "dataset", "n_texts", "diff_erank",
                 "ci_low", "ci_high", "diff_erank_std", "reduced_loss", "reduced_loss_std", "erank_untrained",
                 "erank_trained", "loss_untrained", "loss_trained", "n_skipped_empty",
-                "n_skipped_short"]  # fmt: skip
+                "n_skipped_short", "n_truncated"]  # fmt: skip
 
 
 def _main(main_all: pd.DataFrame, accuracy: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -461,6 +617,23 @@ def frames(
     )
 
 
+def main_notes(main: pd.DataFrame) -> list[str]:
+    """The headline table's footnotes, each naming only columns the table has."""
+    cols = set(main.columns)
+    notes = []
+    if {"ci_low", "ci_high"} <= cols:
+        notes.append("ci_low / ci_high: 95% bootstrap interval over texts.")
+    std = [c for c in ("diff_erank_std", "reduced_loss_std") if c in cols]
+    if std:
+        notes.append(f"{' / '.join(std)}: std over the untrained seeds.")
+    if "n_truncated" in cols:
+        notes.append(
+            "n_truncated: texts longer than the model's max_length, measured on their first max_length "
+            "tokens; n_skipped_empty / n_skipped_short: texts skipped as blank or too short."
+        )
+    return notes
+
+
 def write_tables(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[str, Any]) -> None:
     """``tables/``: CSV, Markdown and HTML of each table ``outputs.table_names`` lists (bar the
     reproduction, written with the summary)."""
@@ -474,7 +647,7 @@ def write_tables(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[st
         prov,
         f"Diff-eRank (algorithm ({STANDARD_ALGORITHM}), {LAST} layer) and reduced loss against model size "
         "(paper Fig. 1 / Table 6)",
-        notes=["ci_low / ci_high: 95% bootstrap interval over texts; *_std: std over untrained seeds."],
+        notes=main_notes(f.main),
     )
     notes = same_depth_notes(f.layers)
     write_table(
@@ -521,17 +694,20 @@ def write_tables(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[st
             f"Diff-eRank against the init scale of the untrained model M0 (algorithm ({STANDARD_ALGORITHM}), "
             f"{LAST} layer)",
             notes=[
-                "init_scale: M0's init std as a multiple of the published config's (1 = published); "
-                "diff_erank_std: std over the untrained seeds."
+                "init_scale: M0's init std as a multiple of the published config's (1 = published)"
+                + ("; diff_erank_std: std over the untrained seeds." if "diff_erank_std" in f.init_scale
+                   else ".")
             ],
         )
 
 
 def draw_figures(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[str, Any]) -> None:
     """``figures/``: each registered figure the config shows (``figure_registry``), from its frames."""
+    options = config.get("figure_options") or {}  # e.g. {layers: {share_y: true}}
     for name in figure_kinds(config):
         fig = FIGURES[name]
-        fig.drawer()(*(f.frame(frame) for frame in fig.frames), out_dir / "figures" / name, prov)
+        frames_ = (f.frame(frame) for frame in fig.frames)
+        fig.drawer()(*frames_, out_dir / "figures" / name, prov, **(options.get(name) or {}))
 
 
 def write_summary(f: Frames, config: dict[str, Any], out_dir: Path) -> None:
@@ -540,6 +716,7 @@ def write_summary(f: Frames, config: dict[str, Any], out_dir: Path) -> None:
     if f.init_scale is not None:
         summary += "\n" + "\n".join(init_scale_lines(f.init_scale)) + "\n"
     write_text(summary, out_dir / "summary.md")
+    write_text(landing_rst(f.main, config), out_dir / "report.rst")
     write_text(md_to_html(summary, f"Summary: {config.get('name', '')}"), out_dir / "summary.html")
     if reproduces_paper(config):
         from diff_erank.reproduce import build_report

@@ -56,14 +56,15 @@ def decimals(values: Sequence[float], digits: int = 4) -> int:
 def formatted(df: pd.DataFrame, percent: Sequence[str] = ()) -> pd.DataFrame:
     """The table as strings for reading: floats at one precision per column, counts humanised.
 
-    Columns named ``n_params`` become ``params`` (125M); integer-valued columns stay integers;
+    ``n_params`` reads 125M (the column keeps its name, so the CSV's column names are the
+    Markdown's and HTML's); integer-valued columns stay integers;
     ``percent`` columns (relative differences) are shown as signed percentages.
     """
     out = pd.DataFrame(index=df.index)
     for col in df.columns:
         s = df[col]
         if col == "n_params":
-            out["params"] = [human_count(v) for v in pd.to_numeric(s, errors="coerce")]
+            out[col] = [human_count(v) for v in pd.to_numeric(s, errors="coerce")]
         elif col in percent:
             out[col] = ["" if pd.isna(v) else f"{100 * v:+.1f}%" for v in s]
         elif pd.api.types.is_bool_dtype(s):

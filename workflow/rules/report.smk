@@ -1,6 +1,7 @@
 # Tables (CSV + Markdown + HTML), figures (PNG + PDF), the generated summary and the comparison with the
 # paper. Every file the report writes is a declared output (diff_erank.outputs.report_files: one
 # list for the rule and the code), so deleting any one of them reruns the rule.
+from diff_erank.figure_registry import both_algorithms, has_stages, several_layers
 from diff_erank.outputs import multimodal_files, report_files
 
 # What Snakemake's HTML report shows, by file: caption, category (a paper table or figure) and labels.
@@ -29,12 +30,21 @@ REPORT_ITEMS = {
 }
 
 
+# Tables the report shows only where the run has what they compare: no "Table 4: layers" section
+# for a one-layer run (the files are still written, and stay in tables/).
+SHOWN_IF = {
+    "tables/layers.html": several_layers,
+    "tables/algorithms_layers.html": both_algorithms,
+    "tables/stages.html": has_stages,
+}
+
+
 def report_rule_outputs(files=None):
     """A report rule's named outputs; the files Snakemake's report shows are wrapped in report()."""
     outs = {}
     for name, path in (report_files(C) if files is None else files).items():
         item = REPORT_ITEMS.get(path)
-        if item:
+        if item and SHOWN_IF.get(path, lambda c: True)(C):
             caption, category, kind = item
             outs[name] = report(
                 f"{OUT}/{path}",
