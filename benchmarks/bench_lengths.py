@@ -18,6 +18,8 @@ dump's, pair by pair (above 1: the dump is faster), and its median is quoted.
     python benchmarks/bench_lengths.py sweep ROOT --model DIR [--total 2048] [--pairs 2] [--threads 1]
     python benchmarks/bench_lengths.py opt-setup ROOT          # OPT-1.3B's shape, seeded random weights
     python benchmarks/bench_lengths.py sweep ROOT --model ROOT/opt-1.3b --lengths 1024 --total 1024 --pairs 1
+    python benchmarks/bench_lengths.py pipeline-setup ROOT --model DIR  # 79 pydoc topics, <= 1,500 chars
+    python benchmarks/bench_real.py pipeline ROOT; python benchmarks/bench_real.py authors ROOT
 
 ``--model`` is a transformers directory (the demo's converted SmolLM2-135M-Instruct is
 ``results/demo/gguf/smollm2-135m/hf``). ``dump`` and ``authors`` are the workers the sweep
@@ -210,9 +212,30 @@ def opt_setup(root: Path) -> None:
     AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(root / "opt-1.3b")
 
 
+def pipeline_setup(root: Path, model: Path, max_chars: int) -> None:
+    """The whole-pipeline case: every ``pydoc_data`` topic cut at ``max_chars`` characters, laid out
+    as ``bench_real.py`` reads it (``corpus/topics-eval.jsonl``, ``gguf/hf``, ``pipeline.yaml``)."""
+    from pydoc_data.topics import topics
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_real import overrides
+
+    (root / "corpus").mkdir(parents=True, exist_ok=True)
+    (root / "gguf").mkdir(exist_ok=True)
+    if not (root / "gguf" / "hf").exists():
+        (root / "gguf" / "hf").symlink_to(model.resolve())
+    texts = root / "corpus" / "topics-eval.jsonl"
+    texts.write_text("".join(json.dumps({"text": topics[k][:max_chars]}) + "\n" for k in sorted(topics)))
+    hf = root / "gguf" / "hf"
+    (root / "pipeline.yaml").write_text(yaml.safe_dump({"overrides": overrides(hf, texts)}))
+    print(f"{len(topics)} texts -> {texts}; then: bench_real.py pipeline|authors {root}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["sweep", "dump", "authors", "opt-setup"])
+    p.add_argument("what", choices=["sweep", "dump", "authors", "opt-setup", "pipeline-setup"])
     p.add_argument("root", type=Path)
     p.add_argument("--model", type=Path)
     p.add_argument("--texts", type=Path)
@@ -222,6 +245,7 @@ def main() -> None:
     p.add_argument("--total", type=int, default=2048, help="tokens per point")
     p.add_argument("--pairs", type=int, default=2)
     p.add_argument("--commands", default=",".join(COMMANDS))
+    p.add_argument("--max-chars", type=int, default=1500, help="pipeline-setup: characters a topic")
     p.add_argument("--src", type=Path, help="the diff_erank checkout whose dump runs (PYTHONPATH)")
     a = p.parse_args()
     import torch
@@ -233,6 +257,8 @@ def main() -> None:
         run_dump(a.model, a.texts, a.root / f"dump-{os.getpid()}", a.loss)
     elif a.what == "authors":
         run_authors(a.model, a.texts)
+    elif a.what == "pipeline-setup":
+        pipeline_setup(a.root, a.model, a.max_chars)
     else:
         opt_setup(a.root)
 
