@@ -485,7 +485,7 @@ def dump(
     partial.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
     model.to(dev)
-    num_layers = count_layers(model, min(tok.ids, key=len), dev)
+    num_layers = count_layers(model, min(tok.ids, key=len)[:min_tokens], dev)  # any few tokens
     layer_idx = layer_indices(layers, num_layers)
     store_dtype = DTYPES[spec["dump_dtype"]]
     lengths = [len(s) for s in tok.ids]
