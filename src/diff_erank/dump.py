@@ -270,7 +270,8 @@ def forward_batch(
 
     A batch without padding (one text, or texts of one length) is run without an attention mask:
     SDPA then takes its causal kernel, which skips the masked half of the scores. ``loss=False``
-    skips the LM head (the losses are NaN): what the authors' loop measures, for benchmarks.
+    skips the LM head (the losses are NaN): what the authors' loop measures, for benchmarks (a
+    dump spec's ``loss: false``; not a config key, the tables need the loss).
 
     The full-vocabulary logits of the batch (tokens x vocab, 3.2 GB in float32 for 16k tokens of
     a 49k-token vocabulary) are never made: the model is asked for its last position's logits
