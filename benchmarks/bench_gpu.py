@@ -15,7 +15,12 @@ Parts, each printed as a table row and written to ``<out>/bench_gpu.json``:
 1. the forward of :func:`diff_erank.dump.forward_batch` (hidden states to the CPU + the loss)
    in float32, TF32 and bfloat16 over batch budgets: tokens/s and model FLOPs utilisation,
    MFU = 2 x params x tokens / time / peak of that precision (attention's own FLOPs not counted);
-2. the goal: the pipeline's :func:`diff_erank.dump.dump` of trained + untrained on all texts to
+2. the length sweep (as ``bench_lengths.py`` on a CPU): at 16, 64, 256, 1,024 and 2,048 tokens a
+   text, the same tokens per point, float32, :func:`diff_erank.dump.forward_batch` over the
+   planned batches with and without the loss against the authors' batch-1 loop (the base model's
+   ``last_hidden_state`` and their float32 ``torch.svd`` eRank per text, on the device): tokens/s
+   and the ratio;
+3. the goal: the pipeline's :func:`diff_erank.dump.dump` of trained + untrained on all texts to
    local disk (``store: hidden``, ``dump_dtype`` bfloat16), then the eRank stage; and the same with
    ``store: spectra`` (spectra computed on the GPU, no hidden states written).
 
@@ -108,6 +113,53 @@ def forward_rates(model, seqs, budgets, device, peak, n_params, layer) -> list[d
     return rows
 
 
+SWEEP_LENGTHS = (16, 64, 256, 1024, 2048)
+
+
+def length_sweep(model, vocab: int, device, total: int, budget: int, layer: int) -> list[dict]:
+    """tokens/s of the dump's forward (with and without the loss) and of the authors' loop by length."""
+    import sys
+
+    from diff_erank.dump import plan_batches
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from authors_method import authors_erank
+
+    rows = []
+    for n in SWEEP_LENGTHS:
+        if n > model.config.max_position_embeddings:
+            continue
+        g = torch.Generator().manual_seed(n)
+        seqs = torch.randint(4, vocab, (max(1, total // n), n), generator=g).tolist()
+        batches = plan_batches([n] * len(seqs), range(len(seqs)), budget)
+        row: dict = {"length": n, "texts": len(seqs)}
+        for label in ("dump-loss", "dump-noloss", "authors"):
+            sync(device)
+            t0 = time.perf_counter()
+            if label == "authors":
+                with torch.no_grad():
+                    for s in seqs:
+                        hidden = model.base_model(
+                            input_ids=torch.tensor([s], device=device)
+                        ).last_hidden_state
+                        authors_erank(hidden[0])
+            else:
+                for b in batches:
+                    forward_batch(
+                        model, [seqs[i] for i in b], {"last": layer}, device, loss=label == "dump-loss"
+                    )
+            sync(device)
+            row[label] = n * len(seqs) / (time.perf_counter() - t0)
+        row["ratio_loss"] = row["dump-loss"] / row["authors"]
+        row["ratio_noloss"] = row["dump-noloss"] / row["authors"]
+        rows.append(row)
+        print(
+            f"| {n} | {len(seqs)} | {row['dump-loss']:,.0f} | {row['dump-noloss']:,.0f} "
+            f"| {row['authors']:,.0f} | {row['ratio_loss']:.2f} | {row['ratio_noloss']:.2f} |"
+        )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="a tiny OPT on the CPU: checks the script runs")
@@ -115,6 +167,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="of the goal run")
     p.add_argument("--budgets", default="16384,65536,262144", help="batch_tokens values of part 1")
     p.add_argument("--rate-tokens", type=int, default=100_000, help="tokens timed per part-1 row")
+    p.add_argument("--sweep-tokens", type=int, default=32768, help="tokens per point of the length sweep")
     p.add_argument("--n-texts", type=int, default=4500)
     p.add_argument("--median-tokens", type=float, default=200.0)
     p.add_argument("--sigma", type=float, default=0.8)
@@ -126,6 +179,7 @@ def main() -> None:
     if args.smoke:
         shape, vocab, device, max_length = TINY, 512, torch.device("cpu"), 64
         args.n_texts, args.median_tokens, args.rate_tokens, args.budgets = 40, 20.0, 400, "256,1024"
+        args.sweep_tokens = 128
         modes = [("float32", torch.float32, False, args.peak_fp32), ("bfloat16", torch.bfloat16, False, 1.0)]
     else:
         if not torch.cuda.is_available():
@@ -176,7 +230,17 @@ def main() -> None:
             torch.cuda.empty_cache()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
-    # part 2: the pipeline's dump + eRank, trained + untrained, hidden states vs spectra on the device
+    # part 2: the length sweep against the authors' loop, float32
+    print(
+        "| tokens a text | texts | dump tok/s | dump, no loss | authors | ratio | ratio, no loss |\n"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    model = build(shape, vocab, torch.float32, 0, device)
+    results["lengths"] = length_sweep(model, vocab, device, args.sweep_tokens, max(budgets), layer)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    # part 3: the pipeline's dump + eRank, trained + untrained, hidden states vs spectra on the device
     texts = out / "texts.parquet"
     table = pd.DataFrame({"text_id": range(len(seqs)), "text": [" ".join(map(str, s)) for s in seqs]})
     write_parquet(table, texts, {"benchmark": Path(__file__).name})

@@ -57,7 +57,13 @@ def setup(root: Path, n_texts: int) -> None:
         subprocess.run([*cmd, "--out", str(hf), "--threads", "2"], check=True)
     write_corpus(root / "corpus", seed=0, eval_texts=n_texts, max_chars=1000)
     texts = root / "corpus" / "topics-eval.jsonl"
-    overrides = [
+    (root / "pipeline.yaml").write_text(yaml.safe_dump({"overrides": overrides(hf, texts)}))
+    print(f"model {hf}, texts {texts}, config {root / 'pipeline.yaml'}")
+
+
+def overrides(hf: Path, texts: Path) -> list[str]:
+    """The run's config: table 9's datasets with SmolLM2 at ``hf`` only and ``texts`` as dolly."""
+    return [
         "experiment=table9",
         *[f"~models.opt-{s}" for s in ("125m", "1_3b", "2_7b", "6_7b", "13b")],
         "+model@models.smollm2-135m=smollm2-135m",
@@ -72,8 +78,6 @@ def setup(root: Path, n_texts: int) -> None:
         "figures=[]",  # texts to the Diff-eRank table: the tables, no figures
         "name=bench-real",
     ]
-    (root / "pipeline.yaml").write_text(yaml.safe_dump({"overrides": overrides}))
-    print(f"model {hf}, texts {texts}, config {root / 'pipeline.yaml'}")
 
 
 def pipeline(root: Path, cores: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import subprocess
 import sys
 
@@ -170,3 +171,30 @@ def test_store_is_a_closed_sweep_wide_choice() -> None:
     assert {m["store"] for m in cfg["models"].values()} == {"spectra"}
     with pytest.raises(ConfigError, match="store"):
         load_config(REPO / "conf", ["experiment=ci", "model.store=gram"])
+
+
+def test_solo_unmasked_and_padded_batches_equal_float64_one_text_at_a_time(tiny_model, monkeypatch) -> None:
+    """Every path of the CPU batch plan (a long text alone, texts of one length batched without a
+    mask, a padded batch with one) against an unbatched float64 forward of transformers' own."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model / "main", dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model / "main", dtype=torch.float64).eval()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(D, "LOSS_CHUNK_ELEMENTS", 7 * vocab)  # chunks cross the texts' boundaries
+    g = torch.Generator().manual_seed(0)
+    lengths = [60, 45, 20, 19, 18, 7, 7, 3]
+    seqs = [torch.randint(4, vocab, (n,), generator=g).tolist() for n in lengths]
+    batches = D.plan_batches(lengths, range(len(seqs)), batch_tokens=4096, solo_from=40)
+    assert batches == [[0], [1], [2, 3, 4], [5, 6], [7]]  # solo, padded (masked), one length (no mask)
+    layers = {"first": 0, "mid": 1, "last": 2}
+    got: dict[int, tuple] = {}
+    for batch, states, losses in D.run_batches(model, seqs, batches, layers, torch.device("cpu")):
+        got |= {i: ({n: states[n][j] for n in layers}, losses[j]) for j, i in enumerate(batch)}
+    for i, s in enumerate(seqs):
+        with torch.no_grad():
+            out = ref(input_ids=torch.tensor([s]), output_hidden_states=True, use_cache=False)
+        want = F.cross_entropy(out.logits[0, :-1], torch.tensor(s[1:]))
+        assert got[i][1] == pytest.approx(float(want), rel=1e-5)
+        for n, k in layers.items():
+            torch.testing.assert_close(got[i][0][n].double(), out.hidden_states[k][0], rtol=1e-4, atol=1e-4)
+    _, no_loss = D.forward_batch(model, [seqs[5], seqs[6]], layers, torch.device("cpu"), loss=False)
+    assert all(math.isnan(v) for v in no_loss)

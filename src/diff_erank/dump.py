@@ -140,15 +140,36 @@ def plan_shards(lengths: Sequence[int], shard_texts: int) -> list[list[int]]:
 MAX_PADDING = 0.1
 
 
+#: On a CPU, texts of at least this many tokens run one at a time. A padded batch needs an
+#: attention mask, and with one SDPA's CPU kernel computes every block of the score matrix instead
+#: of skipping the causal upper half; batching buys nothing back at this length (each matmul
+#: already has hundreds of rows). Measured on SmolLM2-135M, 1 thread (docs/benchmarks.md): at 1,024
+#: tokens a batch with 4 % padding cost 18 % more CPU per real token than one text at a time; at
+#: 256 the two were even; at 64, batching 32 texts saved 25 % (per-forward overhead).
+CPU_SOLO_TOKENS = 256
+
+
 def plan_batches(
-    lengths: Sequence[int], members: Sequence[int], batch_tokens: int, max_padding: float = MAX_PADDING
+    lengths: Sequence[int],
+    members: Sequence[int],
+    batch_tokens: int,
+    max_padding: float = MAX_PADDING,
+    solo_from: int | None = None,
 ) -> list[list[int]]:
     """Greedy length-bucketed batches: padded size (count x longest) stays within the budget and
-    at most ``max_padding`` of it is padding (a text that would pad more starts a new batch)."""
+    at most ``max_padding`` of it is padding (a text that would pad more starts a new batch).
+
+    Texts of ``solo_from`` tokens or more (None: no bound) get a batch of their own, which runs
+    without padding or attention mask (see :data:`CPU_SOLO_TOKENS`).
+    """
     batches: list[list[int]] = []
     current: list[int] = []
     longest = real = 0
-    for i in sorted(members, key=lambda i: (-lengths[i], i)):
+    ordered = sorted(members, key=lambda i: (-lengths[i], i))
+    if solo_from is not None:
+        batches = [[i] for i in ordered if lengths[i] >= solo_from]
+        ordered = [i for i in ordered if lengths[i] < solo_from]
+    for i in ordered:
         new_longest = max(longest, lengths[i])
         padded = new_longest * (len(current) + 1)
         if current and (padded > batch_tokens or real + lengths[i] < (1 - max_padding) * padded):
@@ -222,10 +243,21 @@ def _losses_from_head(
     chunk = max(1, LOSS_CHUNK_ELEMENTS // max(1, int(head.weight.shape[0])))
     total = torch.zeros(b, dtype=torch.float64, device=ids.device)
     for a in range(0, packed.shape[0], chunk):
-        logits = head(packed[a : a + chunk]).float()
-        nll = F.cross_entropy(logits, targets[a : a + chunk], reduction="none")
-        total.index_add_(0, text_of[a : a + chunk], nll.double())
+        total.index_add_(0, text_of[a : a + chunk], _nll(head(packed[a : a + chunk]), targets[a : a + chunk]))
     return (total / counts.double()).tolist()
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy (float64) as ``logsumexp - target logit``, in place on ``logits``.
+
+    The same float32 arithmetic as ``F.cross_entropy`` (max-shifted log-sum-exp), without its
+    ``log_softmax`` copy of the chunk: 9 % less time in the loss on SmolLM2-135M's 49k vocabulary.
+    """
+    logits = logits.float()  # the head's own output (a copy for another dtype): free to overwrite
+    target = logits.gather(1, targets[:, None])[:, 0].double()
+    top = logits.amax(1, keepdim=True)
+    lse = logits.sub_(top).exp_().sum(1).log_().double() + top[:, 0].double()
+    return lse - target
 
 
 def _losses_from_logits(logits: torch.Tensor, ids: torch.Tensor, lengths: Sequence[int]) -> list[float]:
@@ -244,8 +276,14 @@ def forward_batch(
     device: torch.device,
     store_dtype: torch.dtype | None = None,
     spectra: bool = False,
+    loss: bool = True,
 ) -> tuple[dict[str, list], list[float]]:
     """Hidden states (per layer, per text, unpadded, on the CPU) and mean next-token loss per text.
+
+    A batch without padding (one text, or texts of one length) is run without an attention mask:
+    SDPA then takes its causal kernel, which skips the masked half of the scores. ``loss=False``
+    skips the LM head (the losses are NaN): what the authors' loop measures, for benchmarks (a
+    dump spec's ``loss: false``; not a config key, the tables need the loss).
 
     The full-vocabulary logits of the batch (tokens x vocab, 3.2 GB in float32 for 16k tokens of
     a 49k-token vocabulary) are never made: the model is asked for its last position's logits
@@ -262,8 +300,8 @@ def forward_batch(
     one with an API transformers 5 no longer has whenever ``use_cache`` is on.
     """
     ids, mask = pad_right(seqs)
-    ids, mask = ids.to(device), mask.to(device)
     lengths = [len(s) for s in seqs]
+    ids, mask = ids.to(device), (mask.to(device) if len(set(lengths)) > 1 else None)
     head = _head_for_loss(model)
     kw: dict[str, Any] = {"logits_to_keep": 1} if head is not None else {}
     out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, **kw)
@@ -279,11 +317,12 @@ def forward_batch(
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
             head = None
             hs = out.hidden_states
-    losses = (
-        _losses_from_head(head, hs[-1], ids, lengths)
-        if head is not None
-        else _losses_from_logits(out.logits, ids, lengths)
-    )
+    if not loss:
+        losses = [float("nan")] * len(lengths)
+    elif head is not None:
+        losses = _losses_from_head(head, hs[-1], ids, lengths)
+    else:
+        losses = _losses_from_logits(out.logits, ids, lengths)
     states = {}
     for name, i in layer_idx.items():
         packed = torch.cat([hs[i][row, :n] for row, n in enumerate(lengths)])
@@ -485,7 +524,7 @@ def dump(
     partial.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
     to_device(model, dev, variant)
-    num_layers = count_layers(model, min(tok.ids, key=len), dev)
+    num_layers = count_layers(model, min(tok.ids, key=len)[:min_tokens], dev)  # any few tokens
     layer_idx = layer_indices(layers, num_layers)
     store_dtype = DTYPES[spec["dump_dtype"]]
     lengths = [len(s) for s in tok.ids]
@@ -494,6 +533,7 @@ def dump(
     done = sum(_shard_done(partial, k) for k in range(len(shards)))
     if done:
         log.info("resuming: %d of %d shards already on disk", done, len(shards))
+    solo_from = CPU_SOLO_TOKENS if dev.type == "cpu" else None
     bar = tqdm(total=sum(lengths), unit="tok", desc=f"dump {variant}", mininterval=2.0)
     metas: dict[int, dict[str, Any]] = {}
     writer = ShardWriter(depth=2)  # the forward of the next shard runs while one is written
@@ -507,11 +547,12 @@ def dump(
             for batch, states, losses in run_batches(
                 model,
                 tok.ids,
-                plan_batches(lengths, members, spec["batch_tokens"]),
+                plan_batches(lengths, members, spec["batch_tokens"], solo_from=solo_from),
                 layer_idx,
                 dev,
                 store_dtype=store_dtype,
                 spectra=store == "spectra",
+                loss=spec.get("loss", True),
             ):
                 for j, i in enumerate(batch):
                     collected[i] = ({n: states[n][j] for n in layer_idx}, losses[j])
