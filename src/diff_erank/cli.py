@@ -100,24 +100,42 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 def cmd_dump(a: argparse.Namespace) -> None:
     import torch
 
-    from diff_erank.cache import entry_lock
     from diff_erank.dump import dump, dump_set
     from diff_erank.sizing import ResourceError
 
     torch.set_num_threads(a.threads)
     try:
         where = (a.texts, a.out, a.layers, a.device)
-        with entry_lock(a.out):  # the cache is shared by runs from other checkouts
-            if a.variants:  # every variant of the model, one process, <out>/<variant>/ each
-                dump_set(a.spec, a.variants, *where, a.trained_path, variant_paths=a.variant_paths)
-            else:
-                dump(a.spec, a.variant, *where, a.trained_path, variant_path=a.variant_path)
+        if a.variants:  # every variant of the model, one process, <out>/<variant>/ each: a cache entry
+            _dump_entry(a, lambda publish: dump_set(
+                a.spec, a.variants, *where, a.trained_path, variant_paths=a.variant_paths, publish=publish
+            ))
+        else:
+            dump(a.spec, a.variant, *where, a.trained_path, variant_path=a.variant_path)
     except torch.OutOfMemoryError:
         raise ResourceError(
             f"out of GPU memory on a single text (batches were halved down to 1; estimated need "
             f"{a.gpu_mem_mb or '?'} MB): give the model more with models.<name>.resources.gpu_mem_gb=<GB> "
             f"(the job then asks for a larger GPU), or lower models.<name>.max_length"
         ) from None
+
+
+def _dump_entry(a: argparse.Namespace, compute) -> None:
+    """Write the shared cache's dump ``a.out`` once: under its lock, a dump another run finished is
+    linked again, and a temp() dump whose eRank tables are finished is not written at all."""
+    from diff_erank import cache
+
+    with cache.entry_lock(a.out):  # the cache is shared by runs from other checkouts
+        data = cache.reuse_entry(a.out)
+        tables = cache.measured_entry(a.out)
+        if data is None and a.temp and cache.finished(tables) is not None:
+            data = cache.elide_dump(a.out)
+            logging.info("%s: not dumped, its eRank tables %s are finished", a.out, tables)
+        elif data is None:
+            compute(cache.publish_entry)
+            data = Path(a.out).resolve()
+        if a.run:
+            cache.claim(data, a.run)
 
 
 def cmd_fetch_gguf(a: argparse.Namespace) -> None:
@@ -157,17 +175,29 @@ def cmd_accuracy(a: argparse.Namespace) -> None:
 def cmd_measure(a: argparse.Namespace) -> None:
     import torch
 
+    from diff_erank.cache import ELIDED, drop_dump, entry_lock, publish_entry, reuse_entry
     from diff_erank.dump import SET_MANIFEST
+    from diff_erank.errors import UserError
     from diff_erank.measure import measure_set_to_dir, measure_to_file
     from diff_erank.sizing import ResourceError, limit_memory
 
     torch.set_num_threads(a.threads)
     limit_memory(a.mem_mb)
+    dump = Path(a.dump).resolve()  # the data, not the link: another run's Snakemake may remove the link
     try:
-        if (Path(a.dump) / SET_MANIFEST).is_file():  # a set of dumps: a directory of tables
-            rows = measure_set_to_dir(a.dump, a.out, a.texts)
+        if (dump / SET_MANIFEST).is_file() or (dump / ELIDED).is_file():  # a cache entry: a set of tables
+            with entry_lock(a.out):  # measured once, whichever run gets here first
+                if reuse_entry(a.out) is not None:
+                    rows = 0
+                elif (dump / ELIDED).is_file():
+                    raise UserError(
+                        f"{a.dump} was not kept because {a.out} was measured already, but those tables are "
+                        f"gone: delete {a.dump} and rerun"
+                    )
+                else:
+                    rows = measure_set_to_dir(dump, a.out, a.texts, publish=publish_entry)
         else:
-            rows = len(measure_to_file(a.dump, a.out, a.texts))
+            rows = len(measure_to_file(dump, a.out, a.texts))
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
             raise
@@ -175,6 +205,8 @@ def cmd_measure(a: argparse.Namespace) -> None:
             f"out of host memory (this job asked for mem_mb={a.mem_mb}, estimated from the longest text): "
             f"rerun with more, e.g. snakemake ... --set-resources erank:mem_mb=<MB>"
         ) from None
+    if a.drop_dump and a.run and drop_dump(a.dump, dump, a.run):
+        logging.info("deleted the dump %s: no other run folder reads it", dump)
     logging.info("%d rows -> %s", rows, a.out)
 
 
@@ -420,6 +452,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--texts", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--layers", type=_json, default=["last"])
+    s.add_argument("--run", default=None, help="the run folder that will read the dump (its claim)")
+    s.add_argument("--temp", action="store_true", help="a temp() dump: not written if its tables exist")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trained-path", default=None, help="zoo model directory (when the entry has no source)")
     s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")
@@ -465,6 +499,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = step("measure")
     s.add_argument("--dump", required=True)
+    s.add_argument("--run", default=None, help="the run folder measuring it (its claim on the dump)")
+    s.add_argument("--drop-dump", action="store_true", help="delete the dump unless another run claims it")
     s.add_argument("--mem-mb", type=int, default=None, help="the job's memory: fail clearly beyond it")
     s.add_argument("--texts", default=None)
     s.add_argument("--out", required=True)

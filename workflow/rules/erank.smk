@@ -25,4 +25,5 @@ rule erank:
     shell:
         "printf '%s\\n' {params.key:q} > {output.key}.tmp && mv {output.key}.tmp {output.key} && "
         "diff-erank measure --dump {input.dump} --texts {input.texts} --out {output.tables}"
-        " --threads {threads} --mem-mb {resources.mem_mb} > {log} 2>&1"
+        " --threads {threads} --mem-mb {resources.mem_mb}"
+        f" --run {OUT}{'' if C['keep_dumps'] else ' --drop-dump'} > {{log}} 2>&1"
