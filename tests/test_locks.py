@@ -1,0 +1,242 @@
+"""Locks that work or say why (issue 25, item 5), and cache entries no run deletes under another.
+
+A filesystem without POSIX locks (Lustre mounted ``noflock``: every ``fcntl`` lock request fails
+with ENOSYS) is simulated by making ``fcntl.lockf`` raise that error, in this process and in the
+holder processes the tests start.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from diff_erank import cache, storage
+from diff_erank.storage import FileLock, LockError, RunLockedError, atomic_publish_dir, lock_run_dir
+
+NOFLOCK = (
+    "import errno, fcntl\n"
+    "def refuse(*a, **k):\n"
+    "    raise OSError(errno.ENOSYS, 'Function not implemented')\n"
+    "fcntl.lockf = refuse\n"
+)
+
+
+def _refuse_locks(monkeypatch, code: int = errno.ENOSYS) -> None:
+    def refuse(*a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "lockf", refuse)
+
+
+def _holder(code: str, *args: str) -> subprocess.Popen:
+    """A process that takes a lock (``code``), prints 'held' and sleeps until killed."""
+    script = NOFLOCK + code + "\nprint('held', flush=True)\nimport time\ntime.sleep(300)\n"
+    p = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run_locks(monkeypatch):
+    monkeypatch.setattr(storage, "_LOCKS", {})
+    monkeypatch.delenv(storage.LOCKS_ENV, raising=False)
+
+
+def test_without_posix_locks_the_run_folder_lock_is_a_lock_file_naming_its_holder(tmp_path, monkeypatch):
+    _refuse_locks(monkeypatch)
+    run_dir = tmp_path / "results" / "ci"
+    take = "import sys; from diff_erank.storage import lock_run_dir; lock_run_dir(sys.argv[1])"
+    holder = _holder(take, str(run_dir))
+    try:
+        excl = run_dir / ".run.lock.excl"
+        assert excl.read_text().split()[:2] == [socket.gethostname(), str(holder.pid)]
+        # before: "in use by another run (unknown process)" whoever held it, or nobody
+        who = rf"in use by another run \(pid {holder.pid} on {socket.gethostname()}"
+        with pytest.raises(RunLockedError, match=who):
+            lock_run_dir(run_dir)
+        os.kill(holder.pid, signal.SIGKILL)  # the lock file outlives its process ...
+        holder.wait(timeout=30)
+        assert excl.exists()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    lock_run_dir(run_dir)  # ... and is taken over: its holder was a process of this host, now gone
+    assert excl.read_text().split()[:2] == [socket.gethostname(), str(os.getpid())]
+
+
+def test_a_lock_file_of_another_host_is_reported_with_how_to_clear_it(tmp_path, monkeypatch):
+    _refuse_locks(monkeypatch)
+    run_dir = tmp_path / "ci"
+    run_dir.mkdir()
+    (run_dir / ".run.lock.excl").write_text("login2 4242 0\npid 4242 on login2, working directory /x\n")
+    with pytest.raises(RunLockedError, match=r"\(pid 4242 on login2, working directory /x\)"):
+        lock_run_dir(run_dir)
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.EACCES])
+def test_held_is_told_from_unsupported(tmp_path, monkeypatch, code):
+    _refuse_locks(monkeypatch, code)
+    lock = FileLock(tmp_path / "x.lock")
+    assert lock.try_acquire() is False  # another process holds it: no lock file is made
+    assert not (tmp_path / "x.lock.excl").exists()
+
+
+def test_another_lock_error_names_the_file(tmp_path, monkeypatch):
+    _refuse_locks(monkeypatch, errno.EIO)
+    with pytest.raises(LockError, match=r"cannot lock .*x\.lock: Input/output error \(errno 5\)"):
+        FileLock(tmp_path / "x.lock").try_acquire()
+
+
+def test_lock_files_can_be_forced_where_fcntl_locks_are_node_local(tmp_path, monkeypatch):
+    """``localflock`` answers fcntl on each node alone: DIFF_ERANK_LOCKS=file uses O_EXCL files."""
+    monkeypatch.setenv(storage.LOCKS_ENV, "file")
+    holder = _holder(
+        "import sys, os; os.environ['DIFF_ERANK_LOCKS'] = 'file'\n"
+        "from diff_erank.storage import FileLock; FileLock(sys.argv[1]).try_acquire()",
+        str(tmp_path / "x.lock"),
+    )
+    try:
+        monkeypatch.undo()  # fcntl works in this process: the holder's lock file is still honoured
+        monkeypatch.setattr(storage, "_LOCKS", {})
+        assert FileLock(tmp_path / "x.lock").try_acquire() is False
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_cache_entry_lock_waits_on_a_filesystem_without_locks(tmp_path, monkeypatch):
+    """Before: ``OSError: [Errno 38] Function not implemented`` from the entry lock."""
+    _refuse_locks(monkeypatch)
+    entry = tmp_path / "cache" / "erank" / "k" / "last"
+    holder = _holder(
+        "import sys; from diff_erank.storage import FileLock; FileLock(sys.argv[1] + '.lock').try_acquire()",
+        str(entry),
+    )
+    got = threading.Event()
+
+    def take():
+        with cache.entry_lock(entry):
+            got.set()
+
+    t = threading.Thread(target=take)
+    t.start()
+    assert not got.wait(2.5)  # waits while the holder lives
+    holder.kill()
+    holder.wait()
+    assert got.wait(10)  # and takes the lock once its holder is gone
+    t.join()
+    assert not Path(f"{entry}.lock.excl").exists()  # released
+
+
+def test_publishing_a_directory_swaps_it_in_one_step(tmp_path):
+    final = tmp_path / "out"
+    seen_missing = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            if not (final / "done").exists():
+                seen_missing.append(1)
+
+    for i in range(3):
+        new = tmp_path / f"new{i}"
+        new.mkdir()
+        (new / "done").write_text(str(i))
+        atomic_publish_dir(new, final)
+        if i == 0:
+            t = threading.Thread(target=watch)
+            t.start()
+    stop.set()
+    t.join()
+    assert (final / "done").read_text() == "2" and not seen_missing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing staged or old is left
+
+
+def test_publishing_without_an_exchange_still_replaces(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
+    final = tmp_path / "out"
+    for i in range(2):
+        new = tmp_path / f"new{i}"
+        new.mkdir()
+        (new / "v").write_text(str(i))
+        atomic_publish_dir(new, final)
+    assert (final / "v").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_slurm_jobs_of_a_killed_run_are_found_with_squeue(tmp_path, monkeypatch):
+    """A stand-in ``squeue`` printing what ``squeue --format '%i %Z'`` prints: job id, working directory."""
+    from diff_erank.config import ConfigError
+    from diff_erank.runfolder import claim, slurm_jobs
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    fake = bin_dir / "squeue"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" > {tmp_path}/args\nprintf '101 {work}\\n102 /elsewhere\\n'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert slurm_jobs(work) == ["101"]
+    assert "--format %i %Z" in (tmp_path / "args").read_text()
+    cfg = {"name": "ci", "models": {}, "datasets": {}}
+    with pytest.raises(ConfigError, match=r"Slurm jobs of an earlier run .*\(job ids 101\).*scancel 101"):
+        claim(cfg, tmp_path / "results" / "ci", work)
+
+
+# -- cache entries: links to data no run deletes under another ----------------------------------------
+def _partial(tmp_path: Path, value: str) -> Path:
+    p = tmp_path / f"partial-{value}"
+    p.mkdir()
+    (p / "t.parquet").write_text(value)
+    return p
+
+
+def test_an_entry_whose_link_snakemake_removed_is_linked_again_not_recomputed(tmp_path):
+    final = tmp_path / "erank" / "k" / "last"
+    final.parent.mkdir(parents=True)
+    data = cache.publish_entry(_partial(tmp_path, "A"), final)
+    assert final.is_symlink() and (final / "t.parquet").read_text() == "A"
+    reader = final.resolve()
+    os.remove(final)  # what Snakemake does to a job's existing output before the job runs
+    assert (reader / "t.parquet").read_text() == "A"  # a run reading the data is unaffected
+    with cache.entry_lock(final):
+        assert cache.reuse_entry(final) == data
+    assert (final / "t.parquet").read_text() == "A"
+
+
+def test_a_real_directory_from_before_links_is_replaced_by_a_link(tmp_path):
+    final = tmp_path / "last"
+    final.mkdir()
+    (final / "old").write_text("x")
+    cache.publish_entry(_partial(tmp_path, "B"), final)
+    assert final.is_symlink() and (final / "t.parquet").read_text() == "B"
+
+
+def test_a_dump_is_deleted_only_when_no_run_folder_claims_it(tmp_path):
+    dump = tmp_path / "dumps" / "k" / "last"
+    dump.parent.mkdir(parents=True)
+    data = cache.publish_entry(_partial(tmp_path, "D"), dump)
+    cache.claim(data, tmp_path / "run-a")
+    cache.claim(data, tmp_path / "run-b")
+    assert not cache.drop_dump(dump, data, tmp_path / "run-a")  # run-b's eRank job is still to come
+    assert data.is_dir()
+    assert cache.drop_dump(dump, data, tmp_path / "run-b")
+    assert not data.exists()
+
+
+def test_an_elided_dump_points_at_its_finished_tables(tmp_path):
+    dump = tmp_path / "cache" / "dumps" / "k" / "last"
+    dump.parent.mkdir(parents=True)
+    assert cache.measured_entry(dump) == tmp_path / "cache" / "erank" / "k" / "last"
+    data = cache.elide_dump(dump)
+    assert (data / cache.ELIDED).is_file() and (dump / cache.ELIDED).is_file()
