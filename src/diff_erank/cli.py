@@ -66,6 +66,49 @@ def cmd_config(a: argparse.Namespace) -> None:
         print(f"warning: {problem} (a run stops on it)", file=sys.stderr)
 
 
+def cmd_fetch(a: argparse.Namespace) -> None:
+    """Download the experiment's models and datasets into hf_home (on a machine with the hub)."""
+    import subprocess
+    import tempfile
+
+    from diff_erank.config import ConfigError, load_config
+    from diff_erank.hub import OFFLINE, fetch
+    from diff_erank.storage import write_json
+
+    if a.config_file:
+        cfg = json.loads(Path(a.config_file).read_text())
+    else:
+        cfg = load_config(_conf_dir(a.conf_dir), a.overrides)
+    hf_home = a.hf_home or cfg.get("hf_home")
+    if not hf_home:
+        raise ConfigError(
+            "fetch needs a folder to download into: set hf_home=<folder on project storage> "
+            "(conf/config.yaml or an override), or pass --hf-home"
+        )
+    home = str(Path(hf_home).resolve())
+    offline = {k: "1" if a.check else "0" for k in OFFLINE}
+    env = {**os.environ, "HF_HOME": home, **offline}
+    if any(os.environ.get(k) != v for k, v in {"HF_HOME": home, **offline}.items()) or (
+        "huggingface_hub" in sys.modules  # it read HF_HOME when it was imported
+    ):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(cfg, f, default=str)
+        argv = [sys.executable, "-m", "diff_erank.cli", "fetch", "--config-file", f.name, "--hf-home", home]
+        argv += (["--out", a.out] if a.out else []) + (["--check"] if a.check else [])
+        try:
+            r = subprocess.run(argv, env=env)
+        finally:
+            os.unlink(f.name)
+        if r.returncode:
+            sys.exit(r.returncode)
+        return
+    Path(home).mkdir(parents=True, exist_ok=True)
+    done = fetch(cfg, home)
+    if a.out:
+        write_json({"hf_home": home, "fetched": done}, a.out)
+    print(f"{len(done)} item(s) {'present' if a.check else 'fetched'} in {home}")
+
+
 def cmd_corpus(a: argparse.Namespace) -> None:
     from diff_erank.corpus import write_corpus
 
@@ -211,10 +254,11 @@ def cmd_measure(a: argparse.Namespace) -> None:
 
 
 def cmd_plan(a: argparse.Namespace) -> None:
-    from diff_erank.plan import bill, dag, render, snakefile_for
+    from diff_erank.plan import bill, dag, download_line, render, snakefile_for
 
     experiment = dag(a.overrides, snakefile_for(_conf_dir(a.conf_dir)))  # composed once, by the Snakefile
     print(render(bill(experiment.jobs), experiment.config))
+    print(download_line(experiment.config))
 
 
 def cmd_diff(a: argparse.Namespace) -> None:
@@ -419,6 +463,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")
     s.set_defaults(fn=cmd_plan)
 
+    s = sub.add_parser(
+        "fetch",
+        help="download an experiment's models and datasets into hf_home (login node, before any job)",
+        description="Download every hub model of the experiment at its pinned revision (each rev- variant, "
+        "a separate tokenizer) and every hub dataset into hf_home, where the jobs read them with the hub "
+        "offline (docs/cluster.md).",
+    )
+    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
+    s.add_argument("--hf-home", default=None, help="default: the config's hf_home")
+    s.add_argument("--config-file", default=None, help="a resolved configuration (JSON) instead of overrides")
+    s.add_argument("--out", default=None, help="write what was fetched here (JSON)")
+    s.add_argument("--check", action="store_true", help="only check, offline, that everything is there")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")
+    s.set_defaults(fn=cmd_fetch)
+
     s = step("corpus")
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--out-dir", required=True)
@@ -569,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     from diff_erank.progress import quiet_libraries
 
     quiet_libraries()
+    if args.command in STEPS and os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_HOME"):
+        logging.info("hub offline: models and datasets are read from HF_HOME=%s", os.environ["HF_HOME"])
     from diff_erank.errors import UserError  # not the modules that raise them: see diff_erank.errors
 
     try:

@@ -28,7 +28,7 @@ from diff_erank.config import ConfigError, missing_paths
 RECORD = "config.yaml"
 
 #: Keys that do not change any number: a different value is the same configuration.
-NEUTRAL = ("description", "keep_dumps", "scratch_dir", "results_dir", "cluster")
+NEUTRAL = ("description", "keep_dumps", "scratch_dir", "results_dir", "cluster", "hf_home")
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
