@@ -84,9 +84,11 @@ def downloads(cfg: dict[str, Any]) -> list[Download]:
             out.append(Download("model", spec["source"], spec.get("revision")))
     for spec in cfg["datasets"].values():
         src = spec["source"]
+        entry = json.dumps(src, sort_keys=True)
         if src.get("kind") == "hub":
-            entry = json.dumps(src, sort_keys=True)
             out.append(Download("dataset", src["path"], src.get("revision"), 0, entry))
+        elif '"hf://' in json.dumps(src.get("data_files")):  # files of a hub repository (wikipedia)
+            out.append(Download("dataset", json.dumps(src["data_files"]).strip('"'), None, 0, entry))
     return list(dict.fromkeys(out))
 
 
@@ -99,9 +101,9 @@ def download_bytes(cfg: dict[str, Any]) -> tuple[int, int]:
 def _weights(repo: str, revision: str | None) -> list[str]:
     """Safetensors where the repository has them, else PyTorch ``.bin`` (as models._load_weights)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.utils import is_offline_mode
+    from huggingface_hub.constants import HF_HUB_OFFLINE
 
-    if is_offline_mode():
+    if HF_HUB_OFFLINE:
         return ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json"]
     files = HfApi().list_repo_files(repo, revision=revision)
     if any(f.endswith(".safetensors") for f in files):
