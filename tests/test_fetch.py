@@ -71,7 +71,8 @@ def _hub_cache(home: Path, model_dir: Path, repo: str, rev: str) -> str:
 def _fetch(cfg: dict, home: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg, default=str))
-    cmd = [sys.executable, "-m", "diff_erank.cli", "fetch", "--config-file", str(path), "--hf-home", str(home)]
+    cmd = [sys.executable, "-m", "diff_erank.cli", "fetch", "--config-file", str(path)]
+    cmd += ["--hf-home", str(home)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     return subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env, timeout=300)
 
@@ -115,7 +116,7 @@ def test_the_job_environment_reads_hf_home_offline(tmp_path) -> None:
 @pytest.mark.slow
 def test_jobs_run_with_the_hub_offline_and_hf_home_after_the_fetch_rule(tmp_path) -> None:
     """A real Snakemake run with hf_home set, from an environment with no HF variables: the local
-    fetch rule records hf_home, and a job (the ci corpus and one prepare) logs that it read HF_HOME offline."""
+    fetch rule records hf_home, and a job (a prepare) logs that it read HF_HOME with the hub offline."""
     home = tmp_path / "hf"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     cfg = ["experiment=ci", f"hf_home={home}"]
@@ -123,9 +124,10 @@ def test_jobs_run_with_the_hub_offline_and_hf_home_after_the_fetch_rule(tmp_path
     cfg_run = load_config(CONF, ["experiment=ci"])
     from diff_erank.cache import Keys
 
-    texts = Keys({**cfg_run, "results_dir": str(tmp_path / "results")}, str(run)).texts_path("demo-topics")
+    texts = Keys({**cfg_run, "results_dir": str(tmp_path / "results")}, str(run)).texts_path("topics")
     r = snakemake(tmp_path, "fetch", str(Path(texts).relative_to(tmp_path)), config=cfg, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((run / "fetched.json").read_text()) == {"hf_home": str(home.resolve()), "fetched": {}}
     logs = list((run / "logs" / "prepare").glob("*.log"))
-    assert logs and f"hub offline: models and datasets are read from HF_HOME={home.resolve()}" in logs[0].read_text()
+    line = f"hub offline: models and datasets are read from HF_HOME={home.resolve()}"
+    assert logs and line in logs[0].read_text()

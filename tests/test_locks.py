@@ -240,3 +240,93 @@ def test_an_elided_dump_points_at_its_finished_tables(tmp_path):
     assert cache.measured_entry(dump) == tmp_path / "cache" / "erank" / "k" / "last"
     data = cache.elide_dump(dump)
     assert (data / cache.ELIDED).is_file() and (dump / cache.ELIDED).is_file()
+
+
+# -- end to end: two checkouts share one cache, one is killed mid-dump, both rerun ---------------------
+@pytest.mark.slow
+def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_dir) -> None:
+    """Checkout A dumps; checkout B (another run folder, same measurement) starts and waits on the
+    entry's lock; A is killed mid-dump; B finishes (resuming A's shards); A reruns. Before: A's rerun
+    removed B's finished tables before its job ran and measured again (or failed on missing files)."""
+    import re
+    import time
+
+    import pandas as pd
+    from helpers.paper import local_source, make_datasets, make_models
+    from helpers.workflow import snakemake, snakemake_cmd, snakemake_env
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "models").mkdir()
+    files = make_datasets(tmp_path / "data", n=200)
+    (model, _) = make_models(tmp_path / "models", tokenizer_dir, "opt")
+    shared = tmp_path / "shared"
+
+    def overrides(name: str, results: Path) -> list[str]:
+        return [
+            "experiment=table9",
+            *[f"~models.opt-{s}" for s in ("1_3b", "2_7b", "6_7b", "13b")],
+            f"models.opt-125m.source={model}",
+            *local_source("dolly-15k", files["dolly"]),
+            "model.max_length=64",
+            "model.batch_tokens=256",
+            "model.shard_texts=8",
+            "bootstrap.samples=50",
+            f"name={name}",
+            f"results_dir={results}",
+        ]
+
+    wa, wb = tmp_path / "checkout-a", tmp_path / "checkout-b"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    cmd_a = snakemake_cmd(wa, overrides=overrides("run-a", shared))
+    a = subprocess.Popen(cmd_a, env=snakemake_env(), **quiet)
+    b = None
+    try:
+        deadline = time.monotonic() + 600
+        while not list(shared.glob("cache/dumps/*/last.partial/trained/shard-*.json")):
+            assert a.poll() is None and time.monotonic() < deadline, "A's dump never started"
+            time.sleep(0.05)
+        os.killpg(a.pid, signal.SIGSTOP)  # A mid-dump, held there while B starts
+        b = subprocess.Popen(
+            snakemake_cmd(wb, overrides=overrides("run-b", shared)),
+            env=snakemake_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        b_log = shared / "run-b" / "logs" / "dump"
+        while not any("being written by another run" in f.read_text() for f in b_log.glob("*/*.log")):
+            assert b.poll() is None and time.monotonic() < deadline, "B never waited on A's dump"
+            time.sleep(0.1)
+        assert not list(shared.glob("cache/dumps/*/last")) and a.poll() is None  # nothing published
+        os.killpg(a.pid, signal.SIGKILL)  # Snakemake A and its dump job, mid-dump
+        a.wait(timeout=30)
+        out_b, _ = b.communicate(timeout=900)
+        assert b.returncode == 0, out_b[-3000:]
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert snakemake(wa, "--unlock", overrides=overrides("run-a", shared)).returncode == 0
+    rerun_a = snakemake(wa, overrides=overrides("run-a", shared))
+    assert rerun_a.returncode == 0, rerun_a.stderr[-3000:]
+    rerun_b = snakemake(wb, overrides=overrides("run-b", shared))
+    assert rerun_b.returncode == 0, rerun_b.stderr[-3000:]
+    assert not re.search(r"^(dump|erank|prepare)\s+\d+$", rerun_b.stdout + rerun_b.stderr, re.M)
+
+    (key,) = [p.name for p in (shared / "cache" / "erank").iterdir()]
+    measured = list((shared / "cache" / "erank" / key).glob(".last.data-*"))
+    assert len(measured) == 1  # the tables were computed once, by B, and linked again by A's rerun
+    (dump_log,) = (shared / "run-a" / "logs" / "dump").glob("*/*.log")
+    assert "not dumped, its eRank tables" in dump_log.read_text()  # A's rerun did not dump again
+    dumps = (shared / "cache" / "dumps" / key).glob(".last.data-*")
+    assert not [p for p in dumps if (p / "trained").exists()]  # measured: no run claims it, deleted
+
+    clean = snakemake(tmp_path / "clean", overrides=overrides("clean", tmp_path / "alone"))
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    views = Path("erank") / "opt-125m" / "dolly-15k"
+    for run in (shared / "run-a", shared / "run-b"):
+        for v in ("trained", "init-s0"):
+            want = pd.read_parquet(tmp_path / "alone" / "clean" / views / f"{v}.parquet")
+            got = pd.read_parquet(run / views / f"{v}.parquet")
+            pd.testing.assert_frame_equal(got, want, check_exact=True)
