@@ -269,7 +269,7 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
             *local_source("dolly-15k", files["dolly"]),
             "model.max_length=64",
             "model.batch_tokens=256",
-            "model.shard_texts=8",
+            "models.opt-125m.shard_texts=8",
             "bootstrap.samples=50",
             f"name={name}",
             f"results_dir={results}",
