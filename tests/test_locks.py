@@ -330,3 +330,45 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
             want = pd.read_parquet(tmp_path / "alone" / "clean" / views / f"{v}.parquet")
             got = pd.read_parquet(run / views / f"{v}.parquet")
             pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_cache_gc_deletes_what_no_run_folder_references(tmp_path) -> None:
+    import pandas as pd
+
+    from diff_erank.cli import main
+    from diff_erank.storage import write_parquet
+
+    results = tmp_path / "results"
+    k1, k2 = "1" * 16, "2" * 16
+    erank = results / "cache" / "erank"
+    (erank / k1).mkdir(parents=True)
+    (erank / k2).mkdir(parents=True)
+    kept = cache.publish_entry(_partial(tmp_path, "k1"), erank / k1 / "last")
+    (erank / k1 / "last.json").write_text("{}")
+    orphan = erank / k1 / ".last.data-oldhost-1-aaaa"  # data a link no longer points to
+    orphan.mkdir()
+    gone = cache.publish_entry(_partial(tmp_path, "k2"), erank / k2 / "last")  # no view made from it
+    dump = results / "cache" / "dumps" / k1 / "last"
+    dump.parent.mkdir(parents=True)
+    stub = cache.elide_dump(dump)
+    partial = results / "cache" / "dumps" / k2 / "last.partial"
+    partial.mkdir(parents=True)
+    view = results / "r1" / "erank" / "m" / "d" / "trained.parquet"  # as the diff step records it
+    table = f"results/cache/erank/{k1}/last/trained.parquet"
+    write_parquet(pd.DataFrame({"x": [1]}), view, {"cache": {"table": table}})
+    (results / "r1" / "config.yaml").write_text("name: r1\n")
+
+    take = "import sys; from diff_erank.storage import lock_run_dir; lock_run_dir(sys.argv[1])"
+    holder = _holder(take, str(results / "r1"))
+    try:
+        assert main(["cache", "gc", "--results-dir", str(results)]) == 2  # r1 is running: nothing deleted
+        assert gone.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["cache", "gc", "--results-dir", str(results), "--dry-run"]) == 0 and gone.is_dir()
+    assert main(["cache", "gc", "--results-dir", str(results)]) == 0
+    assert (erank / k1 / "last" / "t.parquet").read_text() == "k1" and kept.is_dir()
+    assert (erank / k1 / "last.json").is_file()
+    for p in (orphan, gone, erank / k2 / "last", stub, dump, partial):
+        assert not p.exists() and not p.is_symlink(), p

@@ -439,3 +439,75 @@ def select(
         cache={"table": str(table), "key": key, "layers": wanted, "first": first},
     )
     write_parquet(pd.DataFrame(df).reset_index(drop=True), out, record)
+
+
+# -- garbage collection: what no run folder references ------------------------------------------------
+def _entries(kind_dir: Path) -> dict[tuple[str, str], list[Path]]:
+    """``{(key, layers): [every path of that entry]}``: its link, data, partial, key file, locks."""
+    import re
+
+    out: dict[tuple[str, str], list[Path]] = {}
+    for key_dir in sorted(p for p in kind_dir.glob("*") if p.is_dir() and re.fullmatch(KEY, p.name)):
+        for p in key_dir.iterdir():
+            m = re.fullmatch(r"\.?(.+?)(\.data-.*|\.partial|\.json|\.lock(\.excl)?|\.link\..*)?", p.name)
+            if m:
+                out.setdefault((key_dir.name, m.group(1)), []).append(p)
+    return out
+
+
+def referenced(results_dir: str | Path) -> set[tuple[str, str]]:
+    """``(key, layers)`` of every cached table set a run folder's views were made from."""
+    from diff_erank.storage import read_provenance
+
+    found = set()
+    for run in Path(results_dir).iterdir():
+        if run.name == "cache" or not (run / "erank").is_dir():
+            continue
+        for view in (run / "erank").rglob("*.parquet"):
+            try:
+                table = Path(read_provenance(view)["cache"]["table"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            found.add((table.parent.parent.name, table.parent.name))
+    return found
+
+
+def collect_garbage(results_dir: str | Path, dry_run: bool = False) -> list[Path]:
+    """Delete what no run folder references: eRank tables no view was made from (and their dumps),
+    data a link no longer points to, stubs and dumps already measured, leftover ``.partial``
+    folders. Refuses while any run holds its run folder (its views may not be written yet)."""
+    import shutil
+
+    from diff_erank.errors import UserError
+    from diff_erank.storage import FileLock
+
+    results = Path(results_dir)
+    root = results / "cache"
+    for run in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "cache"):
+        lock = FileLock(run / ".run.lock")
+        if (run / ".run.lock").exists() or lock.excl.exists():
+            if not lock.try_acquire():
+                who = lock.holder()
+                raise UserError(f"{run} is in use by a run ({who}): run `cache gc` when none is going")
+            lock.release()
+    keep = referenced(results)
+    doomed: list[Path] = []
+    for kind in ("erank", "dumps"):
+        for (key, name), paths in _entries(root / kind).items():
+            final = root / kind / key / name
+            target = final.resolve() if final.is_symlink() and final.exists() else None
+            stub = target is not None and (target / ELIDED).is_file()
+            wanted = (key, name) in keep and not stub and (kind == "erank" or target is not None)
+            for p in paths:
+                if p.suffix == ".lock" or p.name.endswith(".lock.excl"):
+                    continue
+                if wanted and (p in (final, target) or p.suffix == ".json"):
+                    continue
+                doomed.append(p)
+    if not dry_run:
+        for p in doomed:
+            if p.is_symlink() or p.is_file():
+                p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+    return doomed

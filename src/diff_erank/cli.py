@@ -109,6 +109,15 @@ def cmd_fetch(a: argparse.Namespace) -> None:
     print(f"{len(done)} item(s) {'present' if a.check else 'fetched'} in {home}")
 
 
+def cmd_cache_gc(a: argparse.Namespace) -> None:
+    from diff_erank.cache import collect_garbage
+
+    doomed = collect_garbage(a.results_dir, a.dry_run)
+    for p in doomed:
+        print(("would delete " if a.dry_run else "deleted ") + str(p))
+    print(f"{len(doomed)} path(s) {'to delete' if a.dry_run else 'deleted'} under {a.results_dir}/cache")
+
+
 def cmd_corpus(a: argparse.Namespace) -> None:
     from diff_erank.corpus import write_corpus
 
@@ -477,6 +486,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--check", action="store_true", help="only check, offline, that everything is there")
     s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")
     s.set_defaults(fn=cmd_fetch)
+
+    s = sub.add_parser(
+        "cache",
+        help="the shared measurement cache: `cache gc` deletes what no run folder references",
+        description="gc: delete cached eRank tables no run folder's views were made from (and their "
+        "dumps), data no entry links to, measured dumps and leftover .partial folders; refused while "
+        "a run holds its run folder.",
+    )
+    s.add_argument("action", choices=["gc"])
+    s.add_argument("--results-dir", default="results", help="the results_dir whose cache/ to clean")
+    s.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    s.set_defaults(fn=cmd_cache_gc)
 
     s = step("corpus")
     s.add_argument("--spec", type=_json, required=True)
