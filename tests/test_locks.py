@@ -372,3 +372,40 @@ def test_cache_gc_deletes_what_no_run_folder_references(tmp_path) -> None:
     assert (erank / k1 / "last.json").is_file()
     for p in (orphan, gone, erank / k2 / "last", stub, dump, partial):
         assert not p.exists() and not p.is_symlink(), p
+
+
+def test_dump_and_erank_steps_reuse_a_finished_entry_whose_link_was_removed(tiny_opt, texts_file, tmp_path):
+    """The steps as the rules call them (``--run``, ``--temp``, ``--drop-dump``), with the link removed
+    between runs as Snakemake removes a job's outputs: the data are computed once."""
+    import json
+
+    from helpers.models import model_spec
+
+    from diff_erank.cli import main
+
+    root = tmp_path / "cache"
+    dump, tables = root / "dumps" / "k" / "last", root / "erank" / "k" / "last"
+    spec = json.dumps(model_spec(tiny_opt))
+    step_dump = ["dump", "--spec", spec, "--variants", "trained", "init-s0", "--texts", str(texts_file)]
+    step_dump += ["--out", str(dump), "--device", "cpu", "--temp"]
+    step_measure = ["measure", "--dump", str(dump), "--texts", str(texts_file), "--out", str(tables)]
+    step_measure += ["--drop-dump"]
+
+    assert main([*step_dump, "--run", str(tmp_path / "run-a")]) == 0
+    assert main([*step_dump, "--run", str(tmp_path / "run-b")]) == 0  # reused: a second claim
+    (dumped,) = dump.parent.glob(".last.data-*")
+    assert sorted(p.name for p in (dumped / cache.CLAIMS).iterdir()) == sorted(
+        [cache._run_tag(tmp_path / "run-a"), cache._run_tag(tmp_path / "run-b")]
+    )
+    assert main([*step_measure, "--run", str(tmp_path / "run-a")]) == 0
+    (measured,) = tables.parent.glob(".last.data-*")
+    assert dumped.is_dir()  # run-b has still to measure it
+    first = (measured / "trained.parquet").read_bytes()
+    os.remove(tables)  # Snakemake, before run-b's erank job
+    assert main([*step_measure, "--run", str(tmp_path / "run-b")]) == 0
+    assert list(tables.parent.glob(".last.data-*")) == [measured]  # linked again, not measured again
+    assert (tables / "trained.parquet").read_bytes() == first
+    assert not dumped.exists()  # measured by both: deleted
+    os.remove(dump)  # Snakemake's temp() deletion: the link
+    assert main([*step_dump, "--run", str(tmp_path / "run-c")]) == 0  # a third run: tables finished
+    assert (dump / cache.ELIDED).is_file() and not (dump / "trained").exists()
