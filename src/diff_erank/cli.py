@@ -489,7 +489,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "cache",
-        help="the shared measurement cache: `cache gc` deletes what no run folder references",
+        help="the shared measurement cache: cache gc deletes what no run folder references",
         description="gc: delete cached eRank tables no run folder's views were made from (and their "
         "dumps), data no entry links to, measured dumps and leftover .partial folders; refused while "
         "a run holds its run folder.",
