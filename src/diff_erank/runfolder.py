@@ -85,7 +85,7 @@ def slurm_jobs(workdir: Path) -> list[str]:
         return []
     cmd = ["squeue", "--noheader", "--user", getpass.getuser(), "--format", "%i %Z"]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return []
     if r.returncode != 0:
