@@ -317,10 +317,38 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     (key,) = [p.name for p in (shared / "cache" / "erank").iterdir()]
     measured = list((shared / "cache" / "erank" / key).glob(".last.data-*"))
     assert len(measured) == 1  # the tables were computed once, by B, and linked again by A's rerun
-    (dump_log,) = (shared / "run-a" / "logs" / "dump").glob("*/*.log")
-    assert "not dumped, its eRank tables" in dump_log.read_text()  # A's rerun did not dump again
+    (dump_log,) = (shared / "run-b" / "logs" / "dump").glob("*/*.log")
+    assert "trained is already dumped from the same weights" in dump_log.read_text()  # B resumed A's
+    stats_a = rerun_a.stdout + rerun_a.stderr  # A's rerun measured nothing again: B's tables are its
+    assert not re.search(r"^(dump|erank|prepare)\s+\d+$", stats_a, re.M)
+    assert re.search(r"^diff\s+1$", stats_a, re.M)
     dumps = (shared / "cache" / "dumps" / key).glob(".last.data-*")
     assert not [p for p in dumps if (p / "trained").exists()]  # measured: no run claims it, deleted
+
+    # two more checkouts started together on a new measurement: both plan the dump and its tables;
+    # the second to get each lock reuses what the first published (before: it recomputed and replaced
+    # it, and Snakemake failed the other run on "Missing files")
+    other = ["models.opt-125m.max_length=48"]
+    runs = [
+        subprocess.Popen(
+            snakemake_cmd(tmp_path / f"checkout-{n}", overrides=overrides(f"run-{n}", shared) + other),
+            env=snakemake_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n in ("c", "d")
+    ]
+    for p in runs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-3000:]
+    (new_key,) = [p.name for p in (shared / "cache" / "erank").iterdir() if p.name != key]
+    assert len(list((shared / "cache" / "erank" / new_key).glob(".last.data-*"))) == 1
+    dumped = [
+        f for n in ("c", "d") for f in (shared / f"run-{n}" / "logs" / "dump").glob("*/*.log")
+        if "dump trained:" in f.read_text()
+    ]
+    assert len(dumped) == 1, dumped  # one of the two runs dumped, the other reused it
 
     clean = snakemake(tmp_path / "clean", overrides=overrides("clean", tmp_path / "alone"))
     assert clean.returncode == 0, clean.stderr[-3000:]
