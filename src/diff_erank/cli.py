@@ -150,6 +150,13 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_dump(a: argparse.Namespace) -> None:
+    if a.variants:  # every variant of the model, one process, <out>/<variant>/ each: a cache entry
+        _dump_entry(a, lambda publish: _dump(a, publish))
+    else:
+        _dump(a, None)
+
+
+def _dump(a: argparse.Namespace, publish) -> None:
     import torch
 
     from diff_erank.dump import dump, dump_set
@@ -158,10 +165,9 @@ def cmd_dump(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     try:
         where = (a.texts, a.out, a.layers, a.device)
-        if a.variants:  # every variant of the model, one process, <out>/<variant>/ each: a cache entry
-            _dump_entry(a, lambda publish: dump_set(
-                a.spec, a.variants, *where, a.trained_path, variant_paths=a.variant_paths, publish=publish
-            ))
+        if a.variants:
+            paths = a.variant_paths
+            dump_set(a.spec, a.variants, *where, a.trained_path, variant_paths=paths, publish=publish)
         else:
             dump(a.spec, a.variant, *where, a.trained_path, variant_path=a.variant_path)
     except torch.OutOfMemoryError:
@@ -174,7 +180,8 @@ def cmd_dump(a: argparse.Namespace) -> None:
 
 def _dump_entry(a: argparse.Namespace, compute) -> None:
     """Write the shared cache's dump ``a.out`` once: under its lock, a dump another run finished is
-    linked again, and a temp() dump whose eRank tables are finished is not written at all."""
+    linked again, and a temp() dump whose eRank tables are finished is not written at all. Looked at
+    before torch is imported, so a link Snakemake removed is back within a second."""
     from diff_erank import cache
 
     with cache.entry_lock(a.out):  # the cache is shared by runs from other checkouts
@@ -225,6 +232,21 @@ def cmd_accuracy(a: argparse.Namespace) -> None:
 
 
 def cmd_measure(a: argparse.Namespace) -> None:
+    from diff_erank.cache import ELIDED, drop_dump, entry_lock, reuse_entry
+
+    dump = Path(a.dump).resolve()  # the data, not the link: another run's Snakemake may remove the link
+    if (dump / ELIDED).is_file() or Path(a.out).is_symlink() or not Path(a.out).exists():
+        with entry_lock(a.out):  # finished by another run: linked again before torch is imported
+            found = reuse_entry(a.out) is not None
+        if found:
+            if a.drop_dump and a.run and drop_dump(a.dump, dump, a.run):
+                logging.info("deleted the dump %s: no other run folder reads it", dump)
+            logging.info("%s: measured already, by another run", a.out)
+            return
+    _measure(a, dump)
+
+
+def _measure(a: argparse.Namespace, dump: Path) -> None:
     import torch
 
     from diff_erank.cache import ELIDED, drop_dump, entry_lock, publish_entry, reuse_entry
@@ -235,7 +257,6 @@ def cmd_measure(a: argparse.Namespace) -> None:
 
     torch.set_num_threads(a.threads)
     limit_memory(a.mem_mb)
-    dump = Path(a.dump).resolve()  # the data, not the link: another run's Snakemake may remove the link
     try:
         if (dump / SET_MANIFEST).is_file() or (dump / ELIDED).is_file():  # a cache entry: a set of tables
             with entry_lock(a.out):  # measured once, whichever run gets here first
