@@ -186,7 +186,7 @@ def _dump_entry(a: argparse.Namespace, compute) -> None:
 
     with cache.entry_lock(a.out):  # the cache is shared by runs from other checkouts
         data = cache.reuse_entry(a.out)
-        tables = cache.measured_entry(a.out)
+        tables = a.tables or cache.measured_entry(a.out)
         if data is None and a.temp and cache.finished(tables) is not None:
             data = cache.elide_dump(a.out)
             logging.info("%s: not dumped, its eRank tables %s are finished", a.out, tables)
@@ -555,6 +555,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", type=_json, default=["last"])
     s.add_argument("--run", default=None, help="the run folder that will read the dump (its claim)")
     s.add_argument("--temp", action="store_true", help="a temp() dump: not written if its tables exist")
+    s.add_argument("--tables", default=None, help="the eRank tables it is for (default: in its cache)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trained-path", default=None, help="zoo model directory (when the entry has no source)")
     s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")

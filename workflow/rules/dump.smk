@@ -37,4 +37,5 @@ rule dump:
         "diff-erank dump --spec {params.spec:q} --variants {params.variants} --texts {input.texts}"
         " --out {output} --layers {params.layers:q} --device {params.device} {params.trained}"
         " {params.variant_paths} --threads {threads} --gpu-mem-mb {resources.gpu_mem_mb}"
-        f" --run {OUT}{'' if C['keep_dumps'] else ' --temp'} > {{log}} 2>&1"
+        f" --run {OUT} --tables {CACHE}/erank/{{wildcards.key}}/{{wildcards.layers}}"
+        f"{'' if C['keep_dumps'] else ' --temp'} > {{log}} 2>&1"
