@@ -248,6 +248,7 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     """Checkout A dumps; checkout B (another run folder, same measurement) starts and waits on the
     entry's lock; A is killed mid-dump; B finishes (resuming A's shards); A reruns. Before: A's rerun
     removed B's finished tables before its job ran and measured again (or failed on missing files)."""
+    import getpass
     import re
     import time
 
@@ -260,8 +261,10 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     files = make_datasets(tmp_path / "data", n=200)
     (model, _) = make_models(tmp_path / "models", tokenizer_dir, "opt")
     shared = tmp_path / "shared"
+    scratch = tmp_path / "scratch"  # the node-local scratch both checkouts' dumps go to (one node)
+    dumps = scratch / f"diff-erank-{getpass.getuser()}" / "dumps"
 
-    def overrides(name: str, results: Path) -> list[str]:
+    def overrides(name: str, results: Path, node: Path = scratch) -> list[str]:
         return [
             "experiment=table9",
             *[f"~models.opt-{s}" for s in ("1_3b", "2_7b", "6_7b", "13b")],
@@ -273,6 +276,7 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
             "bootstrap.samples=50",
             f"name={name}",
             f"results_dir={results}",
+            f"scratch_dir={node}",
         ]
 
     wa, wb = tmp_path / "checkout-a", tmp_path / "checkout-b"
@@ -282,7 +286,7 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     b = None
     try:
         deadline = time.monotonic() + 600
-        while not list(shared.glob("cache/dumps/*/last.partial/trained/shard-*.json")):
+        while not list(dumps.glob("*/last.partial/trained/shard-*.json")):
             assert a.poll() is None and time.monotonic() < deadline, "A's dump never started"
             time.sleep(0.05)
         os.killpg(a.pid, signal.SIGSTOP)  # A mid-dump, held there while B starts
@@ -298,7 +302,7 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
         while not any("being written by another run" in f.read_text() for f in b_log.glob("*/*.log")):
             assert b.poll() is None and time.monotonic() < deadline, "B never waited on A's dump"
             time.sleep(0.1)
-        assert not list(shared.glob("cache/dumps/*/last")) and a.poll() is None  # nothing published
+        assert not list(dumps.glob("*/last")) and a.poll() is None  # nothing published
         os.killpg(a.pid, signal.SIGKILL)  # Snakemake A and its dump job, mid-dump
         a.wait(timeout=30)
         out_b, _ = b.communicate(timeout=900)
@@ -322,8 +326,8 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     stats_a = rerun_a.stdout + rerun_a.stderr  # A's rerun measured nothing again: B's tables are its
     assert not re.search(r"^(dump|erank|prepare)\s+\d+$", stats_a, re.M)
     assert re.search(r"^diff\s+1$", stats_a, re.M)
-    dumps = (shared / "cache" / "dumps" / key).glob(".last.data-*")
-    assert not [p for p in dumps if (p / "trained").exists()]  # measured: no run claims it, deleted
+    left = (dumps / key).glob(".last.data-*")
+    assert not [p for p in left if (p / "trained").exists()]  # measured: no run claims it, deleted
 
     # two more checkouts started together on a new measurement: both plan the dump and its tables;
     # the second to get each lock reuses what the first published (before: it recomputed and replaced
@@ -350,7 +354,8 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     ]
     assert len(dumped) == 1, dumped  # one of the two runs dumped, the other reused it
 
-    clean = snakemake(tmp_path / "clean", overrides=overrides("clean", tmp_path / "alone"))
+    alone = overrides("clean", tmp_path / "alone", tmp_path / "node2")
+    clean = snakemake(tmp_path / "clean", overrides=alone)
     assert clean.returncode == 0, clean.stderr[-3000:]
     views = Path("erank") / "opt-125m" / "dolly-15k"
     for run in (shared / "run-a", shared / "run-b"):
