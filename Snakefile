@@ -16,6 +16,7 @@ from pathlib import Path
 
 from diff_erank.cache import cache_dir
 from diff_erank.config import ConfigError, load_config, overrides_from_snakemake
+from diff_erank.hub import shell_prefix as hub_prefix
 from diff_erank.runfolder import claim
 from diff_erank.storage import RunLockedError, lock_run_dir
 
@@ -49,6 +50,7 @@ report: str(LANDING) if LANDING.is_file() else "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/fetch.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/gguf.smk"

@@ -34,7 +34,6 @@ Snakefile-cheap: stdlib only (:func:`select`, which the ``diff`` step calls, imp
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -362,17 +361,120 @@ class Keys:
 
 @contextlib.contextmanager
 def entry_lock(path: str | Path) -> Iterator[None]:
-    """Hold ``<path>.lock`` while a cache entry is written: runs from other checkouts that share the
-    cache (Snakemake's own lock is per working directory) wait instead of writing the same files."""
-    lock = Path(f"{path}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as f:
-        try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log.warning("%s is being written by another run: waiting for it", path)
-            fcntl.lockf(f, fcntl.LOCK_EX)
+    """Hold ``<path>.lock`` while a cache entry is written or reused: runs from other checkouts that
+    share the cache (Snakemake's own lock is per working directory) wait instead of writing the same
+    files, and find the entry finished when they get the lock (:func:`reuse_entry`)."""
+    from diff_erank.storage import held
+
+    with held(f"{path}.lock", f"{path} is being written by another run: waiting for it"):
         yield
+
+
+# -- entries published by a link, so that no run deletes what another reads ---------------------------
+#
+# A finished entry ``<final>`` is a symbolic link to its data, ``.<final name>.data-<host>-<pid>-<rand>``
+# beside it. Snakemake removes a job's existing outputs before the job runs (an entry another run
+# finished after this run's DAG was built) and deletes temp() outputs after use: on a link it removes
+# the link only (``os.remove``), so what another run reads stays, and the job, once it holds the
+# entry's lock, links the finished data again instead of recomputing it (:func:`reuse_entry`).
+ELIDED = "elided.json"  # a dump not written again because the tables it is for are finished
+CLAIMS = ".claims"  # <dump data>/.claims/<run digest>: run folders that may still read a dump
+
+
+def _data_dirs(final: Path) -> list[Path]:
+    """The finished data of an entry, oldest first (complete by construction: renamed when done)."""
+    found = [p for p in final.parent.glob(f".{final.name}.data-*") if p.is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def _link(final: Path, data: Path) -> None:
+    """Point ``final`` at ``data`` in one step (a new link renamed over the old one)."""
+    import os
+
+    from diff_erank.storage import atomic_publish_dir, unique_name
+
+    tmp = unique_name(final, "link")
+    os.symlink(data.name, tmp)
+    try:
+        os.replace(tmp, final)
+    except IsADirectoryError:  # a real directory (a cache from before links): swapped out, deleted
+        atomic_publish_dir(tmp, final)
+
+
+def publish_entry(partial: str | Path, final: str | Path) -> Path:
+    """Publish a finished ``partial`` directory as the entry ``final``; its data directory."""
+    import os
+    import socket
+    import uuid
+
+    final = Path(final)
+    data = final.with_name(f".{final.name}.data-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.replace(partial, data)
+    _link(final, data)
+    return data
+
+
+def finished(final: str | Path) -> Path | None:
+    """The finished data of an entry, or None; reads only (the lock is not needed to look)."""
+    final = Path(final)
+    if final.is_dir():  # a link to data, or a real directory published before links
+        return final.resolve()
+    dirs = _data_dirs(final)
+    return dirs[-1] if dirs else None
+
+
+def reuse_entry(final: str | Path) -> Path | None:
+    """Under the entry's lock: its finished data, linked at ``final`` again if Snakemake removed the
+    link; None if the entry has to be computed."""
+    final = Path(final)
+    data = finished(final)
+    if data is not None and not final.is_dir():
+        _link(final, data)
+        log.info("%s: reusing the finished entry another run published (%s)", final, data.name)
+    return data
+
+
+def measured_entry(dump: str | Path) -> Path:
+    """The eRank tables a dump is for: ``<cache>/dumps/<key>/<layers>`` -> ``<cache>/erank/<key>/<layers>``"""
+    dump = Path(dump)
+    return dump.parent.parent.parent / "erank" / dump.parent.name / dump.name
+
+
+def _run_tag(run: str | Path) -> str:
+    return digest(str(Path(run).resolve()))
+
+
+def claim(data: Path, run: str | Path) -> None:
+    """Record that the run folder ``run`` may still read the dump ``data`` (its eRank job is to come)."""
+    d = data / CLAIMS
+    d.mkdir(exist_ok=True)
+    (d / _run_tag(run)).write_text(str(Path(run).resolve()) + "\n")
+
+
+def drop_dump(dump: str | Path, data: Path, run: str | Path) -> bool:
+    """After ``run`` measured a temp() dump: remove its claim, and the dump's data if no other run
+    folder still claims it (their eRank jobs have not run). True if the data was deleted."""
+    import shutil
+
+    with entry_lock(dump):
+        (data / CLAIMS / _run_tag(run)).unlink(missing_ok=True)
+        others = list((data / CLAIMS).glob("*")) if (data / CLAIMS).is_dir() else []
+        if others or not data.is_dir():
+            return False
+        shutil.rmtree(data)
+        return True
+
+
+def elide_dump(dump: str | Path) -> Path:
+    """Publish a stub for a temp() dump whose eRank tables are finished: nothing reads it again."""
+    import shutil
+
+    dump = Path(dump)
+    partial = dump.with_name(dump.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / ELIDED).write_text(json.dumps({"measured": str(measured_entry(dump))}) + "\n")
+    return publish_entry(partial, dump)
 
 
 def check_prefix(texts_prov: dict[str, Any], k: int) -> None:
@@ -488,3 +590,75 @@ def select(
         cache={"table": str(table), "key": key, "layers": wanted, "first": first},
     )
     write_parquet(pd.DataFrame(df).reset_index(drop=True), out, record)
+
+
+# -- garbage collection: what no run folder references ------------------------------------------------
+def _entries(kind_dir: Path) -> dict[tuple[str, str], list[Path]]:
+    """``{(key, layers): [every path of that entry]}``: its link, data, partial, key file, locks."""
+    import re
+
+    out: dict[tuple[str, str], list[Path]] = {}
+    for key_dir in sorted(p for p in kind_dir.glob("*") if p.is_dir() and re.fullmatch(KEY, p.name)):
+        for p in key_dir.iterdir():
+            m = re.fullmatch(r"\.?(.+?)(\.data-.*|\.partial|\.json|\.lock(\.excl)?|\.link\..*)?", p.name)
+            if m:
+                out.setdefault((key_dir.name, m.group(1)), []).append(p)
+    return out
+
+
+def referenced(results_dir: str | Path) -> set[tuple[str, str]]:
+    """``(key, layers)`` of every cached table set a run folder's views were made from."""
+    from diff_erank.storage import read_provenance
+
+    found = set()
+    for run in Path(results_dir).iterdir():
+        if run.name == "cache" or not (run / "erank").is_dir():
+            continue
+        for view in (run / "erank").rglob("*.parquet"):
+            try:
+                table = Path(read_provenance(view)["cache"]["table"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            found.add((table.parent.parent.name, table.parent.name))
+    return found
+
+
+def collect_garbage(results_dir: str | Path, dry_run: bool = False) -> list[Path]:
+    """Delete what no run folder references: eRank tables no view was made from (and their dumps),
+    data a link no longer points to, stubs and dumps already measured, leftover ``.partial``
+    folders. Refuses while any run holds its run folder (its views may not be written yet)."""
+    import shutil
+
+    from diff_erank.errors import UserError
+    from diff_erank.storage import FileLock
+
+    results = Path(results_dir)
+    root = results / "cache"
+    for run in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "cache"):
+        lock = FileLock(run / ".run.lock")
+        if (run / ".run.lock").exists() or lock.excl.exists():
+            if not lock.try_acquire():
+                who = lock.holder()
+                raise UserError(f"{run} is in use by a run ({who}): run `cache gc` when none is going")
+            lock.release()
+    keep = referenced(results)
+    doomed: list[Path] = []
+    for kind in ("erank", "dumps"):
+        for (key, name), paths in _entries(root / kind).items():
+            final = root / kind / key / name
+            target = final.resolve() if final.is_symlink() and final.exists() else None
+            stub = target is not None and (target / ELIDED).is_file()
+            wanted = (key, name) in keep and not stub and (kind == "erank" or target is not None)
+            for p in paths:
+                if p.suffix == ".lock" or p.name.endswith(".lock.excl"):
+                    continue
+                if wanted and (p in (final, target) or p.suffix == ".json"):
+                    continue
+                doomed.append(p)
+    if not dry_run:
+        for p in doomed:
+            if p.is_symlink() or p.is_file():
+                p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+    return doomed

@@ -66,6 +66,58 @@ def cmd_config(a: argparse.Namespace) -> None:
         print(f"warning: {problem} (a run stops on it)", file=sys.stderr)
 
 
+def cmd_fetch(a: argparse.Namespace) -> None:
+    """Download the experiment's models and datasets into hf_home (on a machine with the hub)."""
+    import subprocess
+    import tempfile
+
+    from diff_erank.config import ConfigError, load_config
+    from diff_erank.hub import OFFLINE, fetch
+    from diff_erank.storage import write_json
+
+    if a.config_file:
+        cfg = json.loads(Path(a.config_file).read_text())
+    else:
+        cfg = load_config(_conf_dir(a.conf_dir), a.overrides)
+    hf_home = a.hf_home or cfg.get("hf_home")
+    if not hf_home:
+        raise ConfigError(
+            "fetch needs a folder to download into: set hf_home=<folder on project storage> "
+            "(conf/config.yaml or an override), or pass --hf-home"
+        )
+    home = str(Path(hf_home).resolve())
+    offline = {k: "1" if a.check else "0" for k in OFFLINE}
+    env = {**os.environ, "HF_HOME": home, **offline}
+    if any(os.environ.get(k) != v for k, v in {"HF_HOME": home, **offline}.items()) or (
+        "huggingface_hub" in sys.modules  # it read HF_HOME when it was imported
+    ):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(cfg, f, default=str)
+        argv = [sys.executable, "-m", "diff_erank.cli", "fetch", "--config-file", f.name, "--hf-home", home]
+        argv += (["--out", a.out] if a.out else []) + (["--check"] if a.check else [])
+        try:
+            r = subprocess.run(argv, env=env)
+        finally:
+            os.unlink(f.name)
+        if r.returncode:
+            sys.exit(r.returncode)
+        return
+    Path(home).mkdir(parents=True, exist_ok=True)
+    done = fetch(cfg, home)
+    if a.out:
+        write_json({"hf_home": home, "fetched": done}, a.out)
+    print(f"{len(done)} item(s) {'present' if a.check else 'fetched'} in {home}")
+
+
+def cmd_cache_gc(a: argparse.Namespace) -> None:
+    from diff_erank.cache import collect_garbage
+
+    doomed = collect_garbage(a.results_dir, a.dry_run)
+    for p in doomed:
+        print(("would delete " if a.dry_run else "deleted ") + str(p))
+    print(f"{len(doomed)} path(s) {'to delete' if a.dry_run else 'deleted'} under {a.results_dir}/cache")
+
+
 def cmd_corpus(a: argparse.Namespace) -> None:
     from diff_erank.corpus import write_corpus
 
@@ -98,26 +150,51 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_dump(a: argparse.Namespace) -> None:
+    if a.variants:  # every variant of the model, one process, <out>/<variant>/ each: a cache entry
+        _dump_entry(a, lambda publish: _dump(a, publish))
+    else:
+        _dump(a, None)
+
+
+def _dump(a: argparse.Namespace, publish) -> None:
     import torch
 
-    from diff_erank.cache import entry_lock
     from diff_erank.dump import dump, dump_set
     from diff_erank.sizing import ResourceError
 
     torch.set_num_threads(a.threads)
     try:
         where = (a.texts, a.out, a.layers, a.device)
-        with entry_lock(a.out):  # the cache is shared by runs from other checkouts
-            if a.variants:  # every variant of the model, one process, <out>/<variant>/ each
-                dump_set(a.spec, a.variants, *where, a.trained_path, variant_paths=a.variant_paths)
-            else:
-                dump(a.spec, a.variant, *where, a.trained_path, variant_path=a.variant_path)
+        if a.variants:
+            paths = a.variant_paths
+            dump_set(a.spec, a.variants, *where, a.trained_path, variant_paths=paths, publish=publish)
+        else:
+            dump(a.spec, a.variant, *where, a.trained_path, variant_path=a.variant_path)
     except torch.OutOfMemoryError:
         raise ResourceError(
             f"out of GPU memory on a single text (batches were halved down to 1; estimated need "
             f"{a.gpu_mem_mb or '?'} MB): give the model more with models.<name>.resources.gpu_mem_gb=<GB> "
             f"(the job then asks for a larger GPU), or lower models.<name>.max_length"
         ) from None
+
+
+def _dump_entry(a: argparse.Namespace, compute) -> None:
+    """Write the shared cache's dump ``a.out`` once: under its lock, a dump another run finished is
+    linked again, and a temp() dump whose eRank tables are finished is not written at all. Looked at
+    before torch is imported, so a link Snakemake removed is back within a second."""
+    from diff_erank import cache
+
+    with cache.entry_lock(a.out):  # the cache is shared by runs from other checkouts
+        data = cache.reuse_entry(a.out)
+        tables = a.tables or cache.measured_entry(a.out)
+        if data is None and a.temp and cache.finished(tables) is not None:
+            data = cache.elide_dump(a.out)
+            logging.info("%s: not dumped, its eRank tables %s are finished", a.out, tables)
+        elif data is None:
+            compute(cache.publish_entry)
+            data = Path(a.out).resolve()
+        if a.run:
+            cache.claim(data, a.run)
 
 
 def cmd_fetch_gguf(a: argparse.Namespace) -> None:
@@ -155,19 +232,45 @@ def cmd_accuracy(a: argparse.Namespace) -> None:
 
 
 def cmd_measure(a: argparse.Namespace) -> None:
+    from diff_erank.cache import ELIDED, drop_dump, entry_lock, reuse_entry
+
+    dump = Path(a.dump).resolve()  # the data, not the link: another run's Snakemake may remove the link
+    if (dump / ELIDED).is_file() or Path(a.out).is_symlink() or not Path(a.out).exists():
+        with entry_lock(a.out):  # finished by another run: linked again before torch is imported
+            found = reuse_entry(a.out) is not None
+        if found:
+            if a.drop_dump and a.run and drop_dump(a.dump, dump, a.run):
+                logging.info("deleted the dump %s: no other run folder reads it", dump)
+            logging.info("%s: measured already, by another run", a.out)
+            return
+    _measure(a, dump)
+
+
+def _measure(a: argparse.Namespace, dump: Path) -> None:
     import torch
 
+    from diff_erank.cache import ELIDED, drop_dump, entry_lock, publish_entry, reuse_entry
     from diff_erank.dump import SET_MANIFEST
+    from diff_erank.errors import UserError
     from diff_erank.measure import measure_set_to_dir, measure_to_file
     from diff_erank.sizing import ResourceError, limit_memory
 
     torch.set_num_threads(a.threads)
     limit_memory(a.mem_mb)
     try:
-        if (Path(a.dump) / SET_MANIFEST).is_file():  # a set of dumps: a directory of tables
-            rows = measure_set_to_dir(a.dump, a.out, a.texts)
+        if (dump / SET_MANIFEST).is_file() or (dump / ELIDED).is_file():  # a cache entry: a set of tables
+            with entry_lock(a.out):  # measured once, whichever run gets here first
+                if reuse_entry(a.out) is not None:
+                    rows = 0
+                elif (dump / ELIDED).is_file():
+                    raise UserError(
+                        f"{a.dump} was not kept because {a.out} was measured already, but those tables are "
+                        f"gone: delete {a.dump} and rerun"
+                    )
+                else:
+                    rows = measure_set_to_dir(dump, a.out, a.texts, publish=publish_entry)
         else:
-            rows = len(measure_to_file(a.dump, a.out, a.texts))
+            rows = len(measure_to_file(dump, a.out, a.texts))
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
             raise
@@ -175,14 +278,17 @@ def cmd_measure(a: argparse.Namespace) -> None:
             f"out of host memory (this job asked for mem_mb={a.mem_mb}, estimated from the longest text): "
             f"rerun with more, e.g. snakemake ... --set-resources erank:mem_mb=<MB>"
         ) from None
+    if a.drop_dump and a.run and drop_dump(a.dump, dump, a.run):
+        logging.info("deleted the dump %s: no other run folder reads it", dump)
     logging.info("%d rows -> %s", rows, a.out)
 
 
 def cmd_plan(a: argparse.Namespace) -> None:
-    from diff_erank.plan import bill, dag, render, snakefile_for
+    from diff_erank.plan import bill, dag, download_line, render, snakefile_for
 
     experiment = dag(a.overrides, snakefile_for(_conf_dir(a.conf_dir)))  # composed once, by the Snakefile
     print(render(bill(experiment.jobs), experiment.config))
+    print(download_line(experiment.config))
 
 
 def cmd_diff(a: argparse.Namespace) -> None:
@@ -387,6 +493,33 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")
     s.set_defaults(fn=cmd_plan)
 
+    s = sub.add_parser(
+        "fetch",
+        help="download an experiment's models and datasets into hf_home (login node, before any job)",
+        description="Download every hub model of the experiment at its pinned revision (each rev- variant, "
+        "a separate tokenizer) and every hub dataset into hf_home, where the jobs read them with the hub "
+        "offline (docs/cluster.md).",
+    )
+    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
+    s.add_argument("--hf-home", default=None, help="default: the config's hf_home")
+    s.add_argument("--config-file", default=None, help="a resolved configuration (JSON) instead of overrides")
+    s.add_argument("--out", default=None, help="write what was fetched here (JSON)")
+    s.add_argument("--check", action="store_true", help="only check, offline, that everything is there")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")
+    s.set_defaults(fn=cmd_fetch)
+
+    s = sub.add_parser(
+        "cache",
+        help="the shared measurement cache: cache gc deletes what no run folder references",
+        description="gc: delete cached eRank tables no run folder's views were made from (and their "
+        "dumps), data no entry links to, measured dumps and leftover .partial folders; refused while "
+        "a run holds its run folder.",
+    )
+    s.add_argument("action", choices=["gc"])
+    s.add_argument("--results-dir", default="results", help="the results_dir whose cache/ to clean")
+    s.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    s.set_defaults(fn=cmd_cache_gc)
+
     s = step("corpus")
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--out-dir", required=True)
@@ -420,6 +553,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--texts", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--layers", type=_json, default=["last"])
+    s.add_argument("--run", default=None, help="the run folder that will read the dump (its claim)")
+    s.add_argument("--temp", action="store_true", help="a temp() dump: not written if its tables exist")
+    s.add_argument("--tables", default=None, help="the eRank tables it is for (default: in its cache)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trained-path", default=None, help="zoo model directory (when the entry has no source)")
     s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")
@@ -465,6 +601,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = step("measure")
     s.add_argument("--dump", required=True)
+    s.add_argument("--run", default=None, help="the run folder measuring it (its claim on the dump)")
+    s.add_argument("--drop-dump", action="store_true", help="delete the dump unless another run claims it")
     s.add_argument("--mem-mb", type=int, default=None, help="the job's memory: fail clearly beyond it")
     s.add_argument("--texts", default=None)
     s.add_argument("--out", required=True)
@@ -533,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     from diff_erank.progress import quiet_libraries
 
     quiet_libraries()
+    if args.command in STEPS and os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_HOME"):
+        logging.info("hub offline: models and datasets are read from HF_HOME=%s", os.environ["HF_HOME"])
     from diff_erank.errors import UserError  # not the modules that raise them: see diff_erank.errors
 
     try:

@@ -61,7 +61,8 @@ def load_rows(source: dict[str, Any], results_root: str | Path = "."):
             raise DataError(
                 f"cannot load hub dataset {path!r} (config {source.get('name')!r}, split {split!r}, "
                 f"revision {source.get('revision')!r}): {type(exc).__name__}: {first}. "
-                "If this machine is offline, point the dataset at local files (kind json/parquet/...) "
+                "If this machine is offline, fetch it first on one with the hub (hf_home=<folder>, then "
+                "`diff-erank fetch`), point the dataset at local files (kind json/parquet/...) "
                 "or pre-populate the HF cache."
             ) from None
     if kind == "demo":

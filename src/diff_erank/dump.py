@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -642,6 +642,7 @@ def dump_set(
     device: str = "auto",
     trained_path: str | None = None,
     variant_paths: dict[str, str] | None = None,
+    publish: Callable[[Path, Path], Any] = atomic_publish_dir,
 ) -> dict[str, dict[str, Any]]:
     """Dump every variant of one model on one dataset, in turn, into ``<out>/<variant>/``.
 
@@ -649,6 +650,7 @@ def dump_set(
     entry has one tokenizer for all its variants), and each variant's weights are freed before
     the next is loaded. The set is published as ``<out>`` once every variant is finished; a rerun
     after a kill keeps the variants that were (same fingerprint) and resumes the one that was not.
+    ``publish`` moves the finished set into place (the cache's: :func:`diff_erank.cache.publish_entry`).
     """
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -670,7 +672,7 @@ def dump_set(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     write_checked_json({"format": FORMAT_VERSION, "variants": list(variants)}, partial / SET_MANIFEST)
-    atomic_publish_dir(partial, out_dir)
+    publish(partial, out_dir)
     return manifests
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +87,13 @@ def measure_to_file(
 
 
 def measure_set_to_dir(
-    dump_dir: str | Path, out_dir: str | Path, texts_path: str | Path | None = None
+    dump_dir: str | Path,
+    out_dir: str | Path,
+    texts_path: str | Path | None = None,
+    publish: Callable[[Path, Path], Any] = atomic_publish_dir,
 ) -> int:
-    """``<out>/<variant>.parquet`` for every variant of a set of dumps; published when all are done.
+    """``<out>/<variant>.parquet`` for every variant of a set of dumps; published when all are done
+    (by ``publish``: the shared cache's is :func:`diff_erank.cache.publish_entry`).
 
     Returns the number of rows written.
     """
@@ -99,5 +104,5 @@ def measure_set_to_dir(
     rows = 0
     for variant in set_variants(dump_dir):
         rows += len(measure_to_file(dump_dir / variant, partial / f"{variant}.parquet", texts_path))
-    atomic_publish_dir(partial, out_dir)
+    publish(partial, out_dir)
     return rows

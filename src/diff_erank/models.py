@@ -190,7 +190,8 @@ def _hub_call(fn, name: str, **kwargs):
     except OSError as exc:
         raise ConfigError(
             f"cannot load {name!r} (revision {kwargs.get('revision')!r}): {str(exc).splitlines()[0]} "
-            "If this machine is offline, use a local directory or pre-populate the HF cache."
+            "If this machine is offline, fetch it first on one with the hub (hf_home=<folder>, then "
+            "`diff-erank fetch`), use a local directory, or pre-populate the HF cache."
         ) from None
 
 

@@ -222,3 +222,17 @@ def render(lines: dict[str, Line], cfg: dict[str, Any]) -> str:
             f"{lines['erank'].hours:.1f} h more than GPU-h says"
         )
     return "\n".join([head, "-" * len(head), *rows[:-1], "-" * len(head), rows[-1], note])
+
+
+def download_line(cfg: dict[str, Any]) -> str:
+    """The fetch step's bill: what `diff-erank fetch` downloads into hf_home before any job, from the
+    model entries' ``params`` and ``dtype`` (each ``rev-`` variant is another full checkpoint)."""
+    from diff_erank.hub import download_bytes, downloads
+
+    size, n_datasets = download_bytes(cfg)
+    n_models = sum(d.kind == "model" for d in downloads(cfg))
+    where = cfg.get("hf_home") or "~/.cache/huggingface (set hf_home to fetch on the login node)"
+    return (
+        f"download: {size / 1e9:,.1f} GB for {n_models} model checkpoint(s) (params x dtype bytes) "
+        f"+ {n_datasets} hub dataset(s), into {where}"
+    )

@@ -4,16 +4,20 @@ Snakemake reruns whatever a config change touches, so two configurations that sh
 overwrite each other's results without a word. The first run writes the resolved configuration to
 ``<run folder>/config.yaml``; a later run whose configuration differs stops before any job and
 says how to name it. The same check refuses to start while jobs of an earlier, killed Snakemake
-still write into the working directory, and while local paths named by the config are missing.
+still write into the working directory (processes of this node, or Slurm jobs found with
+``squeue``), and while local paths named by the config are missing.
 
 Stdlib and PyYAML only: this runs in Snakemake's ``onstart`` handler.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from diff_erank.config import ConfigError, missing_paths
 RECORD = "config.yaml"
 
 #: Keys that do not change any number: a different value is the same configuration.
-NEUTRAL = ("description", "keep_dumps", "scratch_dir", "results_dir", "cluster")
+NEUTRAL = ("description", "keep_dumps", "scratch_dir", "results_dir", "cluster", "hf_home")
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -70,6 +74,30 @@ def running_jobs(workdir: Path) -> list[int]:
     return sorted(found)
 
 
+def slurm_jobs(workdir: Path) -> list[str]:
+    """Ids of this user's queued or running Slurm jobs whose working directory is ``workdir``.
+
+    The jobs of a killed Snakemake run on compute nodes, where this node's ``/proc`` cannot see
+    them; the Slurm executor submits each job with ``-D <working directory>`` (squeue's ``%Z``).
+    Empty where there is no ``squeue`` or it does not answer (no Slurm here).
+    """
+    if not shutil.which("squeue"):
+        return []
+    cmd = ["squeue", "--noheader", "--user", getpass.getuser(), "--format", "%i %Z"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if r.returncode != 0:
+        return []
+    here, found = workdir.resolve(), []
+    for line in r.stdout.splitlines():
+        job, _, cwd = line.strip().partition(" ")
+        if job and cwd and Path(cwd.strip()).resolve() == here:
+            found.append(job)
+    return found
+
+
 def claim(cfg: dict[str, Any], out: str | Path, workdir: str | Path = ".") -> None:
     """Check that a run of ``cfg`` may start writing into ``out``, then record its configuration.
 
@@ -84,6 +112,12 @@ def claim(cfg: dict[str, Any], out: str | Path, workdir: str | Path = ".") -> No
         raise ConfigError(
             f"jobs of an earlier run still write into this directory (pids {', '.join(map(str, pids))}): "
             f"wait for them to end or stop them (kill {' '.join(map(str, pids))}), then run again"
+        )
+    jobs = slurm_jobs(Path(workdir))
+    if jobs:
+        raise ConfigError(
+            f"Slurm jobs of an earlier run still write into this directory (job ids {', '.join(jobs)}): "
+            f"wait for them to end or cancel them (scancel {' '.join(jobs)}), then run again"
         )
     out = Path(out)
     record = out / RECORD

@@ -12,6 +12,8 @@ moves a published number and still decodes) stops the run with the file's name i
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -20,6 +22,8 @@ import os
 import shutil
 import socket
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,15 +234,223 @@ def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def unique_name(path: Path, tag: str) -> Path:
+    """A sibling of ``path`` no other process picks: host, pid and a random part."""
+    return path.with_name(f".{path.name}.{tag}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+
+
 def atomic_publish_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Move a finished directory into place, replacing an old one."""
+    """Move a finished directory into place, replacing an old one, so a reader sees old or new.
+
+    The finished directory is first renamed to a unique name beside ``final_dir`` (two publishers
+    never share a staging name), then swapped with the old one in one step where the kernel can
+    (``renameat2`` exchange), else the old one is renamed aside and the new one renamed in (a
+    moment with neither, never a half-deleted one); the old copy is deleted after the swap.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
+    staged = unique_name(final_dir, "new")
+    os.replace(tmp_dir, staged)
+    try:
+        os.rename(staged, final_dir)  # nothing there yet: done
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+            raise
+    if _exchange(staged, final_dir):
+        old = staged  # the swap left the old directory under the staging name
+    else:
+        old = unique_name(final_dir, "old")
+        os.replace(final_dir, old)
+        os.replace(staged, final_dir)
+    if old.is_symlink() or old.is_file():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
-_LOCKS: dict[str, Any] = {}
+# -- locks --------------------------------------------------------------------------------------------
+#: errno of a lock request another process holds; of a filesystem that has no POSIX locks.
+HELD = frozenset({errno.EAGAIN, errno.EACCES})
+UNSUPPORTED = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
+#: ``DIFF_ERANK_LOCKS=file`` takes O_EXCL lock files even where fcntl answers: for mounts whose
+#: locks are local to one node (Lustre ``localflock``), where two login nodes would both succeed.
+LOCKS_ENV = "DIFF_ERANK_LOCKS"
+
+
+class LockError(UserError, RuntimeError):
+    """A lock that can be neither taken nor refused with a reason (the message names the file)."""
+
+
+def _me() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}, working directory {os.getcwd()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class FileLock:
+    """An exclusive lock on ``path``: a POSIX record lock where the filesystem has them, otherwise
+    (ENOSYS/ENOLCK, e.g. Lustre mounted ``noflock``) an ``O_EXCL`` file ``<path>.excl`` holding
+    the holder's host and pid.
+
+    "Held" (EAGAIN/EACCES) and "unsupported" are told apart: only the first means another run.
+    A record lock dies with its process; an ``O_EXCL`` file outlives a killed one, so a file left
+    by a dead process of this host is taken over, and one from another host is reported with its
+    holder and the command that clears it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.excl = Path(f"{self.path}.excl")
+        self.method: str | None = None  # "fcntl" or "file" once held
+        self._file: Any = None
+
+    # fcntl ------------------------------------------------------------------------------------------
+    def _try_fcntl(self) -> bool | None:
+        """True: taken; False: held by another process; None: this filesystem has no such locks."""
+        f = open(self.path, "a+")  # noqa: SIM115 (kept open while held: closing releases the lock)
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.close()
+            if exc.errno in HELD:
+                return False
+            if exc.errno in UNSUPPORTED:
+                log.info("%s: no POSIX locks here (%s): using an O_EXCL lock file", self.path, exc.strerror)
+                return None
+            raise LockError(f"cannot lock {self.path}: {exc.strerror} (errno {exc.errno})") from None
+        f.seek(0)
+        f.truncate()
+        f.write(_me() + "\n")
+        f.flush()
+        self._file, self.method = f, "fcntl"
+        return True
+
+    # O_EXCL -----------------------------------------------------------------------------------------
+    def _try_file(self) -> bool:
+        record = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n{_me()}\n"
+        for _ in range(3):
+            try:
+                fd = os.open(self.excl, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
+            except FileExistsError:
+                if not self._clear_stale():
+                    return False
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(record)
+            self._file, self.method = record, "file"
+            return True
+        return False
+
+    @staticmethod
+    def _owner(path: Path) -> tuple[str, int] | None:
+        try:
+            host, pid = path.read_text().split()[:2]
+            return host, int(pid)
+        except (OSError, ValueError):
+            return None
+
+    def _clear_stale(self) -> bool:
+        """Remove a lock file whose holder, a process of this host, is gone; True if it is gone."""
+        owner = self._owner(self.excl)
+        if owner is None:
+            return not self.excl.exists()
+        if owner[0] != socket.gethostname() or _pid_alive(owner[1]):
+            return False
+        aside = unique_name(self.excl, "stale")
+        try:
+            os.rename(self.excl, aside)  # one remover wins
+        except FileNotFoundError:
+            return True
+        if self._owner(aside) != owner:  # a fresh file was made meanwhile: put it back
+            with contextlib.suppress(OSError):
+                os.link(aside, self.excl)
+        aside.unlink(missing_ok=True)
+        log.warning("%s: removed the lock file of process %d, which no longer runs", self.excl, owner[1])
+        return True
+
+    # public -----------------------------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        """Take the lock if free; False if another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if os.environ.get(LOCKS_ENV, "auto") != "file":
+            got = self._try_fcntl()
+            if got is not None:
+                if got and self.excl.exists() and not self._clear_stale():  # held the other way
+                    self.release()
+                    return False
+                return got
+        return self._try_file()
+
+    def acquire(self, poll: float = 1.0) -> None:
+        """Wait until the lock is ours, asking again every ``poll`` seconds."""
+        warned = False
+        while not self.try_acquire():
+            owner = self._owner(self.excl)
+            if not warned and owner and owner[0] != socket.gethostname():
+                log.warning(
+                    "%s is held by pid %d on %s: waiting (if that process is gone, delete %s)",
+                    self.path, owner[1], owner[0], self.excl,
+                )
+                warned = True
+            time.sleep(poll)
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it (host, pid, directory)."""
+        for p in (self.excl, self.path):
+            with contextlib.suppress(OSError):
+                lines = p.read_text().strip().splitlines()
+                if lines:
+                    return lines[-1]
+        return "unknown process"
+
+    def release(self) -> None:
+        if self.method == "fcntl":
+            self._file.close()
+        elif self.method == "file" and self._owner(self.excl) == (socket.gethostname(), os.getpid()):
+            self.excl.unlink(missing_ok=True)
+        self.method, self._file = None, None
+
+
+@contextlib.contextmanager
+def held(path: str | Path, wait_message: str | None = None) -> Iterator[FileLock]:
+    """Hold the lock on ``path`` for the block, waiting for another holder if there is one."""
+    lock = FileLock(path)
+    if not lock.try_acquire():
+        if wait_message:
+            log.warning("%s (%s)", wait_message, lock.holder())
+        lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+_LOCKS: dict[str, FileLock] = {}
 
 
 class RunLockedError(RuntimeError):
@@ -252,7 +464,8 @@ def lock_run_dir(run_dir: str | Path) -> Path:
     ``results_dir`` would both run. This is a POSIX record lock (``fcntl.lockf``, also honoured
     over NFS): the kernel releases it when the process ends however it ends (Ctrl-C, SIGKILL), and
     it is not inherited by child processes, so a rerun after an interrupt never finds a stale
-    lock. Taking it twice in one process is a no-op.
+    lock. Where the filesystem has no POSIX locks it is an ``O_EXCL`` file (:class:`FileLock`).
+    Taking it twice in one process is a no-op.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -260,20 +473,15 @@ def lock_run_dir(run_dir: str | Path) -> Path:
     key = str(path.resolve())
     if key in _LOCKS:
         return path
-    f = open(path, "a+")  # noqa: SIM115 (kept open: closing the file would release the lock)
-    try:
-        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown process"
-        f.close()
+    lock = FileLock(path)
+    if not lock.try_acquire():
         raise RunLockedError(
-            f"{run_dir} is in use by another run ({holder}): wait for it to finish, "
+            f"{run_dir} is in use by another run ({lock.holder()}): wait for it to finish, "
             "or give this run its own results_dir"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, working directory {os.getcwd()}\n")
-    f.flush()
-    _LOCKS[key] = f
+        )
+    if lock.method == "file":
+        import atexit
+
+        atexit.register(lock.release)
+    _LOCKS[key] = lock
     return path
