@@ -156,9 +156,18 @@ def prefix_samples(cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
 class Keys:
     """Every cache path of one experiment, and the way back from a key to its job's names."""
 
-    def __init__(self, cfg: dict[str, Any], run: str) -> None:
-        self.cfg, self.run, self.root = cfg, run, cache_dir(cfg)
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        run: str,
+        root: str | None = None,
+        measure: dict[str, list[str | int]] | None = None,
+    ) -> None:
+        """``root`` and ``measure`` are a paper run's (:mod:`diff_erank.paper`): its cache, and the
+        layers each job measures (the union of its experiments'), by job key."""
+        self.cfg, self.run, self.root = cfg, run, root or cache_dir(cfg)
         self.layers = layers_tag(cfg["layers"])
+        self.measure = measure or {}
         self.texts = {d: texts_key(cfg, d, run) for d in cfg["datasets"]}
         self.datasets_of = {}
         for d, k in self.texts.items():
@@ -177,6 +186,14 @@ class Keys:
         for (m, d), k in self.sets.items():
             self.jobs_of.setdefault(k, (m, self.prefix.get(d, (d, None))[0]))
 
+    def measure_layers(self, key: str) -> list[str | int]:
+        """The layers a job measures: the run's, or in a paper run the union its experiments ask."""
+        return self.measure.get(key) or self.cfg["layers"]
+
+    def layer_tags(self) -> list[str]:
+        """Every layer tag this run's jobs measure (the dump and erank rules' ``layers`` wildcard)."""
+        return sorted({layers_tag(self.measure_layers(k)) for k in self.jobs_of} | {self.layers})
+
     def variants_of(self, key: str) -> list[str]:
         return variants(self.cfg["models"][self.jobs_of[key][0]])
 
@@ -188,11 +205,11 @@ class Keys:
         return f"{self.root}/texts/{self.texts[dataset]}.parquet"
 
     def dump_path(self, key: str) -> str:
-        return f"{self.root}/dumps/{key}/{self.layers}"
+        return f"{self.root}/dumps/{key}/{layers_tag(self.measure_layers(key))}"
 
     def table_path(self, key: str, tag: str | None = None) -> str:
         """The directory of a job's per-variant tables (``<variant>.parquet``)."""
-        return f"{self.root}/erank/{key}/{tag or self.layers}"
+        return f"{self.root}/erank/{key}/{tag or layers_tag(self.measure_layers(key))}"
 
     def source_table(self, model: str, dataset: str) -> str:
         """The cached tables a run-folder view reads: this layer set's, or finished ones with more."""
@@ -215,7 +232,7 @@ class Keys:
         m, d = self.jobs_of[key]
         return {
             "key": key,
-            "layers": self.cfg["layers"],
+            "layers": self.measure_layers(key),
             "variants": {
                 v: {
                     "key": measurement_key(self.cfg, m, v, d, self.run),

@@ -213,7 +213,7 @@ def _check_schema(cfg: dict[str, Any]) -> None:
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Validate against the schema, fill defaults and check cross-references; return ``cfg``."""
     _check_schema(cfg)
-    if not cfg["models"] and not cfg.get("multimodal"):
+    if not cfg["models"] and not cfg.get("multimodal") and not cfg.get("experiments"):
         raise ConfigError("the experiment names no models (models: {}) and no multimodal section")
     if cfg["models"] and not cfg["datasets"]:
         raise ConfigError("the experiment names no datasets (datasets: {})")

@@ -11,6 +11,7 @@ from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import dataset_files, image_files, model_files
 from diff_erank.outputs import multimodal_files, report_files
+from diff_erank.paper import keys_args as paper_keys_args, owned
 
 NAME = r"[A-Za-z0-9_.-]+"
 
@@ -27,9 +28,13 @@ MEASURED = [d for d, spec in C["datasets"].items() if spec.get("measure", True)]
 
 # The shared measurement cache (diff_erank.cache): prepared texts, dumps and per-text eRank tables
 # live under <results_dir>/cache/, keyed by what determines their numbers; the run folder holds views.
-K = Keys(C, OUT)
+# In a paper run (diff_erank.paper, PART set by the Snakefile) the cache is the paper's, each job
+# measures the union of its experiments' layers, and this experiment's cache rules make only the
+# entries it owns (OWNED_SETS, OWNED_TEXTS: the `key` wildcard's constraint); otherwise any key.
+K = Keys(C, OUT, **paper_keys_args(PART))
 CACHE = K.root
-LAYERS = K.layers
+LAYERS = "|".join(re.escape(tag) for tag in K.layer_tags())
+OWNED_SETS, OWNED_TEXTS = owned(PART, "sets"), owned(PART, "texts")
 #: threads of the jobs that use several (cpus-per-task on Slurm; capped by --cores locally)
 THREADS = 4
 
@@ -146,14 +151,15 @@ def dump_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.dump_need(model, size, C["layers"], C["device"], THREADS, n_variants=len(j.variants))
+    layers = K.measure_layers(w.key)
+    return sizing.dump_need(model, size, layers, C["device"], THREADS, n_variants=len(j.variants))
 
 
 def erank_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    return sizing.erank_need(model, size, C["layers"], THREADS, n_variants=len(j.variants))
+    return sizing.erank_need(model, size, K.measure_layers(w.key), THREADS, n_variants=len(j.variants))
 
 
 def finetune_estimate(w):

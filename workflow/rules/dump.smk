@@ -12,11 +12,12 @@ rule dump:
     output:
         dump_output(),
     wildcard_constraints:
-        layers=re.escape(LAYERS),
+        layers=LAYERS,
+        key=OWNED_SETS,
     params:
         spec=lambda w: as_json(K.dump_spec(w.key)),
         variants=lambda w: " ".join(job(w).variants),
-        layers=lambda w: as_json(C["layers"]),
+        layers=lambda w: as_json(K.measure_layers(w.key)),
         trained=lambda w: trained_path_arg(job(w)),
         variant_paths=lambda w: variant_paths_arg(job(w)),
         device=C["device"],

@@ -11,7 +11,8 @@ rule erank:
         tables=directory(f"{CACHE}/erank/{{key}}/{{layers}}"),
         key=f"{CACHE}/erank/{{key}}/{{layers}}.json",
     wildcard_constraints:
-        layers=re.escape(LAYERS),
+        layers=LAYERS,
+        key=OWNED_SETS,
     params:
         key=lambda w: as_json(K.describe(w.key)),
     log:
