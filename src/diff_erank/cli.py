@@ -297,6 +297,13 @@ def cmd_mm_report(a: argparse.Namespace) -> None:
     multimodal_report(files, a.out_dir, a.config)
 
 
+def cmd_paper_report(a: argparse.Namespace) -> None:
+    from diff_erank.paper_report import build
+
+    pairs = [item.split("=", 1) for item in a.comparisons]
+    build([(e, path) for e, path in pairs], a.config, a.out_dir)
+
+
 DESCRIPTION = """\
 Measure language models by the effective rank of their hidden states (Diff-eRank).
 
@@ -325,6 +332,7 @@ STEPS = {
     "mm-erank": "eRank1..5 of every item for one multi-modal model (LLaVA, MiniGPT-v2) and rotation",
     "mm-report": "Tables 2-3 layout, figure and comparison with the paper",
     "report": "tables, figures and summary of an experiment",
+    "paper-report": "every row of the paper with one status, from a paper run's experiments",
 }
 
 
@@ -518,6 +526,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=_json, required=True)
     s.add_argument("--out-dir", required=True)
     s.set_defaults(fn=cmd_report)
+
+    s = step("paper-report")
+    s.add_argument("--comparisons", nargs="*", default=[], metavar="EXPERIMENT=CSV")
+    s.add_argument("--config", type=_json, required=True, help="the paper run's configuration")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(fn=cmd_paper_report)
     return p
 
 

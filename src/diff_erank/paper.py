@@ -81,6 +81,7 @@ class Paper:
                 if d in k.datasets_of.values():
                     self.owner_texts.setdefault(key, e)
         self.layers = {key: _measure_order(v) for key, v in layers.items()}
+        self.claimers = claimers(conf_dir)
 
     def run(self, experiment: str) -> str:
         return f"{self.out}/{experiment}"
@@ -97,6 +98,20 @@ class Paper:
                 "texts": sorted(key for key, e in self.owner_texts.items() if e == experiment),
             },
         }
+
+
+def claimers(conf_dir: str | Path) -> dict[str, list[str]]:
+    """Each paper table -> the experiments whose ``paper_tables`` name it (read from the files, for
+    the report's reason of a row a paper run leaves out)."""
+    import yaml
+
+    out: dict[str, list[str]] = {}
+    for f in sorted(Path(conf_dir, "experiment").glob("*.yaml")):
+        spec = yaml.safe_load(f.read_text()) or {}
+        if not spec.get("experiments"):
+            for table in spec.get("paper_tables") or []:
+                out.setdefault(table, []).append(f.stem)
+    return out
 
 
 def keys_args(part: dict[str, Any] | None) -> dict[str, Any]:

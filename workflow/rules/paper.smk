@@ -54,7 +54,7 @@ rule paper_report:
         table=multiext(f"{OUT}/tables/reproduction", ".csv", ".md", ".html", ".provenance.json"),
     params:
         comparisons=" ".join(part_comparisons()),
-        config=json.dumps(C, sort_keys=True),
+        config=json.dumps({**C, "claimers": PAPER.claimers}, sort_keys=True),
         run=OUT,
     log:
         f"{OUT}/logs/paper_report.log",
