@@ -181,7 +181,13 @@ def cmd_measure(a: argparse.Namespace) -> None:
 def cmd_plan(a: argparse.Namespace) -> None:
     from diff_erank.plan import bill, dag, render, snakefile_for
 
-    experiment = dag(a.overrides, snakefile_for(_conf_dir(a.conf_dir)))  # composed once, by the Snakefile
+    snakefile = snakefile_for(_conf_dir(a.conf_dir))
+    experiment = dag(a.overrides, snakefile)  # composed once, by the Snakefile
+    if experiment.config.get("experiments"):  # a paper run: several experiments in one DAG
+        from diff_erank.plan import paper_plan
+
+        print(paper_plan(experiment, a.overrides, snakefile))
+        return
     print(render(bill(experiment.jobs), experiment.config))
 
 

@@ -66,7 +66,9 @@ class Paper:
         known = {p.stem for p in Path(conf_dir, "experiment").glob("*.yaml")}
         for e in cfg["experiments"]:
             if e not in known or e == cfg["name"]:
-                raise ConfigError(f"experiments: {e!r} is not an experiment of conf/experiment/ (one run each)")
+                raise ConfigError(
+                    f"experiments: {e!r} is not an experiment of conf/experiment/; list the ones to run"
+                )
         self.overrides = {e: part_overrides(overrides, cfg, e) for e in cfg["experiments"]}
         self.parts = {e: load_config(conf_dir, o) for e, o in self.overrides.items()}
         self.keys = {e: Keys(p, self.run(e), root=self.root) for e, p in self.parts.items()}

@@ -165,7 +165,8 @@ def render(rows: pd.DataFrame, name: str, experiments: Sequence[str]) -> str:
     for table, g in rows.groupby("table", sort=False):
         out += ["", f"## {table}", ""]
         g = g.assign(size_value=g["size"].map(size_value))
-        out.append(markdown(g.sort_values(["metric", "dataset", "variant", "size_value"])[cols], percent=["rel_diff"]))
+        g = g.sort_values(["metric", "dataset", "variant", "size_value"])
+        out.append(markdown(g[cols], percent=["rel_diff"]))
         c = checks[checks["table"] == table] if not checks.empty else checks
         if not c.empty:
             out += [
@@ -192,7 +193,8 @@ def build(
     for experiment, path in comparisons:
         parts.setdefault(experiment, []).append(read_comparison(path))
     rows = statuses({e: pd.concat(d, ignore_index=True) for e, d in parts.items()}, config.get("claimers"))
-    write_table(rows, out_dir / "tables" / "reproduction", provenance(config, comparisons=[list(map(str, c)) for c in comparisons]))
+    prov = provenance(config, comparisons=[[e, str(path)] for e, path in comparisons])
+    write_table(rows, out_dir / "tables" / "reproduction", prov)
     text = render(rows, config["name"], list(config["experiments"]))
     write_text(text, out_dir / "reproduction.md")
     write_text(md_to_html(text, f"Reproduction: {config['name']}"), out_dir / "reproduction.html")
