@@ -41,6 +41,12 @@ EXPECTED_JOBS = {
     # multi-modal: mm_prepare (datasets) + convert_minigpt (MiniGPT-v2's published files)
     # + mm_erank (models x datasets x rotations) + resolved_config + mm_report + all
     "table2": 2 + 1 + 3 * 2 * 2 + 1 + 1 + 1,
+    # the paper: the experiments above but pythia-dynamics, one DAG. prepare: the 7 distinct texts;
+    # dump and erank: 82 distinct model x dataset sets (fig1 20, fig3 24 - 5 OPT, pythia-v1 40 - 8 of
+    # fig3, table1 10, table10's staged OPT-1.3b 1; table4, table9, table11 share fig1's); diff 108,
+    # accuracy 33, finetune 2 and report 8 as alone; 9 resolved_config, 16 multi-modal (table2 less
+    # its all), paper_report + all
+    "paper": 7 + 2 * 82 + 108 + 33 + 2 + 9 + 8 + 16 + 2,
 }
 
 
