@@ -377,7 +377,8 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
     """
     conf_dir = Path(conf_dir)
     root = yaml.safe_load((conf_dir / "config.yaml").read_text()) or {}
-    valid = sorted({*root, *_groups(conf_dir), "overrides"} - {"defaults"})
+    # experiments: a paper run's list (conf/experiment/paper.yaml), not in conf/config.yaml
+    valid = sorted({*root, *_groups(conf_dir), "overrides", "experiments"} - {"defaults"})
     out: list[str] = []
     given = config.get("overrides")
     if isinstance(given, str):

@@ -71,6 +71,9 @@ class Paper:
                 )
         self.overrides = {e: part_overrides(overrides, cfg, e) for e in cfg["experiments"]}
         self.parts = {e: load_config(conf_dir, o) for e, o in self.overrides.items()}
+        for e, part in self.parts.items():
+            if is_paper(part):
+                raise ConfigError(f"experiments: {e!r} is itself a run of several experiments; list theirs")
         self.keys = {e: Keys(p, self.run(e), root=self.root) for e, p in self.parts.items()}
         self.owner_sets: dict[str, str] = {}
         self.owner_texts: dict[str, str] = {}
