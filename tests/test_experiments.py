@@ -188,6 +188,44 @@ def test_sample_size_experiment(standins, tmp_path: Path) -> None:
     assert len(list((tmp_path / "results" / "cache" / "erank").rglob("*.parquet"))) == 2  # trained, init
 
 
+def test_paper_run_measures_shared_pairs_once_and_reports_every_row(standins, tmp_path: Path) -> None:
+    """experiment=paper with two experiments on the same models and dataset (Tables 4 and 9: OPT x
+    dolly-15k at four layers and at the last): one dump and one eRank job per model, at the union of
+    the layers, two run folders each with its own report, and the paper's report over all rows."""
+    f, (a, b) = standins["files"], standins["opt"]
+    out = run(
+        tmp_path,
+        [
+            "experiment=paper",
+            "experiments=[table4,table9]",
+            "~models.opt-2_7b",
+            "~models.opt-6_7b",
+            "~models.opt-13b",
+            f"models.opt-125m.source={a}",
+            f"models.opt-1_3b.source={b}",
+            *local_source("dolly-15k", f["dolly"]),
+        ],
+    )
+    cache = tmp_path / "results" / "cache" / "erank"
+    assert sorted(p.name for p in cache.glob("*/*") if p.is_dir()) == ["embeddings+first+middle+last"] * 2
+    own = {e: pd.read_csv(out / e / "tables" / "reproduction.csv") for e in ("table4", "table9")}
+    for e, rep in own.items():
+        assert (out / e / "reproduction.md").is_file() and rep["ours"].notna().all(), e
+    views = read_provenance(out / "table9" / "erank" / "opt-125m" / "dolly-15k" / "trained.parquet")
+    assert views["cache"]["layers"] == ["last"] and "embeddings+first+middle+last" in views["cache"]["table"]
+    rows = pd.read_csv(out / "tables" / "reproduction.csv", keep_default_na=False)
+    assert len(rows) == 259 and (out / "reproduction.html").is_file()
+    run_rows = rows[rows["experiment"] != ""]
+    assert set(run_rows["table"]) == {"table4", "table6", "table9"}
+    assert set(run_rows["status"]) <= {"reproduced", "differs"} and len(run_rows) == 2 * 3 + 2 * 2 + 2 * 2
+    # each row's value is the one its first claiming experiment reported
+    t9 = own["table9"].fillna({"variant": ""}).set_index(["table", "size", "metric", "variant"])["ours"]
+    for r in run_rows[run_rows["table"] == "table9"].itertuples():
+        assert float(r.ours) == pytest.approx(t9[(r.table, r.size, r.metric, r.variant)])
+    assert (rows.loc[rows["experiment"] == "", "status"] == "not run").all()
+    assert "## Summary per table" in (out / "reproduction.md").read_text()
+
+
 def test_revision_trajectory_experiment(standins, tmp_path: Path) -> None:
     """The Pythia dynamics kind: published step0 as M0 and stepN revisions as stages."""
     f, (a, b) = standins["files"], standins["neox"]

@@ -82,14 +82,16 @@ def statuses(
     comparisons: Mapping[str, pd.DataFrame],
     claimers: Mapping[str, Sequence[str]] | None = None,
     ref: pd.DataFrame | None = None,
+    experiments: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Every reference row with ``experiment``, ``ours``, ``rel_diff``, ``status`` and ``reason``.
 
     ``comparisons``: each experiment of the run -> its comparison rows (what it claims). A row that
     several claim takes the first value in the run's order (their views read one cached table).
     ``claimers``: each paper table -> the paper's experiments that claim it, for the reason of a row
-    this run leaves out.
+    this run leaves out; ``experiments``: the run's (default: those of ``comparisons``).
     """
+    experiments = list(experiments or comparisons)
     ref = _rows(reference() if ref is None else ref).reset_index(drop=True)
     ref = ref.rename(columns={"value": "paper"})
     ref["experiment"], ref["ours"] = "", np.nan
@@ -111,16 +113,22 @@ def statuses(
         if note:
             ref.at[i, "status"], ref.at[i, "reason"] = "not reproducible by design", note
         elif r["status"] == "not run":
-            ref.at[i, "reason"] = _why_not_run(r, claimers or {})
+            ref.at[i, "reason"] = _why_not_run(r, claimers or {}, experiments)
     return ref
 
 
-def _why_not_run(row: pd.Series, claimers: Mapping[str, Sequence[str]]) -> str:
+def _why_not_run(row: pd.Series, claimers: Mapping[str, Sequence[str]], experiments: Sequence[str]) -> str:
     if row["experiment"]:
         return f"{row['experiment']} claims it but produced no value (see its logs and reproduction.md)"
     key = tuple(row[c] for c in ROW)
     if key in OUT_OF_REACH:
         return OUT_OF_REACH[key]
+    here = [e for e in claimers.get(row["table"], []) if e in experiments]
+    if here:
+        return (
+            f"{', '.join(here)} of this run claim(s) {row['table']}, but without this row's model or "
+            "dataset (left out by an override)"
+        )
     who = ", ".join(claimers.get(row["table"], [])) or "no experiment"
     gated = f"; {GATED[row['family']]}" if row["family"] in GATED else ""
     return f"not in this run's experiments ({who} claim(s) {row['table']}){gated}"
@@ -192,7 +200,8 @@ def build(
     parts: dict[str, list[pd.DataFrame]] = {}
     for experiment, path in comparisons:
         parts.setdefault(experiment, []).append(read_comparison(path))
-    rows = statuses({e: pd.concat(d, ignore_index=True) for e, d in parts.items()}, config.get("claimers"))
+    tables = {e: pd.concat(d, ignore_index=True) for e, d in parts.items()}
+    rows = statuses(tables, config.get("claimers"), experiments=config["experiments"])
     prov = provenance(config, comparisons=[[e, str(path)] for e, path in comparisons])
     write_table(rows, out_dir / "tables" / "reproduction", prov)
     text = render(rows, config["name"], list(config["experiments"]))
