@@ -16,7 +16,7 @@ from pathlib import Path
 
 from diff_erank.cache import cache_dir
 from diff_erank.config import ConfigError, load_config, overrides_from_snakemake
-from diff_erank.paper import PART as PART_KEY, Paper, is_paper
+from diff_erank.paper import PART as PART_KEY, Paper, is_paper, run_overrides
 from diff_erank.runfolder import claim
 from diff_erank.storage import RunLockedError, lock_run_dir
 
@@ -26,7 +26,7 @@ CONF = Path(workflow.basedir) / "conf"
 PART = config.pop(PART_KEY, None)
 try:  # C: the resolved configuration (diff_erank.plan reads it from here)
     OVERRIDES = overrides_from_snakemake(config, CONF)
-    C = load_config(CONF, OVERRIDES)
+    C = load_config(CONF, run_overrides(CONF, OVERRIDES))  # a paper run: its own (diff_erank.paper)
     cache_dir(C)  # <results_dir>/cache is the shared measurement cache, not a run folder
     PAPER = Paper(C, CONF, OVERRIDES) if is_paper(C) else None
 except ConfigError as exc:

@@ -38,6 +38,26 @@ def is_paper(cfg: dict[str, Any]) -> bool:
     return bool(cfg.get("experiments"))
 
 
+def run_overrides(conf_dir: str | Path, overrides: Sequence[str]) -> list[str]:
+    """The overrides the run's own configuration is composed with: all of them for an experiment,
+    a paper run's own for a paper run (``~models.opt-13b`` or ``dataset.max_texts=50`` are its
+    experiments': the paper run itself has no models). Which it is: the experiment file's
+    ``experiments:`` (read as YAML: this runs before Hydra composes anything)."""
+    import yaml
+
+    pairs = [o.split("=", 1) for o in overrides if "=" in o]
+    chosen = [value for key, value in pairs if key.lstrip("+") == "experiment"]
+    if not chosen:
+        root = yaml.safe_load(Path(conf_dir, "config.yaml").read_text()) or {}
+        defaults = [d for d in root.get("defaults", []) if isinstance(d, dict)]
+        chosen = [d["experiment"] for d in defaults if "experiment" in d]
+    path = Path(conf_dir, "experiment", f"{chosen[-1]}.yaml") if chosen else None
+    spec = yaml.safe_load(path.read_text()) if path and path.is_file() else None
+    if not (isinstance(spec, dict) and spec.get("experiments")):
+        return list(overrides)
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in (*OWN_KEYS, "results_dir")]
+
+
 def part_overrides(overrides: Sequence[str], cfg: dict[str, Any], experiment: str) -> list[str]:
     """One experiment's overrides: the paper run's others (``dataset.max_texts=50``, ``device=cuda``),
     its experiment, and a run folder under the paper's (``<results_dir>/<name>/<experiment>``)."""
