@@ -148,3 +148,19 @@ def test_a_dry_paper_report_gives_every_row_one_status(paper, tmp_path: Path) ->
         assert f"\n## {table}\n" in text
     assert text.count("Trend claims (Diff-eRank)") >= 5
     assert (tmp_path / "paper" / "reproduction.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_paper_plan_bills_by_kind_and_states_the_saving(tmp_path: Path) -> None:
+    """One line per kind of job over all experiments, and the one-by-one DAGs beside it: the same
+    dump jobs as the dry run's, 24 fewer than running the experiments one by one."""
+    from diff_erank.plan import bill, by_kind, dag, downloads, paper_plan
+
+    whole = dag(["experiment=paper"], REPO / "Snakefile", tmp_path)
+    lines = bill(by_kind(whole.jobs, whole.config["experiments"]))
+    assert lines["dump"].jobs == 82 and lines["erank"].jobs == 82 and lines["paper_report"].jobs == 1
+    assert not any(k.startswith(("fig1_", "pythia_v1_")) for k in lines)
+    text = paper_plan(whole, ["experiment=paper"], REPO / "Snakefile", tmp_path)
+    saved = next(line for line in text.splitlines() if line.startswith("saved"))
+    assert saved.split()[1:3] == ["65", "24"]  # jobs, dump jobs
+    gb = downloads({"fig1": load_config(CONF, ["experiment=fig1"])})
+    assert gb == {"opt": pytest.approx((125e6 + 1.3e9 + 2.7e9 + 6.7e9 + 13e9) * 2 / 1e9, rel=0.02)}
