@@ -39,13 +39,14 @@ onstart:
     # One run per run folder, whichever checkout it comes from (Snakemake's own lock is per working
     # directory): only the main process locks; the kernel drops the lock when Snakemake ends,
     # however it ends. Then the folder must hold this configuration's results or none. A paper
-    # run locks and claims its own folder and each of its experiments' (their modules' onstart is
-    # not run).
+    # run locks its own folder (its report, of whichever experiments ran) and locks and claims each
+    # of its experiments' (their modules' onstart is not run).
     if workflow.is_main_process:
         try:
             for run, cfg in RUNS.items():
                 lock_run_dir(run)
-                claim(cfg, run)
+                if not is_paper(cfg):  # a paper run's own folder: only its report, of what ran
+                    claim(cfg, run)
         except (ConfigError, RunLockedError) as exc:
             sys.exit(f"Cannot start: {exc}")
 
