@@ -48,8 +48,9 @@ def test_slurm_dry_run_asks_for_what_the_estimates_say(experiment: str, tmp_path
     jobs = dry_jobs(tmp_path, [f"experiment={experiment}", SITE])
     assert jobs
     for job in jobs:
-        gpu_job = job["rule"] in GPU_RULES
-        assert job["slurm_partition"] == ("gpu" if job["rule"] in GPU_PARTITION else "cpu"), job
+        rule = next((r for r in (*GPU_RULES, *GPU_PARTITION) if job["rule"].endswith(f"_{r}")), job["rule"])
+        gpu_job = rule in GPU_RULES  # a paper run's rules are prefixed: fig1_dump
+        assert job["slurm_partition"] == ("gpu" if rule in GPU_PARTITION else "cpu"), job
         if not gpu_job:
             assert int(job.get("gpu", 0)) == 0 and "constraint" not in job, job
             continue
@@ -57,7 +58,7 @@ def test_slurm_dry_run_asks_for_what_the_estimates_say(experiment: str, tmp_path
         need = int(job["gpu_mem_mb"])
         types = {"a100_40g": 40, "a100_80g": 80, "h100": 80, "h200": 141}
         assert set(job["constraint"].split("|")) == {t for t, gb in types.items() if gb * 1000 >= need}
-        if job["rule"] == "dump":  # node-local scratch, asked of Slurm with --tmp
+        if rule == "dump":  # node-local scratch, asked of Slurm with --tmp
             assert int(job["disk_mb"]) > 0 and int(job["runtime"]) > 10
             assert job["slurm_extra"] == f"--tmp={job['disk_mb']}M", job
     if experiment != "fig1":

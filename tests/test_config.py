@@ -47,7 +47,7 @@ def test_the_full_demo_is_the_demo_with_both_sets_and_the_longer_recipe() -> Non
 def test_every_experiment_composes_and_validates(experiment: str) -> None:
     cfg = load_config(CONF, [f"experiment={experiment}"])
     mm = cfg["multimodal"] or {}
-    assert (cfg["models"] and cfg["datasets"]) or (mm["models"] and mm["datasets"])
+    assert cfg.get("experiments") or (cfg["models"] and cfg["datasets"]) or (mm["models"] and mm["datasets"])
 
 
 def test_sweep_wide_overrides_reach_every_entry() -> None:

@@ -41,6 +41,12 @@ EXPECTED_JOBS = {
     # multi-modal: mm_prepare (datasets) + convert_minigpt (MiniGPT-v2's published files)
     # + mm_erank (models x datasets x rotations) + resolved_config + mm_report + all
     "table2": 2 + 1 + 3 * 2 * 2 + 1 + 1 + 1,
+    # the paper: the experiments above but pythia-dynamics, one DAG. prepare: the 7 distinct texts;
+    # dump and erank: 82 distinct model x dataset sets (fig1 20, fig3 24 - 5 OPT, pythia-v1 40 - 8 of
+    # fig3, table1 10, table10's staged OPT-1.3b 1; table4, table9, table11 share fig1's); diff 108,
+    # accuracy 33, finetune 2 and report 8 as alone; 9 resolved_config, 16 multi-modal (table2 less
+    # its all), paper_report + all
+    "paper": 7 + 2 * 82 + 108 + 33 + 2 + 9 + 8 + 16 + 2,
 }
 
 
@@ -181,6 +187,45 @@ def test_sample_size_experiment(standins, tmp_path: Path) -> None:
     assert small["cache"]["first"] == 10 and small["cache"]["table"] == big["cache"]["table"]
     assert small["dump"]["n_texts_in"] == 10 and big["dump"]["n_texts_in"] == 40
     assert len(list((tmp_path / "results" / "cache" / "erank").rglob("*.parquet"))) == 2  # trained, init
+
+
+def test_paper_run_measures_shared_pairs_once_and_reports_every_row(standins, tmp_path: Path) -> None:
+    """experiment=paper with two experiments on the same models and dataset (Tables 4 and 9: OPT x
+    dolly-15k at four layers and at the last): one dump and one eRank job per model, at the union of
+    the layers, two run folders each with its own report, and the paper's report over all rows."""
+    f, (a, b) = standins["files"], standins["opt"]
+    out = run(
+        tmp_path,
+        [
+            "experiment=paper",
+            "experiments=[table4,table9]",
+            "~models.opt-2_7b",
+            "~models.opt-6_7b",
+            "~models.opt-13b",
+            f"models.opt-125m.source={a}",
+            f"models.opt-1_3b.source={b}",
+            *local_source("dolly-15k", f["dolly"]),
+        ],
+    )
+    cache = tmp_path / "results" / "cache" / "erank"
+    assert sorted(p.name for p in cache.glob("*/*") if p.is_dir()) == ["embeddings+first+middle+last"] * 2
+    own = {e: pd.read_csv(out / e / "tables" / "reproduction.csv") for e in ("table4", "table9")}
+    for e, rep in own.items():
+        assert (out / e / "reproduction.md").is_file() and rep["ours"].notna().all(), e
+    views = read_provenance(out / "table9" / "erank" / "opt-125m" / "dolly-15k" / "trained.parquet")
+    assert views["cache"]["layers"] == ["last"] and "embeddings+first+middle+last" in views["cache"]["table"]
+    rows = pd.read_csv(out / "tables" / "reproduction.csv", keep_default_na=False)
+    assert len(rows) == 259 and (out / "reproduction.html").is_file()
+    run_rows = rows[rows["experiment"] != ""]
+    assert set(run_rows["table"]) == {"table4", "table6", "table9"}
+    assert set(run_rows["status"]) <= {"reproduced", "differs"} and len(run_rows) == 2 * 3 + 2 * 2 + 2 * 2
+    # each row's value is the one its first claiming experiment reported
+    t9 = own["table9"].fillna({"variant": ""}).set_index(["table", "size", "metric", "variant"])["ours"]
+    for r in run_rows[run_rows["table"] == "table9"].itertuples():
+        assert float(r.ours) == pytest.approx(t9[(r.table, r.size, r.metric, r.variant)])
+    left = rows.loc[rows["experiment"] == "", "status"]  # Table 10's two stages: by design, run or not
+    assert left.value_counts().to_dict() == {"not run": 259 - 14 - 6, "not reproducible by design": 6}
+    assert "## Summary per table" in (out / "reproduction.md").read_text()
 
 
 def test_revision_trajectory_experiment(standins, tmp_path: Path) -> None:

@@ -7,11 +7,10 @@ import copy
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from helpers import REPO
-from helpers.paper import make_datasets
+from helpers.paper import make_datasets, synthetic_results
 
 from diff_erank.config import load_config
 from diff_erank.data import prepare_texts
@@ -66,56 +65,8 @@ FILLS = {
     "demo-full": {},
     "ci": {},
     "init-scale": {},
+    "paper": {},  # its experiments claim the rows, each in its own folder (tests/test_paper.py)
 }
-
-
-def _per_text(layers: list, rng: np.random.Generator) -> pd.DataFrame:
-    """A per-text eRank table of 3 texts for each layer (values arbitrary)."""
-    rows = [
-        {"layer": str(layer), "layer_index": i, "position": pos, "dim": 8, "entropy": rng.uniform(1, 2),
-         "loss": rng.uniform(1, 5), "normalized_entropy": rng.random()}
-        for i, layer in enumerate(layers)
-        for pos in range(3)
-    ]  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def _run_results(cfg: dict) -> pd.DataFrame:
-    """What a run of ``cfg`` writes in the reference's long form: every measured variant of every
-    model on every measured dataset through the aggregate stage (``diff_table``, as the diff rule
-    calls it), the accuracy rule's scores, the multi-modal table's rows, then ``long_results`` and
-    ``multimodal_long`` as the report calls them. Values are arbitrary; the keys are the run's."""
-    from diff_erank.aggregate import diff_table
-    from diff_erank.multimodal import LEVELS
-    from diff_erank.reproduce import KEY, long_results, multimodal_long
-    from diff_erank.variants import untrained_variants, variants
-
-    rng = np.random.default_rng(0)
-    full, acc = [], []
-    no_ci = {"samples": 0, "seed": 0, "ci": 0.9}
-    for m, spec in cfg["models"].items():
-        for d, ds in cfg["datasets"].items():
-            if ds.get("measure", True):
-                tables = {v: _per_text(cfg["layers"], rng) for v in variants(spec)}
-                info = {"model": m, "dataset": d}
-                full.append(diff_table(tables, untrained_variants(spec), cfg["algorithms"], no_ci, info))
-        accuracy = cfg.get("accuracy") or {}
-        for v in variants(spec) if accuracy else []:
-            if v in (accuracy.get("variants") or ["trained"]):
-                for task in [*accuracy["tasks"], *(accuracy.get("combine") or {})]:
-                    acc.append({"model": m, "variant": v, "task": task, "accuracy": rng.random()})
-    accuracy = pd.DataFrame(acc, columns=["model", "variant", "task", "accuracy"])
-    out = [long_results(pd.concat(full, ignore_index=True), accuracy, cfg)] if full else []
-    mm = cfg.get("multimodal") or {}
-    if mm:  # the multi-modal table: one row per model, dataset and rotation
-        metrics = [*LEVELS, "image_reduction_ratio", "image_text_alignment"]
-        keys = [(m, d, rot) for m in mm["models"] for d in mm["datasets"] for rot in mm["rotations"]]
-        values = rng.random((len(keys), len(metrics)))
-        table = pd.DataFrame(keys, columns=["model", "dataset", "rotation"]).join(
-            pd.DataFrame(values, columns=metrics)
-        )
-        out.append(multimodal_long(table, cfg))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=KEY)
 
 
 def _fillable_and_claimed(experiment: str):
@@ -124,7 +75,7 @@ def _fillable_and_claimed(experiment: str):
     cfg = load_config(REPO / "conf", [f"experiment={experiment}"])
     ref = reference()
     ref["variant"] = ref["variant"].fillna("")
-    keys = set(_run_results(cfg)[KEY].apply(tuple, axis=1))
+    keys = set(synthetic_results(cfg)[KEY].apply(tuple, axis=1))
     fillable = ref[ref[KEY].apply(tuple, axis=1).isin(keys)]
     claimed = ref[ref["table"].isin(cfg["paper_tables"]) & in_scope(ref, cfg)]
     return fillable, claimed

@@ -225,10 +225,20 @@ def prefix_samples(cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
 class Keys:
     """Every cache path of one experiment, and the way back from a key to its job's names."""
 
-    def __init__(self, cfg: dict[str, Any], run: str) -> None:
-        self.cfg, self.run, self.root = cfg, run, cache_dir(cfg)
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        run: str,
+        root: str | None = None,
+        measure: dict[str, list[str | int]] | None = None,
+    ) -> None:
+        """``root`` and ``measure`` are a paper run's (:mod:`diff_erank.paper`): its cache, and the
+        layers each job measures (the union of its experiments'), by job key."""
+        self.cfg, self.run, self.root = cfg, run, root or cache_dir(cfg)
         self.layers = layers_tag(cfg["layers"])
+        self.measure = measure or {}
         self.tag_layers: dict[str, list[str | int]] = {self.layers: cfg["layers"]}
+        self.tag_layers |= {layers_tag(v): list(v) for v in self.measure.values()}
         self.corpus = corpus_root(cfg) if cfg.get("corpus") else None
         #: zoo model key -> the first model trained by that recipe (a twin recipe trains once)
         self.zoo: dict[str, str] = {}
@@ -267,6 +277,14 @@ class Keys:
             for k in keys:
                 self.jobs_of.setdefault(k, (m, self.prefix.get(d, (d, None))[0]))
 
+    def measure_layers(self, key: str) -> list[str | int]:
+        """The layers a job measures: the run's, or in a paper run the union its experiments ask."""
+        return self.measure.get(key) or self.cfg["layers"]
+
+    def layer_tags(self) -> list[str]:
+        """Every layer tag this run's jobs measure (the dump and erank rules' ``layers`` wildcard)."""
+        return sorted({layers_tag(self.measure_layers(k)) for k in self.jobs_of} | {self.layers})
+
     def variants_of(self, key: str) -> list[str]:
         """The variants one job measures (at most cluster.variants_per_job of its model's)."""
         return self._variants[key]
@@ -279,11 +297,11 @@ class Keys:
         return f"{self.root}/texts/{self.texts[dataset]}.parquet"
 
     def dump_path(self, key: str) -> str:
-        return f"{self.root}/dumps/{key}/{self.layers}"
+        return f"{self.root}/dumps/{key}/{layers_tag(self.measure_layers(key))}"
 
     def table_path(self, key: str, tag: str | None = None) -> str:
         """The directory of a job's per-variant tables (``<variant>.parquet``)."""
-        return f"{self.root}/erank/{key}/{tag or self.layers}"
+        return f"{self.root}/erank/{key}/{tag or layers_tag(self.measure_layers(key))}"
 
     def source_tables(self, model: str, dataset: str) -> list[str]:
         """The cached table folders of every job of a model on a dataset (one per variants_per_job)."""
@@ -334,7 +352,7 @@ class Keys:
         m, d = self.jobs_of[key]
         return {
             "key": key,
-            "layers": self.cfg["layers"] if layers is None else layers,
+            "layers": self.measure_layers(key) if layers is None else layers,
             "variants": {
                 v: {
                     "key": measurement_key(self.cfg, m, v, d),

@@ -286,7 +286,13 @@ def _measure(a: argparse.Namespace, dump: Path) -> None:
 def cmd_plan(a: argparse.Namespace) -> None:
     from diff_erank.plan import bill, dag, download_line, render, snakefile_for
 
-    experiment = dag(a.overrides, snakefile_for(_conf_dir(a.conf_dir)))  # composed once, by the Snakefile
+    snakefile = snakefile_for(_conf_dir(a.conf_dir))
+    experiment = dag(a.overrides, snakefile)  # composed once, by the Snakefile
+    if experiment.config.get("experiments"):  # a paper run: several experiments in one DAG
+        from diff_erank.plan import paper_plan
+
+        print(paper_plan(experiment, a.overrides, snakefile))
+        return
     print(render(bill(experiment.jobs), experiment.config))
     print(download_line(experiment.config))
 
@@ -405,6 +411,13 @@ def cmd_mm_report(a: argparse.Namespace) -> None:
     multimodal_report(files, a.out_dir, a.config)
 
 
+def cmd_paper_report(a: argparse.Namespace) -> None:
+    from diff_erank.paper_report import build
+
+    pairs = [item.split("=", 1) for item in a.comparisons]
+    build([(e, path) for e, path in pairs], a.config, a.out_dir)
+
+
 DESCRIPTION = """\
 Measure language models by the effective rank of their hidden states (Diff-eRank).
 
@@ -433,6 +446,7 @@ STEPS = {
     "mm-erank": "eRank1..5 of every item for one multi-modal model (LLaVA, MiniGPT-v2) and rotation",
     "mm-report": "Tables 2-3 layout, figure and comparison with the paper",
     "report": "tables, figures and summary of an experiment",
+    "paper-report": "every row of the paper with one status, from a paper run's experiments",
 }
 
 
@@ -658,6 +672,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=_json, required=True)
     s.add_argument("--out-dir", required=True)
     s.set_defaults(fn=cmd_report)
+
+    s = step("paper-report")
+    s.add_argument("--comparisons", nargs="*", default=[], metavar="EXPERIMENT=CSV")
+    s.add_argument("--config", type=_json, required=True, help="the paper run's configuration")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(fn=cmd_paper_report)
     return p
 
 

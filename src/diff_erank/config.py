@@ -234,7 +234,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     check_run_name(cfg["name"])
     if not str(cfg["results_dir"]).strip():
         raise ConfigError("results_dir: empty (the run would write to /<name>); give a folder, e.g. results")
-    if not cfg["models"] and not cfg.get("multimodal"):
+    if not cfg["models"] and not cfg.get("multimodal") and not cfg.get("experiments"):
         raise ConfigError("the experiment names no models (models: {}) and no multimodal section")
     if cfg["models"] and not cfg["datasets"]:
         raise ConfigError("the experiment names no datasets (datasets: {})")
@@ -398,7 +398,8 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
     """
     conf_dir = Path(conf_dir)
     root = yaml.safe_load((conf_dir / "config.yaml").read_text()) or {}
-    valid = sorted({*root, *_groups(conf_dir), "overrides"} - {"defaults"})
+    # experiments: a paper run's list (conf/experiment/paper.yaml), not in conf/config.yaml
+    valid = sorted({*root, *_groups(conf_dir), "overrides", "experiments"} - {"defaults"})
     out: list[str] = []
     given = config.get("overrides")
     if isinstance(given, str):

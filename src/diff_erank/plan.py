@@ -236,3 +236,99 @@ def download_line(cfg: dict[str, Any]) -> str:
         f"download: {size / 1e9:,.1f} GB for {n_models} model checkpoint(s) (params x dtype bytes) "
         f"+ {n_datasets} hub dataset(s), into {where}"
     )
+# -- a paper run (experiment=paper, diff_erank.paper): one bill over its experiments' modules ------
+
+#: Bytes per parameter of the published checkpoints the download estimate assumes (16-bit weights).
+DOWNLOAD_BYTES_PER_PARAM = 2
+
+
+def by_kind(jobs: Iterable[Job], experiments: Sequence[str]) -> list[Job]:
+    """The jobs with each experiment's rule prefix taken off (``fig1_dump`` -> ``dump``), so a paper
+    run's bill has one line per kind of job over all its experiments."""
+    from dataclasses import replace
+
+    from diff_erank.paper import alias
+
+    prefixes = sorted((alias(e) for e in experiments), key=len, reverse=True)
+    out = []
+    for job in jobs:
+        kind = next((job.rule[len(p) :] for p in prefixes if job.rule.startswith(p)), job.rule)
+        out.append(replace(job, rule=kind))
+    return out
+
+
+def downloads(parts: Mapping[str, dict[str, Any]]) -> dict[str, float]:
+    """GB of model weights a paper run downloads, per family: each distinct (source, revision) its
+    experiments load once (the hub cache keeps it), sized as ``params`` x 2 bytes (16-bit weights as
+    published; a multi-modal entry by its size label, its LLM alone). Datasets are not counted."""
+    from diff_erank.reproduce import size_value
+    from diff_erank.variants import Variant, variants
+
+    seen: dict[tuple[str, str, str], float] = {}
+    for cfg in parts.values():
+        for m in cfg["models"].values():
+            if not m.get("source"):
+                continue  # trained by the workflow or converted from local files: nothing to download
+            for v in variants(m):
+                parsed = Variant.parse(v)
+                if parsed.kind in ("trained", "rev"):
+                    rev = parsed.name if parsed.kind == "rev" else (m.get("revision") or "main")
+                    seen[(m["family"], m["source"], rev)] = float(m.get("params") or size_value(m["size"]))
+        for m in ((cfg.get("multimodal") or {}).get("models") or {}).values():
+            llama = ((m.get("minigpt") or {}).get("checkpoints") or {}).get("llama") or {}
+            source = m.get("source") or llama.get("source")
+            seen[(m["family"], str(source), "main")] = size_value(m["size"])
+    out: dict[str, float] = {}
+    for (family, _, _), params in seen.items():
+        out[family] = out.get(family, 0.0) + params * DOWNLOAD_BYTES_PER_PARAM / 1e9
+    return dict(sorted(out.items()))
+
+
+def render_paper(
+    shared: Line, separate: Mapping[str, Line], dumps: tuple[int, int], gb: Mapping[str, float]
+) -> str:
+    """What sharing saves (the paper run against its experiments run one by one) and the downloads."""
+    alone = Line("one by one")
+    for line in separate.values():
+        alone.merge(line)
+
+    def row(label: str, jobs: int, n_dumps: int, gpu_h: float, job_h: float, disk_mb: float) -> str:
+        return f"{label:<22} {jobs:>6} {n_dumps:>9} {gpu_h:>8.1f} {job_h:>8.1f} {disk_mb / 1000:>10,.1f}"
+
+    rows = [
+        f"{'':<22} {'jobs':>6} {'dump jobs':>9} {'GPU-h':>8} {'job-h':>8} {'scratch GB':>10}",
+        row("paper, one DAG", shared.jobs, dumps[0], shared.gpu_hours, shared.hours, shared.disk_mb),
+        row("experiments one by one", alone.jobs, dumps[1], alone.gpu_hours, alone.hours, alone.disk_mb),
+        row(
+            "saved",
+            alone.jobs - shared.jobs,
+            dumps[1] - dumps[0],
+            alone.gpu_hours - shared.gpu_hours,
+            alone.hours - shared.hours,
+            alone.disk_mb - shared.disk_mb,
+        ),
+        "",
+        "download (model weights, 16-bit, each source and revision once): "
+        + ", ".join(f"{f} {v:,.0f} GB" for f, v in gb.items())
+        + f"; total {sum(gb.values()):,.0f} GB",
+    ]
+    return "\n".join(rows)
+
+
+def paper_plan(whole: Dag, overrides: Sequence[str], snakefile: str | Path, workdir: str | Path = ".") -> str:
+    """``diff-erank plan experiment=paper``: the paper run's bill (``whole``, its DAG) by kind of
+    job, what sharing the cache saves against running its experiments one by one (each one's own
+    DAG, in the same run folder), and the download per family."""
+    from diff_erank.paper import part_overrides
+
+    cfg = whole.config
+    jobs = by_kind(whole.jobs, cfg["experiments"])
+    lines = bill(jobs)
+    separate, parts, n_dumps = {}, {}, 0
+    for e in cfg["experiments"]:
+        one = dag(part_overrides(overrides, cfg, e), snakefile, workdir)
+        separate[e], parts[e] = bill(one.jobs)["total"], one.config
+        n_dumps += sum(1 for j in one.jobs if j.rule == "dump" and j.needrun)
+    shared_dumps = sum(1 for j in jobs if j.rule == "dump" and j.needrun)
+    saving = render_paper(lines["total"], separate, (shared_dumps, n_dumps), downloads(parts))
+    return "\n".join([render(lines, cfg), "", saving])

@@ -11,6 +11,9 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from diff_erank.corpus import stdlib_paragraphs
 
 
@@ -138,3 +141,53 @@ def local_source(dataset: str, path: str) -> list[str]:
         f"++datasets.{dataset}.source.data_files='{path}'",
         f"datasets.{dataset}.source.split=train",
     ]
+
+
+def per_text_table(layers: list, rng: np.random.Generator) -> pd.DataFrame:
+    """A per-text eRank table of 3 texts for each layer (values arbitrary)."""
+    rows = [
+        {"layer": str(layer), "layer_index": i, "position": pos, "dim": 8, "entropy": rng.uniform(1, 2),
+         "loss": rng.uniform(1, 5), "normalized_entropy": rng.random()}
+        for i, layer in enumerate(layers)
+        for pos in range(3)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def synthetic_results(cfg: dict) -> pd.DataFrame:
+    """What a run of ``cfg`` writes in the reference's long form: every measured variant of every
+    model on every measured dataset through the aggregate stage (``diff_table``, as the diff rule
+    calls it), the accuracy rule's scores, the multi-modal table's rows, then ``long_results`` and
+    ``multimodal_long`` as the report calls them. Values are arbitrary; the keys are the run's."""
+    from diff_erank.aggregate import diff_table
+    from diff_erank.multimodal import LEVELS
+    from diff_erank.reproduce import KEY, long_results, multimodal_long
+    from diff_erank.variants import untrained_variants, variants
+
+    rng = np.random.default_rng(0)
+    full, acc = [], []
+    no_ci = {"samples": 0, "seed": 0, "ci": 0.9}
+    for m, spec in cfg["models"].items():
+        for d, ds in cfg["datasets"].items():
+            if ds.get("measure", True):
+                tables = {v: per_text_table(cfg["layers"], rng) for v in variants(spec)}
+                info = {"model": m, "dataset": d}
+                full.append(diff_table(tables, untrained_variants(spec), cfg["algorithms"], no_ci, info))
+        accuracy = cfg.get("accuracy") or {}
+        for v in variants(spec) if accuracy else []:
+            if v in (accuracy.get("variants") or ["trained"]):
+                for task in [*accuracy["tasks"], *(accuracy.get("combine") or {})]:
+                    score = {"accuracy": rng.random(), "accuracy_norm": rng.random()}  # acc, acc_norm
+                    acc.append({"model": m, "variant": v, "task": task, **score})
+    accuracy = pd.DataFrame(acc, columns=["model", "variant", "task", "accuracy", "accuracy_norm"])
+    out = [long_results(pd.concat(full, ignore_index=True), accuracy, cfg)] if full else []
+    mm = cfg.get("multimodal") or {}
+    if mm:  # the multi-modal table: one row per model, dataset and rotation
+        metrics = [*LEVELS, "image_reduction_ratio", "image_text_alignment"]
+        keys = [(m, d, rot) for m in mm["models"] for d in mm["datasets"] for rot in mm["rotations"]]
+        values = rng.random((len(keys), len(metrics)))
+        table = pd.DataFrame(keys, columns=["model", "dataset", "rotation"]).join(
+            pd.DataFrame(values, columns=metrics)
+        )
+        out.append(multimodal_long(table, cfg))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=KEY)

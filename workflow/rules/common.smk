@@ -7,11 +7,12 @@ import sys
 from types import SimpleNamespace
 
 from diff_erank import sizing
-from diff_erank.cache import KEY, Keys, finetune_key, gguf_key, memo_dir, zoo_key
+from diff_erank.cache import KEY, Keys, finetune_key, gguf_key, layers_tag, memo_dir, zoo_key
 from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import changed_trained_file, dataset_files, image_files, model_files
 from diff_erank.outputs import multimodal_files, report_files
+from diff_erank.paper import keys_args as paper_keys_args, owned
 
 NAME = r"[A-Za-z0-9_.-]+"
 
@@ -28,15 +29,21 @@ MEASURED = [d for d, spec in C["datasets"].items() if spec.get("measure", True)]
 
 # The shared measurement cache (diff_erank.cache): prepared texts, dumps and per-text eRank tables
 # live under <results_dir>/cache/, keyed by what determines their numbers; the run folder holds views.
-K = Keys(C, OUT)
+# In a paper run (diff_erank.paper, PART set by the Snakefile) the cache is the paper's, each job
+# measures the union of its experiments' layers, and this experiment's cache rules make only the
+# entries it owns (OWNED_SETS, OWNED_TEXTS: the `key` wildcard's constraint); otherwise any key.
+K = Keys(C, OUT, **paper_keys_args(PART))
 CACHE = K.root
+#: this run's own layer tag; the tags its dump and erank rules make (TAG, their wildcard's constraint)
+#: are the tags its jobs measure (in a paper run the union of its experiments' layers) and a wider
+#: finished set a view reads from (so that the view's table is an output of this run's DAG, which
+#: reruns it when an input changes)
 LAYERS = K.layers
+TAGS = [*K.layer_tags(), *(t for t in K.wider_tables() if t not in K.layer_tags())]
+TAG = "|".join(re.escape(t) for t in TAGS)
+OWNED_SETS, OWNED_TEXTS = owned(PART, "sets"), owned(PART, "texts")
 #: the demo corpus, its tokenizer and zoo models, under the corpus's key (shared by every run name)
 DEMO = K.corpus or f"{CACHE}/demo/none"
-#: layer tags the dump and erank rules make: this run's, and a wider finished set a view reads from
-#: (so that the view's table is an output of this run's DAG, which reruns it when an input changes)
-TAGS = [LAYERS, *(t for t in K.wider_tables() if t != LAYERS)]
-TAG = "|".join(re.escape(t) for t in TAGS)
 
 
 def _check_zoo():
@@ -196,11 +203,17 @@ def _runtime(need, rule, w, attempt):
     return min(need.runtime, C["cluster"]["max_runtime"] or need.runtime)
 
 
+def job_layers(w):
+    """The layers a dump or erank job measures: its ``layers`` wildcard's (what its key measures, or
+    a wider finished set a view reads from)."""
+    return K.layers_of(w.layers)
+
+
 def dump_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    layers = K.layers_of(getattr(w, "layers", LAYERS))  # this run's, or a wider set it reads from
+    layers = job_layers(w)  # what this job measures, or a wider set a view reads from
     return sizing.dump_need(model, size, layers, C["device"], THREADS, n_variants=len(j.variants))
 
 
@@ -208,8 +221,7 @@ def erank_estimate(w):
     j = job(w)
     model = C["models"][j.model]
     size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
-    layers = K.layers_of(getattr(w, "layers", LAYERS))
-    return sizing.erank_need(model, size, layers, THREADS, n_variants=len(j.variants))
+    return sizing.erank_need(model, size, job_layers(w), THREADS, n_variants=len(j.variants))
 
 
 def finetune_estimate(w):
@@ -230,7 +242,7 @@ def check_site_limits():
     resources only when it is ready, hours of upstream jobs later. The rules' own resources check
     again once the texts are prepared."""
     for key in K.jobs_of:
-        w = {"key": key, "layers": LAYERS}
+        w = {"key": key, "layers": layers_tag(K.measure_layers(key))}
         for rule, estimate in (("dump", dump_estimate), ("erank", erank_estimate)):
             need = estimate(SimpleNamespace(**w))
             sizing.check_runtime(need.runtime, C["cluster"], job_name(rule, w))

@@ -15,6 +15,7 @@ rule dump:
         dump_output(),
     wildcard_constraints:
         layers=TAG,
+        key=OWNED_SETS,
     params:
         spec=lambda w: as_json(K.dump_spec(w.key)),
         variants=lambda w: " ".join(job(w).variants),

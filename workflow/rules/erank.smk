@@ -13,6 +13,7 @@ rule erank:
         key=f"{CACHE}/erank/{{key}}/{{layers}}.json",
     wildcard_constraints:
         layers=TAG,
+        key=OWNED_SETS,
     params:
         key=lambda w: as_json(K.describe(w.key, K.layers_of(w.layers))),
         run=OUT,

@@ -7,6 +7,8 @@ rule prepare:
         lambda w: prepare_input(SimpleNamespace(dataset=K.datasets_of[w.key])),
     output:
         f"{CACHE}/texts/{{key}}.parquet",
+    wildcard_constraints:
+        key=OWNED_TEXTS,
     params:
         # what determines the texts only (no labels, no run folder but a demo corpus's): a params
         # change reruns a job, and this one is shared by every experiment whose texts have this key

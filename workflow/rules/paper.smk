@@ -1,0 +1,72 @@
+# The whole paper in one DAG (experiment=paper; diff_erank.paper): this Snakefile once more per
+# experiment, as a module with that experiment's configuration and run folder (its rules renamed
+# <experiment>_<rule>); the shared cache entries are made by their owner's rules only, at the union
+# of the layers asked for. Then one reproduction report over every row of paper_reference.csv.
+import json
+
+from diff_erank.outputs import multimodal_files, report_files, reproduces_paper
+from diff_erank.paper import alias as rule_prefix
+
+for experiment in PAPER.parts:
+    module:
+        name:
+            experiment
+        snakefile:
+            workflow.main_snakefile
+        config:
+            PAPER.module_config(experiment)
+
+    prefix = rule_prefix(experiment)
+
+    use rule * from experiment exclude all as prefix*
+
+
+def part_outputs(experiment):
+    """Everything one experiment's run writes (its own `all`), in its run folder."""
+    cfg, run = PAPER.parts[experiment], PAPER.run(experiment)
+    files = list(report_files(cfg).values()) if cfg["models"] else []
+    return [f"{run}/{f}" for f in [*files, *multimodal_files(cfg).values()]]
+
+
+def part_comparisons():
+    """``experiment=<its comparison table>`` for the paper report, one per comparison it writes."""
+    out = []
+    for e, cfg in PAPER.parts.items():
+        run = PAPER.run(e)
+        if cfg["models"] and reproduces_paper(cfg):
+            out.append(f"{e}={run}/tables/reproduction.csv")
+        if "tables_reproduction_multimodal_csv" in multimodal_files(cfg):
+            out.append(f"{e}={run}/tables/reproduction_multimodal.csv")
+    return out
+
+
+rule paper_report:
+    input:
+        [f for e in PAPER.parts for f in part_outputs(e)],
+    output:
+        md=f"{OUT}/reproduction.md",
+        html=report(
+            f"{OUT}/reproduction.html",
+            caption="../report/reproduction.rst",
+            category="Reproduction of the paper",
+            labels={"kind": "every paper row, one status each", "file": "reproduction.html"},
+        ),
+        table=multiext(f"{OUT}/tables/reproduction", ".csv", ".md", ".html", ".provenance.json"),
+    params:
+        comparisons=" ".join(part_comparisons()),
+        config=json.dumps({**C, "claimers": PAPER.claimers}, sort_keys=True),
+        run=OUT,
+    log:
+        f"{OUT}/logs/paper_report.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "diff-erank paper-report --comparisons {params.comparisons} --config {params.config:q}"
+        " --out-dir {params.run} > {log} 2>&1"
+
+
+def report_outputs():
+    """What `all` asks for: the paper's report (and through it every experiment's outputs)."""
+    return list(rules.paper_report.output)
