@@ -42,6 +42,15 @@ LAYERS = K.layers
 TAGS = [*K.layer_tags(), *(t for t in K.wider_tables() if t not in K.layer_tags())]
 TAG = "|".join(re.escape(t) for t in TAGS)
 OWNED_SETS, OWNED_TEXTS = owned(PART, "sets"), owned(PART, "texts")
+
+
+def one_of(keys):
+    """A wildcard constraint matching exactly these keys (none: a regex that matches nothing). The
+    zoo, stage and GGUF rules make only the entries this configuration names: in a paper run every
+    experiment's module has those rules, and two rules that can make one file are ambiguous."""
+    return "|".join(sorted(keys)) or "(?!x)x"
+
+
 #: the demo corpus, its tokenizer and zoo models, under the corpus's key (shared by every run name)
 DEMO = K.corpus or f"{CACHE}/demo/none"
 

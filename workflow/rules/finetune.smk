@@ -9,7 +9,7 @@ rule finetune:
     output:
         directory(f"{CACHE}/finetuned/{{stage}}"),
     wildcard_constraints:
-        stage=KEY,
+        stage=one_of(K.finetuned),
     params:
         spec=lambda w: model_spec(stage(w)),
         recipe=lambda w: as_json(finetune_recipe(stage(w))),

@@ -24,7 +24,7 @@ rule fetch_gguf:
     output:
         f"{CACHE}/gguf/{{gguf}}/{{file}}.gguf",
     wildcard_constraints:
-        gguf=KEY,
+        gguf=one_of(K.gguf),
     params:
         spec=lambda w: as_json(C["models"][gguf_model(w).model]["gguf"]),
     log:
@@ -46,7 +46,7 @@ rule convert_gguf:
     output:
         directory(f"{CACHE}/gguf/{{gguf}}/hf"),
     wildcard_constraints:
-        gguf=KEY,
+        gguf=one_of(K.gguf),
     params:
         spec=lambda w: model_spec(gguf_model(w)),
     log:

@@ -54,7 +54,7 @@ rule paper_report:
         table=multiext(f"{OUT}/tables/reproduction", ".csv", ".md", ".html", ".provenance.json"),
     params:
         comparisons=" ".join(part_comparisons()),
-        config=json.dumps({**C, "claimers": PAPER.claimers}, sort_keys=True),
+        config=lambda w: json.dumps({**C, "claimers": PAPER.claimers}, sort_keys=True),
         run=OUT,
     log:
         f"{OUT}/logs/paper_report.log",
@@ -65,6 +65,20 @@ rule paper_report:
     shell:
         "diff-erank paper-report --comparisons {params.comparisons} --config {params.config:q}"
         " --out-dir {params.run} > {log} 2>&1"
+
+
+def cache_entries():
+    """The cached table sets (and key files) every experiment's views read, as targets of `all`
+    (common.smk's cache_entries, per experiment): a cache entry deleted under a finished paper
+    run is measured again, by its owner's rules."""
+    from diff_erank.cache import Keys
+    from diff_erank.paper import keys_args
+
+    tables = set()
+    for e, cfg in PAPER.parts.items():
+        k = Keys(cfg, PAPER.run(e), **keys_args(PAPER.module_config(e)[PART_KEY]))
+        tables |= {t for m, d in k.sets for t in k.source_tables(m, d)}
+    return [f for t in sorted(tables) for f in (t, f"{t}.json")]
 
 
 def report_outputs():

@@ -29,7 +29,7 @@ rule train:
     output:
         directory(f"{DEMO}/zoo/{{zoo}}"),
     wildcard_constraints:
-        zoo=KEY,
+        zoo=one_of(K.zoo),
     params:
         spec=lambda w: as_json(C["models"][K.zoo[w.zoo]]["train"]),
     log:
