@@ -57,9 +57,10 @@ def cmd_list(a: argparse.Namespace) -> None:
 def cmd_config(a: argparse.Namespace) -> None:
     import yaml
 
-    from diff_erank.config import load_config, missing_paths
+    from diff_erank.config import command_line_overrides, load_config, missing_paths
 
-    cfg = load_config(_conf_dir(a.conf_dir), a.overrides)
+    conf_dir = _conf_dir(a.conf_dir)
+    cfg = load_config(conf_dir, command_line_overrides(a.overrides, conf_dir))
     print(f"# results go to {cfg['results_dir']}/{cfg['name']}/")
     print(yaml.safe_dump(cfg, sort_keys=False))
     for problem in missing_paths(cfg):
@@ -362,7 +363,12 @@ def parser() -> argparse.ArgumentParser:
         description="Compose conf/ with Hydra overrides, validate it, and print it as YAML.",
     )
     s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
-    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ci dataset.max_texts=50")
+    s.add_argument(
+        "overrides",
+        nargs="*",
+        help="what snakemake --config takes (experiment=ci, overrides='[...]', from=results/<name>) "
+        "or Hydra overrides (dataset.max_texts=50)",
+    )
     s.set_defaults(fn=cmd_config)
 
     s = sub.add_parser(
