@@ -11,21 +11,48 @@
 # evaluates it once per job, and on every cluster node. profiles/default/ (beside this file) is
 # Snakemake's workflow profile and applies to every run.
 
+import atexit
 import sys
 from pathlib import Path
 
 from diff_erank.cache import cache_dir
-from diff_erank.config import ConfigError, load_config, overrides_from_snakemake
-from diff_erank.runfolder import claim
+from diff_erank.config import ConfigError, load_config, missing_paths, overrides_from_snakemake
+from diff_erank.device import device_problem
+from diff_erank.headline import headline
+from diff_erank.outputs import report_files
+from diff_erank.runfolder import claim, report_problem
 from diff_erank.storage import RunLockedError, lock_run_dir
 
 CONF = Path(workflow.basedir) / "conf"
 try:  # C: the resolved configuration (diff_erank.plan reads it from here)
-    C = load_config(CONF, overrides_from_snakemake(config, CONF))
+    OVERRIDES = overrides_from_snakemake(config, CONF)  # what the user asked for, recorded in the run folder
+    C = load_config(CONF, OVERRIDES)
     cache_dir(C)  # <results_dir>/cache is the shared measurement cache, not a run folder
 except ConfigError as exc:
     sys.exit(f"Configuration error: {exc}")
 OUT = f"{C['results_dir']}/{C['name']}"
+
+if workflow.is_main_process:
+    # a missing local file stops a dry run too (onstart runs only when jobs run)
+    if problems := missing_paths(C):
+        sys.exit(f"Cannot start: {'; '.join(problems)} (fix the path in the config, or the override)")
+    if any(a == "--report" or a.startswith("--report=") for a in sys.argv) and C["models"]:
+        if problem := report_problem(C, OUT, list(report_files(C).values())):
+            sys.exit(f"Cannot build the report: {problem}")
+
+#: how the run ended, for the lines printed last (after Snakemake's own)
+ENDING = {"state": "stopped"}
+
+
+def closing_lines():
+    if ENDING["state"] == "success" and C["models"]:
+        print("\n" + headline(C, OUT), file=sys.stderr)
+    elif ENDING["state"] != "success":
+        print(
+            f"Stopped before the end: run the same command again to resume ({OUT}/ keeps every finished "
+            "job; half-done ones are redone)",
+            file=sys.stderr,
+        )
 
 
 onstart:
@@ -34,10 +61,17 @@ onstart:
     # however it ends. Then the folder must hold this configuration's results or none.
     if workflow.is_main_process:
         try:
+            if workflow.local_exec and (problem := device_problem(C["device"])):
+                raise ConfigError(problem)
             lock_run_dir(OUT)
-            claim(C, OUT)
+            claim(C, OUT, overrides=OVERRIDES)
         except (ConfigError, RunLockedError) as exc:
             sys.exit(f"Cannot start: {exc}")
+        atexit.register(closing_lines)  # after Snakemake's last lines, however the run ends
+
+
+onsuccess:
+    ENDING["state"] = "success"
 
 
 report: "workflow/report/workflow.rst"

@@ -544,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"diff-erank {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C reaches every job of a local run: one line each, no traceback
+        print(f"diff-erank {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `diff-erank list | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
     return 0

@@ -147,3 +147,22 @@ def claim(
         f"# replay the run: snakemake --config from={out}).\n"
         + yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False),
     )
+
+
+def report_problem(cfg: dict[str, Any], out: str | Path, files: list[str]) -> str | None:
+    """Why ``snakemake --report`` cannot show ``cfg``'s run in ``out``, in one sentence; None if it can.
+
+    ``files``: the report's files (``outputs.report_files``). Without this Snakemake names one
+    missing file, or, given a partial ``--config``, builds the report of another configuration.
+    """
+    out = Path(out)
+    record = out / RECORD
+    hint = "name the run with --config from=<its folder> (e.g. from=results/ci), or run it first"
+    if record.is_file():
+        diff = differences(yaml.safe_load(record.read_text()) or {}, cfg)
+        if diff:
+            return f"{out}/ holds another configuration's results ({diff[0]}); {hint}"
+    missing = [f for f in files if not (out / f).is_file()]
+    if missing:
+        return f"{out}/ has no finished run of this configuration ({out / missing[0]} is missing); {hint}"
+    return None
