@@ -63,8 +63,10 @@ def cmd_config(a: argparse.Namespace) -> None:
     cfg = load_config(conf_dir, command_line_overrides(a.overrides, conf_dir))
     print(f"# results go to {cfg['results_dir']}/{cfg['name']}/")
     print(yaml.safe_dump(cfg, sort_keys=False))
-    for problem in missing_paths(cfg):
-        print(f"warning: {problem} (a run stops on it)", file=sys.stderr)
+    from diff_erank.device import device_problem
+
+    for problem in [*missing_paths(cfg), *filter(None, [device_problem(cfg["device"])])]:
+        print(f"warning: {problem} (a run here stops on it before any job)", file=sys.stderr)
 
 
 def cmd_corpus(a: argparse.Namespace) -> None:
