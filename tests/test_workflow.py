@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from helpers import REPO
 from helpers.workflow import snakemake, snakemake_cmd, snakemake_env, texts_of
 
@@ -26,6 +27,7 @@ def ci_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("wf")
     r = snakemake(work)
     assert r.returncode == 0, r.stderr[-5000:]
+    (work / "snakemake.stderr").write_text(r.stderr)  # what the user saw last
     return work / "results" / "ci"
 
 
@@ -133,26 +135,60 @@ def test_config_pairs_reach_the_jobs_and_unknown_keys_stop(tmp_path: Path) -> No
     assert not (tmp_path / "results").exists()
 
 
-def test_a_run_folder_holds_one_configuration(tmp_path: Path) -> None:
-    """A changed config stops before any job unless the run is named; a named run goes its own way."""
+def test_a_run_folder_holds_one_configuration(ci_run: Path, tmp_path: Path) -> None:
+    """A changed config stops before any job once the folder holds a result, unless the run is named;
+    a folder without results yet (a first run that failed early, fixed) takes the changed config."""
     corpus = "results/ci/corpus/corpus.json"
     r = snakemake(tmp_path, corpus, config=["experiment=ci"])
     assert r.returncode == 0, r.stderr[-3000:]
-    before = (tmp_path / corpus).stat().st_mtime_ns
     changed = ["experiment=ci", "dataset={max_texts: 5}"]
     r = snakemake(tmp_path, corpus, "--forcerun", "corpus", config=changed)
+    assert r.returncode == 0, r.stderr[-3000:]  # no result yet: the fixed configuration goes on
+    assert "max_texts: 5" in (tmp_path / "results/ci/config.yaml").read_text()
+    work, before = ci_run.parents[1], (ci_run / "corpus/corpus.json").stat().st_mtime_ns
+    r = snakemake(work, corpus, "--forcerun", "corpus", config=changed)
     assert r.returncode != 0
     assert "Cannot start: results/ci/ holds the results of another configuration" in r.stderr
     assert "datasets.topics.max_texts: null -> 5" in r.stderr and "name=ci-" in r.stderr
-    assert (tmp_path / corpus).stat().st_mtime_ns == before  # no job ran
+    assert (ci_run / "corpus/corpus.json").stat().st_mtime_ns == before  # no job ran
     named = "results/ci-5/corpus/corpus.json"
     r = snakemake(tmp_path, named, config=["experiment=ci", "dataset={max_texts: 5}", "name=ci-5"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / named).is_file() and (tmp_path / "results/ci-5/config.yaml").is_file()
     nowhere = ["experiment=ci", "models={zoo-opt-xs: {source: ./nowhere}}"]
-    r = snakemake(tmp_path, corpus, "--forcerun", "corpus", config=nowhere)  # onstart runs only if a job does
+    r = snakemake(tmp_path, "-n", config=nowhere)  # a dry run stops on it too
     assert r.returncode != 0
     assert "Cannot start: models.zoo-opt-xs.source: the local model directory ./nowhere" in r.stderr
+
+
+def test_a_run_ends_with_its_answer_and_replays_from_its_folder(ci_run: Path) -> None:
+    """The last lines of the run: the headline table (read against the CSV), the summary, the report
+    command; that command works as printed; the run folder replays (--config from=)."""
+    work = ci_run.parents[1]
+    lines = (work / "snakemake.stderr").read_text().rstrip().splitlines()
+    table = pd.read_csv(ci_run / "tables" / "diff_erank.csv")
+    report = "snakemake --report results/ci/report.html --config from=results/ci"
+    assert lines[-2:] == ["summary: results/ci/summary.md", f"report:  {report}"]
+    head = ["model", "dataset", "Diff-eRank", "95%", "CI", "reduced", "loss"]
+    assert lines[-3 - len(table)].split() == head
+    for line, row in zip(lines[-2 - len(table) : -2], table.itertuples(), strict=True):
+        cells = line.split()
+        assert cells[:3] == [row.model, row.dataset, f"{row.diff_erank:.2f}"]
+        assert line.split("[")[1].split("]")[0] == f"{row.ci_low:.2f}, {row.ci_high:.2f}"
+        assert float(cells[-1]) == pytest.approx(row.reduced_loss, abs=5e-4)
+    assert yaml.safe_load((ci_run / "overrides.yaml").read_text()) == ["experiment=ci"]
+    r = snakemake(work, "-n", config=["from=results/ci", "description=the library's own text"])
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stderr[-3000:]
+    r = snakemake(work, *report.split()[1:3], config=report.split()[-1:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (ci_run / "report.html").stat().st_size > 10000
+    r = snakemake(work, "--report", "report.html", config=["experiment=ci", "dataset={max_texts: 5}"])
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Cannot build the report: results/ci/ holds another configuration's results "
+        "(dataset.max_texts: null -> 5); name the run with --config from=<its folder> "
+        "(e.g. from=results/ci), or run it first"
+    )
 
 
 def test_a_hard_killed_run_is_recovered_by_the_plain_rerun(tmp_path: Path) -> None:
