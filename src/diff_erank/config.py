@@ -432,6 +432,13 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
     root = yaml.safe_load((conf_dir / "config.yaml").read_text()) or {}
     valid = sorted({*root, *_groups(conf_dir), "overrides", "from"} - {"defaults"})
     out: list[str] = []
+    resolved = set(root) - {"defaults"}
+    if resolved and resolved <= set(config) and isinstance(config.get("models"), dict):
+        raise ConfigError(
+            "--configfile: this is a run folder's resolved configuration (its config.yaml), which does "
+            "not say which experiment it came from; replay the run with "
+            f"--config from=results/{config.get('name')}"
+        )
     if config.get("from") is not None:  # a run folder's recorded overrides come first; the rest amend them
         out += recorded_overrides(str(config["from"]))
     given = config.get("overrides")
