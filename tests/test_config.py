@@ -407,5 +407,5 @@ def test_a_resolved_config_given_back_as_a_configfile_points_at_from() -> None:
     import yaml
 
     record = yaml.safe_load(yaml.safe_dump(load_config(CONF, ["experiment=ci"])))  # as config.yaml holds it
-    with pytest.raises(ConfigError, match=r"resolved configuration .* the run with --config from=results/ci$"):
+    with pytest.raises(ConfigError, match=r"resolved configuration .* run with --config from=results/ci$"):
         overrides_from_snakemake(record, CONF)
