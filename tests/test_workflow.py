@@ -135,6 +135,19 @@ def test_config_pairs_reach_the_jobs_and_unknown_keys_stop(tmp_path: Path) -> No
     assert not (tmp_path / "results").exists()
 
 
+def test_lists_on_the_command_line_fan_out_over_models_and_datasets(tmp_path: Path) -> None:
+    """experiment=custom filled from the command line, a hub id among the names: one DAG, 3 x 2."""
+    pairs = ["experiment=custom", "models=[pythia-70m,opt-125m,hf:EleutherAI/pythia-160m]"]
+    r = snakemake(tmp_path, "-n", config=[*pairs, "datasets=[dolly-15k,piqa]"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    counts = dict(line.split()[:2] for line in out.splitlines() if len(line.split()) == 2)
+    assert counts["dump"] == counts["erank"] == counts["diff"] == "6" and counts["prepare"] == "2"
+    assert "results/custom/diff/EleutherAI--pythia-160m/piqa.parquet" in out
+    r = snakemake(tmp_path, "-n", config=["experiment=ci", "model=pythia-70m"])
+    assert r.returncode != 0 and "write models=[pythia-70m], or +models=[pythia-70m]" in r.stderr
+
+
 def test_a_run_folder_holds_one_configuration(ci_run: Path, tmp_path: Path) -> None:
     """A changed config stops before any job once the folder holds a result, unless the run is named;
     a folder without results yet (a first run that failed early, fixed) takes the changed config."""
