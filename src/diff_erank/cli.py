@@ -50,7 +50,7 @@ def cmd_list(a: argparse.Namespace) -> None:
             print(f"  {name:<{width}}  {line}")
     print(
         "\nrun one: snakemake --cores 2 --config experiment=<name>  "
-        "(add a model: --config overrides='[+model@models.<key>=<model>]')"
+        "(choose models: --config 'models=[<model>,hf:<org>/<name>,./<folder>]')"
     )
 
 
