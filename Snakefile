@@ -45,12 +45,19 @@ ENDING = {"state": "stopped"}
 
 
 def closing_lines():
-    if ENDING["state"] == "success" and C["models"]:
+    state = ENDING["state"]
+    if state == "success" and C["models"]:
         print("\n" + headline(C, OUT), file=sys.stderr)
-    elif ENDING["state"] != "success":
+    elif state == "failed":
         print(
-            f"Stopped before the end: run the same command again to resume ({OUT}/ keeps every finished "
-            "job; half-done ones are redone)",
+            "A job failed (its log is printed above): fix what it says and run the same command again; "
+            "finished jobs are kept",
+            file=sys.stderr,
+        )
+    elif state == "stopped":  # Ctrl-C, or Snakemake stopped by a signal: neither hook ran
+        print(
+            "Interrupted: run the same command again to resume (finished jobs are kept, half-done ones "
+            "are redone)",
             file=sys.stderr,
         )
 
@@ -72,6 +79,10 @@ onstart:
 
 onsuccess:
     ENDING["state"] = "success"
+
+
+onerror:
+    ENDING["state"] = "failed"
 
 
 report: "workflow/report/workflow.rst"
