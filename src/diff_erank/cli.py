@@ -182,9 +182,12 @@ def cmd_measure(a: argparse.Namespace) -> None:
 
 
 def cmd_plan(a: argparse.Namespace) -> None:
+    from diff_erank.config import command_line_overrides
     from diff_erank.plan import bill, dag, render, snakefile_for
 
-    experiment = dag(a.overrides, snakefile_for(_conf_dir(a.conf_dir)))  # composed once, by the Snakefile
+    conf_dir = _conf_dir(a.conf_dir)
+    overrides = command_line_overrides(a.overrides, conf_dir)  # what --config takes, as `config` does
+    experiment = dag(overrides, snakefile_for(conf_dir))  # composed once, by the Snakefile
     print(render(bill(experiment.jobs), experiment.config))
 
 
