@@ -409,3 +409,12 @@ def test_a_resolved_config_given_back_as_a_configfile_points_at_from() -> None:
     record = yaml.safe_load(yaml.safe_dump(load_config(CONF, ["experiment=ci"])))  # as config.yaml holds it
     with pytest.raises(ConfigError, match=r"resolved configuration .* run with --config from=results/ci$"):
         overrides_from_snakemake(record, CONF)
+
+
+def test_a_comma_in_a_group_value_from_snakemake_still_reads_as_two_choices() -> None:
+    """Quoting keeps text whole (descriptions), but `--config experiment=ci,demo` is two experiments."""
+    with pytest.raises(ConfigError, match="a run takes one experiment"):
+        load_config(CONF, overrides_from_snakemake({"experiment": "ci,demo"}, CONF))
+    with pytest.raises(ConfigError, match=r"write models=\[opt-125m,pythia-70m\]"):
+        given = {"experiment": "ci", "model": "opt-125m,pythia-70m"}
+        load_config(CONF, overrides_from_snakemake(given, CONF))

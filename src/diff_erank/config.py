@@ -430,7 +430,8 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
     """
     conf_dir = Path(conf_dir)
     root = yaml.safe_load((conf_dir / "config.yaml").read_text()) or {}
-    valid = sorted({*root, *_groups(conf_dir), "overrides", "from"} - {"defaults"})
+    groups = set(_groups(conf_dir))
+    valid = sorted({*root, *groups, "overrides", "from"} - {"defaults"})
     out: list[str] = []
     resolved = set(root) - {"defaults"}
     if resolved and resolved <= set(config) and isinstance(config.get("models"), dict):
@@ -459,6 +460,8 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
                         f"e.g. {key}='{{{str(k).split(':')[0]}: {str(k).split(':', 1)[1]}}}'"
                     )
                 flatten(f"{key}.{k}", v)
+        elif key in groups and isinstance(value, str):  # a file name as typed: `experiment=ci,demo` is
+            out.append(f"{key}={value}")  # answered as two experiments, not as one odd name
         else:
             out.append(f"{key}={_hydra_value(value)}")
 
