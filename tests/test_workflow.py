@@ -190,7 +190,7 @@ def test_a_run_ends_with_its_answer_and_replays_from_its_folder(ci_run: Path) ->
         assert line.split("[")[1].split("]")[0] == f"{row.ci_low:.2f}, {row.ci_high:.2f}"
         assert float(cells[-1]) == pytest.approx(row.reduced_loss, abs=5e-4)
     assert yaml.safe_load((ci_run / "overrides.yaml").read_text()) == ["experiment=ci"]
-    r = snakemake(work, "-n", config=["from=results/ci", "description=the library's own text"])
+    r = snakemake(work, "-n", config=["from=results/ci"])
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stderr[-3000:]
     r = snakemake(work, *report.split()[1:3], config=report.split()[-1:])
     assert r.returncode == 0, r.stderr[-3000:]
