@@ -12,6 +12,8 @@
 # Snakemake's workflow profile and applies to every run.
 
 import atexit
+import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -54,12 +56,26 @@ def closing_lines():
             "finished jobs are kept",
             file=sys.stderr,
         )
-    elif state == "stopped":  # Ctrl-C, or Snakemake stopped by a signal: neither hook ran
+    elif state in ("interrupted", "stopped"):  # Ctrl-C, or Snakemake stopped before either hook
         print(
             "Interrupted: run the same command again to resume (finished jobs are kept, half-done ones "
             "are redone)",
             file=sys.stderr,
         )
+
+
+def on_ctrl_c(previous):
+    """Ctrl-C reaches every job too; each then exits 130 and Snakemake would report each one as a
+    failed job (≈ 20 lines apiece). Mark the run interrupted, silence that report, and carry on
+    with Snakemake's own handling; the closing line says how to resume."""
+
+    def handler(signum, frame):
+        ENDING["state"] = "interrupted"
+        logging.getLogger("snakemake.logging").setLevel(logging.CRITICAL + 1)
+        if callable(previous):
+            previous(signum, frame)
+
+    return handler
 
 
 onstart:
@@ -75,6 +91,10 @@ onstart:
         except (ConfigError, RunLockedError) as exc:
             sys.exit(f"Cannot start: {exc}")
         atexit.register(closing_lines)  # after Snakemake's last lines, however the run ends
+        try:
+            signal.signal(signal.SIGINT, on_ctrl_c(signal.getsignal(signal.SIGINT)))
+        except ValueError:  # not the main thread: keep Snakemake's own handling
+            pass
 
 
 onsuccess:
@@ -82,7 +102,8 @@ onsuccess:
 
 
 onerror:
-    ENDING["state"] = "failed"
+    if ENDING["state"] != "interrupted":
+        ENDING["state"] = "failed"
 
 
 report: "workflow/report/workflow.rst"
