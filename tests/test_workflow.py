@@ -241,6 +241,36 @@ def test_a_hard_killed_run_is_recovered_by_the_plain_rerun(tmp_path: Path) -> No
     assert (tmp_path / target / "main" / "config.json").is_file()
 
 
+def test_ctrl_c_ends_with_one_line_and_the_same_command_resumes(tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the whole foreground group, jobs included): no
+    tracebacks, no failed-job reports, a last line that says how to resume, and the rerun resumes."""
+    from diff_erank.runfolder import running_jobs
+
+    target = "results/ci/zoo/zoo-opt-xs"
+    log = tmp_path / "results/ci/logs/train/zoo-opt-xs.log"
+    with subprocess.Popen(
+        snakemake_cmd(tmp_path, target, config=["experiment=ci"]),
+        env=snakemake_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as run:
+        deadline = time.monotonic() + 300
+        while not running_jobs(tmp_path) or not log.exists():
+            assert run.poll() is None and time.monotonic() < deadline, "the train job never started"
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGINT)
+        out, _ = run.communicate(timeout=300)
+    assert run.returncode != 0
+    assert out.strip().splitlines()[-1].startswith("Interrupted: run the same command again to resume")
+    assert "Traceback" not in out and "RuleException" not in out and "Error in rule" not in out
+    r = snakemake(tmp_path, target, config=["experiment=ci"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / target / "main" / "config.json").is_file()
+
+
 def test_every_report_file_is_declared_and_rebuilt_when_deleted(ci_run: Path) -> None:
     from diff_erank.config import load_config
     from diff_erank.outputs import report_files
