@@ -47,14 +47,15 @@ if workflow.is_main_process:
         if problem := report_problem(C, OUT, list(report_files(C).values())):
             sys.exit(f"Cannot build the report: {problem}")
 
-#: how the run ended, for the lines printed last (after Snakemake's own)
-ENDING = {"state": "stopped"}
+#: how the run ended, for the lines printed last (after Snakemake's own; by then Snakemake has gone
+#: back from --directory to where it was started, hence the working directory kept here)
+ENDING = {"state": "stopped", "workdir": "."}
 
 
 def closing_lines():
     state = ENDING["state"]
     if state == "success" and C["models"]:
-        print("\n" + headline(C, OUT), file=sys.stderr)
+        print("\n" + headline(C, OUT, ENDING["workdir"]), file=sys.stderr)
     elif state == "failed":
         print(
             "A job failed (its log is printed above): fix what it says and run the same command again; "
@@ -95,6 +96,7 @@ onstart:
             claim(C, OUT, overrides=OVERRIDES)
         except (ConfigError, RunLockedError) as exc:
             sys.exit(f"Cannot start: {exc}")
+        ENDING["workdir"] = str(Path.cwd())
         atexit.register(closing_lines)  # after Snakemake's last lines, however the run ends
         try:
             signal.signal(signal.SIGINT, on_ctrl_c(signal.getsignal(signal.SIGINT)))

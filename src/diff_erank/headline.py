@@ -53,19 +53,20 @@ def table(rows: list[dict[str, str]], level: float) -> list[str]:
     return [line(r) for r in [head, *body]]
 
 
-def headline(cfg: dict[str, Any], out: str | Path) -> str:
-    """The closing lines of a successful run of ``cfg`` whose folder is ``out``."""
-    out = Path(out)
+def headline(cfg: dict[str, Any], out: str | Path, workdir: str | Path = ".") -> str:
+    """The closing lines of a successful run of ``cfg`` whose folder is ``out``, relative to
+    ``workdir`` (Snakemake's ``--directory``: it is no longer the current directory at exit)."""
+    out, root = Path(out), Path(workdir)
     lines = []
     csv_path = out / "tables" / "diff_erank.csv"
-    if csv_path.is_file():
-        with csv_path.open(newline="") as f:
+    if (root / csv_path).is_file():
+        with (root / csv_path).open(newline="") as f:
             rows = list(csv.DictReader(f))
         level = float((cfg.get("bootstrap") or {}).get("ci", 0.95))
         lines.append(f"Diff-eRank of {cfg.get('name')} (eRank of M0 - eRank of the trained), {csv_path}:")
         lines += table(rows, level)
     for name in ("summary.md", "reproduction.md"):
-        if (out / name).is_file():
+        if (root / out / name).is_file():
             lines.append(f"{name.split('.')[0]}: {out / name}")
     lines.append(f"report:  snakemake --report {out}/report.html --config from={out}")
     return "\n".join(lines)
