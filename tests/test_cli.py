@@ -94,3 +94,22 @@ def test_a_table_step_reports_a_user_error_without_importing_the_model_stack(tmp
     assert done.stdout.split("\n")[-2] == "2 []", done.stdout + done.stderr
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("diff-erank diff: error: ") and str(bad) in err[0], err
+
+
+def test_config_takes_the_snakemake_spelling_and_a_run_folder_to_replay(tmp_path, capsys) -> None:
+    conf = ["config", "--conf-dir", str(REPO / "conf")]
+    assert main([*conf, "overrides=[experiment=ci,dataset.max_texts=5]", "description=the library's"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["datasets"]["topics"]["max_texts"] == 5 and cfg["description"] == "the library's"
+    run = tmp_path / "results" / "ci"
+    run.mkdir(parents=True)
+    (run / "overrides.yaml").write_text("- experiment=ci\n- dataset.max_texts=5\n")
+    assert main([*conf, f"from={run}", "name=ci-again"]) == 0
+    again = yaml.safe_load(capsys.readouterr().out)
+    assert again["name"] == "ci-again" and again["datasets"] == cfg["datasets"]
+
+
+def test_config_warns_of_device_cuda_where_there_is_no_gpu(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, on any machine
+    assert main(["config", "--conf-dir", str(REPO / "conf"), "experiment=ci", "device=cuda"]) == 0
+    assert "warning: device=cuda, but this machine has no CUDA GPU" in capsys.readouterr().err

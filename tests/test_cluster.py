@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import REPO
+from helpers import EMPTY_EXPERIMENTS, REPO
 from helpers.paper import local_source, make_datasets, make_models
 from helpers.workflow import snakemake
 
@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 SITE = "cluster.gpu_types={a100_40g:40,a100_80g:80,h100:80,h200:141}"
 DEMOS = ("demo", "demo-full", "ci", "init-scale")  # CPU experiments: no GPU to request
-PAPER = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if p.stem not in DEMOS)
+PAPER = sorted(
+    p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if p.stem not in DEMOS + EMPTY_EXPERIMENTS
+)
 GPU_RULES = {"dump", "finetune", "accuracy", "mm_erank"}
 #: erank runs in its dump's group job (the dump is node-local), so it asks for the dump's partition
 GPU_PARTITION = GPU_RULES | {"erank"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import REPO
+from helpers import EMPTY_EXPERIMENTS, REPO
 
 from diff_erank.config import (
     ConfigError,
@@ -43,7 +43,10 @@ def test_the_full_demo_is_the_demo_with_both_sets_and_the_longer_recipe() -> Non
     assert full["models"]["smollm2-135m"]["untrained"]["seeds"] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "experiment",
+    sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem not in EMPTY_EXPERIMENTS),
+)
 def test_every_experiment_composes_and_validates(experiment: str) -> None:
     cfg = load_config(CONF, [f"experiment={experiment}"])
     mm = cfg["multimodal"] or {}
@@ -239,3 +242,179 @@ def test_a_new_hub_model_on_the_command_line() -> None:
     gpt2 = cfg["models"]["gpt2"]
     assert (gpt2["source"], gpt2["revision"], gpt2["dtype"]) == ("openai-community/gpt2", "main", "float32")
     assert variants(gpt2) == ["trained", "init-s0"]
+
+
+# --- the command line's lists: models=[...], datasets=[...], +models=[...] (issue 28) ---------------
+
+
+def _entry_file(group: str, name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+
+
+def test_a_model_list_replaces_the_experiments_models_and_reads_their_files() -> None:
+    cfg = load_config(CONF, ["experiment=ci", "models=[opt-125m,pythia-70m]"])
+    assert list(cfg["models"]) == ["opt-125m", "pythia-70m"]
+    for name in ("opt-125m", "pythia-70m"):
+        assert cfg["models"][name]["source"] == _entry_file("model", name)["source"]
+    assert list(cfg["datasets"]) == ["topics"]  # the experiment's datasets stay
+
+
+def test_plus_models_adds_and_a_listed_experiment_entry_keeps_the_experiments_settings() -> None:
+    cfg = load_config(CONF, ["experiment=ci", "+models=[pythia-70m]"])
+    assert list(cfg["models"]) == ["zoo-opt-xs", "zoo-opt-s", "zoo-neox-xs", "pythia-70m"]
+    assert cfg["models"]["zoo-opt-xs"]["train"]["steps"] == 60  # ci.yaml's, not zoo-opt-xs.yaml's
+    only = load_config(CONF, ["experiment=ci", "models=[zoo-opt-xs]"])
+    assert list(only["models"]) == ["zoo-opt-xs"] and only["models"]["zoo-opt-xs"]["train"]["steps"] == 60
+
+
+def test_hub_ids_and_local_folders_in_a_list_are_hf_base_entries_named_by_the_id(tmp_path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    cfg = load_config(CONF, ["experiment=ci", f"models=[hf:EleutherAI/pythia-160m,{folder},opt-125m]"])
+    assert list(cfg["models"]) == ["EleutherAI--pythia-160m", "my-model", "opt-125m"]
+    hub, local = cfg["models"]["EleutherAI--pythia-160m"], cfg["models"]["my-model"]
+    assert hub["source"] == "EleutherAI/pythia-160m" and local["source"] == str(folder)
+    assert hub["family"] == "EleutherAI--pythia-160m" and hub["size"] == "160m" and hub["params"] is None
+    base = _entry_file("model", "hf-base")
+    for key in ("dtype", "max_length", "batch_tokens", "untrained", "revision"):
+        assert hub[key] == local[key] == base[key]
+
+
+def test_a_dataset_list_replaces_and_adds() -> None:
+    cfg = load_config(CONF, ["experiment=ci", "models=[pythia-70m]", "datasets=[dolly-15k,piqa]"])
+    assert list(cfg["datasets"]) == ["dolly-15k", "piqa"]
+    assert cfg["datasets"]["piqa"]["source"]["path"] == _entry_file("dataset", "piqa")["source"]["path"]
+    more = load_config(CONF, ["experiment=ci", "+datasets=[dolly-15k]"])
+    assert list(more["datasets"]) == ["topics", "dolly-15k"]
+
+
+@pytest.mark.parametrize(
+    ("override", "spelling"),
+    [
+        ("model=pythia-70m", "models=[pythia-70m]"),
+        ("model=opt-125m,pythia-70m", "models=[opt-125m,pythia-70m]"),
+        ("dataset=dolly-15k", "datasets=[dolly-15k]"),
+    ],
+)
+def test_a_name_given_to_model_or_dataset_answers_with_the_list_spelling(override, spelling) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(CONF, ["experiment=ci", override])
+    msg = str(info.value)
+    assert f"write {spelling}, or +{spelling} to add" in msg and "did you mean" not in msg
+
+
+def test_an_unknown_name_in_a_list_is_named_with_the_nearest_and_how_to_write_an_id() -> None:
+    with pytest.raises(ConfigError, match=r"there is no model 'pythia-7m' .*'pythia-70m'.*hf:<org>/<name>"):
+        load_config(CONF, ["experiment=ci", "models=[pythia-7m]"])
+
+
+def test_the_custom_experiment_is_empty_and_says_how_to_fill_it() -> None:
+    with pytest.raises(ConfigError, match=r"experiment 'custom' names no models; choose them with models=\["):
+        load_config(CONF, ["experiment=custom"])
+    with pytest.raises(ConfigError, match=r"names no datasets; choose them with datasets=\["):
+        load_config(CONF, ["experiment=custom", "models=[pythia-70m]"])
+    cfg = load_config(
+        CONF, ["experiment=custom", "models=[pythia-70m,opt-125m]", "datasets=[dolly-15k,piqa]"]
+    )
+    assert cfg["name"] == "custom" and len(cfg["models"]) == len(cfg["datasets"]) == 2
+
+
+# --- replayable runs: any text survives quoting; from=<run folder>; the two command lines agree ----
+
+AWKWARD = [
+    "the standard library's topics",
+    "it\\'s",
+    "trailing \\",
+    "a,b=c[d]{e}:f",
+    "${not.an.interpolation}",
+    "\\${x}",
+    "\"double\" and 'single'",
+    "  spaces  ",
+    "ünïcödé — dash",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_any_description_survives_the_trip_through_snakemake_config(text) -> None:
+    overrides = overrides_from_snakemake({"experiment": "ci", "description": text}, CONF)
+    assert load_config(CONF, overrides)["description"] == text
+
+
+def test_random_text_survives_hydra_quoting() -> None:
+    import random
+
+    from diff_erank.config import compose
+    from diff_erank.overrides import quote
+
+    rng = random.Random(0)
+    alphabet = ["a", " ", "\\", "'", '"', "$", "{", "}", "[", "]", ",", "=", ":", "${", "\\${"]
+    for _ in range(25):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        assert compose(CONF, ["experiment=ci", f"description={quote(text)}"])["description"] == text
+
+
+def test_a_recorded_run_replays_from_its_folder(tmp_path) -> None:
+    from diff_erank.runfolder import record_overrides
+
+    given = {"experiment": "ci", "description": "the library's topics", "dataset": {"max_texts": 9}}
+    overrides = overrides_from_snakemake(given, CONF)
+    record_overrides(tmp_path / "ci", overrides)
+    replayed = overrides_from_snakemake({"from": str(tmp_path / "ci")}, CONF)
+    assert load_config(CONF, replayed) == load_config(CONF, overrides)
+    amended = load_config(
+        CONF, overrides_from_snakemake({"from": str(tmp_path / "ci"), "name": "ci-b"}, CONF)
+    )
+    assert amended["name"] == "ci-b" and amended["datasets"]["topics"]["max_texts"] == 9
+    with pytest.raises(ConfigError, match=r"from=.*nowhere: .*overrides.yaml does not exist"):
+        overrides_from_snakemake({"from": str(tmp_path / "nowhere")}, CONF)
+
+
+def test_diff_erank_config_takes_what_snakemake_config_takes() -> None:
+    from snakemake.cli import parse_config  # Snakemake's own reading of --config pairs
+
+    from diff_erank.config import command_line_overrides
+
+    pairs = [
+        "experiment=ci",
+        "overrides=[dataset.max_texts=5,layers=[first,last]]",
+        "dataset={max_texts: 7}",
+        "description=the library's topics",
+        "models=[zoo-opt-xs,pythia-70m]",
+    ]
+    ours = load_config(CONF, command_line_overrides(pairs, CONF))
+    assert ours == load_config(CONF, overrides_from_snakemake(parse_config(pairs), CONF))
+    assert ours["description"] == "the library's topics" and ours["datasets"]["topics"]["max_texts"] == 7
+    hydra = load_config(CONF, command_line_overrides(["experiment=ci", "+models=[pythia-70m]"], CONF))
+    assert "pythia-70m" in hydra["models"]  # a Hydra spelling Snakemake cannot take, as written
+
+
+def test_a_local_model_folder_without_a_tokenizer_is_named_before_the_run(tmp_path) -> None:
+    folder = tmp_path / "no-tok"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    cfg = load_config(CONF, ["experiment=ci", f"models=[{folder}]"])
+    assert missing_paths(cfg) == [
+        f"models.no-tok.source: the model folder {folder} has no tokenizer; save one or set `tokenizer:`"
+    ]
+    (folder / "tokenizer.json").write_text("{}")
+    assert missing_paths(cfg) == []
+
+
+def test_a_resolved_config_given_back_as_a_configfile_points_at_from() -> None:
+    import yaml
+
+    record = yaml.safe_load(yaml.safe_dump(load_config(CONF, ["experiment=ci"])))  # as config.yaml holds it
+    with pytest.raises(ConfigError, match=r"resolved configuration .* run with --config from=results/ci$"):
+        overrides_from_snakemake(record, CONF)
+
+
+def test_a_comma_in_a_group_value_from_snakemake_still_reads_as_two_choices() -> None:
+    """Quoting keeps text whole (descriptions), but `--config experiment=ci,demo` is two experiments."""
+    with pytest.raises(ConfigError, match="a run takes one experiment"):
+        load_config(CONF, overrides_from_snakemake({"experiment": "ci,demo"}, CONF))
+    with pytest.raises(ConfigError, match=r"write models=\[opt-125m,pythia-70m\]"):
+        given = {"experiment": "ci", "model": "opt-125m,pythia-70m"}
+        load_config(CONF, overrides_from_snakemake(given, CONF))

@@ -103,9 +103,13 @@ def test_readme_examples_compose_into_an_experiment(conf_with_examples: Path) ->
 
 
 def test_readme_examples_join_an_existing_experiment(conf_with_examples: Path) -> None:
-    """The README's one-line route: `+model@models.<m>=<file>` and `+dataset@...` added to ci."""
-    line = re.search(r"overrides='\[(\+model@models\.my-model=[^\]]+)\]'", README.read_text())
+    """The README's one-line route: `+models=[my-model]` and `+datasets=[my-texts]` added to ci."""
+    from diff_erank.config import overrides_from_snakemake
+
+    route = r"experiment=ci name=ci-mine overrides='(\[\+models=\[my-model\][^']*)'"
+    line = re.search(route, README.read_text())
     assert line, "the README shows the override that adds the examples to an experiment"
-    cfg = load_config(conf_with_examples, ["experiment=ci", "name=ci-mine", *line.group(1).split(",")])
+    given = {"experiment": "ci", "name": "ci-mine", "overrides": line.group(1)}
+    cfg = load_config(conf_with_examples, overrides_from_snakemake(given, conf_with_examples))
     assert "my-model" in cfg["models"] and "zoo-opt-xs" in cfg["models"]
     assert set(cfg["datasets"]) == {"topics", "my-texts"}

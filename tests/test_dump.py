@@ -271,3 +271,28 @@ def test_a_set_of_dumps_is_measured_into_one_table_per_variant(tiny_model, texts
     alone = measure(tmp_path / "set" / "trained", texts_file)
     pd.testing.assert_frame_equal(trained, alone, check_exact=True)
     assert rows == 2 * len(trained) and not (tmp_path / "tables.partial").exists()
+
+
+def test_a_local_model_folder_whose_tokenizer_is_missing_or_foreign_is_refused(tiny_opt, tmp_path) -> None:
+    """transformers builds some tokenizer from what a folder holds; a wrong one used to surface
+    only as "no text has 3 or more tokens" after the dumps."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from diff_erank.errors import ConfigError
+    from diff_erank.models import load_tokenizer
+
+    assert len(load_tokenizer(model_spec(tiny_opt))) > 2  # its own tokenizer passes
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_opt / "main", bare / "main")
+    for f in bare.glob("main/*"):
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            f.unlink()
+    no_tokenizer = r"model folder .*bare/main has no tokenizer; save one or set `tokenizer:`"
+    with pytest.raises(ConfigError, match=no_tokenizer):
+        load_tokenizer(model_spec(bare))
+    one = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))  # the 1-token tokenizer
+    one.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=one, unk_token="<unk>").save_pretrained(bare / "main")
+    with pytest.raises(ConfigError, match=r"tokenizer in the model folder .* is not the model's \(its 1 tok"):
+        load_tokenizer(model_spec(bare))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import REPO
+from helpers import EMPTY_EXPERIMENTS, REPO
 from helpers.paper import local_source, make_datasets, make_models, make_tasks
 from helpers.workflow import snakemake, texts_of
 
@@ -65,6 +65,8 @@ def test_every_paper_table_has_an_experiment() -> None:
     tables = set(reference()["table"])
     covered = set()
     for f in (REPO / "conf" / "experiment").glob("*.yaml"):
+        if f.stem in EMPTY_EXPERIMENTS:
+            continue
         covered |= set(load_config(REPO / "conf", [f"experiment={f.stem}"])["paper_tables"])
     assert tables <= covered, tables - covered
 

@@ -8,12 +8,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import EMPTY_EXPERIMENTS, REPO
 
 from diff_erank.plan import Job, PlanError, bill, dag, snakefile_for
 
 SNAKEFILE = REPO / "Snakefile"
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if p.stem not in EMPTY_EXPERIMENTS
+)
 #: the resources a rule asks for, as a dry run prints them (0: not declared)
 ASKED = ("mem_mb", "runtime", "disk_mb", "gpu_mem_mb", "gpu")
 

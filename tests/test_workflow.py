@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from helpers import REPO
 from helpers.workflow import snakemake, snakemake_cmd, snakemake_env, texts_of, zoo_model_dir
 
@@ -26,6 +27,7 @@ def ci_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("wf")
     r = snakemake(work)
     assert r.returncode == 0, r.stderr[-5000:]
+    (work / "snakemake.stderr").write_text(r.stderr)  # what the user saw last
     return work / "results" / "ci"
 
 
@@ -142,28 +144,73 @@ def test_config_pairs_reach_the_jobs_and_unknown_keys_stop(tmp_path: Path) -> No
     assert not (tmp_path / "results").exists()
 
 
-def test_a_run_folder_holds_one_configuration(tmp_path: Path) -> None:
-    """A changed config stops before any job unless the run is named; a named run goes its own way."""
+def test_lists_on_the_command_line_fan_out_over_models_and_datasets(tmp_path: Path) -> None:
+    """experiment=custom filled from the command line, a hub id among the names: one DAG, 3 x 2."""
+    pairs = ["experiment=custom", "models=[pythia-70m,opt-125m,hf:EleutherAI/pythia-160m]"]
+    r = snakemake(tmp_path, "-n", config=[*pairs, "datasets=[dolly-15k,piqa]"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    counts = dict(line.split()[:2] for line in out.splitlines() if len(line.split()) == 2)
+    assert counts["dump"] == counts["erank"] == counts["diff"] == "6" and counts["prepare"] == "2"
+    assert "results/custom/diff/EleutherAI--pythia-160m/piqa.parquet" in out
+    r = snakemake(tmp_path, "-n", config=["experiment=ci", "model=pythia-70m"])
+    assert r.returncode != 0 and "write models=[pythia-70m], or +models=[pythia-70m]" in r.stderr
+
+
+def test_a_run_folder_holds_one_configuration(ci_run: Path, tmp_path: Path) -> None:
+    """A changed config stops before any job once the folder holds a result, unless the run is named;
+    a folder without results yet (a first run that failed early, fixed) takes the changed config."""
     corpus = "results/ci/config.json"  # a cheap job of the run folder (the corpus lives in the cache)
     r = snakemake(tmp_path, corpus, config=["experiment=ci"])
     assert r.returncode == 0, r.stderr[-3000:]
-    before = (tmp_path / corpus).stat().st_mtime_ns
     changed = ["experiment=ci", "dataset={max_texts: 5}"]
     r = snakemake(tmp_path, corpus, "--forcerun", "resolved_config", config=changed)
+    assert r.returncode == 0, r.stderr[-3000:]  # no result yet: the fixed configuration goes on
+    assert "max_texts: 5" in (tmp_path / "results/ci/config.yaml").read_text()
+    work, before = ci_run.parents[1], (ci_run / "config.json").stat().st_mtime_ns
+    r = snakemake(work, corpus, "--forcerun", "resolved_config", config=changed)
     assert r.returncode != 0
     assert "Cannot start: results/ci/ holds the results of another configuration" in r.stderr
     assert "datasets.topics.max_texts: null -> 5" in r.stderr and "name=ci-" in r.stderr
-    assert (tmp_path / corpus).stat().st_mtime_ns == before  # no job ran
+    assert (ci_run / "config.json").stat().st_mtime_ns == before  # no job ran
     named = "results/ci-5/config.json"
     r = snakemake(tmp_path, named, config=["experiment=ci", "dataset={max_texts: 5}", "name=ci-5"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / named).is_file() and (tmp_path / "results/ci-5/config.yaml").is_file()
     nowhere = ["experiment=ci", "models={zoo-opt-xs: {source: ./nowhere}}"]
-    r = snakemake(
-        tmp_path, corpus, "--forcerun", "resolved_config", config=nowhere
-    )  # onstart: only if a job runs
+    r = snakemake(tmp_path, "-n", config=nowhere)  # a dry run stops on it too
     assert r.returncode != 0
     assert "Cannot start: models.zoo-opt-xs.source: the local model directory ./nowhere" in r.stderr
+
+
+def test_a_run_ends_with_its_answer_and_replays_from_its_folder(ci_run: Path) -> None:
+    """The last lines of the run: the headline table (read against the CSV), the summary, the report
+    command; that command works as printed; the run folder replays (--config from=)."""
+    work = ci_run.parents[1]
+    lines = (work / "snakemake.stderr").read_text().rstrip().splitlines()
+    table = pd.read_csv(ci_run / "tables" / "diff_erank.csv")
+    report = "snakemake --report results/ci/report.html --config from=results/ci"
+    assert lines[-2:] == ["summary: results/ci/summary.md", f"report:  {report}"]
+    head = ["model", "dataset", "Diff-eRank", "95%", "CI", "reduced", "loss"]
+    assert lines[-3 - len(table)].split() == head
+    for line, row in zip(lines[-2 - len(table) : -2], table.itertuples(), strict=True):
+        cells = line.split()
+        assert cells[:3] == [row.model, row.dataset, f"{row.diff_erank:.2f}"]
+        assert line.split("[")[1].split("]")[0] == f"{row.ci_low:.2f}, {row.ci_high:.2f}"
+        assert float(cells[-1]) == pytest.approx(row.reduced_loss, abs=5e-4)
+    assert yaml.safe_load((ci_run / "overrides.yaml").read_text()) == ["experiment=ci"]
+    r = snakemake(work, "-n", config=["from=results/ci"])
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stderr[-3000:]
+    r = snakemake(work, *report.split()[1:3], config=report.split()[-1:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (ci_run / "report.html").stat().st_size > 10000
+    r = snakemake(work, "--report", "report.html", config=["experiment=ci", "dataset={max_texts: 5}"])
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Cannot build the report: results/ci/ holds another configuration's results "
+        "(dataset.max_texts: null -> 5); name the run with --config from=<its folder> "
+        "(e.g. from=results/ci), or run it first"
+    )
 
 
 def test_a_hard_killed_run_is_recovered_by_the_plain_rerun(tmp_path: Path) -> None:
@@ -199,6 +246,36 @@ def test_a_hard_killed_run_is_recovered_by_the_plain_rerun(tmp_path: Path) -> No
     r = snakemake(tmp_path, target, "-n", "--workflow-profile", "none", config=["experiment=ci"])
     assert r.returncode != 0 and "IncompleteFilesException" in r.stdout + r.stderr
     r = snakemake(tmp_path, target, config=["experiment=ci"])  # the plain rerun
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / target / "main" / "config.json").is_file()
+
+
+def test_ctrl_c_ends_with_one_line_and_the_same_command_resumes(tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the whole foreground group, jobs included): no
+    tracebacks, no failed-job reports, a last line that says how to resume, and the rerun resumes."""
+    from diff_erank.runfolder import running_jobs
+
+    target = zoo_model_dir("zoo-opt-xs")  # in the shared cache, under its recipe's key
+    log = tmp_path / f"results/ci/logs/train/{Path(target).name}.log"
+    with subprocess.Popen(
+        snakemake_cmd(tmp_path, target, config=["experiment=ci"]),
+        env=snakemake_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as run:
+        deadline = time.monotonic() + 300
+        while not running_jobs(tmp_path) or not log.exists():
+            assert run.poll() is None and time.monotonic() < deadline, "the train job never started"
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGINT)
+        out, _ = run.communicate(timeout=300)
+    assert run.returncode != 0
+    assert out.strip().splitlines()[-1].startswith("Interrupted: run the same command again to resume")
+    assert "Traceback" not in out and "RuleException" not in out and "Error in rule" not in out
+    r = snakemake(tmp_path, target, config=["experiment=ci"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / target / "main" / "config.json").is_file()
 

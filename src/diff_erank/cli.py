@@ -50,20 +50,23 @@ def cmd_list(a: argparse.Namespace) -> None:
             print(f"  {name:<{width}}  {line}")
     print(
         "\nrun one: snakemake --cores 2 --config experiment=<name>  "
-        "(add a model: --config overrides='[+model@models.<key>=<model>]')"
+        "(choose models: --config 'models=[<model>,hf:<org>/<name>,./<folder>]')"
     )
 
 
 def cmd_config(a: argparse.Namespace) -> None:
     import yaml
 
-    from diff_erank.config import load_config, missing_paths
+    from diff_erank.config import command_line_overrides, load_config, missing_paths
 
-    cfg = load_config(_conf_dir(a.conf_dir), a.overrides)
+    conf_dir = _conf_dir(a.conf_dir)
+    cfg = load_config(conf_dir, command_line_overrides(a.overrides, conf_dir))
     print(f"# results go to {cfg['results_dir']}/{cfg['name']}/")
     print(yaml.safe_dump(cfg, sort_keys=False))
-    for problem in missing_paths(cfg):
-        print(f"warning: {problem} (a run stops on it)", file=sys.stderr)
+    from diff_erank.device import device_problem
+
+    for problem in [*missing_paths(cfg), *filter(None, [device_problem(cfg["device"])])]:
+        print(f"warning: {problem} (a run here stops on it before any job)", file=sys.stderr)
 
 
 def cmd_fetch(a: argparse.Namespace) -> None:
@@ -71,14 +74,15 @@ def cmd_fetch(a: argparse.Namespace) -> None:
     import subprocess
     import tempfile
 
-    from diff_erank.config import ConfigError, load_config
+    from diff_erank.config import ConfigError, command_line_overrides, load_config
     from diff_erank.hub import OFFLINE, fetch
     from diff_erank.storage import write_json
 
     if a.config_file:
         cfg = json.loads(Path(a.config_file).read_text())
     else:
-        cfg = load_config(_conf_dir(a.conf_dir), a.overrides)
+        conf_dir = _conf_dir(a.conf_dir)
+        cfg = load_config(conf_dir, command_line_overrides(a.overrides, conf_dir))
     hf_home = a.hf_home or cfg.get("hf_home")
     if not hf_home:
         raise ConfigError(
@@ -284,14 +288,17 @@ def _measure(a: argparse.Namespace, dump: Path) -> None:
 
 
 def cmd_plan(a: argparse.Namespace) -> None:
+    from diff_erank.config import command_line_overrides
     from diff_erank.plan import bill, dag, download_line, render, snakefile_for
 
-    snakefile = snakefile_for(_conf_dir(a.conf_dir))
-    experiment = dag(a.overrides, snakefile)  # composed once, by the Snakefile
+    conf_dir = _conf_dir(a.conf_dir)
+    overrides = command_line_overrides(a.overrides, conf_dir)  # what --config takes, as `config` does
+    snakefile = snakefile_for(conf_dir)
+    experiment = dag(overrides, snakefile)  # composed once, by the Snakefile
     if experiment.config.get("experiments"):  # a paper run: several experiments in one DAG
         from diff_erank.plan import paper_plan
 
-        print(paper_plan(experiment, a.overrides, snakefile))
+        print(paper_plan(experiment, overrides, snakefile))
         return
     print(render(bill(experiment.jobs), experiment.config))
     print(download_line(experiment.config))
@@ -484,7 +491,12 @@ def parser() -> argparse.ArgumentParser:
         description="Compose conf/ with Hydra overrides, validate it, and print it as YAML.",
     )
     s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
-    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ci dataset.max_texts=50")
+    s.add_argument(
+        "overrides",
+        nargs="*",
+        help="what snakemake --config takes (experiment=ci, overrides='[...]', from=results/<name>) "
+        "or Hydra overrides (dataset.max_texts=50)",
+    )
     s.set_defaults(fn=cmd_config)
 
     s = sub.add_parser(
@@ -700,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"diff-erank {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C reaches every job of a local run: one line each, no traceback
+        print(f"diff-erank {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `diff-erank list | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
     return 0

@@ -27,6 +27,8 @@ import yaml
 from diff_erank.errors import ConfigError
 from diff_erank.figure_registry import figure_names
 from diff_erank.layers import check_layers
+from diff_erank.overrides import LISTS, OVERRIDES_RECORD, keep_only, misused_group, plan_lists, split_lists
+from diff_erank.overrides import value as hydra_string
 from diff_erank.variants import Variant, variants
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -235,9 +237,15 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     if not str(cfg["results_dir"]).strip():
         raise ConfigError("results_dir: empty (the run would write to /<name>); give a folder, e.g. results")
     if not cfg["models"] and not cfg.get("multimodal") and not cfg.get("experiments"):
-        raise ConfigError("the experiment names no models (models: {}) and no multimodal section")
+        raise ConfigError(
+            f"experiment {cfg['name']!r} names no models; choose them with models=[...], e.g. "
+            "models=[pythia-70m,hf:EleutherAI/pythia-160m,./my-model] (`diff-erank list models`)"
+        )
     if cfg["models"] and not cfg["datasets"]:
-        raise ConfigError("the experiment names no datasets (datasets: {})")
+        raise ConfigError(
+            f"experiment {cfg['name']!r} names no datasets; choose them with datasets=[...], e.g. "
+            "datasets=[wikipedia-1000] (`diff-erank list datasets`)"
+        )
     mm = cfg.get("multimodal")
     if mm and (not mm["models"] or not mm["datasets"]):
         raise ConfigError("multimodal: needs at least one model and one dataset")
@@ -276,9 +284,26 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def compose_with_lists(conf_dir: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """:func:`compose`, with ``models=[...]``/``datasets=[...]`` (replace) and ``+models=[...]``
+    (add) read first (:mod:`diff_erank.overrides`): the experiment is composed once without them
+    to learn its own entries, then again with the listed entries it lacks."""
+    conf_dir = Path(conf_dir)
+    for override in overrides:
+        if message := misused_group(override, conf_dir):
+            raise ConfigError(message)
+    rest, lists = split_lists(list(overrides))
+    if not lists:
+        return compose(conf_dir, rest)
+    plain = [o for o in rest if not o.lstrip("+~").startswith(tuple(f"{p}." for p in LISTS))]
+    base = compose(conf_dir, plain)
+    extra, wanted = plan_lists(lists, {p: list(base.get(p) or {}) for p in LISTS}, conf_dir)
+    return keep_only(compose(conf_dir, rest + extra), wanted)
+
+
 def load_config(conf_dir: str | Path = DEFAULT_CONF_DIR, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Compose, apply the sweep-wide ``dataset``/``model`` overrides, and validate."""
-    cfg = compose(conf_dir, overrides)
+    cfg = compose_with_lists(conf_dir, overrides)
     _check_unset(cfg)
     _check_schema(cfg)  # before the sweep-wide values are copied: each error is named where it was set
     for group, entries in (("dataset", "datasets"), ("model", "models")):
@@ -294,6 +319,27 @@ LOCAL_KINDS = ("json", "jsonl", "parquet", "csv", "text")
 def looks_local(source: str) -> bool:
     """A model source is a local path if it is written as one (the hub ids are ``org/name``)."""
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
+
+
+#: the files a saved tokenizer leaves (fast, sentencepiece, BPE and WordPiece vocabularies)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def has_tokenizer_files(folder: str | Path) -> bool:
+    return any((Path(folder).expanduser() / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _no_tokenizer(model: dict[str, Any]) -> str | None:
+    """The local model folder (at its revision) when it holds no tokenizer and none is named."""
+    src = model.get("source")
+    if not src or model.get("tokenizer") or model.get("gguf") or model.get("train") or not looks_local(src):
+        return None
+    path = Path(src).expanduser()
+    rev = path / (model.get("revision") or "main")
+    folder = rev if rev.is_dir() else path
+    if not (folder / "config.json").is_file() or has_tokenizer_files(folder):
+        return None
+    return str(folder)
 
 
 def data_file_list(data_files: Any) -> list[str]:
@@ -317,6 +363,11 @@ def missing_paths(cfg: dict[str, Any]) -> list[str]:
             src = model.get(key)
             if src and looks_local(src) and not Path(src).expanduser().exists():
                 problems.append(f"models.{name}.{key}: the local model directory {src} does not exist")
+        if folder := _no_tokenizer(model):
+            problems.append(
+                f"models.{name}.source: the model folder {folder} has no tokenizer; "
+                "save one or set `tokenizer:`"
+            )
     for name, ds in cfg.get("datasets", {}).items():
         if ds["source"]["kind"] in LOCAL_KINDS:
             for f in data_file_list(ds["source"].get("data_files")):
@@ -354,6 +405,8 @@ def _hydra_value(value: Any) -> str:
         return "[" + ",".join(_hydra_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str):  # quoted where Hydra would misread it (an apostrophe, a comma, ...)
+        return hydra_string(value)
     return str(value)
 
 
@@ -398,9 +451,19 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
     """
     conf_dir = Path(conf_dir)
     root = yaml.safe_load((conf_dir / "config.yaml").read_text()) or {}
+    groups = set(_groups(conf_dir))
     # experiments: a paper run's list (conf/experiment/paper.yaml), not in conf/config.yaml
-    valid = sorted({*root, *_groups(conf_dir), "overrides", "experiments"} - {"defaults"})
+    valid = sorted({*root, *groups, "overrides", "from", "experiments"} - {"defaults"})
     out: list[str] = []
+    resolved = set(root) - {"defaults"}
+    if resolved and resolved <= set(config) and isinstance(config.get("models"), dict):
+        raise ConfigError(
+            "--configfile: this is a run folder's resolved configuration (its config.yaml), which does "
+            "not say which experiment it came from; replay the run with "
+            f"--config from=results/{config.get('name')}"
+        )
+    if config.get("from") is not None:  # a run folder's recorded overrides come first; the rest amend them
+        out += recorded_overrides(str(config["from"]))
     given = config.get("overrides")
     if isinstance(given, str):
         given = given.strip()
@@ -419,17 +482,72 @@ def overrides_from_snakemake(config: dict[str, Any], conf_dir: str | Path = DEFA
                         f"e.g. {key}='{{{str(k).split(':')[0]}: {str(k).split(':', 1)[1]}}}'"
                     )
                 flatten(f"{key}.{k}", v)
+        elif key in groups and isinstance(value, str):  # a file name as typed: `experiment=ci,demo` is
+            out.append(f"{key}={value}")  # answered as two experiments, not as one odd name
         else:
             out.append(f"{key}={_hydra_value(value)}")
 
     for key, value in config.items():
-        if key == "overrides":
+        if key in ("overrides", "from"):
             continue
         if key not in valid:
             near = _closest(key, valid)
             fix = f"did you mean {near!r}?" if near else f"the keys are: {', '.join(valid)}"
             raise ConfigError(f"--config {key}=...: {key!r} is not a key of the configuration; {fix}")
         flatten(key, value)
+    return out
+
+
+def recorded_overrides(source: str) -> list[str]:
+    """The overrides a run recorded in its folder (``from=results/<name>``), to replay that run."""
+    folder = Path(source)
+    if folder.is_file() or folder.suffix in (".yaml", ".json"):
+        folder = folder.parent
+    record = folder / OVERRIDES_RECORD
+    if not record.is_file():
+        raise ConfigError(
+            f"from={source}: {record} does not exist; name a run folder that a run has started in "
+            f"(from=results/<name>)"
+        )
+    given = yaml.safe_load(record.read_text())
+    if not isinstance(given, list) or not all(isinstance(o, str) for o in given):
+        raise ConfigError(f"from={source}: {record} is not a list of overrides; restore it, or run again")
+    return given
+
+
+_SNAKEMAKE_KEY = re.compile(r"[a-zA-Z_][\w-]*\w")
+
+
+def _snakemake_value(text: str) -> Any:
+    """A ``--config`` value read as Snakemake reads it (snakemake.cli.parse_config): an integer,
+    a float, True/False, else YAML with every scalar a string, else the text."""
+    if text == "":
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return yaml.load(text, Loader=yaml.BaseLoader)
+    except yaml.YAMLError:
+        return text
+
+
+def command_line_overrides(args: Sequence[str], conf_dir: str | Path = DEFAULT_CONF_DIR) -> list[str]:
+    """Hydra overrides from ``diff-erank config``'s arguments: every ``--config`` pair as Snakemake
+    reads it (``overrides='[...]'``, ``from=results/<name>``, ``dataset={max_texts: 50}``), so a
+    command copies between the two tools; a Hydra override Snakemake cannot take (a dotted key,
+    ``+model@models.x=y``, ``+models=[...]``) as written."""
+    out: list[str] = []
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        if sep and _SNAKEMAKE_KEY.fullmatch(key):
+            out += overrides_from_snakemake({key: _snakemake_value(text)}, conf_dir)
+        else:
+            out.append(arg)
     return out
 
 

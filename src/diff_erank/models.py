@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from diff_erank.config import ConfigError, looks_local
+from diff_erank.config import ConfigError, has_tokenizer_files, looks_local
 from diff_erank.storage import sha256
 from diff_erank.variants import Variant, init_scale
 
@@ -178,9 +178,51 @@ def load_tokenizer(spec: dict[str, Any], trained_path: str | None = None):
         name, rev = resolve_source(spec["tokenizer"], spec.get("tokenizer_revision"))
     else:
         name, rev = resolve_source(_source(spec, trained_path), spec.get("revision"))
+        if looks_local(name) and not trained_path:  # the user's own folder: nothing checked it yet
+            if not has_tokenizer_files(name):
+                raise ConfigError(f"the model folder {name} has no tokenizer; save one or set `tokenizer:`")
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=spec["trust_remote_code"])
+            check_tokenizer(tokenizer, name)
+            return tokenizer
     return _hub_call(
         AutoTokenizer.from_pretrained, name, revision=rev, trust_remote_code=spec["trust_remote_code"]
     )
+
+
+#: a sample every tokenizer of a text LM reads back as it was written
+ROUND_TRIP = "The quick brown fox jumps over the lazy dog, 1,234 times."
+
+
+def check_tokenizer(tokenizer: Any, folder: str | Path) -> None:
+    """Refuse a tokenizer that does not fit the model in ``folder`` before any text is measured.
+
+    transformers builds a tokenizer from whatever a folder holds, down to one of a single token;
+    texts then come out as one token each and the run fails much later ("no text has 3 or more
+    tokens"). Two checks: its vocabulary against the model's ``vocab_size`` (larger: ids the
+    embedding lacks; under half: not this model's), and :data:`ROUND_TRIP` encoded and decoded.
+    """
+    import json
+
+    n, base = len(tokenizer), getattr(tokenizer, "vocab_size", None) or len(tokenizer)
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+        vocab = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    except (OSError, ValueError):
+        vocab = None
+    ids = tokenizer.encode(ROUND_TRIP, add_special_tokens=False)
+    back = tokenizer.decode(ids, skip_special_tokens=True)
+    problem = (
+        f"its {n} tokens do not fit the model's vocab_size {vocab}"
+        if vocab and (base > vocab or n < vocab // 2)
+        else f"{ROUND_TRIP!r} reads back as {back!r}"
+        if len(ids) < 2 or " ".join(back.split()) != ROUND_TRIP
+        else ""
+    )
+    if problem:
+        raise ConfigError(
+            f"the tokenizer in the model folder {folder} is not the model's ({problem}); "
+            "save the model's own tokenizer there or set `tokenizer:`"
+        )
 
 
 def _hub_call(fn, name: str, **kwargs):

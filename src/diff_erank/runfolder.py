@@ -24,8 +24,13 @@ from typing import Any
 import yaml
 
 from diff_erank.config import ConfigError, missing_paths
+from diff_erank.overrides import OVERRIDES_RECORD
 
 RECORD = "config.yaml"
+
+#: What a run leaves that a configuration's numbers are in: a folder holding none of these has no
+#: results to protect, so a changed configuration (a failed first run, fixed) may take it over.
+RESULTS = ("diff", "erank", "tables", "figures", "accuracy", "mm", "summary.md")
 
 #: Keys that do not change any number: a different value is the same configuration.
 NEUTRAL = ("description", "keep_dumps", "scratch_dir", "results_dir", "cluster", "hf_home")
@@ -98,11 +103,42 @@ def slurm_jobs(workdir: Path) -> list[str]:
     return found
 
 
-def claim(cfg: dict[str, Any], out: str | Path, workdir: str | Path = ".") -> None:
-    """Check that a run of ``cfg`` may start writing into ``out``, then record its configuration.
+def holds_results(out: str | Path) -> bool:
+    """Whether ``out`` holds any file of :data:`RESULTS` (a run got as far as one result)."""
+    out = Path(out)
+    for name in RESULTS:
+        path = out / name
+        if path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*"))):
+            return True
+    return False
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def record_overrides(out: str | Path, overrides: list[str]) -> None:
+    """Write the user's overrides to ``<out>/overrides.yaml`` (``--config from=<out>`` replays them)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(
+        out / OVERRIDES_RECORD,
+        f"# The overrides of the last run started here; replay it: snakemake --config from={out}\n"
+        + yaml.safe_dump(list(overrides), sort_keys=False, allow_unicode=True, width=10**6),
+    )
+
+
+def claim(
+    cfg: dict[str, Any], out: str | Path, workdir: str | Path = ".", overrides: list[str] | None = None
+) -> None:
+    """Check that a run of ``cfg`` may start writing into ``out``, then record its configuration
+    (and, given, the ``overrides`` it was composed from).
 
     Raises :class:`ConfigError` (one sentence, with the fix) when a local path is missing, when
     jobs of an earlier run still write here, or when ``out`` holds another configuration's results.
+    A folder with a record but no result yet (a first run that failed early) takes the new one.
     """
     problems = missing_paths(cfg)
     if problems:
@@ -121,10 +157,11 @@ def claim(cfg: dict[str, Any], out: str | Path, workdir: str | Path = ".") -> No
         )
     out = Path(out)
     record = out / RECORD
+    old = None
     if record.is_file():
         old = yaml.safe_load(record.read_text()) or {}
         diff = differences(old, cfg)
-        if diff:
+        if diff and holds_results(out):
             shown = ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
             tag = hashlib.sha256(json.dumps(_comparable(cfg), sort_keys=True).encode()).hexdigest()[:6]
             raise ConfigError(
@@ -132,12 +169,34 @@ def claim(cfg: dict[str, Any], out: str | Path, workdir: str | Path = ".") -> No
                 f"folder with name=<new name> (e.g. name={cfg['name']}-{tag}), or delete {record} to let "
                 f"this configuration update those results in place"
             )
-        if not diff and old == json.loads(json.dumps(cfg, default=str)):
-            return
+    same = old is not None and old == json.loads(json.dumps(cfg, default=str))
     out.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{RECORD}.{os.getpid()}.tmp")
-    tmp.write_text(
-        "# The configuration whose results this folder holds (written when the run started).\n"
-        + yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False)
+    if overrides is not None:
+        record_overrides(out, overrides)
+    if same:
+        return
+    _write(
+        record,
+        "# The configuration whose results this folder holds (written when the run started;\n"
+        f"# replay the run: snakemake --config from={out}).\n"
+        + yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False),
     )
-    os.replace(tmp, record)
+
+
+def report_problem(cfg: dict[str, Any], out: str | Path, files: list[str]) -> str | None:
+    """Why ``snakemake --report`` cannot show ``cfg``'s run in ``out``, in one sentence; None if it can.
+
+    ``files``: the report's files (``outputs.report_files``). Without this Snakemake names one
+    missing file, or, given a partial ``--config``, builds the report of another configuration.
+    """
+    out = Path(out)
+    record = out / RECORD
+    hint = "name the run with --config from=<its folder> (e.g. from=results/ci), or run it first"
+    if record.is_file():
+        diff = differences(yaml.safe_load(record.read_text()) or {}, cfg)
+        if diff:
+            return f"{out}/ holds another configuration's results ({diff[0]}); {hint}"
+    missing = [f for f in files if not (out / f).is_file()]
+    if missing:
+        return f"{out}/ has no finished run of this configuration ({out / missing[0]} is missing); {hint}"
+    return None

@@ -11,3 +11,7 @@ from pathlib import Path
 
 #: the repository root (Snakefile, conf/, src/)
 REPO = Path(__file__).resolve().parents[2]
+
+#: experiments that name no models, to be filled on the command line (models=[...], datasets=[...]):
+#: they do not run as they are, so the tests that run every experiment leave them out
+EMPTY_EXPERIMENTS = ("custom",)
