@@ -20,4 +20,4 @@ rule fetch:
         f"{OUT}/logs/fetch.log",
     shell:
         "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 TRANSFORMERS_OFFLINE=0"
-        " diff-erank fetch --config-file {input.config} --out {output} > {log} 2>&1"
+        " diff-erank fetch --config-file {input.config:q} --out {output:q} > {log:q} 2>&1"

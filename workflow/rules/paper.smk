@@ -64,7 +64,7 @@ rule paper_report:
         runtime=10,
     shell:
         "diff-erank paper-report --comparisons {params.comparisons} --config {params.config:q}"
-        " --out-dir {params.run} > {log} 2>&1"
+        " --out-dir {params.run:q} > {log:q} 2>&1"
 
 
 def cache_entries():
