@@ -264,13 +264,13 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     scratch = tmp_path / "scratch"  # the node-local scratch both checkouts' dumps go to (one node)
     dumps = scratch / f"diff-erank-{getpass.getuser()}" / "dumps"
 
-    def overrides(name: str, results: Path, node: Path = scratch) -> list[str]:
+    def overrides(name: str, results: Path, node: Path = scratch, length: int = 64) -> list[str]:
         return [
             "experiment=table9",
             *[f"~models.opt-{s}" for s in ("1_3b", "2_7b", "6_7b", "13b")],
             f"models.opt-125m.source={model}",
             *local_source("dolly-15k", files["dolly"]),
-            "model.max_length=64",
+            f"model.max_length={length}",
             "model.batch_tokens=256",
             "models.opt-125m.shard_texts=8",
             "bootstrap.samples=50",
@@ -332,10 +332,9 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     # two more checkouts started together on a new measurement: both plan the dump and its tables;
     # the second to get each lock reuses what the first published (before: it recomputed and replaced
     # it, and Snakemake failed the other run on "Missing files")
-    other = ["models.opt-125m.max_length=48"]
     runs = [
         subprocess.Popen(
-            snakemake_cmd(tmp_path / f"checkout-{n}", overrides=overrides(f"run-{n}", shared) + other),
+            snakemake_cmd(tmp_path / f"checkout-{n}", overrides=overrides(f"run-{n}", shared, length=48)),
             env=snakemake_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
