@@ -58,7 +58,8 @@ def test_tables_agree_with_per_text_erank(ci_run: Path) -> None:
     # texts cut at max_length, counted again with the run's own tokenizer: the table says as many
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(ci_run / "zoo" / "tokenizer")
+    zoo = ci_run.parents[1] / zoo_model_dir("zoo-opt-xs")  # the cache's zoo, beside its tokenizer
+    tok = AutoTokenizer.from_pretrained(zoo.parent / "tokenizer")
     limit = json.loads((ci_run / "config.json").read_text())["models"]["zoo-opt-xs"]["max_length"]
     cut = sum(len(tok(x, add_special_tokens=True)["input_ids"]) > limit for x in texts["text"])
     assert cut > 0 and main.loc["zoo-opt-xs", "n_truncated"] == cut
