@@ -389,6 +389,16 @@ def test_cache_gc_deletes_what_no_run_folder_references(tmp_path) -> None:
     table = f"results/cache/erank/{k1}/last/trained.parquet"
     write_parquet(pd.DataFrame({"x": [1]}), view, {"cache": {"table": table}})
     (results / "r1" / "config.yaml").write_text("name: r1\n")
+    k3 = "3" * 16  # read by a paper run's experiment folder, one level deeper (results/paper/fig1/)
+    (erank / k3).mkdir(parents=True)
+    nested = cache.publish_entry(_partial(tmp_path, "k3"), erank / k3 / "last")
+    part = results / "paper" / "fig1"
+    write_parquet(
+        pd.DataFrame({"x": [1]}),
+        part / "erank" / "m" / "d" / "trained.parquet",
+        {"cache": {"table": f"results/cache/erank/{k3}/last/trained.parquet"}},
+    )
+    (part / "config.yaml").write_text("name: fig1\n")
 
     take = "import sys; from diff_erank.storage import lock_run_dir; lock_run_dir(sys.argv[1])"
     holder = _holder(take, str(results / "r1"))
@@ -402,6 +412,7 @@ def test_cache_gc_deletes_what_no_run_folder_references(tmp_path) -> None:
     assert main(["cache", "gc", "--results-dir", str(results)]) == 0
     assert (erank / k1 / "last" / "t.parquet").read_text() == "k1" and kept.is_dir()
     assert (erank / k1 / "last.json").is_file()
+    assert nested.is_dir() and (erank / k3 / "last" / "t.parquet").read_text() == "k3"
     for p in (orphan, gone, erank / k2 / "last", stub, dump, partial):
         assert not p.exists() and not p.is_symlink(), p
 

@@ -624,13 +624,22 @@ def _entries(kind_dir: Path) -> dict[tuple[str, str], list[Path]]:
     return out
 
 
+def run_folders(results_dir: str | Path) -> list[Path]:
+    """The run folders under ``results_dir``: ``<name>/``, and a paper run's ``<name>/<experiment>/``
+    (:mod:`diff_erank.paper`); never the cache."""
+    results = Path(results_dir)
+    tops = [p for p in results.iterdir() if p.is_dir() and p.name != "cache"]
+    nested = (q for p in tops for q in p.iterdir() if q.is_dir() and (q / "config.yaml").is_file())
+    return sorted([*tops, *nested])
+
+
 def referenced(results_dir: str | Path) -> set[tuple[str, str]]:
     """``(key, layers)`` of every cached table set a run folder's views were made from."""
     from diff_erank.storage import read_provenance
 
     found = set()
-    for run in Path(results_dir).iterdir():
-        if run.name == "cache" or not (run / "erank").is_dir():
+    for run in run_folders(results_dir):
+        if not (run / "erank").is_dir():
             continue
         for view in (run / "erank").rglob("*.parquet"):
             try:
@@ -652,7 +661,7 @@ def collect_garbage(results_dir: str | Path, dry_run: bool = False) -> list[Path
 
     results = Path(results_dir)
     root = results / "cache"
-    for run in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "cache"):
+    for run in run_folders(results):
         lock = FileLock(run / ".run.lock")
         if (run / ".run.lock").exists() or lock.excl.exists():
             if not lock.try_acquire():
