@@ -50,7 +50,8 @@ def test_slurm_dry_run_asks_for_what_the_estimates_say(experiment: str, tmp_path
     jobs = dry_jobs(tmp_path, [f"experiment={experiment}", SITE])
     assert jobs
     for job in jobs:
-        rule = next((r for r in (*GPU_RULES, *GPU_PARTITION) if job["rule"].endswith(f"_{r}")), job["rule"])
+        names = sorted(GPU_PARTITION, key=len, reverse=True)  # mm_erank before erank
+        rule = next((r for r in names if job["rule"] == r or job["rule"].endswith(f"_{r}")), job["rule"])
         gpu_job = rule in GPU_RULES  # a paper run's rules are prefixed: fig1_dump
         assert job["slurm_partition"] == ("gpu" if rule in GPU_PARTITION else "cpu"), job
         if not gpu_job:

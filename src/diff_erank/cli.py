@@ -154,6 +154,7 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_dump(a: argparse.Namespace) -> None:
+    a.run = run_of(a)
     if a.variants:  # every variant of the model, one process, <out>/<variant>/ each: a cache entry
         _dump_entry(a, lambda publish: _dump(a, publish))
     else:
@@ -201,6 +202,16 @@ def _dump_entry(a: argparse.Namespace, compute) -> None:
             cache.claim(data, a.run)
 
 
+def run_of(a: argparse.Namespace) -> str | None:
+    """The run folder claiming a shared dump: ``--run``, or the folder above ``logs/`` in the job's
+    ``--run-log``. The rules pass the log: a run folder in a shared cache job's command or params
+    would make every other run's Snakemake rerun that job (its code or params changed)."""
+    if a.run or not a.run_log:
+        return a.run
+    log = Path(a.run_log)
+    return str(next((p.parent for p in log.parents if p.name == "logs"), log.parent))
+
+
 def cmd_fetch_gguf(a: argparse.Namespace) -> None:
     from diff_erank.checkpoint import fetch
 
@@ -238,6 +249,7 @@ def cmd_accuracy(a: argparse.Namespace) -> None:
 def cmd_measure(a: argparse.Namespace) -> None:
     from diff_erank.cache import ELIDED, drop_dump, entry_lock, reuse_entry
 
+    a.run = run_of(a)
     dump = Path(a.dump).resolve()  # the data, not the link: another run's Snakemake may remove the link
     if (dump / ELIDED).is_file() or Path(a.out).is_symlink() or not Path(a.out).exists():
         with entry_lock(a.out):  # finished by another run: linked again before torch is imported
@@ -580,6 +592,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--layers", type=_json, default=["last"])
     s.add_argument("--run", default=None, help="the run folder that will read the dump (its claim)")
+    s.add_argument("--run-log", default=None, help="or a log under the run folder's logs/ (see run_of)")
     s.add_argument("--temp", action="store_true", help="a temp() dump: not written if its tables exist")
     s.add_argument("--tables", default=None, help="the eRank tables it is for (default: in its cache)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -628,6 +641,7 @@ def parser() -> argparse.ArgumentParser:
     s = step("measure")
     s.add_argument("--dump", required=True)
     s.add_argument("--run", default=None, help="the run folder measuring it (its claim on the dump)")
+    s.add_argument("--run-log", default=None, help="or a log under the run folder's logs/ (see run_of)")
     s.add_argument("--drop-dump", action="store_true", help="delete the dump unless another run claims it")
     s.add_argument("--mem-mb", type=int, default=None, help="the job's memory: fail clearly beyond it")
     s.add_argument("--texts", default=None)

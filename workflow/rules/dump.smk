@@ -23,7 +23,6 @@ rule dump:
         trained=lambda w: trained_path_arg(job(w)),
         variant_paths=lambda w: variant_paths_arg(job(w)),
         device=C["device"],
-        run=OUT,
         tables=lambda w: f"{CACHE}/erank/{w.key}/{w.layers}",
     log:
         f"{OUT}/logs/dump/{{key}}/{{layers}}.log",
@@ -40,5 +39,5 @@ rule dump:
         "diff-erank dump --spec {params.spec:q} --variants {params.variants} --texts {input.texts:q}"
         " --out {output:q} --layers {params.layers:q} --device {params.device} {params.trained}"
         " {params.variant_paths} --threads {threads} --gpu-mem-mb {resources.gpu_mem_mb}"
-        " --run {params.run:q} --tables {params.tables:q}"
+        " --run-log {log:q} --tables {params.tables:q}"
         f"{'' if C['keep_dumps'] else ' --temp'} > {{log:q}} 2>&1"

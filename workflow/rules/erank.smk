@@ -16,7 +16,6 @@ rule erank:
         key=OWNED_SETS,
     params:
         key=lambda w: as_json(K.describe(w.key, K.layers_of(w.layers))),
-        run=OUT,
     log:
         f"{OUT}/logs/erank/{{key}}/{{layers}}.log",
     benchmark:
@@ -27,5 +26,5 @@ rule erank:
     shell:
         "printf '%s\\n' {params.key:q} > {output.key:q}.tmp && mv {output.key:q}.tmp {output.key:q} && "
         "diff-erank measure --dump {input.dump:q} --texts {input.texts:q} --out {output.tables:q}"
-        " --threads {threads} --mem-mb {resources.mem_mb} --run {params.run:q}"
+        " --threads {threads} --mem-mb {resources.mem_mb} --run-log {log:q}"
         f"{'' if C['keep_dumps'] else ' --drop-dump'} > {{log:q}} 2>&1"

@@ -7,6 +7,21 @@ import json
 from diff_erank.outputs import multimodal_files, report_files, reproduces_paper
 from diff_erank.paper import alias as rule_prefix
 
+
+
+def site_settings_for_modules():
+    """The profile's per-rule settings (profiles/slurm: set-resources, set-threads; a GPU rule's
+    partition and threads) given to each experiment's renamed rules too (``fig1_dump`` as ``dump``):
+    Snakemake applies them by rule name, and a module's rules are renamed before they are built."""
+    settings = workflow.resource_settings
+    for parsed in (settings._parsed_overwrite_resources, settings._parsed_overwrite_threads):
+        for rule, value in list(parsed.items()):
+            for experiment in PAPER.parts:
+                parsed.setdefault(f"{rule_prefix(experiment)}{rule}", value)
+
+
+site_settings_for_modules()
+
 for experiment in PAPER.parts:
     module:
         name:
