@@ -296,3 +296,45 @@ def test_a_local_model_folder_whose_tokenizer_is_missing_or_foreign_is_refused(t
     PreTrainedTokenizerFast(tokenizer_object=one, unk_token="<unk>").save_pretrained(bare / "main")
     with pytest.raises(ConfigError, match=r"tokenizer in the model folder .* is not the model's \(its 1 tok"):
         load_tokenizer(model_spec(bare))
+
+
+def test_the_fingerprint_hashes_local_weights_once_until_a_file_changes(
+    tiny_opt, texts_file, tmp_path, monkeypatch
+) -> None:
+    """A second dump process reads the weights' SHA-256 from the cache's memo; an edited file is hashed."""
+    import builtins
+    import os
+
+    from diff_erank import sources
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_opt / "main", model)
+    weights = next(p for p in model.iterdir() if p.suffix == ".safetensors")
+    memo = tmp_path / "cache" / "sha256"
+    memo.parent.mkdir()
+    hashed: list[str] = []
+
+    def spy_open(path, mode="r", *a, **kw):  # counts the reads file_sha256 makes, then reads for real
+        hashed.append(Path(path).name)
+        return builtins.open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(sources, "open", spy_open, raising=False)
+
+    def dump_once(out: str) -> str:
+        sources._SEEN.clear()  # what a new process starts with
+        hashed.clear()
+        return D.dump(model_spec(model), "trained", texts_file, tmp_path / out, device="cpu", memo_dir=memo)[
+            "fingerprint"
+        ]
+
+    first = dump_once("a")
+    assert weights.name in hashed and "config.json" in hashed
+    assert len(list(memo.iterdir())) == len(list(model.iterdir()))
+    assert dump_once("b") == first and hashed == []  # unchanged: nothing read again
+    config = model / "config.json"
+    config.write_text(config.read_text() + "\n")  # a real edit: new size, mtime, content
+    edited = dump_once("c")
+    assert hashed == ["config.json"] and edited != first
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    assert dump_once("d") == edited and hashed == [weights.name]
