@@ -338,3 +338,20 @@ def test_the_fingerprint_hashes_local_weights_once_until_a_file_changes(
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
     assert dump_once("d") == edited and hashed == [weights.name]
+
+
+def test_the_dump_step_remembers_the_weights_hashes_in_its_cache(tiny_opt, texts_file, tmp_path) -> None:
+    """As the rule calls it (``--tables <cache>/erank/<key>/<layers>``): ``<cache>/sha256/`` holds the
+    SHA-256 of every file of the model folder, each equal to a plain hash of that file."""
+    import hashlib
+
+    from diff_erank.cli import main
+
+    root = tmp_path / "cache"
+    step = ["dump", "--spec", json.dumps(model_spec(tiny_opt)), "--variants", "trained", "--device", "cpu"]
+    step += ["--texts", str(texts_file), "--out", str(root / "dumps" / "k" / "last")]
+    root.mkdir()
+    assert main([*step, "--tables", str(root / "erank" / "k" / "last")]) == 0
+    remembered = {p.read_text().strip() for p in (root / "sha256").iterdir()}
+    files = [p for p in (tiny_opt / "main").iterdir() if p.is_file()]
+    assert remembered >= {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
