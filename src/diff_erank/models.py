@@ -515,8 +515,9 @@ def weights_identity(
     An ``init-s<seed>`` variant is fixed by the config it is built from (a local ``config.json``,
     or the hub commit) plus the seed in its name.
     A local file's hash is remembered under ``memo_dir`` by its path and stat (the cache's
-    ``sha256/``, :func:`diff_erank.sources.file_sha256`): the Snakefile has hashed the trained
-    model's files already, and a second dump process does not read gigabytes of weights again.
+    ``sha256/``, :func:`diff_erank.sources.file_sha256`): the first process to hash a file (a
+    dump, or the Snakefile once the cache exists) leaves its SHA-256 there, and a later dump of
+    the same model does not read gigabytes of weights again.
     """
     from diff_erank.sources import file_sha256
 
