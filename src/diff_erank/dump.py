@@ -201,12 +201,11 @@ _LOGIT_POSTPROCESSING = (
     "logits_scaling",
     "output_multiplier_scale",
 )
-#: Float elements of one chunk of LM-head logits in the loss (16 Mi = 64 MiB in float32, 341
-#: tokens of SmolLM2's 49k vocabulary). The head's matmul needs rows to use the threads: on 2
-#: threads 85-token chunks (2^22) took 1.6 ms a token, 341-token ones 1.1 (1 thread: 0.90 and
-#: 0.80; ``benchmarks/bench_parts.py``). Much larger chunks lose again to faulting in fresh pages
-#: (2^26: 5.4 s instead of 4.1 for 2^22 on 4,600 tokens, 1 thread).
-LOSS_CHUNK_ELEMENTS = 1 << 24
+#: Float elements of one chunk of LM-head logits in the loss (4 Mi = 16 MiB in float32). Small
+#: enough that glibc serves a chunk from freed heap (its mmap threshold grows to 32 MiB) instead
+#: of mapping and faulting in fresh pages each time: SmolLM2-135M's loss took 4.1 s instead of
+#: 5.4 s (2^26) on 4,600 tokens, 1 thread; the LM-head matmul is as fast with 85-token chunks.
+LOSS_CHUNK_ELEMENTS = 1 << 22
 
 
 def _head_for_loss(model) -> torch.nn.Module | None:
