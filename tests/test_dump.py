@@ -296,3 +296,62 @@ def test_a_local_model_folder_whose_tokenizer_is_missing_or_foreign_is_refused(t
     PreTrainedTokenizerFast(tokenizer_object=one, unk_token="<unk>").save_pretrained(bare / "main")
     with pytest.raises(ConfigError, match=r"tokenizer in the model folder .* is not the model's \(its 1 tok"):
         load_tokenizer(model_spec(bare))
+
+
+def test_the_fingerprint_hashes_local_weights_once_until_a_file_changes(
+    tiny_opt, texts_file, tmp_path, monkeypatch
+) -> None:
+    """A second dump process reads the weights' SHA-256 from the cache's memo; an edited file is hashed."""
+    import builtins
+    import os
+
+    from diff_erank import sources
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_opt / "main", model)
+    weights = next(p for p in model.iterdir() if p.suffix == ".safetensors")
+    memo = tmp_path / "cache" / "sha256"
+    memo.parent.mkdir()
+    hashed: list[str] = []
+
+    def spy_open(path, mode="r", *a, **kw):  # counts the reads file_sha256 makes, then reads for real
+        hashed.append(Path(path).name)
+        return builtins.open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(sources, "open", spy_open, raising=False)
+
+    def dump_once(out: str) -> str:
+        sources._SEEN.clear()  # what a new process starts with
+        hashed.clear()
+        return D.dump(model_spec(model), "trained", texts_file, tmp_path / out, device="cpu", memo_dir=memo)[
+            "fingerprint"
+        ]
+
+    first = dump_once("a")
+    assert weights.name in hashed and "config.json" in hashed
+    assert len(list(memo.iterdir())) == len(list(model.iterdir()))
+    assert dump_once("b") == first and hashed == []  # unchanged: nothing read again
+    config = model / "config.json"
+    config.write_text(config.read_text() + "\n")  # a real edit: new size, mtime, content
+    edited = dump_once("c")
+    assert hashed == ["config.json"] and edited != first
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    assert dump_once("d") == edited and hashed == [weights.name]
+
+
+def test_the_dump_step_remembers_the_weights_hashes_in_its_cache(tiny_opt, texts_file, tmp_path) -> None:
+    """As the rule calls it (``--tables <cache>/erank/<key>/<layers>``): ``<cache>/sha256/`` holds the
+    SHA-256 of every file of the model folder, each equal to a plain hash of that file."""
+    import hashlib
+
+    from diff_erank.cli import main
+
+    root = tmp_path / "cache"
+    step = ["dump", "--spec", json.dumps(model_spec(tiny_opt)), "--variants", "trained", "--device", "cpu"]
+    step += ["--texts", str(texts_file), "--out", str(root / "dumps" / "k" / "last")]
+    root.mkdir()
+    assert main([*step, "--tables", str(root / "erank" / "k" / "last")]) == 0
+    remembered = {p.read_text().strip() for p in (root / "sha256").iterdir()}
+    files = [p for p in (tiny_opt / "main").iterdir() if p.is_file()]
+    assert remembered >= {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

@@ -172,7 +172,9 @@ def _dump(a: argparse.Namespace, publish) -> None:
         where = (a.texts, a.out, a.layers, a.device)
         if a.variants:
             paths = a.variant_paths
-            dump_set(a.spec, a.variants, *where, a.trained_path, variant_paths=paths, publish=publish)
+            # the cache's remembered SHA-256 of local files (<cache>/erank/<key>/<layers> -> <cache>/sha256)
+            memo = Path(a.tables).parents[2] / "sha256" if a.tables else None
+            dump_set(a.spec, a.variants, *where, a.trained_path, paths, publish, memo)
         else:
             dump(a.spec, a.variant, *where, a.trained_path, variant_path=a.variant_path)
     except torch.OutOfMemoryError:

@@ -479,11 +479,13 @@ def dump(
     tokenizer=None,
     variant_path: str | None = None,
     texts: tuple[Any, Tokenised] | None = None,
+    memo_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Dump one (model variant, dataset); returns the manifest. ``model``/``tokenizer`` for tests.
 
     ``texts`` is the texts table and its :class:`Tokenised` when the caller already has them
     (:func:`dump_set`); a finished dump at ``out_dir`` with the same fingerprint is kept as it is.
+    ``memo_dir``: where local weights' SHA-256 are remembered (the cache's ``sha256/``).
     """
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -495,7 +497,7 @@ def dump(
     min_tokens = tok.min_tokens
     model = model or load_variant(spec, variant, trained_path, variant_path)
     # checked after loading: only then is the hub commit behind a moving `revision: main` known
-    weights = weights_identity(spec, variant, trained_path, variant_path, model)
+    weights = weights_identity(spec, variant, trained_path, variant_path, model, memo_dir)
     texts_sha = sha256(texts_path)
     fingerprint = _fingerprint(
         spec,
@@ -643,6 +645,7 @@ def dump_set(
     trained_path: str | None = None,
     variant_paths: dict[str, str] | None = None,
     publish: Callable[[Path, Path], Any] = atomic_publish_dir,
+    memo_dir: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Dump every variant of one model on one dataset, in turn, into ``<out>/<variant>/``.
 
@@ -668,6 +671,7 @@ def dump_set(
             trained_path,
             variant_path=(variant_paths or {}).get(variant),
             texts=texts,
+            memo_dir=memo_dir,
         )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -504,6 +504,7 @@ def weights_identity(
     trained_path: str | None = None,
     variant_path: str | None = None,
     model: torch.nn.Module | None = None,
+    memo_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """What fixes the weights a variant loads, for the resume check of a dump (and its manifest).
 
@@ -513,7 +514,13 @@ def weights_identity(
     identity); if it cannot be resolved, a hash of the loaded tensors themselves.
     An ``init-s<seed>`` variant is fixed by the config it is built from (a local ``config.json``,
     or the hub commit) plus the seed in its name.
+    A local file's hash is remembered under ``memo_dir`` by its path and stat (the cache's
+    ``sha256/``, :func:`diff_erank.sources.file_sha256`): the first process to hash a file (a
+    dump, or the Snakefile once the cache exists) leaves its SHA-256 there, and a later dump of
+    the same model does not read gigabytes of weights again.
     """
+    from diff_erank.sources import file_sha256
+
     v = Variant.parse(variant)
     source = variant_path if v.kind == "ft" and variant_path else _source(spec, trained_path)
     revision = {"ft": None, "rev": v.revision}.get(v.kind, spec.get("revision"))
@@ -523,7 +530,7 @@ def weights_identity(
         files = sorted(p for p in Path(name).iterdir() if p.is_file())
         if v.kind == "init":  # built from the config alone: no need to hash the weights
             files = [p for p in files if p.name == "config.json"]
-        return {**ident, "local_files": {p.name: sha256(p) for p in files}}
+        return {**ident, "local_files": {p.name: file_sha256(p, memo_dir) for p in files}}
     commit = getattr(model, "hub_commit", None) or hub_commit(name, rev)
     if commit:
         return {**ident, "hub": name, "commit": commit}
