@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diff_erank.reproduce import reference, size_value, trend_checks
+from diff_erank.reproduce import reference, size_value, trend_checks, trend_section
 from diff_erank.tables import markdown
 
 ROW = ["table", "family", "size", "dataset", "metric", "variant"]
@@ -175,14 +175,7 @@ def render(rows: pd.DataFrame, name: str, experiments: Sequence[str]) -> str:
         g = g.assign(size_value=g["size"].map(size_value))
         g = g.sort_values(["metric", "dataset", "variant", "size_value"])
         out.append(markdown(g[cols], percent=["rel_diff"]))
-        c = checks[checks["table"] == table] if not checks.empty else checks
-        if not c.empty:
-            out += [
-                "Trend claims (Diff-eRank): monotone in size, Spearman rho with size, reduced loss and "
-                "accuracy, for the paper and this run:",
-                "",
-                markdown(c.drop(columns=["table"])),
-            ]
+        out += trend_section(checks, table, heading="Trend claims")
     return "\n".join(out) + "\n"
 
 

@@ -228,6 +228,20 @@ def trend_checks(cmp: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def trend_section(checks: pd.DataFrame, table: str, heading: str = "Trend checks") -> list[str]:
+    """One paper table's trend checks (:func:`trend_checks`) as report lines: the experiment's
+    reproduction report and the whole paper's (``paper_report``) print them alike."""
+    c = checks[checks["table"] == table] if not checks.empty else checks
+    if c.empty:
+        return []
+    return [
+        f"{heading} (Diff-eRank): monotone in size, Spearman rho with size, reduced loss and "
+        "accuracy, for the paper and this run:",
+        "",
+        markdown(c.drop(columns=["table"])),
+    ]
+
+
 def render(cmp: pd.DataFrame, checks: pd.DataFrame, title: str) -> str:
     out = [
         f"# Reproduction report: {title}",
@@ -249,14 +263,7 @@ def render(cmp: pd.DataFrame, checks: pd.DataFrame, title: str) -> str:
                 g.sort_values(["metric", "dataset", "variant", "size_value"])[cols], percent=["rel_diff"]
             )
         )
-        c = checks[checks["table"] == table] if not checks.empty else checks
-        if not c.empty:
-            out += [
-                "Trend checks (Diff-eRank): monotone in size, Spearman rho with size, reduced loss and "
-                "accuracy, for the paper and this run:",
-                "",
-                markdown(c.drop(columns=["table"])),
-            ]
+        out += trend_section(checks, table)
     out += accuracy_section(cmp)
     return "\n".join(out)
 
