@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from helpers import EMPTY_EXPERIMENTS, REPO
 
 from diff_erank import sizing
@@ -11,7 +12,7 @@ from diff_erank.config import ConfigError, load_config
 from diff_erank.erank import ALGORITHMS, STANDARD_ALGORITHM, dataset_erank, dataset_eranks
 from diff_erank.layers import check_layers, layer_indices, n_distinct
 from diff_erank.report import step_of
-from diff_erank.variants import Variant, untrained_variants, variants
+from diff_erank.variants import KINDS, Variant, register_kind, untrained_variants, variants
 
 FORMS = [
     ("trained", Variant("trained")),
@@ -100,9 +101,74 @@ def test_algorithms() -> None:
 
 
 def test_every_variant_kind_has_one_loader() -> None:
-    from typing import get_args
-
     from diff_erank.models import LOADERS
-    from diff_erank.variants import Kind
 
-    assert set(LOADERS) == set(get_args(Kind))
+    assert list(LOADERS) == list(KINDS) == ["trained", "init", "rev", "ft"]
+
+
+def test_a_name_prefix_of_another_kind_is_refused() -> None:
+    for prefix in ("rev-x", "init", "t"):
+        with pytest.raises(ValueError, match="overlaps"):
+            register_kind("other", prefix)
+    assert "other" not in KINDS
+
+
+# -- a variant kind registered from outside: what CONTRIBUTING's "Add a variant kind" shows ----------
+
+
+@pytest.fixture
+def noised():
+    """``noised-<sigma>``: the trained weights plus seeded Gaussian noise of std ``sigma``, listed by
+    a model entry's ``noise: [sigma, ...]``; its loader is registered beside the others."""
+    from diff_erank import models
+
+    def load_noised(spec, v, source, variant_path, dtype, remote):
+        model = models.LOADERS["trained"](spec, v, source, variant_path, dtype, remote)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(v.sigma * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        return model
+
+    register_kind("noised", "noised-", field="sigma", convert=float, listed=lambda m: m.get("noise") or [])
+    models.variant_loader("noised")(load_noised)
+    yield
+    del KINDS["noised"], models.LOADERS["noised"]
+
+
+def test_a_registered_kind_is_named_listed_and_sourced_like_the_others(noised, tiny_opt) -> None:
+    from helpers.models import model_spec
+
+    from diff_erank.sources import model_files
+
+    assert Variant.parse("noised-0.5") == Variant("noised", sigma=0.5) == Variant("noised", 0.5)
+    assert str(Variant("noised", sigma=0.5)) == "noised-0.5" and Variant.parse("noised-0.5").seed is None
+    for bad in ("noised-", "noised-x", "noised-0.50", "noised-5e-1"):
+        with pytest.raises(ConfigError, match=r"expected .*ft-<name> or noised-<sigma>"):
+            Variant.parse(bad)
+    for name, _ in FORMS:  # the four kinds' names are untouched by a fifth
+        assert str(Variant.parse(name)) == name
+    spec = model_spec(tiny_opt, noise=[0.5, 0.01])
+    assert variants(spec) == ["trained", "init-s0", "noised-0.5", "noised-0.01"]
+    # made from the trained weights: the same local files are its rule inputs
+    assert model_files(spec, "noised-0.5") == model_files(spec, "trained")
+    assert len(model_files(spec, "noised-0.5")) > len(model_files(spec, "init-s0")) == 1
+
+
+def test_a_registered_kind_is_loaded_through_its_loader_and_dumped(noised, tiny_opt, texts_file, tmp_path):
+    from helpers.models import model_spec
+
+    from diff_erank import dump as D
+    from diff_erank.measure import measure
+    from diff_erank.models import load_variant
+
+    spec = model_spec(tiny_opt)
+    trained = load_variant(spec, "trained").state_dict()
+    noisy = load_variant(spec, "noised-0.01").state_dict()
+    diff = torch.cat([(noisy[k] - trained[k]).flatten() for k in trained if k in noisy])
+    assert diff.std().item() == pytest.approx(0.01, rel=0.05)  # the noise, read back from the weights
+    names = ["trained", "noised-0.01"]
+    D.dump_set(spec, names, texts_file, tmp_path / "set", device="cpu")
+    assert D.set_variants(tmp_path / "set") == names
+    a, b = measure(tmp_path / "set" / "trained"), measure(tmp_path / "set" / "noised-0.01")
+    assert list(a["n_tokens"]) == list(b["n_tokens"]) and not np.allclose(a["erank"], b["erank"])

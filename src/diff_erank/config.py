@@ -27,7 +27,15 @@ import yaml
 from diff_erank.errors import ConfigError
 from diff_erank.figure_registry import figure_names
 from diff_erank.layers import check_layers
-from diff_erank.overrides import LISTS, OVERRIDES_RECORD, keep_only, misused_group, plan_lists, split_lists
+from diff_erank.overrides import (
+    LISTS,
+    OVERRIDES_RECORD,
+    keep_only,
+    looks_local,
+    misused_group,
+    plan_lists,
+    split_lists,
+)
 from diff_erank.overrides import value as hydra_string
 from diff_erank.variants import Variant, variants
 
@@ -314,11 +322,6 @@ def load_config(conf_dir: str | Path = DEFAULT_CONF_DIR, overrides: Sequence[str
 
 
 LOCAL_KINDS = ("json", "jsonl", "parquet", "csv", "text")
-
-
-def looks_local(source: str) -> bool:
-    """A model source is a local path if it is written as one (the hub ids are ``org/name``)."""
-    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
 
 #: the files a saved tokenizer leaves (fast, sentencepiece, BPE and WordPiece vocabularies)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from diff_erank.errors import UserError
+from diff_erank.overrides import looks_local
 from diff_erank.variants import Variant, variants
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Download:
 
 
 def _is_hub(source: str | None) -> bool:
-    return bool(source) and not Path(str(source)).exists() and not str(source).startswith((".", "/", "~"))
+    return bool(source) and not looks_local(str(source))
 
 
 def downloads(cfg: dict[str, Any]) -> list[Download]:
@@ -72,9 +73,8 @@ def downloads(cfg: dict[str, Any]) -> list[Download]:
         if spec.get("train") or spec.get("gguf") or not _is_hub(source):
             continue
         size = int(float(spec.get("params") or 0) * DTYPE_BYTES.get(spec.get("dtype"), 4))
-        revs = [spec.get("revision")] + [
-            v.revision for v in map(Variant.parse, variants(spec)) if v.kind == "rev"
-        ]
+        loaded = [v for v in map(Variant.parse, variants(spec)) if v.made_from == "weights"]
+        revs = [spec.get("revision")] + [v.source_revision(spec) for v in loaded]
         for rev in dict.fromkeys(revs):
             out.append(Download("model", source, rev, size))
         if spec.get("tokenizer") and _is_hub(spec["tokenizer"]):

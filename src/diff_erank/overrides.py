@@ -88,15 +88,17 @@ def entry_key(source: str) -> str:
     """
     hub = source.startswith("hf:")
     text = source[3:] if hub else source
-    if not hub and is_local(text):
+    if not hub and looks_local(text):
         text = Path(text.rstrip("/")).name or "model"
     key = re.sub(r"[^A-Za-z0-9_-]", "_", text.strip("/").replace("/", "--"))
     return key if re.match(r"[A-Za-z_]", key) else f"m_{key}"
 
 
-def is_local(source: str) -> bool:
-    """Written as a path (``./``, ``../``, ``/``, ``~``), or an existing folder."""
-    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().is_dir()
+def looks_local(source: str) -> bool:
+    """A model or dataset source is a local path if it is written as one (``./``, ``../``, ``/``,
+    ``~``) or exists; anything else is a hub id (``org/name``). The one such check: the config's
+    validation, the command line's lists, ``pin`` and the hub downloads all ask it."""
+    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
 
 def _size_label(name: str) -> str:
@@ -178,7 +180,7 @@ def plan_lists(
         for name in names:
             if (conf_dir / group / f"{name}.yaml").is_file() or name in existing.get(plural, []):
                 key = name
-            elif group == "model" and (name.startswith("hf:") or "/" in name or is_local(name)):
+            elif group == "model" and (name.startswith("hf:") or "/" in name or looks_local(name)):
                 key = entry_key(name)
                 sources.setdefault(plural, {})[key] = name
             else:

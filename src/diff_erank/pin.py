@@ -32,6 +32,7 @@ from urllib.parse import unquote
 import yaml
 
 from diff_erank.config import ConfigError
+from diff_erank.overrides import looks_local
 
 Resolver = Callable[[str, str | None], str]
 
@@ -79,7 +80,7 @@ def resolve_dataset(source: str, revision: str | None) -> str:
 def _concrete_hub_id(value) -> bool:
     if not isinstance(value, str) or not value or value == "???":
         return False
-    return not value.startswith(("/", "./", "../", "~")) and not Path(value).exists()
+    return not looks_local(value)
 
 
 def _source_block(text: str) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from diff_erank.config import data_file_list, looks_local
-from diff_erank.variants import Variant
+from diff_erank.variants import TRAINED, Variant
 
 
 def _files_in(folder: Path) -> list[str]:
@@ -39,9 +39,10 @@ def dataset_files(source: dict[str, Any]) -> list[str]:
 def model_files(spec: dict[str, Any], variant: str) -> list[str]:
     """The files of a local model entry that a variant is loaded from.
 
-    ``trained`` and ``rev-<r>``: every file of the revision's directory (weights, config,
-    tokenizer), or the file itself for a single-file source (GGUF); ``init-s<seed>``: only the
-    config it is built from (and the tokenizer's files). Zoo models and ``ft-`` stages are outputs
+    By what the variant's kind is made from (``variants.MadeFrom``): ``weights`` (``trained``,
+    ``rev-<r>``): every file of its revision's directory (weights, config, tokenizer), or the file
+    itself for a single-file source (GGUF); ``config`` (``init-s<seed>``): only the config it is
+    built from (and the tokenizer's files). Zoo models and ``stage`` kinds (``ft-``) are outputs
     of other rules; a missing path is left to the loader's own error message.
     """
     out: list[str] = []
@@ -50,15 +51,15 @@ def model_files(spec: dict[str, Any], variant: str) -> list[str]:
         out += _files_in(Path(tok).expanduser())
     source = spec.get("source")
     v = Variant.parse(variant)
-    if not source or spec.get("train") or v.kind == "ft" or not looks_local(source):
+    if not source or spec.get("train") or v.made_from == "stage" or not looks_local(source):
         return out
     root = Path(source).expanduser()
     if root.is_file():
         return [*out, str(root)]
-    rev = v.revision if v.kind == "rev" else spec.get("revision") or "main"
+    rev = v.source_revision(spec) or "main"
     folder = root / rev if (root / rev).is_dir() else root
     files = _files_in(folder)
-    if v.kind == "init":
+    if v.made_from == "config":
         files = [f for f in files if Path(f).name == "config.json"]
     return [*out, *files]
 
@@ -82,7 +83,7 @@ def image_files(source: dict[str, Any]) -> list[str]:
 
 
 _SEEN: dict[str, str] = {}
-#: Files an untrained (init-s<seed>) variant does not read: its key holds the config and tokenizer.
+#: Files a variant built from the config (init-s<seed>) does not read: its key holds the config and tokenizer.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 
 
@@ -166,10 +167,10 @@ def model_identity(spec: dict[str, Any], variant: str, memo_dir: str | Path | No
             out["source"] = {"local": "gguf"}
         else:
             root = Path(source).expanduser()
-            kind = Variant.parse(variant).kind
-            loaded = variant if kind in ("trained", "rev") else "trained"  # ft: trained from it
+            made_from = Variant.parse(variant).made_from
+            loaded = variant if made_from == "weights" else TRAINED  # a stage: trained from it
             files = model_files({**spec, "tokenizer": None}, loaded)
-            if kind == "init":  # built from the config, tokenised by the folder's tokenizer: no weights
+            if made_from == "config":  # built from the config, tokenised by the folder's: no weights
                 files = [f for f in files if not f.endswith(WEIGHT_SUFFIXES)]
             base = root if root.is_dir() else root.parent
             out["source"] = {"local": files_identity(files, base, memo_dir) or {"missing": source}}
