@@ -10,6 +10,7 @@ import pytest
 
 from diff_erank.config import ConfigError
 from diff_erank.data import DataError, prepare_texts, prepare_to_file, sample_indices
+from diff_erank.dataset_entry import DatasetEntry
 from diff_erank.storage import read_provenance
 
 
@@ -24,7 +25,7 @@ def qa_file(tmp_path):
     return path
 
 
-def spec(files, **kw):
+def spec(files, **kw) -> DatasetEntry:
     s = {
         "source": {"kind": "jsonl", "data_files": str(files)},
         "text": {"field": "context"},
@@ -32,7 +33,7 @@ def spec(files, **kw):
         "sampling": {"method": "all", "seed": 123},
     }
     s.update(kw)
-    return s
+    return DatasetEntry.from_spec(s)
 
 
 def test_field_and_nonempty_filter(qa_file) -> None:

@@ -9,6 +9,7 @@ from helpers.paper import local_source
 
 from diff_erank.config import load_config
 from diff_erank.data import prepare_texts
+from diff_erank.dataset_entry import DatasetEntry, DatasetSource
 
 CONF = REPO / "conf"
 
@@ -18,7 +19,7 @@ def test_dolly_keeps_whitespace_contexts_as_the_authors(tmp_path) -> None:
     path = tmp_path / "dolly.jsonl"
     path.write_text("".join(json.dumps({"context": c, "instruction": "i"}) + "\n" for c in contexts))
     cfg = load_config(CONF, ["experiment=table4", *local_source("dolly-15k", str(path))])
-    df = prepare_texts(cfg["datasets"]["dolly-15k"])
+    df = prepare_texts(DatasetEntry.from_spec(cfg["datasets"]["dolly-15k"]))
     # the authors' filter, written out: [c for c in rows if len(c) > 0]
     kept = [i for i, c in enumerate(contexts) if len(c) > 0]
     assert df["text_id"].tolist() == kept == [1, 2, 3, 5, 6]
@@ -41,24 +42,26 @@ def test_prepare_records_the_files_and_commits_it_read(tmp_path) -> None:
         "max_texts": None,
         "sampling": {"method": "all", "seed": 123},
     }
-    prepare_to_file(spec, tmp_path / "texts.parquet")
+    prepare_to_file(DatasetEntry.from_spec(spec), tmp_path / "texts.parquet")
     recorded = read_provenance(tmp_path / "texts.parquet")["source_revision"]
     assert recorded["files"] == {str(path): hashlib.sha256(path.read_bytes()).hexdigest()}
 
     # a hub dataset: the commit its revision resolves to (a local resolver here; offline, the real
     # one cannot reach the hub and the commit is recorded as unknown rather than failing)
-    hub = {"kind": "hub", "path": "databricks/databricks-dolly-15k", "name": None, "revision": "main"}
+    hub = DatasetSource("hub", path="databricks/databricks-dolly-15k", name=None, revision="main")
     seen = []
     got = source_revision(hub, dataset_commit=lambda *a: seen.append(a) or "c" * 40)
-    assert got == {"hub": hub["path"], "revision": "main", "commit": "c" * 40}
+    assert got == {"hub": hub.path, "revision": "main", "commit": "c" * 40}
     assert seen == [("databricks/databricks-dolly-15k", None, "main", None)]
     assert source_revision(hub)["commit"] is None
 
     # wikipedia: parquet files of a hub repository, read through hf:// paths; the repository's
     # commit is what is recorded, and offline the loader fails with the hub named, not "no file"
-    wiki = load_config(CONF, ["experiment=table11"])["datasets"]["wikipedia-1000"]["source"]
-    assert wiki["data_files"].startswith("hf://datasets/legacy-datasets/wikipedia@")
-    assert "data/20220301.en/" in wiki["data_files"]
+    wiki = DatasetSource.from_dict(
+        load_config(CONF, ["experiment=table11"])["datasets"]["wikipedia-1000"]["source"]
+    )
+    assert wiki.data_files.startswith("hf://datasets/legacy-datasets/wikipedia@")
+    assert "data/20220301.en/" in wiki.data_files
     got = source_revision(wiki, repo_commit=lambda repo, rev: f"{repo}:{rev}")
     assert got["repos"] == {"legacy-datasets/wikipedia@main": "legacy-datasets/wikipedia:main"}
     assert source_revision(wiki)["repos"] == {"legacy-datasets/wikipedia@main": None}

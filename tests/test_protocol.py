@@ -14,6 +14,7 @@ from helpers.paper import make_datasets, synthetic_results
 
 from diff_erank.config import load_config
 from diff_erank.data import prepare_texts
+from diff_erank.dataset_entry import DatasetEntry
 
 
 def _local(spec: dict, path: str) -> dict:
@@ -38,8 +39,8 @@ def test_overfitted_stage_trains_on_texts_disjoint_from_the_evaluation(tmp_path:
     assert train["source"]["split"] == task["training_split"] == "train"
     # the same text recipe on generated rows of the two splits gives disjoint texts and questions
     files = make_datasets(tmp_path)
-    train_texts = prepare_texts(_local(train, files["openbookqa-train"]))["text"]
-    eval_texts = prepare_texts(_local(evaluated, files["openbookqa"]))["text"]
+    train_texts = prepare_texts(DatasetEntry.from_spec(_local(train, files["openbookqa-train"])))["text"]
+    eval_texts = prepare_texts(DatasetEntry.from_spec(_local(evaluated, files["openbookqa"])))["text"]
     assert len(train_texts) == len(eval_texts) == 24
     assert not set(train_texts) & set(eval_texts)
     stems = [json.loads(line)["question_stem"] for line in Path(files["openbookqa"]).read_text().splitlines()]

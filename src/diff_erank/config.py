@@ -211,6 +211,16 @@ def _with_registered_names(base: dict[str, Any]) -> dict[str, Any]:
     return {**base, "properties": {**props, "figures": figures}}
 
 
+def check_entry(entry: dict[str, Any], definition: str, where: str) -> None:
+    """One entry of a config against the schema's ``$defs/<definition>`` (``dataset``, ``model``),
+    with the same one-sentence messages as the whole config gets."""
+    base = schema()
+    validator = jsonschema.Draft202012Validator({"$defs": base["$defs"], "$ref": f"#/$defs/{definition}"})
+    errors = sorted(validator.iter_errors(entry), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(f"invalid {where}: {_describe(errors[0])}")
+
+
 def _check_schema(cfg: dict[str, Any]) -> None:
     validator = jsonschema.Draft202012Validator(_with_registered_names(schema()))
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))

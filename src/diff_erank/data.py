@@ -1,6 +1,7 @@
 """Dataset preparation: load rows with ``datasets``, make one text per row, sample, save.
 
-A dataset entry says where the rows come from (hub id + config + split + revision, or local
+A dataset entry (:class:`~diff_erank.dataset_entry.DatasetEntry`, built once from the job's
+spec) says where the rows come from (hub id + config + split + revision, or local
 files), how a text is made from a row (a field, or a template such as question + answer), which
 rows to keep (non-empty fields) and how many to draw. The paper's recipe is
 ``random.seed(123); random.sample(rows, k)``; ``method: paper`` reproduces it index for index.
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from diff_erank.config import ConfigError, data_file_list
+from diff_erank.dataset_entry import Answer, DatasetEntry, DatasetSource, TextRecipe
 from diff_erank.errors import UserError
 from diff_erank.provenance import provenance
 from diff_erank.storage import sha256, write_parquet
@@ -38,38 +40,34 @@ def demo_corpus_file(results_root: str | Path, part: str) -> Path:
     return Path(results_root) / "corpus" / f"{part}.jsonl"
 
 
-def load_rows(source: dict[str, Any], results_root: str | Path = "."):
+def load_rows(source: DatasetSource, results_root: str | Path = "."):
     """Rows of the dataset as a ``datasets.Dataset`` through the real ``datasets.load_dataset``."""
     import datasets
 
-    kind = source["kind"]
-    split = source.get("split") or "train"
+    kind = source.kind
+    split = source.split or "train"
     if kind == "hub":
-        path = source.get("path")
+        path = source.path
         if not path:
             raise ConfigError("dataset source kind 'hub' needs 'path' (the hub id)")
         try:
             return datasets.load_dataset(
-                path,
-                source.get("name"),
-                split=split,
-                revision=source.get("revision"),
-                data_files=source.get("data_files"),
+                path, source.name, split=split, revision=source.revision, data_files=source.data_files
             )
         except Exception as exc:  # the library raises many types for "cannot reach the hub"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(
-                f"cannot load hub dataset {path!r} (config {source.get('name')!r}, split {split!r}, "
-                f"revision {source.get('revision')!r}): {type(exc).__name__}: {first}. "
+                f"cannot load hub dataset {path!r} (config {source.name!r}, split {split!r}, "
+                f"revision {source.revision!r}): {type(exc).__name__}: {first}. "
                 "If this machine is offline, fetch it first on one with the hub (hf_home=<folder>, then "
                 "`diff-erank fetch`), point the dataset at local files (kind json/parquet/...) "
                 "or pre-populate the HF cache."
             ) from None
     if kind == "demo":
-        files: Any = str(demo_corpus_file(results_root, source["part"]))
+        files: Any = str(demo_corpus_file(results_root, source.part))
         builder = "json"
     else:
-        files = source["data_files"]
+        files = source.data_files
         builder = LOCAL_BUILDERS[kind]
     for f in data_file_list(files):
         if f.startswith("hf://"):  # files in a hub repository: the library reads them
@@ -122,27 +120,23 @@ def _get(row: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _answer(row: dict[str, Any], spec: dict[str, Any]) -> str:
+def _answer(row: dict[str, Any], answer: Answer) -> str:
     """The correct choice of a multiple-choice row (question + correct answer as the text).
 
     ``choices`` is a path to a list, or a list of paths (one per choice); the answer is
     ``row[key]``, either a label looked up in ``labels`` (a path to the label list) or an index
     (an int or a digit string) plus ``offset`` (winogrande's answers are "1"/"2").
     """
-    choices = spec["choices"]
-    options = [_get(row, c) for c in choices] if isinstance(choices, list) else list(_get(row, choices))
-    key = _get(row, spec["key"])
-    if spec.get("labels"):
-        index = list(_get(row, spec["labels"])).index(key)
-    else:
-        index = int(key) + int(spec.get("offset", 0))
+    choices = answer.choices
+    options = [_get(row, c) for c in choices] if isinstance(choices, tuple) else list(_get(row, choices))
+    key = _get(row, answer.key)
+    index = list(_get(row, answer.labels)).index(key) if answer.labels else int(key) + answer.offset
     return str(options[index])
 
 
-def text_maker(text_cfg: dict[str, Any], columns: list[str]):
+def text_maker(recipe: TextRecipe, columns: list[str]):
     """A function row -> text, checked against the columns before any row is read."""
-    field, template = text_cfg.get("field"), text_cfg.get("template")
-    answer, blank = text_cfg.get("answer"), text_cfg.get("blank")
+    field, template, answer, blank = recipe.field, recipe.template, recipe.answer, recipe.blank
     if (field is None) == (template is None):
         raise ConfigError("a dataset's text needs exactly one of 'field' or 'template'")
     parsed = list(string.Formatter().parse(template)) if template else []
@@ -158,10 +152,10 @@ def text_maker(text_cfg: dict[str, Any], columns: list[str]):
         )
     if answer:
         needed = [n for n in needed if n != "answer"]
-        paths = answer["choices"] if isinstance(answer["choices"], list) else [answer["choices"]]
-        labels = [answer["labels"]] if answer.get("labels") else []
-        needed += [p.split(".")[0] for p in [*paths, answer["key"], *labels]]
-    needed += list(text_cfg.get("nonempty") or [])
+        paths = list(answer.choices) if isinstance(answer.choices, tuple) else [answer.choices]
+        labels = [answer.labels] if answer.labels else []
+        needed += [p.split(".")[0] for p in [*paths, answer.key, *labels]]
+    needed += list(recipe.nonempty)
     missing = sorted(set(needed) - set(columns))
     if missing:
         raise ConfigError(f"text field(s) {missing} not in the dataset; its columns are {sorted(columns)}")
@@ -194,12 +188,12 @@ def sample_indices(n: int, k: int | None, method: str, seed: int) -> list[int]:
     raise ConfigError(f"sampling.method {method!r}; valid choices: ['paper', 'first', 'all']")
 
 
-def prepare_texts(spec: dict[str, Any], results_root: str | Path = ".") -> pd.DataFrame:
+def prepare_texts(entry: DatasetEntry, results_root: str | Path = ".") -> pd.DataFrame:
     """The sampled texts of one dataset entry: columns ``text_id`` (row in the source) and ``text``."""
-    rows = load_rows(spec["source"], results_root)
-    make = text_maker(spec["text"], list(rows.column_names))
-    keep_fields = list(spec["text"].get("nonempty") or [])
-    sampling = spec["sampling"]
+    rows = load_rows(entry.source, results_root)
+    make = text_maker(entry.text, list(rows.column_names))
+    keep_fields = list(entry.text.nonempty)
+    sampling = entry.sampling
     try:
         eligible = [
             i
@@ -207,11 +201,11 @@ def prepare_texts(spec: dict[str, Any], results_root: str | Path = ".") -> pd.Da
             # len > 0, whitespace-only kept: the paper's code filters dolly with len(context) > 0
             if all(row[f] is not None and len(str(row[f])) > 0 for f in keep_fields)
         ]
-        chosen = sample_indices(len(eligible), spec.get("max_texts"), sampling["method"], sampling["seed"])
+        chosen = sample_indices(len(eligible), entry.max_texts, sampling.method, sampling.seed)
         ids = [eligible[i] for i in chosen]
         texts = [make(rows[i]) for i in ids]
     except UnicodeDecodeError as exc:  # e.g. a parquet or hub file with invalid strings
-        raise DataError(f"dataset {spec['source']} holds text that is not valid UTF-8: {exc}") from None
+        raise DataError(f"dataset {entry.spec['source']} holds text that is not valid UTF-8: {exc}") from None
     n_blank = sum(not t.strip() for t in texts)
     if n_blank:
         log.warning(
@@ -223,19 +217,20 @@ def prepare_texts(spec: dict[str, Any], results_root: str | Path = ".") -> pd.Da
     return df
 
 
-def prepare_to_file(spec: dict[str, Any], out: str | Path, results_root: str | Path = ".") -> pd.DataFrame:
-    df = prepare_texts(spec, results_root)
+def prepare_to_file(entry: DatasetEntry, out: str | Path, results_root: str | Path = ".") -> pd.DataFrame:
+    """The entry's texts written to ``out``, with the entry's spec as it came in the provenance."""
+    df = prepare_texts(entry, results_root)
     if df.empty:
         raise DataError("the dataset yields no texts after filtering and sampling")
     write_parquet(
         df,
         out,
         provenance(
-            spec,
+            dict(entry.spec),
             n_texts=len(df),
             n_eligible=df.attrs.get("n_eligible"),
             n_chars=[len(t) for t in df["text"].fillna("")],  # sizes the jobs (diff_erank.sizing)
-            source_revision=source_revision(spec["source"], results_root),
+            source_revision=source_revision(entry.source, results_root),
         ),
     )
     return df
@@ -260,7 +255,7 @@ HF_URL = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?
 
 
 def source_revision(
-    source: dict[str, Any],
+    source: DatasetSource,
     results_root: str | Path = ".",
     dataset_commit=hub_dataset_commit,
     repo_commit=hub_repo_commit,
@@ -276,19 +271,13 @@ def source_revision(
             log.warning("cannot resolve the revision of %s: %s", args[0], exc)
             return None
 
-    if source["kind"] == "hub":
-        commit = attempt(
-            dataset_commit,
-            source["path"],
-            source.get("name"),
-            source.get("revision"),
-            source.get("data_files"),
-        )
-        return {"hub": source["path"], "revision": source.get("revision"), "commit": commit}
+    if source.kind == "hub":
+        commit = attempt(dataset_commit, source.path, source.name, source.revision, source.data_files)
+        return {"hub": source.path, "revision": source.revision, "commit": commit}
     files = (
-        [str(demo_corpus_file(results_root, source["part"]))]
-        if source["kind"] == "demo"
-        else data_file_list(source["data_files"])
+        [str(demo_corpus_file(results_root, source.part))]
+        if source.kind == "demo"
+        else data_file_list(source.data_files)
     )
     out: dict[str, Any] = {"files": {}, "repos": {}}
     for f in files:

@@ -116,8 +116,9 @@ def fetch_one(d: Download) -> str:
     try:
         if d.kind == "dataset":
             from diff_erank.data import load_rows
+            from diff_erank.dataset_entry import DatasetSource
 
-            rows = load_rows(json.loads(d.source))
+            rows = load_rows(DatasetSource.from_dict(json.loads(d.source)))
             return f"{len(rows)} rows"
         from huggingface_hub import snapshot_download
 
