@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from diff_erank.config import ConfigError
-from diff_erank.erank import dataset_erank, erank_stats
+from diff_erank.erank import STANDARD_ALGORITHM, dataset_erank, erank_stats
 from diff_erank.errors import UserError
 from diff_erank.minigpt import LEVELS
 from diff_erank.models import DTYPES, check_buffers, hub_commit, resolve_source
@@ -292,7 +292,7 @@ def image_text_alignment(e3: float, e4: float, e5: float) -> float:
     return (e3 + e4 + e5) / 3 / max(e3, e4, e5)
 
 
-def summarise(per_item: pd.DataFrame, algorithm: str = "a") -> dict[str, float]:
+def summarise(per_item: pd.DataFrame, algorithm: str = STANDARD_ALGORITHM) -> dict[str, float]:
     """Dataset-level eRank of each level and the two ratios."""
     e = {lvl: dataset_erank(per_item.loc[per_item["level"] == lvl, "entropy"], algorithm) for lvl in LEVELS}
     e["image_reduction_ratio"] = image_reduction_ratio(e[LEVELS[0]], e[LEVELS[1]])
@@ -301,7 +301,9 @@ def summarise(per_item: pd.DataFrame, algorithm: str = "a") -> dict[str, float]:
     return e
 
 
-def table(per_item_files: dict[tuple[str, str, int], str], algorithm: str = "a") -> pd.DataFrame:
+def table(
+    per_item_files: dict[tuple[str, str, int], str], algorithm: str = STANDARD_ALGORITHM
+) -> pd.DataFrame:
     """One row per (model, dataset, rotation) in the paper's layout."""
     rows = []
     for (model, dataset, rotation), path in per_item_files.items():

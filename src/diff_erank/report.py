@@ -21,9 +21,9 @@ import pandas as pd
 
 from diff_erank import figures
 from diff_erank.aggregate import headline
-from diff_erank.erank import STANDARD_ALGORITHM
+from diff_erank.erank import ALGORITHMS, STANDARD_ALGORITHM
 from diff_erank.figure_registry import FIGURES
-from diff_erank.layers import DEPTH, LAST
+from diff_erank.layers import DEPTH, FIRST_LAYER_READINGS, LAST
 from diff_erank.outputs import figure_kinds, report_files, reproduces_paper, table_names
 from diff_erank.provenance import provenance
 from diff_erank.storage import read_parquet, write_text
@@ -31,6 +31,7 @@ from diff_erank.tables import decimals, human_count, spearman, write_table
 from diff_erank.variants import TRAINED, Variant, untrained_variants
 
 log = logging.getLogger(__name__)
+
 
 def step_of(variant: str, final_step: float = float("inf")) -> float:
     """Training step of a stage variant: rev-step200 -> 200, init-s0 -> 0, trained -> ``final_step``."""
@@ -202,14 +203,14 @@ def _layer_lines(layers: pd.DataFrame) -> list[str]:
                     f"- {model} on {ds}: Diff-eRank over {len(h)} layers from {_num(d[0])} (index {idx[0]}) "
                     f"to {_num(d[-1])} (index {idx[-1]}), largest {_num(d[k])} at index {idx[k]}."
                 )
-    if {"embeddings", "first"} <= set(names):
+    if set(FIRST_LAYER_READINGS) <= set(names):
         w = layers.pivot_table(index=["model", "dataset"], columns="layer", values="diff_erank")
+        low, high = FIRST_LAYER_READINGS  # embeddings, first
+        both = " and ".join(f"`{name}` ({what})" for name, what in FIRST_LAYER_READINGS.items())
         out += [
             "",
-            'The paper\'s "first layer" has two readings, both measured here: `embeddings` '
-            "(hidden_states[0], the embedding output) and `first` (hidden_states[1], the first block's "
-            f"output); Diff-eRank at `embeddings` exceeds `first` in "
-            f"{int((w['embeddings'] > w['first']).sum())} of {len(w)} model x dataset pairs. "
+            f'The paper\'s "first layer" has two readings, both measured here: {both}; Diff-eRank at '
+            f"`{low}` exceeds `{high}` in {int((w[low] > w[high]).sum())} of {len(w)} model x dataset pairs. "
             "reproduction.md compares each reading with the paper's Table 4.",
         ]
     return out
@@ -335,15 +336,16 @@ def summarise(
         for (fam, ds), g in main.groupby(["family", "dataset"], sort=False):
             rhos = ", ".join(f"{c[4:]} {_rho(spearman(g['diff_erank'], g[c]))}" for c in acc_cols)
             out.append(f"- {fam} on {ds}: Spearman rho(Diff-eRank, accuracy): {rhos}.")
-    if by_alg is not None and {"a", "b"} <= set(by_alg.columns):
+    a, b = ALGORITHMS  # exp(mean entropy), mean of eRanks: Jensen orders each model's two eRanks
+    if by_alg is not None and {a, b} <= set(by_alg.columns):
         depths = by_alg.drop_duplicates(["model", "dataset", "layer_index"])  # a name = its index row
-        ok = (depths["b"] >= depths["a"] - 1e-9).sum()
+        ok = (depths[b] >= depths[a] - 1e-9).sum()
         out += [
             "",
             "## Algorithms",
             "",
-            f"Diff-eRank by algorithm (b) >= (a) in {ok} of {len(depths)} model x dataset x depth rows. "
-            "Jensen's inequality makes each model's eRank under (b) at least its eRank under (a); "
+            f"Diff-eRank by algorithm ({b}) >= ({a}) in {ok} of {len(depths)} model x dataset x depth rows. "
+            f"Jensen's inequality makes each model's eRank under ({b}) at least its eRank under ({a}); "
             "their difference, Diff-eRank, can go either way.",
         ]
     if layers is not None and not layers.empty:
@@ -695,8 +697,11 @@ def write_tables(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[st
             f"{LAST} layer)",
             notes=[
                 "init_scale: M0's init std as a multiple of the published config's (1 = published)"
-                + ("; diff_erank_std: std over the untrained seeds." if "diff_erank_std" in f.init_scale
-                   else ".")
+                + (
+                    "; diff_erank_std: std over the untrained seeds."
+                    if "diff_erank_std" in f.init_scale
+                    else "."
+                )
             ],
         )
 
