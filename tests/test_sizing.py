@@ -4,6 +4,7 @@ counts of hidden states, an eRank's FLOPs), and what they map to."""
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import pytest
@@ -320,3 +321,12 @@ def test_an_out_of_memory_while_loading_says_so() -> None:
     with pytest.raises(sizing.ResourceError, match=r"while loading the weights of trained \(0\.0 GB") as err:
         to_device(TooBig(100, 100), "cpu", "trained")
     assert "cluster.gpu_types" in str(err.value) and "halved" not in str(err.value)
+
+
+def test_size_labels_are_read_once_for_ordering_and_multimodal_jobs() -> None:
+    """One reading of a size label: the report orders rows by it, and a multi-modal job is sized
+    from it (LLaVA's LLM; its vision tower is small beside it)."""
+    assert sizing.size_value("1.3b") == 1.3e9 and sizing.size_value("1_1b") == 1.1e9
+    assert sizing.size_value("125m") == 1.25e8 and sizing.size_value("13B") == 13e9
+    assert math.isnan(sizing.size_value("-"))
+    assert sizing._mm_params({"size": "13b"}) == 13e9 and sizing._mm_params({"size": "1_5b"}) == 1.5e9

@@ -9,7 +9,6 @@ and its rank correlation with reduced loss and accuracy, for the run and for the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 from diff_erank.aggregate import headline
 from diff_erank.erank import STANDARD_ALGORITHM
 from diff_erank.layers import FIRST_LAYER_READINGS, LAST
+from diff_erank.sizing import size_value
 from diff_erank.tables import markdown, spearman
 from diff_erank.variants import TRAINED
 
@@ -31,15 +31,6 @@ def reference() -> pd.DataFrame:
     """The paper's numbers, shipped with the package (a copy of shared/paper_reference.csv)."""
     with resources.files("diff_erank").joinpath("data/paper_reference.csv").open() as f:
         return pd.read_csv(f, dtype={"variant": str, "size": str}, keep_default_na=False, na_values=[""])
-
-
-def size_value(size: str) -> float:
-    """'125m' -> 1.25e8, '1.3b' -> 1.3e9, '1_1b' -> 1.1e9 (for ordering by size)."""
-    m = re.fullmatch(r"([\d._]+)\s*([mMbBkK]?)", str(size).strip())
-    if not m:
-        return float("nan")
-    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "": 1.0}[m.group(2).lower()]
-    return float(m.group(1).replace("_", ".")) * scale
 
 
 def _row(model: dict, dataset: str, metric: str, variant: str, value: float, name: str) -> dict[str, Any]:

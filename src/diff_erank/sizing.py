@@ -16,6 +16,7 @@ runtime, threads); a job that exceeds one fails with a message naming that overr
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -320,9 +321,19 @@ def accuracy_need(
 EXTRA_PARAMS = {"minigpt-v2": 1.01e9}
 
 
+def size_value(size: str) -> float:
+    """A size label's parameter count: '125m' -> 1.25e8, '1.3b' -> 1.3e9, '1_1b' -> 1.1e9; NaN for
+    a label that is not one ('-'). Orders the report's rows by size and sizes multi-modal jobs."""
+    m = re.fullmatch(r"([\d._]+)\s*([mMbBkK]?)", str(size).strip())
+    if not m:
+        return float("nan")
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "": 1.0}[m.group(2).lower()]
+    return float(m.group(1).replace("_", ".")) * scale
+
+
 def _mm_params(mm_model: dict[str, Any]) -> float:
-    size = str(mm_model.get("size", "7b")).lower()
-    params = float(size[:-1]) * (1e9 if size.endswith("b") else 1e6) if size[-1:] in "bm" else 7e9
+    params = size_value(str(mm_model.get("size", "7b")))
+    params = params if math.isfinite(params) else 7e9
     return params + EXTRA_PARAMS.get(mm_model.get("arch") or "llava", 0.0)
 
 
