@@ -13,9 +13,10 @@ from helpers import EMPTY_EXPERIMENTS, REPO
 from diff_erank.plan import Job, PlanError, bill, dag, snakefile_for
 
 SNAKEFILE = REPO / "Snakefile"
-EXPERIMENTS = sorted(
-    p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if p.stem not in EMPTY_EXPERIMENTS
-)
+ALL_EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+#: Every experiment of conf/experiment/ as a command line runs it; an empty one filled there.
+CUSTOM = ["experiment=custom", "models=[pythia-70m,hf:EleutherAI/pythia-160m]", "datasets=[dolly-15k,piqa]"]
+RUNS = {e: [f"experiment={e}"] for e in ALL_EXPERIMENTS if e not in EMPTY_EXPERIMENTS} | {"custom": CUSTOM}
 #: the resources a rule asks for, as a dry run prints them (0: not declared)
 ASKED = ("mem_mb", "runtime", "disk_mb", "gpu_mem_mb", "gpu")
 
@@ -140,19 +141,23 @@ def dry_run_jobs(text: str) -> tuple[list[Job], Counter]:
     return jobs, stats
 
 
+def test_every_experiment_is_planned() -> None:
+    assert sorted(RUNS) == ALL_EXPERIMENTS
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", sorted(RUNS))
 def test_plan_and_the_dry_run_agree(experiment: str, tmp_path: Path) -> None:
     """Per rule, the plan's jobs are those ``snakemake -n`` runs, each asking what the dry run shows
     (threads uncapped: --cores 64), and the bill's totals are their sums."""
     from helpers.workflow import snakemake
 
-    r = snakemake(tmp_path, "-n", "--cores", "64", overrides=f"[experiment={experiment}]")
+    r = snakemake(tmp_path, "-n", "--cores", "64", overrides=RUNS[experiment])
     assert r.returncode == 0, r.stderr[-3000:]
     printed, stats = dry_run_jobs(r.stdout + r.stderr)
     assert Counter(j.rule for j in printed) == stats
 
-    planned = [j for j in dag([f"experiment={experiment}"], SNAKEFILE, tmp_path).jobs if j.needrun]
+    planned = [j for j in dag(RUNS[experiment], SNAKEFILE, tmp_path).jobs if j.needrun]
     lines = bill(planned)
     assert {k: v.jobs for k, v in lines.items() if k != "total"} == dict(stats)
 
