@@ -1,5 +1,4 @@
-# Helpers shared by the rules: names, paths and the JSON specs passed to `diff-erank`.
-import json
+# Helpers shared by the rules: names, paths and the spec files passed to `diff-erank`.
 import re
 import shlex
 import sys
@@ -73,8 +72,11 @@ _check_zoo()
 THREADS = 4
 
 
-def as_json(obj):
-    return json.dumps(obj, sort_keys=True)
+def spec(obj):
+    """The path of a spec file holding ``obj`` (a part of the configuration), for a rule's params and
+    its step's ``--spec``: named by its content (Keys.spec_file), so Snakemake's params trigger
+    reruns the job exactly when the part changes. A dry run names the file and writes nothing."""
+    return K.spec_file(obj, write=not workflow.dryrun)
 
 
 def run_folder(w, output):
@@ -83,7 +85,7 @@ def run_folder(w, output):
 
 
 def model_spec(w):
-    return as_json(C["models"][w.model])
+    return spec(C["models"][w.model])
 
 
 def zoo_dir(model):
@@ -153,9 +155,9 @@ def set_input(j):
 
 
 def variant_paths_arg(j):
-    """``--variant-paths`` for the further-trained (ft-) variants of a set, if it has any."""
-    paths = {v: path for v in j.variants if (path := variant_dir(j.model, v))}
-    return f"--variant-paths {shlex.quote(as_json(paths))}" if paths else ""
+    """``--variant-paths ft-<name>=<dir> ...`` for the further-trained variants of a set, if any."""
+    paths = [f"{v}={path}" for v in j.variants if (path := variant_dir(j.model, v))]
+    return f"--variant-paths {shlex.join(paths)}" if paths else ""
 
 
 def _cpu_sized(estimate):

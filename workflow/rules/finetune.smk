@@ -12,7 +12,7 @@ rule finetune:
         stage=one_of(K.finetuned),
     params:
         spec=lambda w: model_spec(stage(w)),
-        recipe=lambda w: as_json(finetune_recipe(stage(w))),
+        recipe=lambda w: spec(finetune_recipe(stage(w))),
         trained=lambda w: trained_path_arg(stage(w)),
         start=lambda w, input: f"--from-path {shlex.quote(input.start[0])}" if input.start else "",
         device=C["device"],

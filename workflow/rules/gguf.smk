@@ -26,7 +26,7 @@ rule fetch_gguf:
     wildcard_constraints:
         gguf=one_of(K.gguf),
     params:
-        spec=lambda w: as_json(C["models"][gguf_model(w).model]["gguf"]),
+        spec=lambda w: spec(C["models"][gguf_model(w).model]["gguf"]),
     log:
         f"{OUT}/logs/fetch_gguf/{{gguf}}/{{file}}.log",
     benchmark:

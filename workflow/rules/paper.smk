@@ -2,8 +2,7 @@
 # experiment, as a module with that experiment's configuration and run folder (its rules renamed
 # <experiment>_<rule>); the shared cache entries are made by their owner's rules only, at the union
 # of the layers asked for. Then one reproduction report over every row of paper_reference.csv.
-import json
-
+from diff_erank.cache import cache_dir, spec_file
 from diff_erank.outputs import multimodal_files, report_files, reproduces_paper
 from diff_erank.paper import alias as rule_prefix
 
@@ -55,6 +54,11 @@ def part_comparisons():
     return out
 
 
+def spec(obj):
+    """common.smk's ``spec`` (which a paper run's own rules do not include): a spec file's path."""
+    return spec_file(cache_dir(C), obj, write=not workflow.dryrun)
+
+
 rule paper_report:
     input:
         [f for e in PAPER.parts for f in part_outputs(e)],
@@ -69,7 +73,7 @@ rule paper_report:
         table=multiext(f"{OUT}/tables/reproduction", ".csv", ".md", ".html", ".provenance.json"),
     params:
         comparisons=" ".join(part_comparisons()),
-        config=lambda w: json.dumps({**C, "claimers": PAPER.claimers}, sort_keys=True),
+        config=lambda w: spec({**C, "claimers": PAPER.claimers}),
         run=OUT,
     log:
         f"{OUT}/logs/paper_report.log",
@@ -78,7 +82,7 @@ rule paper_report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank paper-report --comparisons {params.comparisons} --config {params.config:q}"
+        "diff-erank paper-report --comparisons {params.comparisons} --config-file {params.config:q}"
         " --out-dir {params.run:q} > {log:q} 2>&1"
 
 

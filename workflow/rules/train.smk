@@ -31,7 +31,7 @@ rule train:
     wildcard_constraints:
         zoo=one_of(K.zoo),
     params:
-        spec=lambda w: as_json(C["models"][K.zoo[w.zoo]]["train"]),
+        spec=lambda w: spec(C["models"][K.zoo[w.zoo]]["train"]),
     log:
         f"{OUT}/logs/train/{{zoo}}.log",
     benchmark:
