@@ -270,7 +270,6 @@ def cmd_measure(a: argparse.Namespace) -> None:
 
 
 def _measure(a: argparse.Namespace, dump: Path) -> None:
-
     from diff_erank.cache import ELIDED, drop_dump, entry_lock, publish_entry, reuse_entry
     from diff_erank.dump import SET_MANIFEST
     from diff_erank.errors import UserError
