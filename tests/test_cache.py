@@ -363,3 +363,15 @@ def test_a_step_refuses_a_spec_file_it_cannot_read(tmp_path, capsys) -> None:
         with pytest.raises(SystemExit):
             main(["prepare", "--spec", str(path), "--out", str(tmp_path / "texts.parquet")])
         assert f"argument --spec: cannot read the spec file {path}: " in capsys.readouterr().err
+
+
+def test_a_cache_key_reads_as_the_names_of_what_it_measures() -> None:
+    """``{ABOUT:{wildcards.key}}`` in a rule's shell line: a cache job's log's first line."""
+    k = cache.Keys(cfg("experiment=ci"), "results/ci")
+    about = cache.About([k])
+    dump, texts = k.sets[("zoo-opt-xs", "topics")], k.texts["topics"]
+    assert f"{about:{dump}}" == f"'zoo-opt-xs on topics: trained rev-step0 rev-step20 (cache key {dump})'"
+    assert f"{about:{texts}}" == f"'the texts of topics (cache key {texts})'"
+    zoo = next(key for key, model in k.zoo.items() if model == "zoo-opt-xs")
+    assert f"{about:{zoo}}" == f"'zoo model zoo-opt-xs (cache key {zoo})'"
+    assert f"{about:0123456789abcdef}" == "'cache key 0123456789abcdef'"  # not one of this run's

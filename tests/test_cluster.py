@@ -42,7 +42,7 @@ def dry_jobs(workdir: Path, overrides: list[str]) -> list[dict]:
         if not rule or rule.group(1) == "all":
             continue
         pairs = dict(kv.split("=", 1) for kv in res.group(1).split(", ")) if res else {}
-        shell = re.search(r"^(?:Shell command: )?(diff-erank .*)$", block, re.M)
+        shell = re.search(r"^(?:Shell command: )?(.*diff-erank .*)$", block, re.M)
         jobs.append({"rule": rule.group(1), **pairs, "shell": shell.group(1) if shell else ""})
     return jobs
 

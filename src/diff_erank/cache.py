@@ -312,6 +312,21 @@ class Keys:
         """:func:`spec_file` in this run's cache."""
         return spec_file(self.root, obj, write)
 
+    def about(self, key: str) -> str | None:
+        """What a cache key of this run stands for, in its names (None: not one of its keys)."""
+        if key in self.jobs_of:
+            m, d = self.jobs_of[key]
+            return f"{m} on {d}: {' '.join(self.variants_of(key))} (cache key {key})"
+        if key in self.datasets_of:
+            return f"the texts of {self.datasets_of[key]} (cache key {key})"
+        if key in self.zoo:
+            return f"zoo model {self.zoo[key]} (cache key {key})"
+        if key in self.finetuned:
+            return "{} stage ft-{} (cache key {})".format(*self.finetuned[key], key)
+        if key in self.gguf:
+            return f"the GGUF checkpoint of {self.gguf[key]} (cache key {key})"
+        return None
+
     def texts_spec(self, dataset: str) -> dict[str, Any]:
         """The dataset entry as ``prepare`` reads it: without the fields that do not change the texts."""
         return {k: v for k, v in self.cfg["datasets"][dataset].items() if k not in DATASET_NEUTRAL}
@@ -398,6 +413,23 @@ class Keys:
         if scale not in (None, 1):  # M0 at another init scale: in its variants' keys (variant_identity)
             spec["untrained"] = {"init_scale": scale}
         return spec
+
+
+class About:
+    """A cache job in the names a user reads: ``{ABOUT:{wildcards.key}}`` in a rule's shell line is
+    :meth:`Keys.about` of the key (``<model> on <dataset>: <variants> (cache key <key>)``), quoted,
+    which the rule echoes as its log's first line (and ``snakemake -n -p`` prints). Not a param:
+    the names are a run's labels, and a shared cache job's params must be the same in every run
+    folder (a changed param reruns it); Snakemake's code trigger reads the shell line unformatted."""
+
+    def __init__(self, keys: list[Keys]) -> None:
+        self.keys = keys
+
+    def __format__(self, key: str) -> str:
+        import shlex
+
+        text = next((t for k in self.keys if (t := k.about(key))), f"cache key {key}")
+        return shlex.quote(text)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import sys
 from types import SimpleNamespace
 
 from diff_erank import sizing
-from diff_erank.cache import KEY, Keys, finetune_key, gguf_key, layers_tag, memo_dir, zoo_key
+from diff_erank.cache import KEY, About, Keys, finetune_key, gguf_key, layers_tag, memo_dir, zoo_key
 from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import changed_trained_file, dataset_files, image_files, model_files
@@ -77,6 +77,10 @@ def spec(obj):
     its step's ``--spec``: named by its content (Keys.spec_file), so Snakemake's params trigger
     reruns the job exactly when the part changes. A dry run names the file and writes nothing."""
     return K.spec_file(obj, write=not workflow.dryrun)
+
+
+#: ``{ABOUT:{wildcards.key}}``: a cache job's names, its log's first line (diff_erank.cache.About)
+ABOUT = About([K])
 
 
 def run_folder(w, output):

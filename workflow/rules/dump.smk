@@ -36,8 +36,9 @@ rule dump:
         shared_mb=shared_mb,
         slurm_extra=scratch_request,
     shell:
+        "echo {ABOUT:{wildcards.key}} > {log:q} && "
         "diff-erank dump --spec {params.spec:q} --variants {params.variants} --texts {input.texts:q}"
         " --out {output:q} --layers {params.layers} --device {params.device} {params.trained}"
         " {params.variant_paths} --threads {threads} --gpu-mem-mb {resources.gpu_mem_mb}"
         " --run-log {log:q} --tables {params.tables:q}"
-        f"{'' if C['keep_dumps'] else ' --temp'} > {{log:q}} 2>&1"
+        f"{'' if C['keep_dumps'] else ' --temp'} >> {{log:q}} 2>&1"

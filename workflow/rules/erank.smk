@@ -24,7 +24,8 @@ rule erank:
     resources:
         **_cpu_grown(erank_estimate, "erank"),
     shell:
+        "echo {ABOUT:{wildcards.key}} > {log:q} && "
         "cp {params.key:q} {output.key:q}.tmp && mv {output.key:q}.tmp {output.key:q} && "
         "diff-erank measure --dump {input.dump:q} --texts {input.texts:q} --out {output.tables:q}"
         " --threads {threads} --mem-mb {resources.mem_mb} --run-log {log:q}"
-        f"{'' if C['keep_dumps'] else ' --drop-dump'} > {{log:q}} 2>&1"
+        f"{'' if C['keep_dumps'] else ' --drop-dump'} >> {{log:q}} 2>&1"

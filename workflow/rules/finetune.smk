@@ -24,6 +24,7 @@ rule finetune:
     resources:
         **_sized(lambda w: finetune_estimate(stage(w))),
     shell:
+        "echo {ABOUT:{wildcards.stage}} > {log:q} && "
         "diff-erank finetune --spec {params.spec:q} --recipe {params.recipe:q} --texts {input.texts:q}"
         " --out {output:q} --device {params.device} {params.trained} {params.start}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} >> {log:q} 2>&1"

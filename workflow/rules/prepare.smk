@@ -24,4 +24,5 @@ rule prepare:
         mem_mb=8000,
         runtime=60,
     shell:
-        "diff-erank prepare --spec {params.spec:q} --out {output:q} --results-root {params.run:q} > {log:q} 2>&1"
+        "echo {ABOUT:{wildcards.key}} > {log:q} && "
+        "diff-erank prepare --spec {params.spec:q} --out {output:q} --results-root {params.run:q} >> {log:q} 2>&1"
