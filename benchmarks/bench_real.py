@@ -40,6 +40,7 @@ def setup(root: Path, n_texts: int) -> None:
     """Fetch and convert SmolLM2 with the pipeline's steps; write the texts and the run's config."""
     import yaml
 
+    from diff_erank.cache import spec_file
     from diff_erank.config import load_config
     from diff_erank.corpus import write_corpus
 
@@ -49,11 +50,12 @@ def setup(root: Path, n_texts: int) -> None:
     hf = root / "gguf" / "hf"
     if not gguf.is_file():
         subprocess.run(
-            ["diff-erank", "fetch-gguf", "--spec", json.dumps(entry["gguf"]), "--out", str(gguf)], check=True
+            ["diff-erank", "fetch-gguf", "--spec", spec_file(str(root), entry["gguf"]), "--out", str(gguf)],
+            check=True,
         )
     if not hf.is_dir():
         spec = entry | {"source": str(gguf.parent)}
-        cmd = ["diff-erank", "convert-gguf", "--spec", json.dumps(spec), "--gguf", str(gguf)]
+        cmd = ["diff-erank", "convert-gguf", "--spec", spec_file(str(root), spec), "--gguf", str(gguf)]
         subprocess.run([*cmd, "--out", str(hf), "--threads", "2"], check=True)
     write_corpus(root / "corpus", seed=0, eval_texts=n_texts, max_chars=1000)
     texts = root / "corpus" / "topics-eval.jsonl"

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -325,3 +326,52 @@ def test_a_damaged_cached_table_names_the_entry_to_delete(tmp_path) -> None:
     table.write_bytes(table.read_bytes()[:-100])  # a truncated table: the folder to delete, not "it"
     with pytest.raises(IntegrityError, match=r"delete the cache entry .*/erank/k/first\+last/ and"):
         cache.select(table, tmp_path / "view.parquet", ["last"], tpath)
+
+
+def test_a_spec_file_is_named_by_its_content_and_written_once(tmp_path) -> None:
+    """What a rule hands its step: the same content is the same path in every run (so Snakemake's
+    params trigger sees no change), another content another path; a dry run (write=False) only
+    names it; the step reads back what the rule gave; `cache gc` collects it (a run writes it again)."""
+    import hashlib
+
+    from diff_erank.cache import collect_garbage, spec_file
+    from diff_erank.cli import parser
+
+    root = str(tmp_path / "results" / "cache")
+    spec = {"source": "EleutherAI/pythia-70m", "layers": ["first", -1], "max_length": 1024}
+    named = spec_file(root, spec, write=False)
+    assert not (tmp_path / "results").exists()
+    path = spec_file(root, dict(reversed(spec.items())))  # key order is not content
+    text = '{"layers": ["first", -1], "max_length": 1024, "source": "EleutherAI/pythia-70m"}\n'
+    assert path == named == f"{root}/specs/{hashlib.sha256(text[:-1].encode()).hexdigest()[:16]}.json"
+    assert Path(path).read_text() == text
+    assert spec_file(root, {**spec, "max_length": 2048}) != path
+    os.utime(path, (0, 0))  # written once: an existing spec file is not written again
+    assert spec_file(root, spec) == path and Path(path).stat().st_mtime == 0
+    args = parser().parse_args(["prepare", "--spec", path, "--out", "x"])
+    assert args.spec == spec == json.loads(text)
+    written = sorted(Path(root, "specs").iterdir())
+    assert len(written) == 2 and sorted(collect_garbage(tmp_path / "results")) == written
+    assert not any(Path(root, "specs").iterdir())
+
+
+def test_a_step_refuses_a_spec_file_it_cannot_read(tmp_path, capsys) -> None:
+    from diff_erank.cli import main
+
+    (tmp_path / "cut.json").write_text('{"source": "EleutherAI/py')
+    for path in (tmp_path / "missing.json", tmp_path / "cut.json"):
+        with pytest.raises(SystemExit):
+            main(["prepare", "--spec", str(path), "--out", str(tmp_path / "texts.parquet")])
+        assert f"argument --spec: cannot read the spec file {path}: " in capsys.readouterr().err
+
+
+def test_a_cache_key_reads_as_the_names_of_what_it_measures() -> None:
+    """``{ABOUT:{wildcards.key}}`` in a rule's shell line: a cache job's log's first line."""
+    k = cache.Keys(cfg("experiment=ci"), "results/ci")
+    about = cache.About([k])
+    dump, texts = k.sets[("zoo-opt-xs", "topics")], k.texts["topics"]
+    assert f"{about:{dump}}" == f"'zoo-opt-xs on topics: trained rev-step0 rev-step20 (cache key {dump})'"
+    assert f"{about:{texts}}" == f"'the texts of topics (cache key {texts})'"
+    zoo = next(key for key, model in k.zoo.items() if model == "zoo-opt-xs")
+    assert f"{about:{zoo}}" == f"'zoo model zoo-opt-xs (cache key {zoo})'"
+    assert f"{about:0123456789abcdef}" == "'cache key 0123456789abcdef'"  # not one of this run's

@@ -6,6 +6,7 @@ import pytest
 import yaml
 from helpers import REPO
 
+from diff_erank.cache import spec_file
 from diff_erank.cli import STEPS, main, parser
 
 
@@ -84,9 +85,10 @@ def test_a_table_step_reports_a_user_error_without_importing_the_model_stack(tmp
 
     bad = tmp_path / "trained.parquet"
     bad.write_bytes(b"not a parquet file")
+    spec = spec_file(str(tmp_path), {})
     probe = (
         "import sys\nfrom diff_erank.cli import main\n"
-        f"code = main(['diff', '--spec', '{{}}', '--model', 'm', '--dataset', 'd', '--erank', "
+        f"code = main(['diff', '--spec', '{spec}', '--model', 'm', '--dataset', 'd', '--erank', "
         f"'trained={bad}', 'init={bad}', '--untrained', 'init', '--out', '{tmp_path / 'out.parquet'}'])\n"
         "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )
@@ -113,3 +115,29 @@ def test_config_warns_of_device_cuda_where_there_is_no_gpu(capsys, monkeypatch) 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, on any machine
     assert main(["config", "--conf-dir", str(REPO / "conf"), "experiment=ci", "device=cuda"]) == 0
     assert "warning: device=cuda, but this machine has no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_step_reads_plain_arguments_and_runs_with_its_threads(tmp_path, capsys) -> None:
+    """Layers and ft- variant folders as plain words (no JSON on a shell line); a step that takes
+    --threads runs with them, set in main before the step (here one that stops on a missing dump)."""
+    import torch
+
+    spec = spec_file(str(tmp_path), {"source": "m"})
+    dump = ["dump", "--spec", spec, "--variants", "trained", "ft-a", "--texts", "t", "--out", "o"]
+    args = parser().parse_args([*dump, "--layers", "first", "-1", "--variant-paths", "ft-a=/x/a=b"])
+    assert (
+        args.layers == ["first", -1]
+        and args.variant_paths == {"ft-a": "/x/a=b"}
+        and args.spec == {"source": "m"}
+    )
+    with pytest.raises(SystemExit):
+        parser().parse_args([*dump, "--variant-paths", "/x/a"])
+    assert "--variant-paths: '/x/a' is not NAME=VALUE" in capsys.readouterr().err
+    before = torch.get_num_threads()
+    try:
+        measure = ["measure", "--dump", str(tmp_path / "none"), "--out", str(tmp_path / "tables")]
+        assert main([*measure, "--threads", str(before + 1)]) == 2
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+    assert "is not a finished dump" in capsys.readouterr().err

@@ -14,6 +14,8 @@ from helpers import EMPTY_EXPERIMENTS, REPO
 from helpers.paper import local_source, make_datasets, make_models
 from helpers.workflow import snakemake
 
+from diff_erank.cache import Keys
+from diff_erank.config import load_config
 from diff_erank.storage import read_provenance
 
 pytestmark = pytest.mark.slow
@@ -40,7 +42,7 @@ def dry_jobs(workdir: Path, overrides: list[str]) -> list[dict]:
         if not rule or rule.group(1) == "all":
             continue
         pairs = dict(kv.split("=", 1) for kv in res.group(1).split(", ")) if res else {}
-        shell = re.search(r"^(?:Shell command: )?(diff-erank .*)$", block, re.M)
+        shell = re.search(r"^(?:Shell command: )?(.*diff-erank .*)$", block, re.M)
         jobs.append({"rule": rule.group(1), **pairs, "shell": shell.group(1) if shell else ""})
     return jobs
 
@@ -68,11 +70,12 @@ def test_slurm_dry_run_asks_for_what_the_estimates_say(experiment: str, tmp_path
         return
     # OPT-13B x wikipedia, from the paper's shapes (40 blocks, d = 5120, ~13e9 parameters, float32)
     # and 10,000 articles of ~730 tokens: ~150 GB of last hidden states, 52 GB of weights
+    key = Keys(load_config(REPO / "conf", ["experiment=fig1"]), "results/fig1").sets[("opt-13b", "wikipedia")]
     (dump,) = [
         j
         for j in jobs
         if j["rule"] == "dump"
-        and "facebook/opt-13b" in j["shell"]
+        and f"/{key}/last " in j["shell"]
         and "--variants trained init-s0" in j["shell"]
         and int(j["disk_mb"]) > 280_000
         and int(j["disk_mb"]) < 320_000

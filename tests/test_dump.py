@@ -348,7 +348,10 @@ def test_the_dump_step_remembers_the_weights_hashes_in_its_cache(tiny_opt, texts
     from diff_erank.cli import main
 
     root = tmp_path / "cache"
-    step = ["dump", "--spec", json.dumps(model_spec(tiny_opt)), "--variants", "trained", "--device", "cpu"]
+    from diff_erank.cache import spec_file
+
+    step = ["dump", "--spec", spec_file(str(tmp_path), model_spec(tiny_opt)), "--variants", "trained"]
+    step += ["--device", "cpu"]
     step += ["--texts", str(texts_file), "--out", str(root / "dumps" / "k" / "last")]
     root.mkdir()
     assert main([*step, "--tables", str(root / "erank" / "k" / "last")]) == 0

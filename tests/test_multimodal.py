@@ -215,12 +215,12 @@ def test_mm_erank_records_the_hub_commit_it_read(llava_dir, tmp_path) -> None:
     """The recorded commit is the one the revision resolves to (``models.hub_commit``, here through a
     real offline hub cache: ``refs/main`` -> ``snapshots/<sha>``), not ``config._commit_hash``, which
     transformers 5 leaves unset; a local directory records None by design."""
-    import json
     import os
     import shutil
     import subprocess
     import sys
 
+    from diff_erank.cache import spec_file
     from diff_erank.storage import read_provenance, write_parquet
 
     sha = "c" * 40
@@ -236,7 +236,9 @@ def test_mm_erank_records_the_hub_commit_it_read(llava_dir, tmp_path) -> None:
         [
             "mm-erank",
             "--spec",
-            json.dumps({"source": src, "revision": "main", "dtype": "float32", "template": TEMPLATE}),
+            spec_file(
+                str(tmp_path), {"source": src, "revision": "main", "dtype": "float32", "template": TEMPLATE}
+            ),
             "--items",
             str(tmp_path / "items.parquet"),
             "--out",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from helpers.models import model_spec
 from transformers import AutoTokenizer
 
 from diff_erank import dump as D
+from diff_erank.cache import spec_file
 from diff_erank.measure import measure
 
 CLI = str(Path(sys.executable).with_name("diff-erank"))
@@ -39,7 +39,7 @@ def test_sigkilled_dump_leaves_nothing_complete_then_resumes(tiny_opt, tmp_path)
         CLI,
         "dump",
         "--spec",
-        json.dumps(spec),
+        spec_file(str(tmp_path), spec),
         "--variant",
         "trained",
         "--texts",

@@ -92,6 +92,23 @@ def test_job_logs_are_clean_lines(ci_run: Path) -> None:
     assert "(end)" in (ci_run / "logs" / "train" / f"{zoo_key}.log").read_text()
 
 
+def test_a_cache_job_log_names_what_its_key_measures(ci_run: Path) -> None:
+    """Dump and eRank logs are filed by cache key; the first line of each names the model, dataset and
+    variants the key measures (one job per model on ci's one dataset)."""
+    from diff_erank.variants import variants
+
+    cfg = json.loads((ci_run / "config.json").read_text())
+    for kind in ("dump", "erank"):
+        named = []
+        for log in sorted((ci_run / "logs" / kind).glob("*/*.log")):
+            first = log.read_text().splitlines()[0]
+            found = re.fullmatch(r"(\S+) on (\S+): (.+) \(cache key (\w+)\)", first)
+            assert found and found[4] == log.parent.name, f"{log}: {first}"
+            assert found[2] in cfg["datasets"] and found[3].split() == variants(cfg["models"][found[1]])
+            named.append(found[1])
+        assert sorted(named) == sorted(cfg["models"])
+
+
 def test_second_run_does_nothing(ci_run: Path) -> None:
     r = snakemake(ci_run.parents[1])
     assert r.returncode == 0
@@ -133,9 +150,13 @@ def test_config_pairs_reach_the_jobs_and_unknown_keys_stop(tmp_path: Path) -> No
     r = snakemake(tmp_path, "-n", "-p", config=pairs)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
-    assert '--layers \'["first", "last"]\'' in out and '"max_texts": 7' in out
+    assert "--layers first last " in out
     r = snakemake(tmp_path, "-n", "-p", overrides="[experiment=ci,layers=[first,last]]")
-    assert r.returncode == 0 and '--layers \'["first", "last"]\'' in r.stdout + r.stderr
+    assert r.returncode == 0 and "--layers first last " in r.stdout + r.stderr
+    # the texts' spec file (named by its content; a dry run writes none) is another one at max_texts 7
+    prepare = re.compile(r"diff-erank prepare --spec (\S+)")
+    assert prepare.findall(out) != prepare.findall(r.stdout + r.stderr)
+    assert not (tmp_path / "results").exists()
     r = snakemake(tmp_path, "-n", config=["overide=[experiment=ci]"])
     assert r.returncode != 0
     assert r.stderr.strip().endswith(

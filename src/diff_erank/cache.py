@@ -20,6 +20,7 @@ called, and a change to any part gives a new key: nothing stale is read.
     cache/demo/<corpus key>/corpus/, zoo/         the demo corpus, its tokenizer, zoo/<model key>/
     cache/finetuned/<key>/, cache/gguf/<key>/hf/  further-trained stages, converted GGUF checkpoints
     cache/sha256/                                 SHA-256 of local files, remembered by path and stat
+    cache/specs/<digest>.json                     what a rule hands its step (:func:`spec_file`)
 
 The run folder's ``erank/<model>/<dataset>/<variant>.parquet`` is a view of a cached table (made by
 the ``diff`` step): its layers, or the first k texts of a larger sample drawn with the same seed
@@ -68,6 +69,8 @@ MODEL_KEYS = (
 #: Dataset fields that do not change the texts.
 DATASET_NEUTRAL = ("description", "paper_name", "paper_variant", "measure", "size_hint")
 KEY = r"[0-9a-f]{16}"
+#: The cache's folder of spec files (:func:`spec_file`).
+SPECS = "specs"
 
 
 def digest(obj: Any) -> str:
@@ -78,6 +81,22 @@ def cache_dir(cfg: dict[str, Any]) -> str:
     if cfg["name"] == "cache":
         raise ConfigError("name: 'cache' is the shared measurement cache's folder; pick another name")
     return f"{cfg['results_dir']}/cache"
+
+
+def spec_file(root: str, obj: Any, write: bool = True) -> str:
+    """``<root>/specs/<digest>.json``: the part of the configuration a rule hands its step, in a
+    file named by its content, so that no JSON travels on a shell line. The rule puts the path in
+    its params: it changes exactly when the content does, so Snakemake's params trigger reruns the
+    job as the JSON itself did, and the path is the same in every run folder sharing the cache.
+    Written once (atomically) by whichever run evaluates it first; ``write=False`` (a dry run) only
+    names it."""
+    text = json.dumps(obj, sort_keys=True)
+    path = f"{root}/{SPECS}/{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if write and not Path(path).is_file():
+        from diff_erank.storage import write_text
+
+        write_text(text + "\n", path)
+    return path
 
 
 def layers_tag(layers: list[str | int]) -> str:
@@ -289,6 +308,25 @@ class Keys:
         """The variants one job measures (at most cluster.variants_per_job of its model's)."""
         return self._variants[key]
 
+    def spec_file(self, obj: Any, write: bool = True) -> str:
+        """:func:`spec_file` in this run's cache."""
+        return spec_file(self.root, obj, write)
+
+    def about(self, key: str) -> str | None:
+        """What a cache key of this run stands for, in its names (None: not one of its keys)."""
+        if key in self.jobs_of:
+            m, d = self.jobs_of[key]
+            return f"{m} on {d}: {' '.join(self.variants_of(key))} (cache key {key})"
+        if key in self.datasets_of:
+            return f"the texts of {self.datasets_of[key]} (cache key {key})"
+        if key in self.zoo:
+            return f"zoo model {self.zoo[key]} (cache key {key})"
+        if key in self.finetuned:
+            return "{} stage ft-{} (cache key {})".format(*self.finetuned[key], key)
+        if key in self.gguf:
+            return f"the GGUF checkpoint of {self.gguf[key]} (cache key {key})"
+        return None
+
     def texts_spec(self, dataset: str) -> dict[str, Any]:
         """The dataset entry as ``prepare`` reads it: without the fields that do not change the texts."""
         return {k: v for k, v in self.cfg["datasets"][dataset].items() if k not in DATASET_NEUTRAL}
@@ -375,6 +413,23 @@ class Keys:
         if scale not in (None, 1):  # M0 at another init scale: in its variants' keys (variant_identity)
             spec["untrained"] = {"init_scale": scale}
         return spec
+
+
+class About:
+    """A cache job in the names a user reads: ``{ABOUT:{wildcards.key}}`` in a rule's shell line is
+    :meth:`Keys.about` of the key (``<model> on <dataset>: <variants> (cache key <key>)``), quoted,
+    which the rule echoes as its log's first line (and ``snakemake -n -p`` prints). Not a param:
+    the names are a run's labels, and a shared cache job's params must be the same in every run
+    folder (a changed param reruns it); Snakemake's code trigger reads the shell line unformatted."""
+
+    def __init__(self, keys: list[Keys]) -> None:
+        self.keys = keys
+
+    def __format__(self, key: str) -> str:
+        import shlex
+
+        text = next((t for k in self.keys if (t := k.about(key))), f"cache key {key}")
+        return shlex.quote(text)
 
 
 @contextlib.contextmanager
@@ -653,7 +708,8 @@ def referenced(results_dir: str | Path) -> set[tuple[str, str]]:
 def collect_garbage(results_dir: str | Path, dry_run: bool = False) -> list[Path]:
     """Delete what no run folder references: eRank tables no view was made from (and their dumps),
     data a link no longer points to, stubs and dumps already measured, leftover ``.partial``
-    folders. Refuses while any run holds its run folder (its views may not be written yet)."""
+    folders, and the spec files (:func:`spec_file`: a run writes again those its jobs read).
+    Refuses while any run holds its run folder (its views may not be written yet)."""
     import shutil
 
     from diff_erank.errors import UserError
@@ -682,6 +738,8 @@ def collect_garbage(results_dir: str | Path, dry_run: bool = False) -> list[Path
                 if wanted and (p in (final, target) or p.suffix == ".json"):
                     continue
                 doomed.append(p)
+    if (root / SPECS).is_dir():  # every run names its specs again, and writes those it does not find
+        doomed += sorted((root / SPECS).iterdir())
     if not dry_run:
         for p in doomed:
             if p.is_symlink() or p.is_file():

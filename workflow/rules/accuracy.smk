@@ -8,7 +8,7 @@ rule accuracy:
         f"{OUT}/accuracy/{{model}}/{{variant}}.json",
     params:
         spec=model_spec,
-        accuracy=lambda w: as_json(C["accuracy"]),
+        accuracy=lambda w: spec(C["accuracy"]),
         trained=trained_path_arg,
         variant=variant_path_arg,
         device=C["device"],

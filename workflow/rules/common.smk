@@ -1,5 +1,4 @@
-# Helpers shared by the rules: names, paths and the JSON specs passed to `diff-erank`.
-import json
+# Helpers shared by the rules: names, paths and the spec files passed to `diff-erank`.
 import re
 import shlex
 import sys
@@ -7,7 +6,7 @@ import sys
 from types import SimpleNamespace
 
 from diff_erank import sizing
-from diff_erank.cache import KEY, Keys, finetune_key, gguf_key, layers_tag, memo_dir, zoo_key
+from diff_erank.cache import KEY, About, Keys, finetune_key, gguf_key, layers_tag, memo_dir, zoo_key
 from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
 from diff_erank.sources import changed_trained_file, dataset_files, image_files, model_files
@@ -73,8 +72,15 @@ _check_zoo()
 THREADS = 4
 
 
-def as_json(obj):
-    return json.dumps(obj, sort_keys=True)
+def spec(obj):
+    """The path of a spec file holding ``obj`` (a part of the configuration), for a rule's params and
+    its step's ``--spec``: named by its content (Keys.spec_file), so Snakemake's params trigger
+    reruns the job exactly when the part changes. A dry run names the file and writes nothing."""
+    return K.spec_file(obj, write=not workflow.dryrun)
+
+
+#: ``{ABOUT:{wildcards.key}}``: a cache job's names, its log's first line (diff_erank.cache.About)
+ABOUT = About([K])
 
 
 def run_folder(w, output):
@@ -83,7 +89,7 @@ def run_folder(w, output):
 
 
 def model_spec(w):
-    return as_json(C["models"][w.model])
+    return spec(C["models"][w.model])
 
 
 def zoo_dir(model):
@@ -153,9 +159,9 @@ def set_input(j):
 
 
 def variant_paths_arg(j):
-    """``--variant-paths`` for the further-trained (ft-) variants of a set, if it has any."""
-    paths = {v: path for v in j.variants if (path := variant_dir(j.model, v))}
-    return f"--variant-paths {shlex.quote(as_json(paths))}" if paths else ""
+    """``--variant-paths ft-<name>=<dir> ...`` for the further-trained variants of a set, if any."""
+    paths = [f"{v}={path}" for v in j.variants if (path := variant_dir(j.model, v))]
+    return f"--variant-paths {shlex.join(paths)}" if paths else ""
 
 
 def _cpu_sized(estimate):

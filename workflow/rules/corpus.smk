@@ -9,7 +9,7 @@ rule corpus:
         parts=expand(f"{DEMO}/corpus/{{part}}.jsonl", part=["topics-eval", "docstrings-eval"]),
         facts=f"{DEMO}/corpus/corpus.json",
     params:
-        spec=lambda w: as_json(C["corpus"]),
+        spec=lambda w: spec(C["corpus"]),
         out=f"{DEMO}/corpus",
     log:
         f"{OUT}/logs/corpus.log",

@@ -16,11 +16,11 @@ rule diff:
         views=directory(f"{OUT}/erank/{{model}}/{{dataset}}"),
     params:
         spec=model_spec,
-        layers=lambda w: as_json(C["layers"]),
+        layers=" ".join(str(x) for x in C["layers"]),
         first=diff_first,
         untrained=lambda w: " ".join(untrained_variants(C["models"][w.model])),
         algorithms=" ".join(C["algorithms"]),
-        bootstrap=lambda w: as_json(C["bootstrap"]),
+        bootstrap=lambda w: spec(C["bootstrap"]),
     log:
         f"{OUT}/logs/diff/{{model}}/{{dataset}}.log",
     benchmark:
@@ -31,6 +31,6 @@ rule diff:
         runtime=10,
     shell:
         "diff-erank diff --spec {params.spec:q} --model {wildcards.model} --dataset {wildcards.dataset}"
-        " --tables {input.tables:q} --texts {input.texts:q} --layers {params.layers:q} {params.first}"
+        " --tables {input.tables:q} --texts {input.texts:q} --layers {params.layers} {params.first}"
         " --views {output.views:q} --untrained {params.untrained} --algorithms {params.algorithms}"
         " --bootstrap {params.bootstrap:q} --out {output.diff:q} > {log:q} 2>&1"

@@ -17,9 +17,9 @@ rule dump:
         layers=TAG,
         key=OWNED_SETS,
     params:
-        spec=lambda w: as_json(K.dump_spec(w.key)),
+        spec=lambda w: spec(K.dump_spec(w.key)),
         variants=lambda w: " ".join(job(w).variants),
-        layers=lambda w: as_json(K.layers_of(w.layers)),
+        layers=lambda w: " ".join(str(x) for x in K.layers_of(w.layers)),
         trained=lambda w: trained_path_arg(job(w)),
         variant_paths=lambda w: variant_paths_arg(job(w)),
         device=C["device"],
@@ -36,8 +36,9 @@ rule dump:
         shared_mb=shared_mb,
         slurm_extra=scratch_request,
     shell:
+        "echo {ABOUT:{wildcards.key}} > {log:q} && "
         "diff-erank dump --spec {params.spec:q} --variants {params.variants} --texts {input.texts:q}"
-        " --out {output:q} --layers {params.layers:q} --device {params.device} {params.trained}"
+        " --out {output:q} --layers {params.layers} --device {params.device} {params.trained}"
         " {params.variant_paths} --threads {threads} --gpu-mem-mb {resources.gpu_mem_mb}"
         " --run-log {log:q} --tables {params.tables:q}"
-        f"{'' if C['keep_dumps'] else ' --temp'} > {{log:q}} 2>&1"
+        f"{'' if C['keep_dumps'] else ' --temp'} >> {{log:q}} 2>&1"

@@ -15,7 +15,7 @@ rule erank:
         layers=TAG,
         key=OWNED_SETS,
     params:
-        key=lambda w: as_json(K.describe(w.key, K.layers_of(w.layers))),
+        key=lambda w: spec(K.describe(w.key, K.layers_of(w.layers))),
     log:
         f"{OUT}/logs/erank/{{key}}/{{layers}}.log",
     benchmark:
@@ -24,7 +24,8 @@ rule erank:
     resources:
         **_cpu_grown(erank_estimate, "erank"),
     shell:
-        "printf '%s\\n' {params.key:q} > {output.key:q}.tmp && mv {output.key:q}.tmp {output.key:q} && "
+        "echo {ABOUT:{wildcards.key}} > {log:q} && "
+        "cp {params.key:q} {output.key:q}.tmp && mv {output.key:q}.tmp {output.key:q} && "
         "diff-erank measure --dump {input.dump:q} --texts {input.texts:q} --out {output.tables:q}"
         " --threads {threads} --mem-mb {resources.mem_mb} --run-log {log:q}"
-        f"{'' if C['keep_dumps'] else ' --drop-dump'} > {{log:q}} 2>&1"
+        f"{'' if C['keep_dumps'] else ' --drop-dump'} >> {{log:q}} 2>&1"

@@ -12,7 +12,7 @@ rule finetune:
         stage=one_of(K.finetuned),
     params:
         spec=lambda w: model_spec(stage(w)),
-        recipe=lambda w: as_json(finetune_recipe(stage(w))),
+        recipe=lambda w: spec(finetune_recipe(stage(w))),
         trained=lambda w: trained_path_arg(stage(w)),
         start=lambda w, input: f"--from-path {shlex.quote(input.start[0])}" if input.start else "",
         device=C["device"],
@@ -24,6 +24,7 @@ rule finetune:
     resources:
         **_sized(lambda w: finetune_estimate(stage(w))),
     shell:
+        "echo {ABOUT:{wildcards.stage}} > {log:q} && "
         "diff-erank finetune --spec {params.spec:q} --recipe {params.recipe:q} --texts {input.texts:q}"
         " --out {output:q} --device {params.device} {params.trained} {params.start}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} >> {log:q} 2>&1"

@@ -26,7 +26,7 @@ rule fetch_gguf:
     wildcard_constraints:
         gguf=one_of(K.gguf),
     params:
-        spec=lambda w: as_json(C["models"][gguf_model(w).model]["gguf"]),
+        spec=lambda w: spec(C["models"][gguf_model(w).model]["gguf"]),
     log:
         f"{OUT}/logs/fetch_gguf/{{gguf}}/{{file}}.log",
     benchmark:
@@ -37,7 +37,8 @@ rule fetch_gguf:
         mem_mb=1000,
         runtime=20,
     shell:
-        "diff-erank fetch-gguf --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
+        "echo {ABOUT:{wildcards.gguf}} > {log:q} && "
+        "diff-erank fetch-gguf --spec {params.spec:q} --out {output:q} >> {log:q} 2>&1"
 
 
 rule convert_gguf:
@@ -59,5 +60,6 @@ rule convert_gguf:
         mem_mb=lambda w: model_resources(gguf_model(w).model, "mem_mb", 8000),
         runtime=30,
     shell:
+        "echo {ABOUT:{wildcards.gguf}} > {log:q} && "
         "diff-erank convert-gguf --spec {params.spec:q} --gguf {input:q} --out {output:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} >> {log:q} 2>&1"

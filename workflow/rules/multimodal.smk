@@ -7,7 +7,7 @@ rule mm_prepare:
     output:
         f"{OUT}/mm/items/{{dataset}}.parquet",
     params:
-        spec=lambda w: as_json(MM["datasets"][w.dataset]),
+        spec=lambda w: spec(MM["datasets"][w.dataset]),
     log:
         f"{OUT}/logs/mm_prepare/{{dataset}}.log",
     benchmark:
@@ -29,7 +29,7 @@ rule mm_erank:
     wildcard_constraints:
         rotation=r"-?\d+",
     params:
-        spec=lambda w: as_json(MM["models"][w.model]),
+        spec=lambda w: spec(MM["models"][w.model]),
         device=C["device"],
         model_path=mm_model_path_arg,
     log:
@@ -50,7 +50,7 @@ rule convert_minigpt:
     output:
         directory(f"{OUT}/mm/minigpt/{{model}}"),
     params:
-        spec=lambda w: as_json(MM["models"][w.model]),
+        spec=lambda w: spec(MM["models"][w.model]),
     log:
         f"{OUT}/logs/convert_minigpt/{{model}}.log",
     benchmark:
@@ -85,5 +85,5 @@ rule mm_report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank mm-report --inputs {params.inputs} --config \"$(cat {input.config:q})\""
+        "diff-erank mm-report --inputs {params.inputs} --config-file {input.config:q}"
         " --out-dir {params.run:q} > {log:q} 2>&1"

@@ -2,10 +2,9 @@
 # experiment, as a module with that experiment's configuration and run folder (its rules renamed
 # <experiment>_<rule>); the shared cache entries are made by their owner's rules only, at the union
 # of the layers asked for. Then one reproduction report over every row of paper_reference.csv.
-import json
-
+from diff_erank.cache import About, Keys, cache_dir, spec_file
 from diff_erank.outputs import multimodal_files, report_files, reproduces_paper
-from diff_erank.paper import alias as rule_prefix
+from diff_erank.paper import alias as rule_prefix, keys_args
 
 
 
@@ -36,6 +35,15 @@ for experiment in PAPER.parts:
     use rule * from experiment exclude all as prefix*
 
 
+#: every experiment's cache paths and keys (common.smk's K, one per module)
+PART_KEYS = [
+    Keys(cfg, PAPER.run(e), **keys_args(PAPER.module_config(e)[PART_KEY])) for e, cfg in PAPER.parts.items()
+]
+#: common.smk's ABOUT over every experiment: Snakemake formats a module's shell line with this
+#: file's names when it prints it
+ABOUT = About(PART_KEYS)
+
+
 def part_outputs(experiment):
     """Everything one experiment's run writes (its own `all`), in its run folder."""
     cfg, run = PAPER.parts[experiment], PAPER.run(experiment)
@@ -55,6 +63,11 @@ def part_comparisons():
     return out
 
 
+def spec(obj):
+    """common.smk's ``spec`` (which a paper run's own rules do not include): a spec file's path."""
+    return spec_file(cache_dir(C), obj, write=not workflow.dryrun)
+
+
 rule paper_report:
     input:
         [f for e in PAPER.parts for f in part_outputs(e)],
@@ -69,7 +82,7 @@ rule paper_report:
         table=multiext(f"{OUT}/tables/reproduction", ".csv", ".md", ".html", ".provenance.json"),
     params:
         comparisons=" ".join(part_comparisons()),
-        config=lambda w: json.dumps({**C, "claimers": PAPER.claimers}, sort_keys=True),
+        config=lambda w: spec({**C, "claimers": PAPER.claimers}),
         run=OUT,
     log:
         f"{OUT}/logs/paper_report.log",
@@ -78,7 +91,7 @@ rule paper_report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "diff-erank paper-report --comparisons {params.comparisons} --config {params.config:q}"
+        "diff-erank paper-report --comparisons {params.comparisons} --config-file {params.config:q}"
         " --out-dir {params.run:q} > {log:q} 2>&1"
 
 
@@ -86,13 +99,7 @@ def cache_entries():
     """The cached table sets (and key files) every experiment's views read, as targets of `all`
     (common.smk's cache_entries, per experiment): a cache entry deleted under a finished paper
     run is measured again, by its owner's rules."""
-    from diff_erank.cache import Keys
-    from diff_erank.paper import keys_args
-
-    tables = set()
-    for e, cfg in PAPER.parts.items():
-        k = Keys(cfg, PAPER.run(e), **keys_args(PAPER.module_config(e)[PART_KEY]))
-        tables |= {t for m, d in k.sets for t in k.source_tables(m, d)}
+    tables = {t for k in PART_KEYS for m, d in k.sets for t in k.source_tables(m, d)}
     return [f for t in sorted(tables) for f in (t, f"{t}.json")]
 
 

@@ -12,7 +12,7 @@ rule prepare:
     params:
         # what determines the texts only (no labels, no run folder but a demo corpus's): a params
         # change reruns a job, and this one is shared by every experiment whose texts have this key
-        spec=lambda w: as_json(K.texts_spec(K.datasets_of[w.key])),
+        spec=lambda w: spec(K.texts_spec(K.datasets_of[w.key])),
         run=lambda w: DEMO if C["datasets"][K.datasets_of[w.key]]["source"]["kind"] == "demo" else ".",
     log:
         f"{OUT}/logs/prepare/{{key}}.log",
@@ -24,4 +24,5 @@ rule prepare:
         mem_mb=8000,
         runtime=60,
     shell:
-        "diff-erank prepare --spec {params.spec:q} --out {output:q} --results-root {params.run:q} > {log:q} 2>&1"
+        "echo {ABOUT:{wildcards.key}} > {log:q} && "
+        "diff-erank prepare --spec {params.spec:q} --out {output:q} --results-root {params.run:q} >> {log:q} 2>&1"

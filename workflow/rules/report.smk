@@ -67,7 +67,7 @@ rule resolved_config:
     output:
         f"{OUT}/config.json",
     params:
-        config=lambda w: as_json(C),
+        config=lambda w: spec(C),
     log:
         f"{OUT}/logs/resolved_config.log",
     threads: 1
@@ -75,7 +75,7 @@ rule resolved_config:
         mem_mb=100,
         runtime=1,
     shell:
-        "printf '%s\\n' {params.config:q} > {output:q} 2> {log:q}"
+        "cp {params.config:q} {output:q} 2> {log:q}"
 
 
 rule report:
@@ -103,5 +103,5 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        'diff-erank report --diffs {input.diffs:q} --accuracy {input.accuracy:q} --config "$(cat {input.config:q})"'
+        "diff-erank report --diffs {input.diffs:q} --accuracy {input.accuracy:q} --config-file {input.config:q}"
         " --out-dir {params.run:q} > {log:q} 2>&1"

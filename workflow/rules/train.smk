@@ -31,7 +31,7 @@ rule train:
     wildcard_constraints:
         zoo=one_of(K.zoo),
     params:
-        spec=lambda w: as_json(C["models"][K.zoo[w.zoo]]["train"]),
+        spec=lambda w: spec(C["models"][K.zoo[w.zoo]]["train"]),
     log:
         f"{OUT}/logs/train/{{zoo}}.log",
     benchmark:
@@ -42,5 +42,6 @@ rule train:
         mem_mb=lambda w: model_resources(K.zoo[w.zoo], "mem_mb", 2000),
         runtime=lambda w: model_resources(K.zoo[w.zoo], "runtime", 30),
     shell:
+        "echo {ABOUT:{wildcards.zoo}} > {log:q} && "
         "diff-erank train --spec {params.spec:q} --tokenizer {input.tokenizer:q} --corpus {input.corpus:q}"
-        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads} >> {log:q} 2>&1"
