@@ -676,6 +676,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _use_threads(n: int) -> None:
+    """Run torch with ``n`` threads. Before torch is imported, through the variables it reads when
+    it is: the dump and measure steps look for another run's finished cache entry first, and that
+    check should not wait for torch's import (a link Snakemake removed is back within a second).
+    (OpenMP caps what it reads at the cores there are; a cluster job has as many as it asks.)"""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -689,9 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in STEPS and os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_HOME"):
         logging.info("hub offline: models and datasets are read from HF_HOME=%s", os.environ["HF_HOME"])
     if "threads" in args:  # a step that computes with torch
-        import torch
-
-        torch.set_num_threads(args.threads)
+        _use_threads(args.threads)
     from diff_erank.errors import UserError  # not the modules that raise them: see diff_erank.errors
 
     try:
