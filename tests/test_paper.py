@@ -164,3 +164,10 @@ def test_the_paper_plan_bills_by_kind_and_states_the_saving(tmp_path: Path) -> N
     assert saved.split()[1:3] == ["65", "24"]  # jobs, dump jobs
     gb = downloads({"fig1": load_config(CONF, ["experiment=fig1"])})
     assert gb == {"opt": pytest.approx((125e6 + 1.3e9 + 2.7e9 + 6.7e9 + 13e9) * 2 / 1e9, rel=0.02)}
+    # a published M0 revision is a second download of every model (the weights at step0)
+    pythia = load_config(CONF, ["experiment=pythia-v1"])
+    weights = sum(float(m["params"]) for m in pythia["models"].values()) * 2 / 1e9
+    assert downloads({"pythia-v1": pythia}) == {"pythia": pytest.approx(2 * weights)}
+    small = {**pythia["models"]["pythia-14m"], "checkpoints": ["step1000", "step2000"]}
+    four = pytest.approx(4 * 14e6 * 2 / 1e9)  # main, step0 and the two checkpoints
+    assert downloads({"x": {"models": {"pythia-14m": small}}}) == {"pythia": four}

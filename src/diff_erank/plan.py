@@ -261,7 +261,7 @@ def downloads(parts: Mapping[str, dict[str, Any]]) -> dict[str, float]:
     """GB of model weights a paper run downloads, per family: each distinct (source, revision) its
     experiments load once (the hub cache keeps it), sized as ``params`` x 2 bytes (16-bit weights as
     published; a multi-modal entry by its size label, its LLM alone). Datasets are not counted."""
-    from diff_erank.reproduce import size_value
+    from diff_erank.sizing import size_value
     from diff_erank.variants import Variant, variants
 
     seen: dict[tuple[str, str, str], float] = {}
@@ -271,8 +271,8 @@ def downloads(parts: Mapping[str, dict[str, Any]]) -> dict[str, float]:
                 continue  # trained by the workflow or converted from local files: nothing to download
             for v in variants(m):
                 parsed = Variant.parse(v)
-                if parsed.kind in ("trained", "rev"):
-                    rev = parsed.name if parsed.kind == "rev" else (m.get("revision") or "main")
+                if parsed.made_from == "weights":  # a revision's weights (init-s: a config; ft-: made here)
+                    rev = parsed.source_revision(m) or "main"
                     seen[(m["family"], m["source"], rev)] = float(m.get("params") or size_value(m["size"]))
         for m in ((cfg.get("multimodal") or {}).get("models") or {}).values():
             llama = ((m.get("minigpt") or {}).get("checkpoints") or {}).get("llama") or {}
