@@ -252,7 +252,7 @@ def test_seeded_init_follows_openelm_init_rule(tmp_path, tokenizer_dir) -> None:
     cfg = tiny_openelm_config(tok, model_dim=256, head_dim=32, num_transformer_layers=4)
     cfg.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    spec = model_spec(tmp_path / "m")
+    spec = model_spec(tmp_path / "m").resolved()
     m0 = load_variant(spec, "init-s0")
     assert type(m0) is OpenELMForCausalLM
     for name, p in m0.named_parameters():
@@ -289,7 +289,7 @@ def test_trained_variant_equals_the_model_saved(tmp_path, tokenizer_dir, texts_f
     tok.save_pretrained(tmp_path / "m")
     with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
         assert set(f.keys()) == {name for name, _ in saved.named_parameters()}  # no lm_head.weight
-    spec = model_spec(tmp_path / "m")
+    spec = model_spec(tmp_path / "m").resolved()
     loaded = load_variant(spec, "trained")
     assert type(loaded) is OpenELMForCausalLM and not loaded.config.use_cache
     assert list(loaded.buffers()) == []

@@ -472,8 +472,9 @@ class DumpJob:
     the next is computed; the manifest, which publishes ``<out>``.
 
     ``texts`` is the texts table and its :class:`Tokenised` when the caller already has them
-    (:func:`dump_set`; or tokenised its own way, :func:`read_and_tokenise`). :meth:`load` loads
-    the variant before :meth:`run` does, for a caller that wants to hold the model (a hook on it).
+    (:func:`dump_set`; or tokenised its own way, :func:`read_and_tokenise`). ``model`` is the
+    variant's model: :meth:`load` loads it before :meth:`run` would, for a caller that wants to
+    hold it (a hook on it); a benchmark may set a stand-in of its own before :meth:`run`.
     ``memo_dir``: where local weights' SHA-256 are remembered (the cache's ``sha256/``).
     """
 
