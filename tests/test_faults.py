@@ -265,7 +265,7 @@ def test_incomplete_zoo_model_is_refused(corpus_file, tokenizer_dir, tmp_path) -
     zoo = tmp_path / "zoo" / "m"
     train_model(recipe, tokenizer_dir, corpus_file, zoo)
     assert not list(zoo.parent.glob(".m.partial*"))
-    entry = model_spec("unused", source=None, revision=None, checkpoints=["step2"], train=recipe)
+    entry = model_spec("unused", checkpoints=["step2"], train=recipe).updated(source=None, revision=None)
     load_variant(entry.resolved(str(zoo)), "rev-step2")  # complete: loads
     broken = tmp_path / "broken"
     shutil.copytree(zoo, broken)

@@ -30,7 +30,7 @@ from diff_erank.errors import ConfigError
 from diff_erank.storage import sha256
 from diff_erank.variants import Variant
 
-#: What every job that loads a model reads from its entry (the rest has a meaning when absent).
+#: What every job that loads the model reads from its entry (the rest has a meaning when absent).
 REQUIRED = ("dtype", "trust_remote_code", "max_length")
 
 
@@ -53,9 +53,9 @@ class ModelEntry:
     """One model entry (``models.<name>``), its fields typed; ``spec`` is the dict it was read from."""
 
     spec: Mapping[str, Any] = field(repr=False, compare=False)
-    dtype: str
-    trust_remote_code: bool
-    max_length: int
+    dtype: str | None = None  # REQUIRED ones: None only in an entry no model is loaded from (diff)
+    trust_remote_code: bool = False
+    max_length: int | None = None
     source: str | None = None
     revision: str | None = None
     tokenizer: str | None = None
@@ -81,21 +81,19 @@ class ModelEntry:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> ModelEntry:
-        """The entry of a spec dict; a field the schema does not know, or of the wrong type, or a
-        missing :data:`REQUIRED` one, is a ConfigError naming it."""
+        """The entry of a spec dict; a field the schema does not know, or of the wrong type, is a
+        ConfigError naming it."""
+        given = {k: v for k, v in spec.items() if v is not None}  # a projection writes absent as null
         errors = sorted(
-            jsonschema.Draft202012Validator(_entry_schema()).iter_errors(dict(spec)),
+            jsonschema.Draft202012Validator(_entry_schema()).iter_errors(given),
             key=lambda e: list(e.absolute_path),
         )
         if errors:
             e = errors[0]
             where = ".".join(str(p) for p in e.absolute_path) or "model entry"
             raise ConfigError(f"invalid model entry: {where}: {e.message}")
-        missing = [k for k in REQUIRED if spec.get(k) is None]
-        if missing:
-            raise ConfigError(f"invalid model entry: {', '.join(missing)} not set")
         names = {f.name for f in fields(cls)} - {"spec"}
-        typed = {k: v for k, v in spec.items() if k in names and v is not None}
+        typed = {k: v for k, v in given.items() if k in names}
         if "checkpoints" in typed:
             typed["checkpoints"] = tuple(str(c) for c in typed["checkpoints"])
         return cls(spec=spec, **typed)
@@ -120,6 +118,11 @@ class ModelEntry:
         converted GGUF checkpoint. ``variant_paths`` maps an ``ft-<name>`` variant to the directory
         of its further-trained model.
         """
+        missing = [k for k in REQUIRED if self.spec.get(k) is None]
+        if missing:
+            raise ConfigError(
+                f"invalid model entry: {', '.join(missing)} not set (a model is loaded from it)"
+            )
         source = trained_path or self.source
         if not source:
             raise ConfigError("model entry has no source and no trained path")
