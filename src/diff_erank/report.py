@@ -32,7 +32,6 @@ from diff_erank.variants import TRAINED, Variant, untrained_variants
 
 log = logging.getLogger(__name__)
 
-
 def step_of(variant: str, final_step: float = float("inf")) -> float:
     """Training step of a stage variant: rev-step200 -> 200, init-s0 -> 0, trained -> ``final_step``."""
     v = Variant.parse(variant)
@@ -696,11 +695,8 @@ def write_tables(f: Frames, config: dict[str, Any], out_dir: Path, prov: dict[st
             f"{LAST} layer)",
             notes=[
                 "init_scale: M0's init std as a multiple of the published config's (1 = published)"
-                + (
-                    "; diff_erank_std: std over the untrained seeds."
-                    if "diff_erank_std" in f.init_scale
-                    else "."
-                )
+                + ("; diff_erank_std: std over the untrained seeds." if "diff_erank_std" in f.init_scale
+                   else ".")
             ],
         )
 
