@@ -28,7 +28,7 @@ import yaml
 from diff_erank.config import DEFAULT_CONF_DIR, looks_local, schema
 from diff_erank.errors import ConfigError
 from diff_erank.storage import sha256
-from diff_erank.variants import Variant
+from diff_erank.variants import Variant, init_scale
 
 #: What every job that loads the model reads from its entry (the rest has a meaning when absent).
 REQUIRED = ("dtype", "trust_remote_code", "max_length")
@@ -104,10 +104,8 @@ class ModelEntry:
 
     @property
     def init_scale(self) -> float | None:
-        """``untrained.init_scale``: the multiple of the published init std of the ``init-s<seed>``
-        variants; None when unset (see :func:`diff_erank.variants.init_scale`)."""
-        scale = (self.untrained or {}).get("init_scale")
-        return None if scale is None else float(scale)
+        """``untrained.init_scale`` (:func:`diff_erank.variants.init_scale`)."""
+        return init_scale(self.spec)
 
     def resolved(
         self, trained_path: str | None = None, variant_paths: Mapping[str, str] | None = None
