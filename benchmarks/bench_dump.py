@@ -27,6 +27,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from diff_erank.entries import ModelEntry, model_entry
+
 SMOLLM2_135M = {
     "hidden_size": 576,
     "num_hidden_layers": 30,
@@ -63,21 +65,8 @@ def setup(root: Path, n_texts: int) -> None:
     pd.DataFrame({"text_id": range(n_texts), "text": texts}).to_parquet(root / "texts.parquet")
 
 
-def spec(root: Path, batch_tokens: int) -> dict:
-    return {
-        "family": "bench",
-        "size": "135m",
-        "source": str(root / "model"),
-        "revision": "main",
-        "tokenizer": None,
-        "dtype": "float32",
-        "dump_dtype": "float32",
-        "trust_remote_code": False,
-        "untrained": {"kind": "random_init", "seeds": [0]},
-        "max_length": 2048,
-        "batch_tokens": batch_tokens,
-        "shard_texts": 256,
-    }
+def spec(root: Path, batch_tokens: int) -> ModelEntry:
+    return model_entry(root / "model", family="bench", size="135m", batch_tokens=batch_tokens)
 
 
 def peak_rss_mib() -> float:
@@ -93,7 +82,14 @@ def run_dump(root: Path, variant: str, batch_tokens: int) -> None:
     out = root / f"dump-{variant}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    m = dump(spec(root, batch_tokens), variant, root / "texts.parquet", out, layers=["last"], device="cpu")
+    m = dump(
+        spec(root, batch_tokens).resolved(),
+        variant,
+        root / "texts.parquet",
+        out,
+        layers=["last"],
+        device="cpu",
+    )
     t1 = time.perf_counter()
     df = measure(out)
     t2 = time.perf_counter()

@@ -42,7 +42,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from diff_erank.dump import dump, forward_batch
+from diff_erank.dump import DumpJob, forward_batch, read_and_tokenise
+from diff_erank.entries import model_entry
 from diff_erank.measure import measure
 from diff_erank.storage import write_parquet
 
@@ -248,20 +249,16 @@ def main() -> None:
     src.mkdir(exist_ok=True)
     dtype = getattr(torch, args.dtype)
     opt_config(shape, vocab).save_pretrained(src)  # what the dump hashes as the weights' identity
-    spec = {
-        "family": "opt",
-        "size": "bench",
-        "source": str(src),
-        "revision": None,
-        "tokenizer": None,
-        "dtype": args.dtype,
-        "dump_dtype": args.dtype,
-        "trust_remote_code": False,
-        "untrained": {"kind": "random_init", "seeds": [0]},
-        "max_length": max_length,
-        "batch_tokens": max(budgets),
-        "shard_texts": 256,
-    }
+    spec = model_entry(
+        src,
+        family="opt",
+        size="bench",
+        revision=None,
+        dtype=args.dtype,
+        dump_dtype=args.dtype,
+        max_length=max_length,
+        batch_tokens=max(budgets),
+    )
     results["goal"] = []
     for store in ("hidden", "spectra"):
         t0 = time.perf_counter()
@@ -269,16 +266,13 @@ def main() -> None:
         for seed, variant in ((0, "trained"), (1, "init-s0")):
             model = build(shape, vocab, dtype, seed, device)
             d0 = time.perf_counter()
-            dump(
-                {**spec, "store": store},
-                variant,
-                texts,
-                out / f"{store}-{variant}",
-                ["last"],
-                device.type,
-                model=model,
-                tokenizer=IdsTokenizer(),
+            entry = spec.updated(store=store)
+            ids = read_and_tokenise(entry, texts, IdsTokenizer())
+            job = DumpJob(
+                entry.resolved(), variant, texts, out / f"{store}-{variant}", ["last"], device.type, ids
             )
+            job.model = model  # built on the device with this seed, not loaded from the folder
+            job.run()
             sync(device)
             t_dump += time.perf_counter() - d0
             df = measure(out / f"{store}-{variant}")

@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 import transformers  # noqa: F401 (start-up, paid once per job: the dump's fingerprint reads its version)
 
-from diff_erank.dump import dump
+from diff_erank.dump import DumpJob, read_and_tokenise
+from diff_erank.entries import model_entry
 from diff_erank.measure import measure
 from diff_erank.storage import write_parquet
 
@@ -109,20 +110,12 @@ def main() -> None:
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     try:
         for d in (int(v) for v in args.dims.split(",")):
-            spec = {
-                "source": str(root / "model"),
-                "max_length": 2048,
-                "batch_tokens": 16384,
-                "shard_texts": 64,
-                "dump_dtype": "float32",
-                "dtype": "float32",
-                "revision": None,
-            }
-            model = NullLM(d, 16384)
+            entry = model_entry(root / "model", revision=None, batch_tokens=16384, shard_texts=64)
             t0 = time.perf_counter()
-            m = dump(
-                spec, "trained", texts, root / f"d{d}", device="cpu", model=model, tokenizer=LengthTokenizer()
-            )
+            ids = read_and_tokenise(entry, texts, LengthTokenizer())
+            job = DumpJob(entry.resolved(), "trained", texts, root / f"d{d}", device="cpu", texts=ids)
+            job.model = NullLM(d, 16384)  # a stand-in of the right width: what is measured is the writes
+            m = job.run()
             os.sync()
             t_dump = time.perf_counter() - t0
             size = sum(f.stat().st_size for f in (root / f"d{d}").glob("*.safetensors"))

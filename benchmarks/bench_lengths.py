@@ -63,34 +63,24 @@ class IdsTokenizer:
         return {"input_ids": [int(t) for t in text.split()]}
 
 
-def spec(model: Path, loss: bool) -> dict:
-    """A resolved model entry for a local transformers directory, as the dump step receives it."""
-    return {
-        "family": "bench",
-        "size": model.name,
-        "source": str(model),
-        "revision": None,
-        "tokenizer": None,
-        "dtype": "float32",
-        "dump_dtype": "float32",
-        "trust_remote_code": False,
-        "untrained": {"kind": "random_init", "seeds": [0]},
-        "max_length": 2048,
-        "batch_tokens": 4096,
-        "shard_texts": 256,
-        "loss": loss,
-    }
+def spec(model: Path, loss: bool):
+    """A model entry for a local transformers directory, as the dump step receives it."""
+    from diff_erank.entries import model_entry
+
+    return model_entry(model, family="bench", size=model.name, revision=None, batch_tokens=4096, loss=loss)
 
 
 def run_dump(model: Path, texts: Path, out: Path, loss: bool) -> None:
     import torch
 
-    from diff_erank.dump import dump
+    from diff_erank.dump import dump, read_and_tokenise
     from diff_erank.measure import measure
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    m = dump(spec(model, loss), "trained", texts, out, ["last"], "cpu", tokenizer=IdsTokenizer())
+    entry = spec(model, loss)
+    ids = read_and_tokenise(entry, texts, IdsTokenizer())
+    m = dump(entry.resolved(), "trained", texts, out, ["last"], "cpu", texts=ids)
     df = measure(out)
     dt = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)

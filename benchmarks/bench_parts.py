@@ -36,6 +36,7 @@ def main() -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from diff_erank import dump as D
+    from diff_erank.entries import model_entry
     from diff_erank.models import load_variant
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,8 +51,7 @@ def main() -> None:
         "long": sorted([s for s in ids if len(s) >= D.CPU_SOLO_TOKENS], key=len)[20:23],
         "short": sorted([s for s in ids if len(s) < D.CPU_SOLO_TOKENS], key=len)[-10:],
     }
-    spec = {"source": a.model, "revision": None, "tokenizer": None, "dtype": "float32", "gguf": None}
-    lm = load_variant(spec | {"trust_remote_code": False, "train": None}, "trained", None, None).eval()
+    lm = load_variant(model_entry(a.model, revision=None).resolved(), "trained").eval()
     am = AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
     last = {"last": lm.config.num_hidden_layers}
     cpu = torch.device("cpu")

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from authors_method import authors_erank
 
 from diff_erank.dump import dump
+from diff_erank.entries import ModelSource, model_entry
 from diff_erank.measure import measure
 from diff_erank.stdlib_text import topic_paragraphs
 from diff_erank.train import model_config, train_tokenizer
@@ -51,21 +52,11 @@ def build_model(root: Path, hidden: int, layers: int, max_length: int) -> Path:
     return root / "model"
 
 
-def spec_for(model_dir: Path, max_length: int, shard_texts: int = 64) -> dict:
-    return {
-        "family": "bench",
-        "size": "x",
-        "source": str(model_dir),
-        "revision": "main",
-        "tokenizer": None,
-        "dtype": "float32",
-        "dump_dtype": "float32",
-        "trust_remote_code": False,
-        "untrained": {"kind": "random_init", "seeds": [0]},
-        "max_length": max_length,
-        "batch_tokens": 8192,
-        "shard_texts": shard_texts,
-    }
+def spec_for(model_dir: Path, max_length: int, shard_texts: int = 64) -> ModelSource:
+    entry = model_entry(
+        model_dir, family="bench", size="x", max_length=max_length, batch_tokens=8192, shard_texts=shard_texts
+    )
+    return entry.resolved()
 
 
 def texts_file(path: Path, n: int) -> Path:

@@ -24,13 +24,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from diff_erank import dump as D
 from diff_erank.config import ConfigError
+from diff_erank.entries import ModelEntry
 from diff_erank.measure import measure
 from diff_erank.models import load_tokenizer, load_variant
 
 LAYERS = ["embeddings", "first", "middle", "last", "all"]
 
 
-def _spec(arch: dict, **kw) -> dict:
+def _spec(arch: dict, **kw) -> ModelEntry:
     return model_spec(arch["source"], **{k: v for k, v in arch.items() if k != "source"}, **kw)
 
 
@@ -53,7 +54,7 @@ def _model_dir(arch: dict) -> Path:
 def test_family_dump_and_erank_match_float64_reading(arch_model, texts_file, tmp_path) -> None:
     # a small token budget: batches of several texts, right-padded
     spec = _spec(arch_model, batch_tokens=160, shard_texts=5)
-    manifest = D.dump(spec, "trained", texts_file, tmp_path / "d", layers=LAYERS, device="cpu")
+    manifest = D.dump(spec.resolved(), "trained", texts_file, tmp_path / "d", layers=LAYERS, device="cpu")
     assert manifest["num_hidden_layers"] == 3
     index = {n: v["index"] for n, v in manifest["layers"].items()}
     assert index == {"embeddings": 0, "first": 1, "middle": 1, "last": 3, "0": 0, "1": 1, "2": 2, "3": 3}
@@ -71,7 +72,7 @@ def test_family_dump_and_erank_match_float64_reading(arch_model, texts_file, tmp
     texts = pd.read_parquet(texts_file)["text"]
     seen = 0
     for pos, text in texts.items():
-        ids = tok(text, return_tensors="pt")["input_ids"][:, : spec["max_length"]] if text.strip() else None
+        ids = tok(text, return_tensors="pt")["input_ids"][:, : spec.max_length] if text.strip() else None
         if ids is None or ids.shape[1] < D.MIN_TOKENS:  # blank and too-short texts are skipped
             assert pos not in set(df["position"])
             continue
@@ -104,7 +105,7 @@ def test_layer_names() -> None:
 
 
 @pytest.fixture(scope="module")
-def openelm_like(tmp_path_factory, tokenizer_dir) -> dict:
+def openelm_like(tmp_path_factory, tokenizer_dir) -> ModelEntry:
     """The stand-in laid out as OpenELM's entries use it: model and tokenizer in separate
     repositories, the tokenizer at its own revision (a sub-directory for a local source)."""
     from helpers.models import save_remote_standin
@@ -125,21 +126,22 @@ def test_openelm_like_remote_code_runs_dump_finetune_and_accuracy(openelm_like, 
     from diff_erank.accuracy import evaluate
     from diff_erank.finetune import finetune
 
-    spec = openelm_like
+    spec = openelm_like.resolved()
+    entry = openelm_like
     # what broke OpenELM: no num_hidden_layers in its config, and a cache asked for by default
-    cfg = AutoConfig.from_pretrained(spec["source"], trust_remote_code=True)
+    cfg = AutoConfig.from_pretrained(entry.source, trust_remote_code=True)
     assert type(cfg).__module__.startswith("transformers_modules.")
     with pytest.raises(AttributeError):
         cfg.get_text_config().num_hidden_layers  # noqa: B018
-    raw = AutoModelForCausalLM.from_pretrained(spec["source"], trust_remote_code=True)
+    raw = AutoModelForCausalLM.from_pretrained(entry.source, trust_remote_code=True)
     with pytest.raises(RuntimeError, match="cache"):
         raw(input_ids=torch.tensor([[1, 2, 3]]))
 
     # the tokenizer comes from its own repository at its own revision, not the model's "main"
     tok = load_tokenizer(spec)
-    assert tok.get_vocab() == AutoTokenizer.from_pretrained(Path(spec["tokenizer"]) / "tok-rev").get_vocab()
+    assert tok.get_vocab() == AutoTokenizer.from_pretrained(Path(entry.tokenizer) / "tok-rev").get_vocab()
     with pytest.raises(ConfigError, match="no revision directory 'main'"):
-        load_tokenizer({**spec, "tokenizer_revision": None})
+        load_tokenizer(entry.updated(tokenizer_revision=None).resolved())
 
     model = load_variant(spec, "trained")
     assert type(model).__module__.startswith("transformers_modules.")
@@ -161,15 +163,8 @@ def test_openelm_like_remote_code_runs_dump_finetune_and_accuracy(openelm_like, 
     }
     facts = finetune(spec, recipe, texts_file, tmp_path / "ft", device="cpu")
     assert math.isfinite(facts["final_loss"])
-    ft = D.dump(
-        spec,
-        "ft-x",
-        texts_file,
-        tmp_path / "f",
-        layers=["last"],
-        device="cpu",
-        variant_path=str(tmp_path / "ft"),
-    )
+    with_ft = entry.resolved(variant_paths={"ft-x": str(tmp_path / "ft")})
+    ft = D.dump(with_ft, "ft-x", texts_file, tmp_path / "f", layers=["last"], device="cpu")
     assert ft["n_texts"] == trained["n_texts"]
     a, b = measure(tmp_path / "t"), measure(tmp_path / "f")
     assert not np.allclose(a[a["layer"] == "last"]["erank"], b["erank"])  # training changed the model
@@ -200,10 +195,10 @@ def test_every_family_loads_with_its_non_persistent_buffers_checked(arch_model, 
         for variant in ("trained", "init-s0"):
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="diff_erank.models"):
-                model = load_variant(spec, variant)
+                model = load_variant(spec.resolved(), variant)
             expected = sorted(name for name, _ in model.named_non_persistent_buffers())
-            assert sorted(_logged_buffers(caplog)) == expected, (spec["source"], variant)
-            checked[spec["source"]] = expected
+            assert sorted(_logged_buffers(caplog)) == expected, (spec.source, variant)
+            checked[spec.source] = expected
     if arch_model.get("trust_remote_code"):
         assert checked[arch_model["source"]] == ["causal", "inv_freq"]
 
@@ -221,7 +216,7 @@ def test_remote_code_with_uninitialised_buffers_is_refused(tmp_path, tokenizer_d
     fresh = AutoModelForCausalLM.from_config(raw.config, trust_remote_code=True, dtype=torch.float32)
     if torch.equal(raw.inv_freq, fresh.inv_freq) and torch.equal(raw.causal, fresh.causal):
         pytest.skip("this transformers initialises remote code's non-persistent buffers: the fault is gone")
-    spec = model_spec(root, tokenizer=str(tokenizer_dir), trust_remote_code=True)
+    spec = model_spec(root, tokenizer=str(tokenizer_dir), trust_remote_code=True).resolved()
     refusal = r"buffer '(causal|inv_freq)' of module '\(root\)' differs .* by up to"
     with pytest.raises(ConfigError, match=refusal):
         load_variant(spec, "trained")
@@ -256,8 +251,8 @@ def test_a_corrupted_buffer_is_refused_for_every_variant_kind(
     for build in ("from_pretrained", "from_config"):
         original = getattr(AutoModelForCausalLM, build)
         monkeypatch.setattr(AutoModelForCausalLM, build, lambda *a, _f=original, **k: corrupt(_f(*a, **k)))
-    spec = model_spec(tmp_path / "llama")
+    spec = model_spec(tmp_path / "llama").resolved(variant_paths={"ft-x": str(tmp_path / "llama" / "main")})
     diff = "inf" if math.isnan(garbage) else "1"  # inv_freq[0] is 1: scaled to ~0
     refusal = rf"buffer 'inv_freq' of module 'model.rotary_emb' .* by up to {diff} "
     with pytest.raises(ConfigError, match=refusal):
-        load_variant(spec, variant, variant_path=str(tmp_path / "llama" / "main"))
+        load_variant(spec, variant)

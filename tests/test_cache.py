@@ -93,6 +93,7 @@ def test_the_init_scale_reaches_the_dump_and_its_key() -> None:
     out of it never reaches the model); at scale 1 the spec and keys are the published ones."""
     from transformers import LlamaConfig
 
+    from diff_erank.entries import ModelEntry
     from diff_erank.models import scale_init
 
     run = "results/init-scale"
@@ -100,7 +101,9 @@ def test_the_init_scale_reaches_the_dump_and_its_key() -> None:
     for name, scale in (("smollm2-x2", 2.0), ("smollm2-x0_25", 0.25), ("smollm2-x1", None)):
         spec = sweep.dump_spec(sweep.sets[(name, "topics")])
         assert (spec.get("untrained") or {}).get("init_scale") == scale
-        assert scale_init(LlamaConfig(initializer_range=0.04), spec).initializer_range == 0.04 * (scale or 1)
+        assert scale_init(
+            LlamaConfig(initializer_range=0.04), ModelEntry.from_spec(spec)
+        ).initializer_range == 0.04 * (scale or 1)
     trained, init = (("smollm2-x2", v, "topics") for v in ("trained", "init-s0"))
     same = (("smollm2-x1", v, "topics") for v in ("trained", "init-s0"))
     (t1, i1) = (sweep.measured[j] for j in same)

@@ -9,13 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers.models import model_spec
+from helpers.models import model_spec, resolved
 from transformers import AutoModel, AutoTokenizer
 
 from diff_erank import dump as D
 from diff_erank.config import ConfigError
+from diff_erank.entries import resolve_source
 from diff_erank.measure import measure
-from diff_erank.models import load_variant, resolve_source
+from diff_erank.models import load_variant
 
 
 def _collect(dump_dir: Path) -> dict[int, tuple[float, dict[str, torch.Tensor]]]:
@@ -23,7 +24,7 @@ def _collect(dump_dir: Path) -> dict[int, tuple[float, dict[str, torch.Tensor]]]
 
 
 def test_last_layer_is_automodel_last_hidden_state(tiny_model, texts_file, tmp_path) -> None:
-    spec = model_spec(tiny_model)
+    spec = resolved(tiny_model)
     out = tmp_path / "dump"
     manifest = D.dump(spec, "trained", texts_file, out, layers=["first", "last"], device="cpu")
     assert manifest["layers"]["last"]["index"] == manifest["num_hidden_layers"] == 2
@@ -33,7 +34,7 @@ def test_last_layer_is_automodel_last_hidden_state(tiny_model, texts_file, tmp_p
     got = _collect(out)
     assert len(got) == manifest["n_texts"] > 5
     for pos, (_, layers) in got.items():
-        ids = tok(texts[pos], return_tensors="pt")["input_ids"][:, : spec["max_length"]]
+        ids = tok(texts[pos], return_tensors="pt")["input_ids"][:, : spec.entry.max_length]
         with torch.no_grad():
             ref = base(input_ids=ids).last_hidden_state[0]
         torch.testing.assert_close(layers["last"], ref, rtol=1e-5, atol=1e-5)
@@ -42,14 +43,14 @@ def test_last_layer_is_automodel_last_hidden_state(tiny_model, texts_file, tmp_p
 
 def test_batched_equals_one_text_at_a_time(tiny_model, texts_file, tmp_path) -> None:
     batched = D.dump(
-        model_spec(tiny_model, batch_tokens=4096, shard_texts=100),
+        resolved(tiny_model, batch_tokens=4096, shard_texts=100),
         "trained",
         texts_file,
         tmp_path / "b",
         device="cpu",
     )
     single = D.dump(
-        model_spec(tiny_model, batch_tokens=1, shard_texts=1),
+        resolved(tiny_model, batch_tokens=1, shard_texts=1),
         "trained",
         texts_file,
         tmp_path / "s",
@@ -77,7 +78,7 @@ def test_batch_planning_respects_budget() -> None:
 
 
 def test_short_and_long_texts_are_counted(tiny_opt, texts_file, tmp_path) -> None:
-    m = D.dump(model_spec(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
+    m = D.dump(resolved(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
     assert m["n_skipped_empty"] == 1  # the empty text
     assert m["n_skipped_short"] == 1  # "a": BOS + 1 token, an eRank of exactly 1 whatever the model
     assert m["n_truncated"] >= 1  # the long text, cut at max_length
@@ -95,7 +96,7 @@ def test_short_and_long_texts_are_counted(tiny_opt, texts_file, tmp_path) -> Non
 
 
 def test_untrained_variants(tiny_opt, texts_file, tmp_path) -> None:
-    spec = model_spec(tiny_opt)
+    spec = resolved(tiny_opt)
     a = load_variant(spec, "init-s0")
     b = load_variant(spec, "init-s0")
     c = load_variant(spec, "init-s1")
@@ -116,13 +117,13 @@ def test_missing_local_path_is_clear(tmp_path) -> None:
 
 
 def test_hub_id_offline_is_clear() -> None:
-    spec = model_spec("facebook/opt-125m", revision="main")
+    spec = resolved("facebook/opt-125m", revision="main")
     with pytest.raises(ConfigError, match=r"cannot load 'facebook/opt-125m'.*offline"):
         load_variant(spec, "trained")
 
 
 def test_killed_dump_leaves_nothing_complete_and_resumes(tiny_opt, texts_file, tmp_path, monkeypatch) -> None:
-    spec = model_spec(tiny_opt, shard_texts=3)
+    spec = resolved(tiny_opt, shard_texts=3)
     out = tmp_path / "dump"
     calls = {"n": 0}
     real = D.forward_batch
@@ -153,13 +154,13 @@ def test_partial_from_other_config_is_discarded(tiny_opt, texts_file, tmp_path) 
     partial.mkdir()
     (partial / "fingerprint.txt").write_text("something else")
     (partial / "shard-00000.json").write_text(json.dumps({"file": "x", "sha256": "0"}))
-    D.dump(model_spec(tiny_opt), "trained", texts_file, out, device="cpu")
+    D.dump(resolved(tiny_opt), "trained", texts_file, out, device="cpu")
     assert out.is_dir() and not partial.exists()
 
 
 def test_corrupt_shard_is_named(tiny_opt, texts_file, tmp_path) -> None:
     out = tmp_path / "dump"
-    D.dump(model_spec(tiny_opt), "trained", texts_file, out, device="cpu")
+    D.dump(resolved(tiny_opt), "trained", texts_file, out, device="cpu")
     shard = sorted(out.glob("shard-*.safetensors"))[0]
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
@@ -183,7 +184,7 @@ def test_out_of_memory_halves_the_batch(tiny_opt, texts_file, tmp_path, monkeypa
         return real(model, seqs, *args, **kw)
 
     monkeypatch.setattr(D, "forward_batch", oom_on_big_batches)
-    spec = model_spec(tiny_opt, batch_tokens=100000, shard_texts=100)
+    spec = resolved(tiny_opt, batch_tokens=100000, shard_texts=100)
     with caplog.at_level("WARNING"):
         m = D.dump(spec, "trained", texts_file, tmp_path / "d", device="cpu")
     assert "halving" in caplog.text
@@ -214,11 +215,11 @@ def test_remote_code_is_refused_by_default(tiny_opt, tmp_path) -> None:
     (remote / "config.json").write_text(json.dumps(cfg))
     (remote / "configuration_evil.py").write_text("raise SystemExit('remote code ran')\n")
     (remote / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
-    spec = model_spec(remote)
+    spec = resolved(remote)
     model = load_variant(spec, "trained")  # the auto_map is ignored without trust_remote_code
     assert type(model).__module__.startswith("transformers.")
     with pytest.raises(SystemExit, match="remote code ran"):
-        load_variant({**spec, "trust_remote_code": True}, "trained")
+        load_variant(resolved(remote, trust_remote_code=True), "trained")
 
 
 def test_a_set_dumps_each_variant_as_its_own_dump_would_and_keeps_finished_ones(
@@ -226,7 +227,7 @@ def test_a_set_dumps_each_variant_as_its_own_dump_would_and_keeps_finished_ones(
 ) -> None:
     """Every variant of a model in one process gives, bit for bit, the dumps of one process each; a
     set interrupted after a variant keeps it (same fingerprint) and redoes one made from other weights."""
-    spec = model_spec(tiny_model, untrained={"kind": "random_init", "seeds": [0, 1]})
+    spec = resolved(tiny_model, untrained={"kind": "random_init", "seeds": [0, 1]})
     names = ["trained", "init-s0", "init-s1"]
     out = tmp_path / "set"
     manifests = D.dump_set(spec, names, texts_file, out, layers=["first", "last"], device="cpu")
@@ -241,7 +242,7 @@ def test_a_set_dumps_each_variant_as_its_own_dump_would_and_keeps_finished_ones(
     tok = AutoTokenizer.from_pretrained(tiny_model / "main")
     texts = pd.read_parquet(texts_file)["text"]
     for pos, (_, layers) in _collect(out / "trained").items():
-        ids = tok(texts[pos], return_tensors="pt")["input_ids"][:, : spec["max_length"]]
+        ids = tok(texts[pos], return_tensors="pt")["input_ids"][:, : spec.entry.max_length]
         with torch.no_grad():
             ref = base(input_ids=ids).last_hidden_state[0]
         torch.testing.assert_close(layers["last"], ref, rtol=1e-5, atol=1e-5)
@@ -262,7 +263,7 @@ def test_a_set_dumps_each_variant_as_its_own_dump_would_and_keeps_finished_ones(
 def test_a_set_of_dumps_is_measured_into_one_table_per_variant(tiny_model, texts_file, tmp_path) -> None:
     from diff_erank.measure import measure_set_to_dir
 
-    spec = model_spec(tiny_model)
+    spec = resolved(tiny_model)
     D.dump_set(spec, ["trained", "init-s0"], texts_file, tmp_path / "set", device="cpu")
     rows = measure_set_to_dir(tmp_path / "set", tmp_path / "tables", texts_file)
     tables = sorted(p.name for p in (tmp_path / "tables").iterdir())
@@ -282,7 +283,7 @@ def test_a_local_model_folder_whose_tokenizer_is_missing_or_foreign_is_refused(t
     from diff_erank.errors import ConfigError
     from diff_erank.models import load_tokenizer
 
-    assert len(load_tokenizer(model_spec(tiny_opt))) > 2  # its own tokenizer passes
+    assert len(load_tokenizer(resolved(tiny_opt))) > 2  # its own tokenizer passes
     bare = tmp_path / "bare"
     shutil.copytree(tiny_opt / "main", bare / "main")
     for f in bare.glob("main/*"):
@@ -290,12 +291,12 @@ def test_a_local_model_folder_whose_tokenizer_is_missing_or_foreign_is_refused(t
             f.unlink()
     no_tokenizer = r"model folder .*bare/main has no tokenizer; save one or set `tokenizer:`"
     with pytest.raises(ConfigError, match=no_tokenizer):
-        load_tokenizer(model_spec(bare))
+        load_tokenizer(resolved(bare))
     one = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))  # the 1-token tokenizer
     one.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=one, unk_token="<unk>").save_pretrained(bare / "main")
     with pytest.raises(ConfigError, match=r"tokenizer in the model folder .* is not the model's \(its 1 tok"):
-        load_tokenizer(model_spec(bare))
+        load_tokenizer(resolved(bare))
 
 
 def test_the_fingerprint_hashes_local_weights_once_until_a_file_changes(
@@ -323,7 +324,7 @@ def test_the_fingerprint_hashes_local_weights_once_until_a_file_changes(
     def dump_once(out: str) -> str:
         sources._SEEN.clear()  # what a new process starts with
         hashed.clear()
-        return D.dump(model_spec(model), "trained", texts_file, tmp_path / out, device="cpu", memo_dir=memo)[
+        return D.dump(resolved(model), "trained", texts_file, tmp_path / out, device="cpu", memo_dir=memo)[
             "fingerprint"
         ]
 
@@ -350,7 +351,7 @@ def test_the_dump_step_remembers_the_weights_hashes_in_its_cache(tiny_opt, texts
     root = tmp_path / "cache"
     from diff_erank.cache import spec_file
 
-    step = ["dump", "--spec", spec_file(str(tmp_path), model_spec(tiny_opt)), "--variants", "trained"]
+    step = ["dump", "--spec", spec_file(str(tmp_path), model_spec(tiny_opt).spec), "--variants", "trained"]
     step += ["--device", "cpu"]
     step += ["--texts", str(texts_file), "--out", str(root / "dumps" / "k" / "last")]
     root.mkdir()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers.models import model_spec, save_tiny
+from helpers.models import model_spec, resolved, save_tiny
 
 from diff_erank import dump as D
 from diff_erank.cache import spec_file
@@ -47,13 +47,11 @@ class Interrupted(Exception):
 
 # -- item 1: a resumed dump must not mix two models ------------------------------------------------
 def test_resume_after_the_weights_changed_recomputes_everything(tokenizer_dir, tmp_path, caplog) -> None:
-    from diff_erank.models import load_variant
-
     src = save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=0)
     texts = _texts(tmp_path / "texts.parquet", _paragraphs(24))
-    spec = model_spec(src, shard_texts=4, batch_tokens=64)  # 6 shards, one text per forward
+    spec = resolved(src, shard_texts=4, batch_tokens=64)  # 6 shards, one text per forward
     out = tmp_path / "dump"
-    model = load_variant(spec, "trained")
+    job = D.DumpJob(spec, "trained", texts, out, device="cpu")
     calls = [0]
 
     def kill_after_9(*_):
@@ -61,9 +59,9 @@ def test_resume_after_the_weights_changed_recomputes_everything(tokenizer_dir, t
         if calls[0] > 9:
             raise Interrupted
 
-    model.register_forward_pre_hook(kill_after_9)
+    job.load().register_forward_pre_hook(kill_after_9)
     with pytest.raises(Interrupted):
-        D.dump(spec, "trained", texts, out, device="cpu", model=model)
+        job.run()
     assert len(list(out.with_name("dump.partial").glob("shard-*.json"))) == 2
     save_tiny(tmp_path / "model", "opt", tokenizer_dir, seed=1)  # the weights are replaced in place
     with caplog.at_level(logging.INFO, logger="diff_erank.dump"):
@@ -83,8 +81,9 @@ def test_hub_identity_is_the_commit_actually_loaded(tokenizer_dir, tmp_path) -> 
         f"""
         import json, os, shutil
         from pathlib import Path
+        from diff_erank.entries import ModelEntry
         from diff_erank.models import load_variant, weights_identity
-        spec = json.loads({json.dumps(model_spec("org/tiny"))!r})
+        spec = ModelEntry.from_spec(json.loads({json.dumps(model_spec("org/tiny").spec)!r})).resolved()
         repo = Path({str(repo)!r})
         out = []
         for commit, seed in (("a" * 40, 0), ("b" * 40, 1)):
@@ -133,10 +132,10 @@ def test_flipped_bit_in_an_erank_table_is_an_error_naming_the_file(tiny_opt, tex
     from diff_erank.cli import main
     from diff_erank.storage import IntegrityError
 
-    spec = model_spec(tiny_opt)
+    entry = model_spec(tiny_opt)
     paths = {}
     for v in ("trained", "init-s0"):
-        D.dump(spec, v, texts_file, tmp_path / v, device="cpu")
+        D.dump(entry.resolved(), v, texts_file, tmp_path / v, device="cpu")
         paths[v] = tmp_path / f"{v}.parquet"
         measure_to_file(tmp_path / v, paths[v], texts_file)
     load_tables(paths)  # intact: reads
@@ -146,7 +145,7 @@ def test_flipped_bit_in_an_erank_table_is_an_error_naming_the_file(tiny_opt, tex
     args = [
         "diff",
         "--spec",
-        spec_file(str(tmp_path), spec),
+        spec_file(str(tmp_path), entry.spec),
         "--model",
         "m",
         "--dataset",
@@ -164,8 +163,7 @@ def test_blank_and_two_token_texts_are_skipped_and_counted(tiny_opt, tmp_path) -
     from diff_erank.erank import erank_stats
 
     texts = _texts(tmp_path / "t.parquet", ["   ", "\n\t", "a", *_paragraphs(6)])
-    spec = model_spec(tiny_opt)
-    m = D.dump(spec, "trained", texts, tmp_path / "d", device="cpu")
+    m = D.dump(resolved(tiny_opt), "trained", texts, tmp_path / "d", device="cpu")
     assert (m["n_skipped_empty"], m["n_skipped_short"], m["n_texts"], m["min_tokens"]) == (2, 1, 6, 3)
     df = measure_to_file(tmp_path / "d", tmp_path / "e.parquet", texts)
     assert set(df["position"]) == set(range(3, 9)) and (df["n_tokens"] >= 3).all()
@@ -174,7 +172,7 @@ def test_blank_and_two_token_texts_are_skipped_and_counted(tiny_opt, tmp_path) -
     assert skipped == (2, 1, m["n_truncated"])
     # why 2 tokens are too few: two centred vectors are collinear, eRank exactly 1 whatever they are
     assert erank_stats(torch.randn(2, 64, dtype=torch.float64)).erank == pytest.approx(1.0, abs=1e-12)
-    kept = D.dump(model_spec(tiny_opt, min_tokens=2), "trained", texts, tmp_path / "d2", device="cpu")
+    kept = D.dump(resolved(tiny_opt, min_tokens=2), "trained", texts, tmp_path / "d2", device="cpu")
     assert (kept["n_skipped_empty"], kept["n_skipped_short"], kept["n_texts"]) == (2, 0, 7)
 
 
@@ -207,16 +205,16 @@ def test_pickle_checkpoints_are_tensors_only_and_recorded(tiny_opt, texts_file, 
 
     plain = _bin_only(tiny_opt / "main", tmp_path / "plain")
     with caplog.at_level(logging.WARNING, logger="diff_erank.models"):
-        m = D.dump(model_spec(plain, revision=None), "trained", texts_file, tmp_path / "d", device="cpu")
+        m = D.dump(resolved(plain, revision=None), "trained", texts_file, tmp_path / "d", device="cpu")
     assert m["weights"]["format"] == "bin" and "no safetensors" in caplog.text
-    ref = D.dump(model_spec(tiny_opt), "trained", texts_file, tmp_path / "ref", device="cpu")
+    ref = D.dump(resolved(tiny_opt), "trained", texts_file, tmp_path / "ref", device="cpu")
     assert ref["weights"]["format"] == "safetensors"
     pd.testing.assert_frame_equal(measure(tmp_path / "d"), measure(tmp_path / "ref"), check_exact=True)
 
     marker = tmp_path / "payload-ran"
     evil = _bin_only(tiny_opt / "main", tmp_path / "evil", _Payload(marker))
     with pytest.raises(ConfigError, match=r"refusing the \.bin checkpoint .*holds more than tensors"):
-        load_variant(model_spec(evil, revision=None), "trained")
+        load_variant(resolved(evil, revision=None), "trained")
     assert not marker.exists()
 
 
@@ -268,27 +266,21 @@ def test_incomplete_zoo_model_is_refused(corpus_file, tokenizer_dir, tmp_path) -
     zoo = tmp_path / "zoo" / "m"
     train_model(recipe, tokenizer_dir, corpus_file, zoo)
     assert not list(zoo.parent.glob(".m.partial*"))
-    spec = {
-        **model_spec("unused"),
-        "source": None,
-        "revision": None,
-        "checkpoints": ["step2"],
-        "train": recipe,
-    }
-    load_variant(spec, "rev-step2", trained_path=str(zoo))  # complete: loads
+    entry = model_spec("unused", checkpoints=["step2"], train=recipe).updated(source=None, revision=None)
+    load_variant(entry.resolved(str(zoo)), "rev-step2")  # complete: loads
     broken = tmp_path / "broken"
     shutil.copytree(zoo, broken)
     shutil.rmtree(broken / "step2")  # what two runs racing on one results folder left behind
     with pytest.raises(
         ConfigError, match=r"zoo model .*broken is incomplete \(missing checkpoint.*forcerun train"
     ):
-        load_variant(spec, "trained", trained_path=str(broken))
+        entry.resolved(str(broken))
     shutil.copytree(zoo, broken, dirs_exist_ok=True)
     data = bytearray((broken / "main" / "model.safetensors").read_bytes())
     data[-5] ^= 1
     (broken / "main" / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(ConfigError, match="differ from the ones trained"):
-        load_variant(spec, "trained", trained_path=str(broken))
+        entry.resolved(str(broken))
 
 
 # -- items 2 and 5 through Snakemake: local files are inputs; the run folder is locked --------------
@@ -365,8 +357,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path) -> None:
 def test_a_flipped_digit_in_a_dump_manifest_is_an_error_naming_it(tiny_opt, texts_file, tmp_path) -> None:
     from diff_erank.storage import IntegrityError
 
-    spec = model_spec(tiny_opt)
-    D.dump_set(spec, ["trained"], texts_file, tmp_path / "set", device="cpu")
+    D.dump_set(resolved(tiny_opt), ["trained"], texts_file, tmp_path / "set", device="cpu")
     manifest = tmp_path / "set" / "trained" / D.MANIFEST
     n_params = json.loads(manifest.read_text())["n_params"]
     text = manifest.read_text()

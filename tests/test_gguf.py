@@ -174,36 +174,32 @@ def test_m0_of_a_gguf_entry_is_built_from_its_published_config(tiny_gguf, tmp_pa
 
     folder, file, _, _ = tiny_gguf
     with pytest.raises(ConfigError, match=r"does not carry initializer_range.*gguf.published.config"):
-        convert(
-            _spec(folder, file, published=None)["gguf"], Path(folder) / file, tmp_path / "no", torch.float32
-        )
+        convert(_spec(folder, file, published=None).gguf, Path(folder) / file, tmp_path / "no", torch.float32)
     assert not (tmp_path / "no").exists()
     with pytest.raises(ConfigError, match=r"does not carry initializer_range"):
-        load_variant(_spec(folder, file, published=None), "init-s0")
+        load_variant(_spec(folder, file, published=None).resolved(), "init-s0")
     wrong = {**PUBLISHED, "config": {**PUBLISHED["config"], "hidden_size": 2 * HIDDEN}}
     with pytest.raises(
         ConfigError, match=r"contradicts the published config \(hidden_size: file 32, published 64"
     ):
-        convert(
-            _spec(folder, file, published=wrong)["gguf"], Path(folder) / file, tmp_path / "w", torch.float32
-        )
+        convert(_spec(folder, file, published=wrong).gguf, Path(folder) / file, tmp_path / "w", torch.float32)
 
     spec = _spec(folder, file)
     hf = tmp_path / "hf"
-    convert(spec["gguf"], Path(folder) / file, hf, torch.float32)
+    convert(spec.gguf, Path(folder) / file, hf, torch.float32)
     written = json.loads((hf / "config.json").read_text())
     assert {k: written[k] for k in PUBLISHED["config"]} == PUBLISHED["config"]
     assert json.loads((hf / "gguf.json").read_text())["published"] == PUBLISHED
-    for m0 in (load_variant(spec, "init-s0", trained_path=str(hf)), load_variant(spec, "init-s0")):
+    for m0 in (load_variant(spec.resolved(str(hf)), "init-s0"), load_variant(spec.resolved(), "init-s0")):
         assert _weight_std(m0) == pytest.approx(0.1, rel=0.05)  # 0.02 is the library default
-    scaled = {**spec, "untrained": {**spec["untrained"], "init_scale": 0.5}}
-    assert _weight_std(load_variant(scaled, "init-s0", trained_path=str(hf))) == pytest.approx(0.05, rel=0.05)
+    scaled = spec.updated(untrained={**spec.untrained, "init_scale": 0.5})
+    assert _weight_std(load_variant(scaled.resolved(str(hf)), "init-s0")) == pytest.approx(0.05, rel=0.05)
     # the trained variant keeps the file's weights (written at LlamaConfig's std 0.02), untouched
-    assert _weight_std(load_variant(spec, "trained", trained_path=str(hf))) == pytest.approx(0.02, rel=0.1)
+    assert _weight_std(load_variant(spec.resolved(str(hf)), "trained")) == pytest.approx(0.02, rel=0.1)
 
     texts = tmp_path / "texts.parquet"
     pd.DataFrame({"text": ["the cat sat on the mat and looked at the dog " * 2] * 3}).to_parquet(texts)
-    manifest = dump(scaled, "init-s0", texts, tmp_path / "d", ["last"], "cpu", trained_path=str(hf))
+    manifest = dump(scaled.resolved(str(hf)), "init-s0", texts, tmp_path / "d", ["last"], "cpu")
     assert manifest["init"]["seed"] == 0 and manifest["init"]["init_scale"] == 0.5
     assert manifest["init"]["initializer_range"] == pytest.approx(0.05)
 
@@ -267,13 +263,13 @@ def test_gguf_entry_loads_converts_dumps_and_measures(tiny_gguf, texts_file, tmp
     spec = _spec(folder, file)
 
     # transformers' GGUF loader gives back exactly the weights written (unpermuted, Q8_0 dequantised)
-    trained = load_variant(spec, "trained")
+    trained = load_variant(spec.resolved(), "trained")
     got = trained.state_dict()
     assert type(trained).__name__ == "LlamaForCausalLM" and set(got) == set(expected)
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
     # the tokenizer rebuilt from the metadata splits text as the original tokenizer does
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec.resolved())
     texts = list(pd.read_parquet(texts_file)["text"])[2:8]
     assert [tok(t)["input_ids"] for t in texts] == [ref_tok(t)["input_ids"] for t in texts]
 
@@ -282,30 +278,33 @@ def test_gguf_entry_loads_converts_dumps_and_measures(tiny_gguf, texts_file, tmp
 
     hf = tmp_path / "hf"
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    facts = convert(spec["gguf"], Path(folder) / file, hf, torch.float32)
+    facts = convert(spec.gguf, Path(folder) / file, hf, torch.float32)
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)  # one_parse undone
     assert facts["quantization"] == "Q8_0" and facts["tensor_types"] == {"F32": 3 + 9 * LAYERS - 2, "Q8_0": 2}
-    assert json.loads((hf / FACTS).read_text())["sha256"] == spec["gguf"]["sha256"]
+    assert json.loads((hf / FACTS).read_text())["sha256"] == spec.gguf["sha256"]
     assert "quantization_config" not in json.loads((hf / "config.json").read_text())
-    plain = load_variant(spec, "trained", trained_path=str(hf))
+    plain = load_variant(spec.resolved(str(hf)), "trained")
     for name, value in expected.items():
         assert torch.equal(plain.state_dict()[name], value), name
-    conv_tok = load_tokenizer(spec, str(hf))
+    conv_tok = load_tokenizer(spec.resolved(str(hf)))
     assert [conv_tok(t)["input_ids"] for t in texts] == [ref_tok(t)["input_ids"] for t in texts]
-    init_raw, init_conv = load_variant(spec, "init-s1"), load_variant(spec, "init-s1", trained_path=str(hf))
+    init_raw, init_conv = (
+        load_variant(spec.resolved(), "init-s1"),
+        load_variant(spec.resolved(str(hf)), "init-s1"),
+    )
     for (name, a), b in zip(init_raw.state_dict().items(), init_conv.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert not torch.equal(init_raw.state_dict()["model.norm.weight"], expected["model.norm.weight"])
 
     # dump + eRank through the pipeline, provenance naming the file and its quantisation
     out = tmp_path / "dump"
-    manifest = dump(spec, "trained", texts_file, out, ["first", "last"], "cpu", trained_path=str(hf))
-    assert manifest["gguf"]["sha256"] == spec["gguf"]["sha256"]
+    manifest = dump(spec.resolved(str(hf)), "trained", texts_file, out, ["first", "last"], "cpu")
+    assert manifest["gguf"]["sha256"] == spec.gguf["sha256"]
     assert manifest["gguf"]["quantization"] == "Q8_0" and manifest["gguf"]["file"] == file
     table = measure_to_file(out, tmp_path / "erank.parquet", texts_file)
     row = table[(table["layer"] == "last")].iloc[0]
     text = pd.read_parquet(texts_file)["text"][int(row["position"])]
-    ids = torch.tensor([ref_tok(text)["input_ids"][: spec["max_length"]]])
+    ids = torch.tensor([ref_tok(text)["input_ids"][: spec.max_length]])
     with torch.no_grad():
         h = trained(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
     assert row["erank"] == pytest.approx(_erank64(h), rel=1e-5)

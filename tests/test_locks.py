@@ -348,7 +348,9 @@ def test_two_runs_sharing_the_cache_compute_each_entry_once(tmp_path, tokenizer_
     (new_key,) = [p.name for p in (shared / "cache" / "erank").iterdir() if p.name != key]
     assert len(list((shared / "cache" / "erank" / new_key).glob(".last.data-*"))) == 1
     dumped = [
-        f for n in ("c", "d") for f in (shared / f"run-{n}" / "logs" / "dump").glob("*/*.log")
+        f
+        for n in ("c", "d")
+        for f in (shared / f"run-{n}" / "logs" / "dump").glob("*/*.log")
         if "dump trained:" in f.read_text()
     ]
     assert len(dumped) == 1, dumped  # one of the two runs dumped, the other reused it
@@ -427,7 +429,7 @@ def test_dump_and_erank_steps_reuse_a_finished_entry_whose_link_was_removed(tiny
 
     root = tmp_path / "cache"
     dump, tables = root / "dumps" / "k" / "last", root / "erank" / "k" / "last"
-    spec = cache.spec_file(str(tmp_path), model_spec(tiny_opt))
+    spec = cache.spec_file(str(tmp_path), model_spec(tiny_opt).spec)
     step_dump = ["dump", "--spec", spec, "--variants", "trained", "init-s0", "--texts", str(texts_file)]
     step_dump += ["--out", str(dump), "--device", "cpu", "--temp"]
     step_measure = ["measure", "--dump", str(dump), "--texts", str(texts_file), "--out", str(tables)]

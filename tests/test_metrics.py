@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.models import model_spec
+from helpers.models import resolved
 
 from diff_erank import dump as D
 from diff_erank import metrics
@@ -38,11 +38,10 @@ def test_a_registered_metric_is_measured_and_summarised(
 ) -> None:
     import torch
 
-    spec = model_spec(tiny_model)
     tables = {}
     for store in ("hidden", "spectra"):
         variants = ["trained", "init-s0"]
-        D.dump_set({**spec, "store": store}, variants, texts_file, tmp_path / store, device="cpu")
+        D.dump_set(resolved(tiny_model, store=store), variants, texts_file, tmp_path / store, device="cpu")
         tables[store] = {v: measure(tmp_path / store / v) for v in ("trained", "init-s0")}
     hidden, spectra = tables["hidden"], tables["spectra"]
     trained = hidden["trained"]
@@ -60,6 +59,7 @@ def test_a_registered_metric_is_measured_and_summarised(
     row = df[(df["role"] == "untrained") & (df["layer"] == trained["layer"].iloc[0])].iloc[0]
     texts = trained[trained["layer"] == row["layer"]]
     assert row["participation_ratio_trained"] == pytest.approx(texts["participation_ratio"].mean())
-    assert list(df.columns).index("participation_ratio_trained") == list(df.columns).index(
-        "normalized_entropy_trained"
-    ) + 1
+    assert (
+        list(df.columns).index("participation_ratio_trained")
+        == list(df.columns).index("normalized_entropy_trained") + 1
+    )

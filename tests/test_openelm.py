@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from diff_erank import dump as D
 from diff_erank.accuracy import hflm_kwargs
 from diff_erank.config import load_config
+from diff_erank.entries import ModelEntry
 from diff_erank.models import load_variant
 from diff_erank.openelm import OpenELMConfig, OpenELMForCausalLM
 
@@ -252,7 +253,7 @@ def test_seeded_init_follows_openelm_init_rule(tmp_path, tokenizer_dir) -> None:
     cfg = tiny_openelm_config(tok, model_dim=256, head_dim=32, num_transformer_layers=4)
     cfg.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    spec = model_spec(tmp_path / "m")
+    spec = model_spec(tmp_path / "m").resolved()
     m0 = load_variant(spec, "init-s0")
     assert type(m0) is OpenELMForCausalLM
     for name, p in m0.named_parameters():
@@ -289,7 +290,7 @@ def test_trained_variant_equals_the_model_saved(tmp_path, tokenizer_dir, texts_f
     tok.save_pretrained(tmp_path / "m")
     with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
         assert set(f.keys()) == {name for name, _ in saved.named_parameters()}  # no lm_head.weight
-    spec = model_spec(tmp_path / "m")
+    spec = model_spec(tmp_path / "m").resolved()
     loaded = load_variant(spec, "trained")
     assert type(loaded) is OpenELMForCausalLM and not loaded.config.use_cache
     assert list(loaded.buffers()) == []
@@ -317,9 +318,15 @@ def test_openelm_entries_load_natively_and_evaluate_with_bos() -> None:
     assert sorted(openelm) == ["openelm-1_1b", "openelm-270m", "openelm-3b", "openelm-450m"]
     for name, m in openelm.items():
         assert m["trust_remote_code"] is False, name
-        assert hflm_kwargs(m, cfg["accuracy"]) == {"batch_size": 8, "max_length": 2048, "add_bos_token": True}
+        assert hflm_kwargs(ModelEntry.from_spec(m), cfg["accuracy"]) == {
+            "batch_size": 8,
+            "max_length": 2048,
+            "add_bos_token": True,
+        }
     # every other model keeps lm-eval's default
-    assert "add_bos_token" not in hflm_kwargs(cfg["models"]["opt-125m"], cfg["accuracy"])
+    assert "add_bos_token" not in hflm_kwargs(
+        ModelEntry.from_spec(cfg["models"]["opt-125m"]), cfg["accuracy"]
+    )
 
 
 def test_hflm_takes_the_entrys_add_bos_token(tokenizer_dir) -> None:

@@ -183,7 +183,7 @@ def test_accuracy_records_both_metrics_as_lm_eval_computes_them(tmp_path, tiny_o
     import json
 
     import lm_eval
-    from helpers.models import model_spec
+    from helpers.models import resolved
     from helpers.paper import make_tasks
     from lm_eval.tasks import TaskManager
 
@@ -198,7 +198,7 @@ def test_accuracy_records_both_metrics_as_lm_eval_computes_them(tmp_path, tiny_o
         "batch_size": 4,
         "combine": {"winogrande+openbookqa": ["winogrande", "openbookqa"]},
     }
-    rec = evaluate(model_spec(tiny_opt), "trained", acc_cfg, tmp_path / "acc.json", device="cpu")
+    rec = evaluate(resolved(tiny_opt), "trained", acc_cfg, tmp_path / "acc.json", device="cpu")
     theirs = lm_eval.simple_evaluate(
         model="hf",
         model_args=f"pretrained={tiny_opt / 'main'},dtype=float32",

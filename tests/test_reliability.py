@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers.models import model_spec
+from helpers.models import resolved
 from transformers import AutoTokenizer
 
 from diff_erank import dump as D
@@ -32,14 +32,14 @@ def _big_texts(path: Path, n: int = 400) -> Path:
 
 def test_sigkilled_dump_leaves_nothing_complete_then_resumes(tiny_opt, tmp_path) -> None:
     texts = _big_texts(tmp_path / "texts.parquet")
-    spec = model_spec(tiny_opt, shard_texts=20, batch_tokens=128)
+    spec = resolved(tiny_opt, shard_texts=20, batch_tokens=128)
     out = tmp_path / "dump"
     partial = out.with_name("dump.partial")
     cmd = [
         CLI,
         "dump",
         "--spec",
-        spec_file(str(tmp_path), spec),
+        spec_file(str(tmp_path), spec.entry.spec),
         "--variant",
         "trained",
         "--texts",
@@ -75,7 +75,7 @@ def test_sigkilled_dump_leaves_nothing_complete_then_resumes(tiny_opt, tmp_path)
 
 
 def test_untrained_seeds_give_different_values(tiny_opt, texts_file, tmp_path) -> None:
-    spec = model_spec(tiny_opt)
+    spec = resolved(tiny_opt)
     e = {}
     for v in ("init-s0", "init-s0", "init-s1"):
         out = tmp_path / f"{v}-{len(e)}"
@@ -89,15 +89,16 @@ def test_tokenizer_without_pad_token(tiny_opt, texts_file, tmp_path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_opt / "main")
     tok.pad_token = None
     assert tok.pad_token_id is None
-    spec = model_spec(tiny_opt, batch_tokens=4096)
-    m = D.dump(spec, "trained", texts_file, tmp_path / "nopad", device="cpu", tokenizer=tok)
+    spec = resolved(tiny_opt, batch_tokens=4096)
+    texts = D.read_and_tokenise(spec.entry, texts_file, tok)  # tokenised with this tokenizer
+    m = D.dump(spec, "trained", texts_file, tmp_path / "nopad", device="cpu", texts=texts)
     ref = D.dump(spec, "trained", texts_file, tmp_path / "ref", device="cpu")
     assert m["n_texts"] == ref["n_texts"]
     pd.testing.assert_frame_equal(measure(tmp_path / "nopad"), measure(tmp_path / "ref"), check_exact=True)
 
 
 def test_shards_are_not_pickles(tiny_opt, texts_file, tmp_path) -> None:
-    D.dump(model_spec(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
+    D.dump(resolved(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
     for f in (tmp_path / "d").glob("shard-*.safetensors"):
         header = f.read_bytes()[:16]
         assert not header.startswith(b"\x80") and not header.startswith(b"PK")  # neither pickle nor zip

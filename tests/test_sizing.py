@@ -264,12 +264,12 @@ def test_an_erank_job_over_its_memory_fails_naming_the_resource(tiny_opt, texts_
     import sys
     from pathlib import Path
 
-    from helpers.models import model_spec
+    from helpers.models import resolved
 
     from diff_erank.dump import dump
 
     out = tmp_path / "dump"
-    dump(model_spec(tiny_opt), "trained", texts_file, out, device="cpu")
+    dump(resolved(tiny_opt), "trained", texts_file, out, device="cpu")
     cli = str(Path(sys.executable).with_name("diff-erank"))
     small = subprocess.run(
         [cli, "measure", "--dump", str(out), "--out", str(tmp_path / "a.parquet"), "--mem-mb", "100"],

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import REPO
-from helpers.models import model_spec
+from helpers.models import resolved
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,7 +104,7 @@ def test_streamed_writer_is_bit_identical_to_save_file(tmp_path) -> None:
 def test_spectra_dump_gives_the_two_stage_tables(tiny_opt, texts_file, tmp_path, dump_dtype) -> None:
     layers = ["embeddings", "first", "last"]
     hidden = D.dump(
-        model_spec(tiny_opt, dump_dtype=dump_dtype),
+        resolved(tiny_opt, dump_dtype=dump_dtype),
         "trained",
         texts_file,
         tmp_path / "h",
@@ -112,7 +112,7 @@ def test_spectra_dump_gives_the_two_stage_tables(tiny_opt, texts_file, tmp_path,
         device="cpu",
     )
     spectra = D.dump(
-        model_spec(tiny_opt, dump_dtype=dump_dtype, store="spectra"),
+        resolved(tiny_opt, dump_dtype=dump_dtype, store="spectra"),
         "trained",
         texts_file,
         tmp_path / "s",
@@ -159,7 +159,7 @@ def test_writer_error_reaches_the_caller_and_publishes_nothing(tiny_opt, texts_f
 
     monkeypatch.setattr(D, "write_safetensors", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        D.dump(model_spec(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
+        D.dump(resolved(tiny_opt), "trained", texts_file, tmp_path / "d", device="cpu")
     assert not (tmp_path / "d").exists()
     assert not list((tmp_path / "d.partial").glob("shard-*"))
 

@@ -119,11 +119,17 @@ def test_a_name_prefix_of_another_kind_is_refused() -> None:
 @pytest.fixture
 def noised():
     """``noised-<sigma>``: the trained weights plus seeded Gaussian noise of std ``sigma``, listed by
-    a model entry's ``noise: [sigma, ...]``; its loader is registered beside the others."""
-    from diff_erank import models
+    a model entry's ``noise: [sigma, ...]`` (the schema's field, as CONTRIBUTING's third file adds
+    it); its loader is registered beside the others."""
+    from diff_erank import entries, models
+    from diff_erank.config import schema
 
-    def load_noised(spec, v, source, variant_path, dtype, remote):
-        model = models.LOADERS["trained"](spec, v, source, variant_path, dtype, remote)
+    fields = schema()["$defs"]["model"]["properties"]
+    fields["noise"] = {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}}
+    entries._entry_schema.cache_clear()
+
+    def load_noised(model, v, dtype):
+        model = models.LOADERS["trained"](model, v, dtype)  # the trained weights (made_from="weights")
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in model.parameters():
@@ -133,7 +139,8 @@ def noised():
     register_kind("noised", "noised-", field="sigma", convert=float, listed=lambda m: m.get("noise") or [])
     models.variant_loader("noised")(load_noised)
     yield
-    del KINDS["noised"], models.LOADERS["noised"]
+    del KINDS["noised"], models.LOADERS["noised"], fields["noise"]
+    entries._entry_schema.cache_clear()
 
 
 def test_a_registered_kind_is_named_listed_and_sourced_like_the_others(noised, tiny_opt) -> None:
@@ -148,7 +155,7 @@ def test_a_registered_kind_is_named_listed_and_sourced_like_the_others(noised, t
             Variant.parse(bad)
     for name, _ in FORMS:  # the four kinds' names are untouched by a fifth
         assert str(Variant.parse(name)) == name
-    spec = model_spec(tiny_opt, noise=[0.5, 0.01])
+    spec = model_spec(tiny_opt, noise=[0.5, 0.01]).spec
     assert variants(spec) == ["trained", "init-s0", "noised-0.5", "noised-0.01"]
     # made from the trained weights: the same local files are its rule inputs
     assert model_files(spec, "noised-0.5") == model_files(spec, "trained")
@@ -156,19 +163,19 @@ def test_a_registered_kind_is_named_listed_and_sourced_like_the_others(noised, t
 
 
 def test_a_registered_kind_is_loaded_through_its_loader_and_dumped(noised, tiny_opt, texts_file, tmp_path):
-    from helpers.models import model_spec
+    from helpers.models import resolved
 
     from diff_erank import dump as D
     from diff_erank.measure import measure
     from diff_erank.models import load_variant
 
-    spec = model_spec(tiny_opt)
-    trained = load_variant(spec, "trained").state_dict()
-    noisy = load_variant(spec, "noised-0.01").state_dict()
+    source = resolved(tiny_opt)
+    trained = load_variant(source, "trained").state_dict()
+    noisy = load_variant(source, "noised-0.01").state_dict()
     diff = torch.cat([(noisy[k] - trained[k]).flatten() for k in trained if k in noisy])
     assert diff.std().item() == pytest.approx(0.01, rel=0.05)  # the noise, read back from the weights
     names = ["trained", "noised-0.01"]
-    D.dump_set(spec, names, texts_file, tmp_path / "set", device="cpu")
+    D.dump_set(source, names, texts_file, tmp_path / "set", device="cpu")
     assert D.set_variants(tmp_path / "set") == names
     a, b = measure(tmp_path / "set" / "trained"), measure(tmp_path / "set" / "noised-0.01")
     assert list(a["n_tokens"]) == list(b["n_tokens"]) and not np.allclose(a["erank"], b["erank"])

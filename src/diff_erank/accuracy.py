@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from diff_erank.dump import pick_device
+from diff_erank.entries import ModelEntry, ModelSource
 from diff_erank.models import load_tokenizer, load_variant
 from diff_erank.provenance import provenance
 from diff_erank.storage import write_json
@@ -20,26 +21,21 @@ from diff_erank.storage import write_json
 log = logging.getLogger(__name__)
 
 
-def hflm_kwargs(spec: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:
+def hflm_kwargs(entry: ModelEntry, acc: dict[str, Any]) -> dict[str, Any]:
     """lm-eval's ``HFLM`` settings for a model entry: batch size, context length, and the entry's
     own ``lm_eval:`` settings (OpenELM's ``add_bos_token: true``, as its model card's lm-eval
     command has it; lm-eval's default for every other model)."""
     return {
         "batch_size": acc.get("batch_size", 8),
-        "max_length": spec["max_length"],
-        **(spec.get("lm_eval") or {}),
+        "max_length": entry.max_length,
+        **(entry.lm_eval or {}),
     }
 
 
 def evaluate(
-    spec: dict[str, Any],
-    variant: str,
-    acc: dict[str, Any],
-    out: str | Path,
-    device: str = "auto",
-    trained_path: str | None = None,
-    variant_path: str | None = None,
+    source: ModelSource, variant: str, acc: dict[str, Any], out: str | Path, device: str = "auto"
 ) -> dict[str, Any]:
+    """Evaluate one variant on ``acc['tasks']``; the record (written to ``out``)."""
     import importlib.metadata
 
     import lm_eval
@@ -47,9 +43,9 @@ def evaluate(
     from lm_eval.tasks import TaskManager
 
     dev = pick_device(device)
-    model = load_variant(spec, variant, trained_path, variant_path).to(dev)
-    tokenizer = load_tokenizer(spec, trained_path)  # further training keeps the tokenizer
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=str(dev), **hflm_kwargs(spec, acc))
+    model = load_variant(source, variant).to(dev)
+    tokenizer = load_tokenizer(source)  # further training keeps the tokenizer
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=str(dev), **hflm_kwargs(source.entry, acc))
     manager = TaskManager(
         include_path=acc.get("include_path"), include_defaults=acc.get("include_defaults", True)
     )
@@ -83,7 +79,9 @@ def evaluate(
         "combined_norm": combined_norm,
         "task_versions": res.get("versions", {}),
         "n_samples": res.get("n-samples", {}),
-        "provenance": provenance(spec, accuracy=acc, lm_eval=importlib.metadata.version("lm_eval")),
+        "provenance": provenance(
+            source.entry.spec, accuracy=acc, lm_eval=importlib.metadata.version("lm_eval")
+        ),
     }
     write_json(record, out)
     log.info(

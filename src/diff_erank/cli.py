@@ -181,17 +181,19 @@ def _dump(a: argparse.Namespace, publish) -> None:
     import torch
 
     from diff_erank.dump import dump, dump_set
+    from diff_erank.entries import ModelEntry
     from diff_erank.sizing import ResourceError
 
     try:
         where = (a.texts, a.out, a.layers, a.device)
+        paths = a.variant_paths if a.variants else {a.variant: a.variant_path} if a.variant_path else None
+        source = ModelEntry.from_spec(a.spec).resolved(a.trained_path, paths)
         if a.variants:
-            paths = a.variant_paths
             # the cache's remembered SHA-256 of local files (<cache>/erank/<key>/<layers> -> <cache>/sha256)
             memo = Path(a.tables).parents[2] / "sha256" if a.tables else None
-            dump_set(a.spec, a.variants, *where, a.trained_path, paths, publish, memo)
+            dump_set(source, a.variants, *where, publish, memo)
         else:
-            dump(a.spec, a.variant, *where, a.trained_path, variant_path=a.variant_path)
+            dump(source, a.variant, *where)
     except torch.OutOfMemoryError:
         raise ResourceError(
             f"out of GPU memory on a single text (batches were halved down to 1; estimated need "
@@ -243,15 +245,21 @@ def cmd_convert_gguf(a: argparse.Namespace) -> None:
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
+    from diff_erank.entries import ModelEntry
     from diff_erank.finetune import finetune
 
-    finetune(a.spec, a.recipe, a.texts, a.out, a.device, a.trained_path, a.from_path)
+    paths = {a.recipe["from"]: a.from_path} if a.from_path else None
+    source = ModelEntry.from_spec(a.spec).resolved(a.trained_path, paths)
+    finetune(source, a.recipe, a.texts, a.out, a.device)
 
 
 def cmd_accuracy(a: argparse.Namespace) -> None:
     from diff_erank.accuracy import evaluate
+    from diff_erank.entries import ModelEntry
 
-    evaluate(a.spec, a.variant, a.accuracy, a.out, a.device, a.trained_path, a.variant_path)
+    paths = {a.variant: a.variant_path} if a.variant_path else None
+    source = ModelEntry.from_spec(a.spec).resolved(a.trained_path, paths)
+    evaluate(source, a.variant, a.accuracy, a.out, a.device)
 
 
 def cmd_measure(a: argparse.Namespace) -> None:
@@ -324,10 +332,11 @@ def cmd_plan(a: argparse.Namespace) -> None:
 def cmd_diff(a: argparse.Namespace) -> None:
     from diff_erank.aggregate import diff_table, load_tables
     from diff_erank.config import ConfigError
+    from diff_erank.entries import ModelEntry
     from diff_erank.provenance import provenance
     from diff_erank.storage import write_parquet
-    from diff_erank.variants import init_scale
 
+    entry = ModelEntry.from_spec(a.spec)
     if a.tables:  # the cached tables of the model's variants: this run's view of them first
         if not (a.views and a.texts and a.layers is not None):
             raise ConfigError("diff --tables needs --views, --texts and --layers")
@@ -339,15 +348,15 @@ def cmd_diff(a: argparse.Namespace) -> None:
     tables, facts = load_tables(paths)
     info = {
         "model": a.model,
-        "family": a.spec["family"],
-        "size": a.spec["size"],
+        "family": entry.family,
+        "size": entry.size,
         "dataset": a.dataset,
         **facts,
     }
-    if (scale := init_scale(a.spec)) is not None:  # a point of the init-scale sweep
+    if (scale := entry.init_scale) is not None:  # a point of the init-scale sweep
         info["init_scale"] = scale
     df = diff_table(tables, a.untrained, a.algorithms, a.bootstrap, info)
-    write_parquet(df, a.out, provenance(a.spec, inputs=paths, bootstrap=a.bootstrap))
+    write_parquet(df, a.out, provenance(entry.spec, inputs=paths, bootstrap=a.bootstrap))
 
 
 def _views(a: argparse.Namespace) -> dict[str, str]:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from diff_erank.config import ConfigError
+from diff_erank.entries import ModelEntry, ModelSource
 from diff_erank.erank import spectrum_and_dropped
 from diff_erank.errors import UserError
 from diff_erank.layers import layer_indices
@@ -103,9 +104,7 @@ class Tokenised:
     truncated: list[int] = field(default_factory=list)  # positions of the texts cut at max_length
 
 
-def tokenise(
-    tokenizer, texts: Sequence[str], max_length: int, min_tokens: int = MIN_TOKENS
-) -> Tokenised:
+def tokenise(tokenizer, texts: Sequence[str], max_length: int, min_tokens: int = MIN_TOKENS) -> Tokenised:
     """Token ids of the texts worth measuring; skipped texts are counted, never silently dropped.
 
     A text that is empty after stripping is skipped (a tokenizer turns ``"   "`` into real tokens
@@ -467,211 +466,272 @@ def to_device(model: torch.nn.Module, dev: torch.device | str, variant: str) -> 
         ) from None
 
 
+class DumpJob:
+    """One (model variant, dataset) dump, step by step: the texts and the weights; the fingerprint,
+    which decides whether a finished dump or a ``.partial`` is kept; the shards, each written while
+    the next is computed; the manifest, which publishes ``<out>``.
+
+    ``texts`` is the texts table and its :class:`Tokenised` when the caller already has them
+    (:func:`dump_set`; or tokenised its own way, :func:`read_and_tokenise`). ``model`` is the
+    variant's model: :meth:`load` loads it before :meth:`run` would, for a caller that wants to
+    hold it (a hook on it); a benchmark may set a stand-in of its own before :meth:`run`.
+    ``memo_dir``: where local weights' SHA-256 are remembered (the cache's ``sha256/``).
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        variant: str,
+        texts_path: str | Path,
+        out_dir: str | Path,
+        layers: Sequence[str | int] = ("last",),
+        device: str = "auto",
+        texts: tuple[Any, Tokenised] | None = None,
+        memo_dir: str | Path | None = None,
+    ) -> None:
+        self.source, self.entry, self.variant = source, source.entry, variant
+        self.out_dir = Path(out_dir)
+        self.partial = self.out_dir.with_name(self.out_dir.name + ".partial")
+        self.texts_path, self.layers, self.memo_dir = Path(texts_path), layers, memo_dir
+        self.dev = pick_device(device)
+        texts = texts or read_and_tokenise(self.entry, self.texts_path, load_tokenizer(source))
+        self.texts, self.tok = texts
+        self.lengths = [len(s) for s in self.tok.ids]
+        self.model: torch.nn.Module | None = None
+
+    def load(self) -> torch.nn.Module:
+        """The variant's model (loaded once)."""
+        if self.model is None:
+            self.model = load_variant(self.source, self.variant)
+        return self.model
+
+    def run(self) -> dict[str, Any]:
+        """Dump, or keep the finished dump of the same fingerprint; returns the manifest."""
+        model = self.load()
+        # checked after loading: only then is the hub commit behind a moving `revision: main` known
+        weights = weights_identity(self.source, self.variant, model, self.memo_dir)
+        texts_sha = sha256(self.texts_path)
+        fingerprint = self.fingerprint(weights, texts_sha)
+        if (kept := self.finished(fingerprint)) is not None:
+            return kept
+        stamp = self.open_partial(fingerprint)
+        to_device(model, self.dev, self.variant)
+        num_layers = count_layers(model, min(self.tok.ids, key=len)[: self.tok.min_tokens], self.dev)
+        layer_idx = layer_indices(self.layers, num_layers)
+        shards = plan_shards(self.lengths, self.entry.shard_texts or 256)
+        metas = self.write_shards(model, shards, layer_idx)
+        manifest = self.manifest(model, layer_idx, num_layers, metas, weights, fingerprint, texts_sha)
+        write_checked_json(manifest, self.partial / MANIFEST)
+        stamp.unlink()
+        atomic_publish_dir(self.partial, self.out_dir)
+        tok = self.tok
+        log.info(
+            "%d texts (skipped: %d empty or whitespace, %d with < %d tokens; %d truncated), %d tokens -> %s",
+            len(tok.ids),
+            tok.n_empty,
+            tok.n_short,
+            tok.min_tokens,
+            tok.n_truncated,
+            sum(self.lengths),
+            self.out_dir,
+        )
+        return manifest
+
+    def fingerprint(self, weights: dict[str, Any], texts_sha: str) -> str:
+        """What determines this dump's numbers (:func:`_fingerprint`)."""
+        return _fingerprint(
+            self.entry.spec,
+            self.variant,
+            self.layers,
+            texts=texts_sha,
+            tokens=hashlib.sha256(json.dumps(self.tok.ids).encode()).hexdigest(),
+            weights=weights,
+            device=self.dev.type,
+            min_tokens=self.tok.min_tokens,
+        )
+
+    def finished(self, fingerprint: str) -> dict[str, Any] | None:
+        """The manifest of a finished dump at ``out_dir`` with this fingerprint; any other is deleted."""
+        if not (self.out_dir / MANIFEST).is_file():
+            return None
+        try:
+            kept = read_checked_json(self.out_dir / MANIFEST, "dump manifest").get("fingerprint")
+        except UserError:  # damaged: redone, like a dump of other weights
+            kept = None
+        if kept == fingerprint:
+            log.info("%s is already dumped from the same weights, texts and settings: kept", self.out_dir)
+            return read_manifest(self.out_dir)
+        log.warning("discarding %s: it was made from other weights, texts or settings", self.out_dir)
+        shutil.rmtree(self.out_dir)
+        return None
+
+    def open_partial(self, fingerprint: str) -> Path:
+        """The ``.partial`` folder, resumed if it has this fingerprint (else emptied); its stamp."""
+        stamp = self.partial / "fingerprint.txt"
+        if self.partial.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
+            log.warning("discarding %s: it was made from other weights, texts or settings", self.partial)
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+        return stamp
+
+    def write_shards(
+        self, model: torch.nn.Module, shards: list[list[int]], layer_idx: dict[str, int]
+    ) -> list[dict[str, Any]]:
+        """Each shard not on disk yet computed and handed to a writer thread (the forward of the
+        next shard runs while one is written); every shard's metadata, in order."""
+        lengths, partial = self.lengths, self.partial
+        done = sum(_shard_done(partial, k) for k in range(len(shards)))
+        if done:
+            log.info("resuming: %d of %d shards already on disk", done, len(shards))
+        bar = tqdm(total=sum(lengths), unit="tok", desc=f"dump {self.variant}", mininterval=2.0)
+        metas: dict[int, dict[str, Any]] = {}
+        writer = ShardWriter(depth=2)
+        try:
+            for k, members in enumerate(shards):
+                if _shard_done(partial, k):
+                    metas[k] = json.loads((partial / f"shard-{k:05d}.json").read_text())
+                    bar.update(sum(lengths[i] for i in members))
+                    continue
+                tensors, dims = self.shard(model, members, layer_idx, bar)
+                writer.put(functools.partial(_write_shard, partial, k, tensors, dims, len(members)))
+                del tensors
+            for meta in writer.close():
+                metas[int(meta["file"][6:11])] = meta
+        except BaseException:
+            writer.abandon()  # shards already handed over are finished: a rerun resumes after them
+            raise
+        bar.close()
+        return [metas[k] for k in range(len(shards))]
+
+    def shard(
+        self, model: torch.nn.Module, members: list[int], layer_idx: dict[str, int], bar
+    ) -> tuple[dict[str, Any], dict[str, int]]:
+        """One shard's tensors (its texts in order of position in the table) and its layers' dims."""
+        lengths, store = self.lengths, self.entry.store
+        solo_from = CPU_SOLO_TOKENS if self.dev.type == "cpu" else None
+        collected: dict[int, tuple[dict[str, Any], float]] = {}
+        for batch, states, losses in run_batches(
+            model,
+            self.tok.ids,
+            plan_batches(lengths, members, self.entry.batch_tokens, solo_from=solo_from),
+            layer_idx,
+            self.dev,
+            store_dtype=DTYPES[self.entry.dump_dtype],
+            spectra=store == "spectra",
+            loss=self.entry.loss,
+        ):
+            for j, i in enumerate(batch):
+                collected[i] = ({n: states[n][j] for n in layer_idx}, losses[j])
+            bar.update(sum(lengths[i] for i in batch))
+        order = sorted(members)
+        shard = _spectra_shard if store == "spectra" else _hidden_shard
+        tensors = shard([collected[i][0] for i in order], [lengths[i] for i in order], list(layer_idx))
+        tensors["loss"] = torch.tensor([collected[i][1] for i in order], dtype=torch.float64)
+        tensors["position"] = torch.tensor([self.tok.positions[i] for i in order], dtype=torch.long)
+        first = collected[order[0]][0]
+        dims = {n: first[n].dim if store == "spectra" else int(first[n].shape[1]) for n in layer_idx}
+        return tensors, dims
+
+    def manifest(
+        self,
+        model: torch.nn.Module,
+        layer_idx: dict[str, int],
+        num_layers: int,
+        shard_meta: list[dict[str, Any]],
+        weights: dict[str, Any],
+        fingerprint: str,
+        texts_sha: str,
+    ) -> dict[str, Any]:
+        """What the dump holds and how it was made (``manifest.json``)."""
+        dims: dict[str, int] = {}
+        for meta in shard_meta:
+            dims.update(meta["dims"])
+        if len(set(dims.values())) > 1:
+            log.warning("hidden size differs between layers: %s (e.g. OPT-350m's project_out)", dims)
+        entry, tok, variant = self.entry, self.tok, self.variant
+        return {
+            "format": FORMAT_VERSION,
+            "variant": variant,
+            "layers": {n: {"index": i, "dim": dims[n]} for n, i in layer_idx.items()},
+            "num_hidden_layers": num_layers,
+            "n_params": n_params(model),
+            "commit": getattr(model, "hub_commit", None),  # the hub commit actually loaded
+            "gguf": gguf_provenance(self.source),  # file, SHA-256, quantisation of a GGUF entry
+            "init": init_facts(model, variant, entry),  # what an untrained variant was built with
+            "dtype": entry.dtype,
+            "dump_dtype": entry.dump_dtype,
+            "store": entry.store,
+            "device": str(self.dev),
+            "weights": weights,
+            "fingerprint": fingerprint,
+            "texts_sha256": texts_sha,  # the view step checks a table against the texts it is read with
+            "n_texts_in": len(self.texts),
+            "n_texts": len(tok.ids),
+            "min_tokens": tok.min_tokens,
+            "n_skipped_empty": tok.n_empty,
+            "n_skipped_short": tok.n_short,
+            "n_truncated": tok.n_truncated,
+            "truncated_positions": tok.truncated,  # a prefix of the sample counts its own (cache.select)
+            "n_tokens": sum(self.lengths),
+            "shards": shard_meta,
+            "provenance": provenance(
+                entry.spec, variant=variant, texts=str(self.texts_path), layers=list(self.layers)
+            ),
+        }
+
+
 def dump(
-    spec: dict[str, Any],
+    source: ModelSource,
     variant: str,
     texts_path: str | Path,
     out_dir: str | Path,
     layers: Sequence[str | int] = ("last",),
     device: str = "auto",
-    trained_path: str | None = None,
-    model=None,
-    tokenizer=None,
-    variant_path: str | None = None,
     texts: tuple[Any, Tokenised] | None = None,
     memo_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Dump one (model variant, dataset); returns the manifest. ``model``/``tokenizer`` for tests.
-
-    ``texts`` is the texts table and its :class:`Tokenised` when the caller already has them
-    (:func:`dump_set`); a finished dump at ``out_dir`` with the same fingerprint is kept as it is.
-    ``memo_dir``: where local weights' SHA-256 are remembered (the cache's ``sha256/``).
-    """
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    texts_path = Path(texts_path)
-    dev = pick_device(device)
-    if texts is None:
-        texts = read_and_tokenise(spec, texts_path, tokenizer or load_tokenizer(spec, trained_path))
-    texts, tok = texts
-    min_tokens = tok.min_tokens
-    model = model or load_variant(spec, variant, trained_path, variant_path)
-    # checked after loading: only then is the hub commit behind a moving `revision: main` known
-    weights = weights_identity(spec, variant, trained_path, variant_path, model, memo_dir)
-    texts_sha = sha256(texts_path)
-    fingerprint = _fingerprint(
-        spec,
-        variant,
-        layers,
-        texts=texts_sha,
-        tokens=hashlib.sha256(json.dumps(tok.ids).encode()).hexdigest(),
-        weights=weights,
-        device=dev.type,
-        min_tokens=min_tokens,
-    )
-    if (out_dir / MANIFEST).is_file():
-        try:
-            kept = read_checked_json(out_dir / MANIFEST, "dump manifest").get("fingerprint")
-        except UserError:  # damaged: redone below, like a dump of other weights
-            kept = None
-        if kept == fingerprint:
-            log.info("%s is already dumped from the same weights, texts and settings: kept", out_dir)
-            return read_manifest(out_dir)
-        log.warning("discarding %s: it was made from other weights, texts or settings", out_dir)
-        shutil.rmtree(out_dir)
-    stamp = partial / "fingerprint.txt"
-    if partial.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
-        log.warning("discarding %s: it was made from other weights, texts or settings", partial)
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-    to_device(model, dev, variant)
-    num_layers = count_layers(model, min(tok.ids, key=len)[:min_tokens], dev)  # any few tokens
-    layer_idx = layer_indices(layers, num_layers)
-    store_dtype = DTYPES[spec["dump_dtype"]]
-    lengths = [len(s) for s in tok.ids]
-    shards = plan_shards(lengths, spec.get("shard_texts") or 256)
-    store = spec.get("store") or "hidden"
-    done = sum(_shard_done(partial, k) for k in range(len(shards)))
-    if done:
-        log.info("resuming: %d of %d shards already on disk", done, len(shards))
-    solo_from = CPU_SOLO_TOKENS if dev.type == "cpu" else None
-    bar = tqdm(total=sum(lengths), unit="tok", desc=f"dump {variant}", mininterval=2.0)
-    metas: dict[int, dict[str, Any]] = {}
-    writer = ShardWriter(depth=2)  # the forward of the next shard runs while one is written
-    try:
-        for k, members in enumerate(shards):
-            if _shard_done(partial, k):
-                metas[k] = json.loads((partial / f"shard-{k:05d}.json").read_text())
-                bar.update(sum(lengths[i] for i in members))
-                continue
-            collected: dict[int, tuple[dict[str, Any], float]] = {}
-            for batch, states, losses in run_batches(
-                model,
-                tok.ids,
-                plan_batches(lengths, members, spec["batch_tokens"], solo_from=solo_from),
-                layer_idx,
-                dev,
-                store_dtype=store_dtype,
-                spectra=store == "spectra",
-                loss=spec.get("loss", True),
-            ):
-                for j, i in enumerate(batch):
-                    collected[i] = ({n: states[n][j] for n in layer_idx}, losses[j])
-                bar.update(sum(lengths[i] for i in batch))
-            order = sorted(members)
-            shard = _spectra_shard if store == "spectra" else _hidden_shard
-            tensors = shard([collected[i][0] for i in order], [lengths[i] for i in order], list(layer_idx))
-            tensors["loss"] = torch.tensor([collected[i][1] for i in order], dtype=torch.float64)
-            tensors["position"] = torch.tensor([tok.positions[i] for i in order], dtype=torch.long)
-            first = collected[order[0]][0]
-            shard_dims = {
-                n: first[n].dim if store == "spectra" else int(first[n].shape[1]) for n in layer_idx
-            }
-            writer.put(functools.partial(_write_shard, partial, k, tensors, shard_dims, len(order)))
-            del collected, tensors
-        for meta in writer.close():
-            metas[int(meta["file"][6:11])] = meta
-    except BaseException:
-        writer.abandon()  # shards already handed over are finished: a rerun resumes after them
-        raise
-    bar.close()
-    shard_meta = [metas[k] for k in range(len(shards))]
-    dims: dict[str, int] = {}
-    for meta in shard_meta:
-        dims.update(meta["dims"])
-    if len(set(dims.values())) > 1:
-        log.warning("hidden size differs between layers: %s (e.g. OPT-350m's project_out)", dims)
-    manifest = {
-        "format": FORMAT_VERSION,
-        "variant": variant,
-        "layers": {n: {"index": i, "dim": dims[n]} for n, i in layer_idx.items()},
-        "num_hidden_layers": num_layers,
-        "n_params": n_params(model),
-        "commit": getattr(model, "hub_commit", None),  # the hub commit actually loaded
-        "gguf": gguf_provenance(spec, trained_path),  # file, SHA-256, quantisation of a GGUF entry
-        "init": init_facts(model, variant, spec),  # what an untrained variant was built with (None: trained)
-        "dtype": spec["dtype"],
-        "dump_dtype": spec["dump_dtype"],
-        "store": store,
-        "device": str(dev),
-        "weights": weights,
-        "fingerprint": fingerprint,
-        "texts_sha256": texts_sha,  # the view step checks a table against the texts it is read with
-        "n_texts_in": len(texts),
-        "n_texts": len(tok.ids),
-        "min_tokens": min_tokens,
-        "n_skipped_empty": tok.n_empty,
-        "n_skipped_short": tok.n_short,
-        "n_truncated": tok.n_truncated,
-        "truncated_positions": tok.truncated,  # a prefix of the sample counts its own (cache.select)
-        "n_tokens": sum(lengths),
-        "shards": shard_meta,
-        "provenance": provenance(spec, variant=variant, texts=str(texts_path), layers=list(layers)),
-    }
-    write_checked_json(manifest, partial / MANIFEST)
-    stamp.unlink()
-    atomic_publish_dir(partial, out_dir)
-    log.info(
-        "%d texts (skipped: %d empty or whitespace, %d with < %d tokens; %d truncated), %d tokens -> %s",
-        len(tok.ids),
-        tok.n_empty,
-        tok.n_short,
-        min_tokens,
-        tok.n_truncated,
-        sum(lengths),
-        out_dir,
-    )
-    return manifest
+    """Dump one (model variant, dataset) (:class:`DumpJob`); returns the manifest."""
+    return DumpJob(source, variant, texts_path, out_dir, layers, device, texts, memo_dir).run()
 
 
-def read_and_tokenise(spec: dict[str, Any], texts_path: str | Path, tokenizer) -> tuple[Any, Tokenised]:
+def read_and_tokenise(entry: ModelEntry, texts_path: str | Path, tokenizer) -> tuple[Any, Tokenised]:
     """The texts table and the token ids of the texts worth measuring (see :func:`tokenise`)."""
     texts = read_parquet(texts_path)
-    min_tokens = spec.get("min_tokens") or MIN_TOKENS
-    tok = tokenise(tokenizer, list(texts["text"].fillna("")), spec["max_length"], min_tokens)
+    min_tokens = entry.min_tokens or MIN_TOKENS
+    tok = tokenise(tokenizer, list(texts["text"].fillna("")), entry.max_length, min_tokens)
     if not tok.ids:
         raise ConfigError(f"{texts_path}: no text has {min_tokens} or more tokens")
     return texts, tok
 
 
 def dump_set(
-    spec: dict[str, Any],
+    source: ModelSource,
     variants: Sequence[str],
     texts_path: str | Path,
     out_dir: str | Path,
     layers: Sequence[str | int] = ("last",),
     device: str = "auto",
-    trained_path: str | None = None,
-    variant_paths: dict[str, str] | None = None,
     publish: Callable[[Path, Path], Any] = atomic_publish_dir,
     memo_dir: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Dump every variant of one model on one dataset, in turn, into ``<out>/<variant>/``.
 
-    One process for all of them: the tokenizer is loaded and the texts tokenised once (a model
-    entry has one tokenizer for all its variants), and each variant's weights are freed before
-    the next is loaded. The set is published as ``<out>`` once every variant is finished; a rerun
-    after a kill keeps the variants that were (same fingerprint) and resumes the one that was not.
-    ``publish`` moves the finished set into place (the cache's: :func:`diff_erank.cache.publish_entry`).
+    One process for all of them: the model source is resolved once (``source``, with the
+    directories of its ``ft-`` variants), the tokenizer is loaded and the texts tokenised once (a
+    model entry has one tokenizer for all its variants), and each variant's weights are freed
+    before the next is loaded. The set is published as ``<out>`` once every variant is finished; a
+    rerun after a kill keeps the variants that were (same fingerprint) and resumes the one that was
+    not. ``publish`` moves the finished set into place (the cache's: :func:`diff_erank.cache.publish_entry`).
     """
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    texts = read_and_tokenise(spec, texts_path, load_tokenizer(spec, trained_path))
+    texts = read_and_tokenise(source.entry, texts_path, load_tokenizer(source))
     manifests = {}
     for variant in variants:
         manifests[variant] = dump(
-            spec,
-            variant,
-            texts_path,
-            partial / variant,
-            layers,
-            device,
-            trained_path,
-            variant_path=(variant_paths or {}).get(variant),
-            texts=texts,
-            memo_dir=memo_dir,
+            source, variant, texts_path, partial / variant, layers, device, texts=texts, memo_dir=memo_dir
         )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

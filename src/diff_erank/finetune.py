@@ -19,6 +19,7 @@ import torch
 
 from diff_erank.data import DataError
 from diff_erank.dump import pad_right, pick_device, tokenise
+from diff_erank.entries import ModelSource
 from diff_erank.models import load_tokenizer, load_variant
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
@@ -28,24 +29,25 @@ log = logging.getLogger(__name__)
 
 
 def finetune(
-    spec: dict[str, Any],
+    source: ModelSource,
     recipe: dict[str, Any],
     texts_path: str | Path,
     out_dir: str | Path,
     device: str = "auto",
-    trained_path: str | None = None,
-    from_path: str | None = None,
 ) -> dict[str, Any]:
-    """Train the ``recipe['from']`` variant on the texts; save it (and the tokenizer) to ``out_dir``."""
+    """Train the ``recipe['from']`` variant on the texts; save it (and the tokenizer) to ``out_dir``.
+
+    ``source`` holds the directory of ``recipe['from']`` when that is an ``ft-`` variant itself.
+    The weights are trained in float32 whatever the entry's dtype."""
     out_dir = Path(out_dir)
     tmp = Path(str(out_dir) + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     dev = pick_device(device)
-    tokenizer = load_tokenizer(spec, trained_path)
+    tokenizer = load_tokenizer(source)
     tok = tokenise(tokenizer, list(read_parquet(texts_path)["text"].fillna("")), recipe["max_length"])
     if not tok.ids:
         raise DataError(f"{texts_path}: no text to train on (none has enough tokens)")
-    model = load_variant({**spec, "dtype": "float32"}, recipe["from"], trained_path, from_path).to(dev)
+    model = load_variant(source, recipe["from"], dtype="float32").to(dev)
     model.train()
     torch.manual_seed(recipe["seed"])
     gen = torch.Generator().manual_seed(recipe["seed"])
@@ -73,7 +75,7 @@ def finetune(
         "final_loss": sum(losses[-10:]) / len(losses[-10:]),
         "seconds": time.perf_counter() - t0,
     }
-    write_json(provenance(spec, recipe=recipe, finetune=facts), tmp / "finetune.json")
+    write_json(provenance(source.entry.spec, recipe=recipe, finetune=facts), tmp / "finetune.json")
     atomic_publish_dir(tmp, out_dir)
     log.info("further trained: %s", facts)
     return facts

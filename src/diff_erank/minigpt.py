@@ -49,7 +49,8 @@ import torch.nn.functional as F
 
 from diff_erank.checkpoint import check_sha256
 from diff_erank.config import ConfigError
-from diff_erank.models import DTYPES, check_buffers, hub_commit, resolve_source
+from diff_erank.entries import resolve_source
+from diff_erank.models import DTYPES, check_buffers, hub_commit
 from diff_erank.storage import atomic_publish_dir, sha256, write_json
 
 log = logging.getLogger(__name__)

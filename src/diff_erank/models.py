@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from diff_erank.config import ConfigError, has_tokenizer_files, looks_local
-from diff_erank.storage import sha256
-from diff_erank.variants import Variant, init_scale
+from diff_erank.entries import ModelEntry, ModelSource, resolve_source
+from diff_erank.variants import Variant
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 INIT_STD_FIELDS = ("initializer_range", "init_std", "initializer_factor")
 
 
-def scale_init(cfg, spec: dict[str, Any]):
+def scale_init(cfg, entry: ModelEntry):
     """``cfg`` with its init std multiplied by the entry's ``untrained.init_scale`` (if set).
 
     The init-scale sweep: how much of a Diff-eRank is the choice of M0. Scale 1 (or none) is the
     published config as it is.
     """
-    scale = init_scale(spec)
+    scale = entry.init_scale
     if scale is None or scale == 1:
         return cfg
     field = next((f for f in INIT_STD_FIELDS if hasattr(cfg, f)), None)
@@ -56,79 +56,7 @@ def scale_init(cfg, spec: dict[str, Any]):
     return cfg
 
 
-def resolve_source(source: str, revision: str | None) -> tuple[str, str | None]:
-    """``(name_or_path, hub_revision)``; a local directory's revision is a sub-directory.
-
-    The zoo stores checkpoints as ``<dir>/main``, ``<dir>/step0`` ..., mirroring Pythia's
-    ``stepN`` revisions on the hub.
-    """
-    if not looks_local(source):
-        return source, revision
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"local model path does not exist: {path}")
-    rev = revision or "main"
-    if (path / rev).is_dir():
-        return str(path / rev), None
-    if rev == "main" and any((path / f).is_file() for f in ("config.json", "tokenizer_config.json")):
-        return str(path), None
-    raise ConfigError(
-        f"local model {path} has no revision directory {rev!r}; "
-        f"found {sorted(p.name for p in path.iterdir() if p.is_dir())}"
-    )
-
-
-def _source(spec: dict[str, Any], trained_path: str | None) -> str:
-    source = trained_path or spec.get("source")
-    if not source:
-        raise ConfigError("model entry has no source and no trained path")
-    if trained_path and spec.get("train"):  # a zoo model trained by the workflow (not a converted GGUF)
-        check_trained_dir(trained_path)
-    return source
-
-
-def check_trained_dir(path: str | Path) -> None:
-    """Refuse a zoo model directory that is not exactly what one finished training run wrote.
-
-    ``training.json`` is written last and lists the checkpoints and the SHA-256 of every file
-    under them; a directory missing a checkpoint or holding other bytes (two runs writing into
-    one results folder, a copy cut short) would otherwise look done to Snakemake forever.
-    """
-    import json
-
-    p = Path(path)
-    try:
-        record = json.loads((p / "training.json").read_text())
-        expected = ["main", *record["training"]["checkpoints"]]
-        files = record["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        problem = "no complete training.json"
-    else:
-        missing = [d for d in expected if not (p / d / "config.json").is_file()]
-        changed = [f for f, h in files.items() if not (p / f).is_file() or sha256(p / f) != h]
-        problem = (
-            f"missing checkpoint(s) {missing}"
-            if missing
-            else f"{len(changed)} file(s) differ from the ones trained, e.g. {changed[0]}"
-            if changed
-            else ""
-        )
-    if problem:
-        raise ConfigError(
-            f"zoo model {p} is incomplete ({problem}): delete it and rerun, or rerun with "
-            "`snakemake --forcerun train`"
-        )
-
-
-def raw_gguf(spec: dict[str, Any], source: str) -> Path | None:
-    """The entry's GGUF file if ``source`` is the folder holding it (not a converted directory)."""
-    gguf = spec.get("gguf")
-    if not gguf or not looks_local(source) or (Path(source) / "config.json").is_file():
-        return None
-    return Path(source).expanduser() / gguf["file"]
-
-
-def _load_gguf_variant(spec: dict[str, Any], variant: str, path: Path, dtype: torch.dtype):
+def _load_gguf_variant(model: ModelSource, v: Variant, dtype: torch.dtype):
     """A variant of a GGUF entry read straight from the file (the workflow converts it once instead).
 
     Both variants use the file's config completed by the entry's published facts
@@ -138,55 +66,51 @@ def _load_gguf_variant(spec: dict[str, Any], variant: str, path: Path, dtype: to
 
     from diff_erank.checkpoint import check_sha256, published_config
 
+    path, gguf = model.gguf, model.entry.gguf
+    assert path is not None and gguf is not None
     if not path.is_file():
         raise ConfigError(f"GGUF file not found: {path}")
-    check_sha256(path, spec["gguf"]["sha256"])
-    cfg = published_config(path, spec["gguf"])
-    v = Variant.parse(variant)
+    check_sha256(path, gguf["sha256"])
+    cfg = published_config(path, gguf)
     if v.kind == "trained":
         return AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, config=cfg, dtype=dtype
         )
     if v.kind == "init":
         torch.manual_seed(v.seed)
-        return AutoModelForCausalLM.from_config(scale_init(cfg, spec), dtype=dtype)
-    raise ConfigError(f"a GGUF entry has variants trained and init-s<seed>, not {variant!r}")
+        return AutoModelForCausalLM.from_config(scale_init(cfg, model.entry), dtype=dtype)
+    raise ConfigError(f"a GGUF entry has variants trained and init-s<seed>, not {str(v)!r}")
 
 
-def gguf_provenance(spec: dict[str, Any], trained_path: str | None = None) -> dict[str, Any] | None:
+def gguf_provenance(model: ModelSource) -> dict[str, Any] | None:
     """File, SHA-256 and quantisation type of a GGUF entry's checkpoint (None for other entries)."""
-    if not spec.get("gguf"):
+    gguf = model.entry.gguf
+    if not gguf:
         return None
     from diff_erank.checkpoint import checkpoint_facts, read_facts
 
-    source = _source(spec, trained_path)
-    raw = raw_gguf(spec, source)
-    if raw is not None:
-        return {**read_facts(raw), "sha256": spec["gguf"]["sha256"], "packages": spec["gguf"].get("packages")}
-    return checkpoint_facts(source)
+    if model.gguf is not None:
+        return {**read_facts(model.gguf), "sha256": gguf["sha256"], "packages": gguf.get("packages")}
+    return checkpoint_facts(model.source)
 
 
-def load_tokenizer(spec: dict[str, Any], trained_path: str | None = None):
+def load_tokenizer(model: ModelSource):
     """The entry's tokenizer: its own repository at ``tokenizer_revision`` when ``tokenizer`` names
     one (OpenELM uses Llama-2's), else the model's at the model's revision."""
     from transformers import AutoTokenizer
 
-    gguf = raw_gguf(spec, _source(spec, trained_path))
-    if gguf is not None:
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if spec.get("tokenizer"):
-        name, rev = resolve_source(spec["tokenizer"], spec.get("tokenizer_revision"))
-    else:
-        name, rev = resolve_source(_source(spec, trained_path), spec.get("revision"))
-        if looks_local(name) and not trained_path:  # the user's own folder: nothing checked it yet
-            if not has_tokenizer_files(name):
-                raise ConfigError(f"the model folder {name} has no tokenizer; save one or set `tokenizer:`")
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=spec["trust_remote_code"])
-            check_tokenizer(tokenizer, name)
-            return tokenizer
-    return _hub_call(
-        AutoTokenizer.from_pretrained, name, revision=rev, trust_remote_code=spec["trust_remote_code"]
-    )
+    remote = model.entry.trust_remote_code
+    if model.gguf is not None:
+        return AutoTokenizer.from_pretrained(str(model.gguf.parent), gguf_file=model.gguf.name)
+    name, rev = model.tokenizer or model.weights_of(Variant("trained"))
+    if model.tokenizer is None and looks_local(name) and not model.trained_path:
+        # the user's own folder: nothing checked it yet
+        if not has_tokenizer_files(name):
+            raise ConfigError(f"the model folder {name} has no tokenizer; save one or set `tokenizer:`")
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=remote)
+        check_tokenizer(tokenizer, name)
+        return tokenizer
+    return _hub_call(AutoTokenizer.from_pretrained, name, revision=rev, trust_remote_code=remote)
 
 
 #: a sample every tokenizer of a text LM reads back as it was written
@@ -288,8 +212,9 @@ def hub_commit(name: str, rev: str | None) -> str | None:
     return commit if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
-#: How each variant kind (``variants.Kind``) is loaded: ``loader(spec, v, source, variant_path,
-#: dtype, remote)`` -> the model, before the checks every variant gets (:func:`load_variant`).
+#: How each variant kind (``variants.Kind``) is loaded: ``loader(model, v, dtype)`` with the job's
+#: :class:`~diff_erank.entries.ModelSource`, the parsed :class:`Variant` and the torch dtype ->
+#: the model, before the checks every variant gets (:func:`load_variant`).
 LOADERS: dict[str, Any] = {}
 
 
@@ -306,66 +231,50 @@ def variant_loader(kind: str):
 
 
 @variant_loader("trained")
-def _load_trained(spec: dict[str, Any], v: Variant, source: str, variant_path, dtype, remote: bool):
-    name, rev = resolve_source(source, spec.get("revision"))
-    return _load_weights(name, rev, dtype, remote)
+@variant_loader("rev")
+@variant_loader("ft")
+def _load_weights_of(model: ModelSource, v: Variant, dtype: torch.dtype):
+    """The weights a variant names: the entry's revision, another revision, a further-trained folder."""
+    name, rev = model.weights_of(v)
+    return _load_weights(name, rev, dtype, model.entry.trust_remote_code)
 
 
 @variant_loader("init")
-def _load_init(spec: dict[str, Any], v: Variant, source: str, variant_path, dtype, remote: bool):
+def _load_init(model: ModelSource, v: Variant, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    name, rev = resolve_source(source, spec.get("revision"))
+    remote = model.entry.trust_remote_code
+    name, rev = model.weights_of(v)
     cfg = _hub_call(AutoConfig.from_pretrained, name, revision=rev, trust_remote_code=remote)
-    cfg = scale_init(cfg, spec)
+    cfg = scale_init(cfg, model.entry)
     torch.manual_seed(v.seed)
     return AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=remote)
 
 
-@variant_loader("rev")
-def _load_revision(spec: dict[str, Any], v: Variant, source: str, variant_path, dtype, remote: bool):
-    name, rev = resolve_source(source, v.revision)
-    return _load_weights(name, rev, dtype, remote)
+def load_variant(model: ModelSource, variant: str, dtype: str | None = None):
+    """The causal LM for one variant, in eval mode, in the entry's dtype (or ``dtype``), on the CPU.
 
-
-@variant_loader("ft")
-def _load_further_trained(spec: dict[str, Any], v: Variant, source: str, variant_path, dtype, remote: bool):
-    if not variant_path:
-        raise ConfigError(f"variant {v} needs the directory of the further-trained model")
-    name, _ = resolve_source(variant_path, None)
-    return _load_weights(name, None, dtype, remote)
-
-
-def load_variant(
-    spec: dict[str, Any], variant: str, trained_path: str | None = None, variant_path: str | None = None
-):
-    """The causal LM for one variant, in eval mode, in the entry's dtype, on the CPU.
-
-    ``trained_path`` replaces the entry's source (a zoo model trained by the workflow);
-    ``variant_path`` is the directory of a further-trained ``ft-<name>`` variant. Each kind of
-    variant is loaded by its registered loader (:data:`LOADERS`); a GGUF file by its own.
+    Each kind of variant is loaded by its registered loader (:data:`LOADERS`); a raw GGUF file by
+    its own.
     """
     import diff_erank.openelm  # noqa: F401  (registers model_type "openelm": OpenELM without remote code)
 
-    dtype = DTYPES[spec["dtype"]]
-    remote = bool(spec["trust_remote_code"])
+    torch_dtype = DTYPES[dtype or model.entry.dtype]
     v = Variant.parse(variant)
-    source = _source(spec, trained_path)
-    gguf = raw_gguf(spec, source)
-    if gguf is not None:
-        model = _load_gguf_variant(spec, variant, gguf, dtype)
+    if model.gguf is not None:
+        lm = _load_gguf_variant(model, v, torch_dtype)
     else:
-        model = LOADERS[v.kind](spec, v, source, variant_path, dtype, remote)
-    check_buffers(model, dtype, f"{source} variant {variant}")
-    model.eval()
+        lm = LOADERS[v.kind](model, v, torch_dtype)
+    check_buffers(lm, torch_dtype, f"{model.source} variant {variant}")
+    lm.eval()
     # No KV cache in any forward (dump, finetune, lm-eval's HFLM, which calls model(ids)): one
     # full-sequence pass needs none, and remote code may build one with an API transformers 5 removed.
-    model.config.use_cache = False
-    log.info("loaded %s variant %s (%s, %d parameters)", source, variant, dtype, n_params(model))
-    return model
+    lm.config.use_cache = False
+    log.info("loaded %s variant %s (%s, %d parameters)", model.source, variant, torch_dtype, n_params(lm))
+    return lm
 
 
-def init_facts(model: torch.nn.Module, variant: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+def init_facts(model: torch.nn.Module, variant: str, entry: ModelEntry) -> dict[str, Any] | None:
     """The seed and config fields an ``init-s<seed>`` variant was initialised from; None otherwise.
 
     Recorded in every untrained variant's manifest: Diff-eRank is a difference against this
@@ -379,7 +288,7 @@ def init_facts(model: torch.nn.Module, variant: str, spec: dict[str, Any]) -> di
     cfg = model.config
     names = {*INIT_STD_FIELDS, "rope_parameters"} | {f for fields in INIT_FIELDS.values() for f in fields}
     fields = {n: getattr(cfg, n) for n in sorted(names) if getattr(cfg, n, None) is not None}
-    scale = init_scale(spec) or 1.0
+    scale = entry.init_scale or 1.0
     return {"seed": v.seed, "init_scale": scale, "model_type": cfg.model_type, **fields}
 
 
@@ -499,10 +408,8 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def weights_identity(
-    spec: dict[str, Any],
+    source: ModelSource,
     variant: str,
-    trained_path: str | None = None,
-    variant_path: str | None = None,
     model: torch.nn.Module | None = None,
     memo_dir: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -522,9 +429,10 @@ def weights_identity(
     from diff_erank.sources import file_sha256
 
     v = Variant.parse(variant)
-    source = variant_path if v.kind == "ft" and variant_path else _source(spec, trained_path)
-    revision = {"ft": None, "rev": v.revision}.get(v.kind, spec.get("revision"))
-    name, rev = resolve_source(source, revision)
+    if source.gguf is None:
+        name, rev = source.weights_of(v)
+    else:  # a folder holding a raw GGUF file
+        name, rev = resolve_source(source.source, source.entry.revision)
     ident: dict[str, Any] = {"format": getattr(model, "weights_format", None)}
     if Path(name).is_dir():
         files = sorted(p for p in Path(name).iterdir() if p.is_file())

@@ -36,10 +36,11 @@ import pandas as pd
 import torch
 
 from diff_erank.config import ConfigError
+from diff_erank.entries import resolve_source
 from diff_erank.erank import STANDARD_ALGORITHM, dataset_erank, erank_stats
 from diff_erank.errors import UserError
 from diff_erank.minigpt import LEVELS
-from diff_erank.models import DTYPES, check_buffers, hub_commit, resolve_source
+from diff_erank.models import DTYPES, check_buffers, hub_commit
 from diff_erank.progress import tqdm
 from diff_erank.storage import read_parquet
 

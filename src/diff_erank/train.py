@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from diff_erank.models import check_trained_dir
+from diff_erank.entries import check_trained_dir
 from diff_erank.progress import tqdm
 from diff_erank.provenance import provenance
 from diff_erank.storage import atomic_path, atomic_publish_dir, sha256, write_json

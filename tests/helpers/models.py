@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from diff_erank.entries import ModelEntry, ModelSource, model_entry
+
 
 def save_tiny(root: Path, arch: str, tokenizer_dir: Path, seed: int = 0, hidden: int = 32) -> Path:
     """A 2-block ``arch`` model (``diff_erank.train.model_config``) saved as the revisions ``main``
@@ -26,26 +28,16 @@ def save_tiny(root: Path, arch: str, tokenizer_dir: Path, seed: int = 0, hidden:
     return root
 
 
-def model_spec(source: Path | str, **kw) -> dict:
-    """A resolved model entry of a local tiny model, as the dump and eRank steps receive it."""
-    spec = {
-        "family": "tiny",
-        "size": "xs",
-        "params": None,
-        "source": str(source),
-        "revision": "main",
-        "tokenizer": None,
-        "dtype": "float32",
-        "dump_dtype": "float32",
-        "trust_remote_code": False,
-        "untrained": {"kind": "random_init", "seeds": [0]},
-        "checkpoints": [],
-        "max_length": 64,
-        "batch_tokens": 256,
-        "shard_texts": 4,
-    }
-    spec.update(kw)
-    return spec
+def model_spec(source: Path | str, **kw) -> ModelEntry:
+    """A model entry of a local tiny model, as a job reads it (:func:`diff_erank.entries.model_entry`):
+    short texts, small batches and shards of 4 texts, so that a dump of a few texts has several."""
+    fields = {"family": "tiny", "size": "xs", "max_length": 64, "batch_tokens": 256, "shard_texts": 4}
+    return model_entry(source, **{**fields, **kw})
+
+
+def resolved(source: Path | str, trained_path: str | None = None, variant_paths=None, **kw) -> ModelSource:
+    """:func:`model_spec`'s entry resolved for a job (what the dump, accuracy and finetune steps take)."""
+    return model_spec(source, **kw).resolved(trained_path, variant_paths)
 
 
 # --- one tiny model per architecture family of conf/model/ ------------------------------------
