@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from diff_erank.config import ConfigError
+from diff_erank.layers import ALL
 from diff_erank.sources import data_files_identity, model_identity
 from diff_erank.variants import Variant, init_scale, variants
 
@@ -634,9 +635,9 @@ def select(
     check_texts(table, prov, texts)
     wanted = [str(x) for x in layers]
     missing = sorted(set(wanted) - set(df["layer"].astype(str)))
-    if missing and "all" not in wanted:
+    if missing and ALL not in wanted:
         raise ConfigError(f"{table} holds no rows for layer(s) {missing}")
-    if "all" not in wanted:
+    if ALL not in wanted:
         df = df[df["layer"].astype(str).isin(wanted)]
     dump = dict(prov.get("dump") or {})
     if first is not None:

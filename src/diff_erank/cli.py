@@ -333,6 +333,7 @@ def cmd_diff(a: argparse.Namespace) -> None:
     from diff_erank.aggregate import diff_table, load_tables
     from diff_erank.config import ConfigError
     from diff_erank.entries import ModelEntry
+    from diff_erank.erank import ALGORITHMS
     from diff_erank.provenance import provenance
     from diff_erank.storage import write_parquet
 
@@ -355,7 +356,7 @@ def cmd_diff(a: argparse.Namespace) -> None:
     }
     if (scale := entry.init_scale) is not None:  # a point of the init-scale sweep
         info["init_scale"] = scale
-    df = diff_table(tables, a.untrained, a.algorithms, a.bootstrap, info)
+    df = diff_table(tables, a.untrained, a.algorithms or list(ALGORITHMS), a.bootstrap, info)
     write_parquet(df, a.out, provenance(entry.spec, inputs=paths, bootstrap=a.bootstrap))
 
 
@@ -655,7 +656,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--first", type=int, default=None, help="with --tables: keep the first N texts")
     s.add_argument("--erank", nargs="+", default=None, metavar="VARIANT=PATH", help="or: tables as they are")
     s.add_argument("--untrained", nargs="+", required=True)
-    s.add_argument("--algorithms", nargs="+", default=["a", "b"])
+    s.add_argument("--algorithms", nargs="+", default=None, help="default: both, erank.ALGORITHMS")
     s.add_argument("--bootstrap", type=_spec, default={"samples": 1000, "seed": 0, "ci": 0.95})
 
     s = step("mm-prepare", cmd_mm_prepare)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from diff_erank.errors import ConfigError
 
 NAMES = ("embeddings", "first", "middle", "last", "all")
+#: Every layer of the model (``hidden_states`` 0..L): one row each.
+ALL = "all"
 #: The paper's layer (its Fig. 1 and every table but Table 4).
 LAST = "last"
 #: Depth order of the named layers (``all`` has none: it is every index).
@@ -49,7 +51,7 @@ def layer_indices(layers: Sequence[str | int], num_layers: int) -> dict[str, int
     named = _named(num_layers)
     out: dict[str, int] = {}
     for layer in layers:
-        if layer == "all":
+        if layer == ALL:
             out.update({str(i): i for i in range(num_layers + 1)})
         elif isinstance(layer, str):
             if layer not in named:
@@ -72,7 +74,7 @@ def n_distinct(layers: Sequence[str | int], num_layers: int) -> int:
     named = _named(num_layers)
     idx: set[int] = set()
     for layer in layers:
-        if layer == "all":
+        if layer == ALL:
             idx |= set(range(num_layers + 1))
         elif isinstance(layer, str):
             if layer not in named:

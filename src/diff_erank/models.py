@@ -212,7 +212,7 @@ def hub_commit(name: str, rev: str | None) -> str | None:
     return commit if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
-#: How each variant kind (``variants.Kind``) is loaded: ``loader(model, v, dtype)`` with the job's
+#: How each variant kind (``variants.KINDS``) is loaded: ``loader(model, v, dtype)`` with the job's
 #: :class:`~diff_erank.entries.ModelSource`, the parsed :class:`Variant` and the torch dtype ->
 #: the model, before the checks every variant gets (:func:`load_variant`).
 LOADERS: dict[str, Any] = {}

@@ -184,7 +184,8 @@ def changed_trained_file(folder: str | Path, memo_dir: str | Path | None = None)
     Snakemake dates a directory output by its ``.snakemake_timestamp``, so an edit inside one (a
     zoo model's ``tokenizer.json``) would rerun nothing; the workflow checks this when it builds
     the DAG instead (hashes remembered by stat: a stat per file when nothing changed). A folder
-    without a readable record is left to the loader's own check (:func:`diff_erank.models.check_trained_dir`).
+    without a readable record is left to the check when a job resolves its model
+    (:func:`diff_erank.entries.check_trained_dir`).
     """
     import json
 
