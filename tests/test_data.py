@@ -10,7 +10,7 @@ import pytest
 
 from diff_erank.config import ConfigError
 from diff_erank.data import DataError, prepare_texts, prepare_to_file, sample_indices
-from diff_erank.dataset_entry import DatasetEntry
+from diff_erank.entries import DatasetEntry
 from diff_erank.storage import read_provenance
 
 

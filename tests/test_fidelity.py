@@ -9,7 +9,7 @@ from helpers.paper import local_source
 
 from diff_erank.config import load_config
 from diff_erank.data import prepare_texts
-from diff_erank.dataset_entry import DatasetEntry, DatasetSource
+from diff_erank.entries import DatasetEntry, DatasetSource
 
 CONF = REPO / "conf"
 

@@ -14,7 +14,7 @@ from helpers.paper import make_datasets, synthetic_results
 
 from diff_erank.config import load_config
 from diff_erank.data import prepare_texts
-from diff_erank.dataset_entry import DatasetEntry
+from diff_erank.entries import DatasetEntry
 
 
 def _local(spec: dict, path: str) -> dict:

@@ -163,7 +163,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_prepare(a: argparse.Namespace) -> None:
     from diff_erank.data import prepare_to_file
-    from diff_erank.dataset_entry import DatasetEntry
+    from diff_erank.entries import DatasetEntry
 
     df = prepare_to_file(DatasetEntry.from_spec(a.spec), a.out, a.results_root)
     logging.info("%d texts -> %s", len(df), a.out)

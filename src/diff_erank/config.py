@@ -15,7 +15,7 @@ import copy
 import difflib
 import glob
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -211,11 +211,14 @@ def _with_registered_names(base: dict[str, Any]) -> dict[str, Any]:
     return {**base, "properties": {**props, "figures": figures}}
 
 
-def check_entry(entry: dict[str, Any], definition: str, where: str) -> None:
+def check_entry(
+    entry: Mapping[str, Any], definition: str, where: str, defs: Mapping[str, Any] | None = None
+) -> None:
     """One entry of a config against the schema's ``$defs/<definition>`` (``dataset``, ``model``),
-    with the same one-sentence messages as the whole config gets."""
-    base = schema()
-    validator = jsonschema.Draft202012Validator({"$defs": base["$defs"], "$ref": f"#/$defs/{definition}"})
+    with the same one-sentence messages as the whole config gets. ``defs``: the schema's
+    definitions as a caller relaxed them (a job's part of an entry, :mod:`diff_erank.entries`)."""
+    defs = schema()["$defs"] if defs is None else defs
+    validator = jsonschema.Draft202012Validator({"$defs": defs, "$ref": f"#/$defs/{definition}"})
     errors = sorted(validator.iter_errors(entry), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError(f"invalid {where}: {_describe(errors[0])}")

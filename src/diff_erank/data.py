@@ -1,6 +1,6 @@
 """Dataset preparation: load rows with ``datasets``, make one text per row, sample, save.
 
-A dataset entry (:class:`~diff_erank.dataset_entry.DatasetEntry`, built once from the job's
+A dataset entry (:class:`~diff_erank.entries.DatasetEntry`, built once from the job's
 spec) says where the rows come from (hub id + config + split + revision, or local
 files), how a text is made from a row (a field, or a template such as question + answer), which
 rows to keep (non-empty fields) and how many to draw. The paper's recipe is
@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from diff_erank.config import ConfigError, data_file_list
-from diff_erank.dataset_entry import Answer, DatasetEntry, DatasetSource, TextRecipe
+from diff_erank.entries import Answer, DatasetEntry, DatasetSource, TextRecipe
 from diff_erank.errors import UserError
 from diff_erank.provenance import provenance
 from diff_erank.storage import sha256, write_parquet

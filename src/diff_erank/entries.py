@@ -1,4 +1,5 @@
-"""A model entry as one job reads it, typed, and where its weights are: resolved once per job.
+"""The entries a job reads, typed: a model entry and where its weights are (resolved once per
+job), and a dataset entry.
 
 A step gets its model entry as the dict the config composed (``--spec``: a whole entry, or the
 part of one a dump reads, :meth:`diff_erank.cache.Keys.dump_spec`). :meth:`ModelEntry.from_spec`
@@ -10,6 +11,10 @@ resolved (:class:`ModelSource`); the loaders take that, never the dict.
 
 :func:`model_entry` builds an entry by hand (benchmarks, tests) with the defaults the config
 gives a hub id or local folder (``conf/model/hf-base.yaml``). No torch here: the paths only.
+
+A prepare job gets one ``datasets`` entry: :meth:`DatasetEntry.from_spec` checks it against the
+schema's ``dataset`` definition and gives the steps below it fields instead of dict lookups; the
+dict stays on it (``spec``) because the prepared texts' provenance records it, byte for byte.
 """
 
 from __future__ import annotations
@@ -20,12 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import jsonschema
 import yaml
 
-from diff_erank.config import DEFAULT_CONF_DIR, looks_local, schema
+from diff_erank.config import DEFAULT_CONF_DIR, check_entry, looks_local, schema
 from diff_erank.errors import ConfigError
 from diff_erank.storage import sha256
 from diff_erank.variants import KINDS, Variant, init_scale
@@ -36,16 +40,16 @@ REQUIRED = ("dtype", "trust_remote_code", "max_length")
 
 @lru_cache(maxsize=1)
 def _entry_schema() -> dict[str, Any]:
-    """The schema's model entry, without what only a whole composed entry has: a dump's spec is
-    part of one (no labels, ``untrained`` only its ``init_scale``), and a benchmark may turn the
-    loss off (``loss: false``, not a config key)."""
+    """The schema's definitions with its model entry relaxed to what a job's spec holds: a dump's
+    spec is part of an entry (no labels, ``untrained`` only its ``init_scale``), and a benchmark may
+    turn the loss off (``loss: false``, not a config key)."""
     defs = copy.deepcopy(schema()["$defs"])
     model = defs["model"]
     model.pop("required")
     model["properties"]["loss"] = {"type": "boolean"}
     for key in ("required", "if", "then", "else"):
         model["properties"]["untrained"].pop(key, None)
-    return {**model, "$defs": defs}
+    return defs
 
 
 @dataclass(frozen=True)
@@ -84,14 +88,7 @@ class ModelEntry:
         """The entry of a spec dict; a field the schema does not know, or of the wrong type, is a
         ConfigError naming it."""
         given = {k: v for k, v in spec.items() if v is not None}  # a projection writes absent as null
-        errors = sorted(
-            jsonschema.Draft202012Validator(_entry_schema()).iter_errors(given),
-            key=lambda e: list(e.absolute_path),
-        )
-        if errors:
-            e = errors[0]
-            where = ".".join(str(p) for p in e.absolute_path) or "model entry"
-            raise ConfigError(f"invalid model entry: {where}: {e.message}")
+        check_entry(given, "model", "model entry", _entry_schema())
         names = {f.name for f in fields(cls)} - {"spec"}
         typed = {k: v for k, v in given.items() if k in names}
         if "checkpoints" in typed:
@@ -236,3 +233,104 @@ def model_entry(source: str | Path, **overrides: Any) -> ModelEntry:
         **overrides,
     }
     return ModelEntry.from_spec(spec)
+
+
+# --- a dataset entry ---------------------------------------------------------------------------
+
+SourceKind = Literal["hub", "json", "jsonl", "parquet", "csv", "text", "demo"]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where the rows come from: a hub dataset (``path``, ``name``, ``split``, ``revision``), local
+    or ``hf://`` files (``data_files``: a path, a glob, a list or a split mapping) or a part of the
+    demo corpus (``part``)."""
+
+    kind: SourceKind
+    path: str | None = None
+    name: str | None = None
+    split: str | None = None
+    revision: str | None = None
+    data_files: Any = None
+    part: str | None = None
+
+    @classmethod
+    def from_dict(cls, source: Mapping[str, Any]) -> DatasetSource:
+        try:
+            return cls(**source)
+        except TypeError as exc:  # a key the schema does not know
+            raise ConfigError(f"dataset source {dict(source)!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The correct choice of a multiple-choice row: ``choices`` (a path to a list, or one path per
+    choice), ``key`` (a label looked up in ``labels``, or an index plus ``offset``)."""
+
+    choices: str | tuple[str, ...]
+    key: str
+    labels: str | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class TextRecipe:
+    """How a row becomes a text: a ``field``, or a ``template`` (with ``answer``, and ``blank``
+    replaced by it); rows with an empty ``nonempty`` field are not drawn."""
+
+    field: str | None = None
+    template: str | None = None
+    nonempty: tuple[str, ...] = ()
+    answer: Answer | None = None
+    blank: str | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    method: Literal["paper", "first", "all"]
+    seed: int
+
+
+@dataclass(frozen=True)
+class SizeHint:
+    texts: int | None = None
+    mean_tokens: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of a config (``conf/dataset/*.yaml``, resolved), with the dict it was built from."""
+
+    source: DatasetSource
+    text: TextRecipe
+    max_texts: int | None
+    sampling: Sampling
+    description: str | None = None
+    paper_name: str | None = None
+    paper_variant: str | None = None
+    measure: bool = True
+    size_hint: SizeHint | None = None
+    spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> DatasetEntry:
+        """The entry of a decoded dataset spec; a field the schema refuses is a ConfigError."""
+        check_entry(dict(spec), "dataset", "dataset entry")
+        text = dict(spec["text"])
+        answer = text.pop("answer", None)
+        if answer is not None:
+            choices = answer["choices"]
+            answer = Answer(**{**answer, "choices": tuple(choices) if isinstance(choices, list) else choices})
+        hint = spec.get("size_hint")
+        return cls(
+            source=DatasetSource.from_dict(spec["source"]),
+            text=TextRecipe(**{**text, "nonempty": tuple(text.get("nonempty") or ()), "answer": answer}),
+            max_texts=spec["max_texts"],
+            sampling=Sampling(**spec["sampling"]),
+            description=spec.get("description"),
+            paper_name=spec.get("paper_name"),
+            paper_variant=spec.get("paper_variant"),
+            measure=spec.get("measure", True),
+            size_hint=None if hint is None else SizeHint(**hint),
+            spec=spec,
+        )

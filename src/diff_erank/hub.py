@@ -116,7 +116,7 @@ def fetch_one(d: Download) -> str:
     try:
         if d.kind == "dataset":
             from diff_erank.data import load_rows
-            from diff_erank.dataset_entry import DatasetSource
+            from diff_erank.entries import DatasetSource
 
             rows = load_rows(DatasetSource.from_dict(json.loads(d.source)))
             return f"{len(rows)} rows"
