@@ -151,6 +151,8 @@ def test_config_pairs_reach_the_jobs_and_unknown_keys_stop(tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "--layers first last " in out
+    steps = [line for line in out.splitlines() if "diff-erank " in line]
+    assert len(steps) > 10 and not [line for line in steps if '{"' in line or '["' in line]  # no JSON
     r = snakemake(tmp_path, "-n", "-p", overrides="[experiment=ci,layers=[first,last]]")
     assert r.returncode == 0 and "--layers first last " in r.stdout + r.stderr
     # the texts' spec file (named by its content; a dry run writes none) is another one at max_texts 7
