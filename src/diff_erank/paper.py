@@ -149,4 +149,4 @@ def owned(part: dict[str, Any] | None, kind: str) -> str:
     this experiment owns in a paper run (a regex that matches nothing if it owns none)."""
     if not part:
         return KEY
-    return "|".join(part[kind]) or "(?!x)x"
+    return "|".join(re.escape(k) for k in part[kind]) or "(?!x)x"
