@@ -92,6 +92,11 @@ def named(hexdigest: str, *names: str) -> str:
     return ".".join((*names, hexdigest))
 
 
+def key_digest(key: str) -> str:
+    """The digest of a key (:func:`named`): what the entry is, whatever names it is filed under."""
+    return key.rsplit(".", 1)[-1]
+
+
 def cache_dir(cfg: dict[str, Any]) -> str:
     if cfg["name"] == "cache":
         raise ConfigError("name: 'cache' is the shared measurement cache's folder; pick another name")
@@ -303,10 +308,16 @@ class Keys:
         run: str,
         root: str | None = None,
         measure: dict[str, list[str | int]] | None = None,
+        names: dict[str, str] | None = None,
     ) -> None:
-        """``root`` and ``measure`` are a paper run's (:mod:`diff_erank.paper`): its cache, and the
-        layers each job measures (the union of its experiments'), by job key."""
+        """``root``, ``measure`` and ``names`` are a paper run's (:mod:`diff_erank.paper`): its
+        cache, the layers each job measures (the union of its experiments'), by job key, and the
+        key each texts or set digest is filed under (its owner's names: table11's wikipedia-10000
+        is fig1's wikipedia, one entry)."""
         self.cfg, self.run, self.root = cfg, run, root or cache_dir(cfg)
+        #: digest -> the key its entry is filed under in this DAG: the names of the first dataset or
+        #: (model, dataset) that has it, so that two names for one entry are one job, not two
+        self.names: dict[str, str] = {} if names is None else names
         self.layers = layers_tag(cfg["layers"])
         self.measure = measure or {}
         self.tag_layers: dict[str, list[str | int]] = {self.layers: cfg["layers"]}
@@ -323,7 +334,7 @@ class Keys:
                 self.zoo.setdefault(zoo_key(cfg, m), m)
             for name in spec.get("finetune") or {}:
                 self.finetuned.setdefault(finetune_key(cfg, m, name), (m, name))
-        self.texts = {d: texts_key(cfg, d, run) for d in cfg["datasets"]}
+        self.texts = {d: self._filed(texts_key(cfg, d, run)) for d in cfg["datasets"]}
         self.datasets_of = {}
         for d, k in self.texts.items():
             self.datasets_of.setdefault(k, d)
@@ -339,7 +350,7 @@ class Keys:
                     src = self.prefix.get(d, (d, None))[0]
                     keys = []
                     for names in chunks(variants(spec), per_job):
-                        keys.append(set_key(cfg, m, src, run, names))
+                        keys.append(self._filed(set_key(cfg, m, src, run, names)))
                         self._variants.setdefault(keys[-1], names)
                     self.sets[(m, d)], self.set_keys[(m, d)] = keys[0], keys
                     for v in variants(spec):
@@ -348,6 +359,10 @@ class Keys:
         for (m, d), keys in self.set_keys.items():
             for k in keys:
                 self.jobs_of.setdefault(k, (m, self.prefix.get(d, (d, None))[0]))
+
+    def _filed(self, key: str) -> str:
+        """The key an entry is filed under in this DAG: its first names (:attr:`names`)."""
+        return self.names.setdefault(key_digest(key), key)
 
     def measure_layers(self, key: str) -> list[str | int]:
         """The layers a job measures: the run's, or in a paper run the union its experiments ask."""
