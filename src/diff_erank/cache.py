@@ -231,7 +231,8 @@ def finetune_key(cfg: dict[str, Any], model: str, name: str) -> str:
     """A further-trained stage's key, ``<model>.ft-<name>.<digest>``: what its weights are (recipe,
     texts, starting point)."""
     stage = f"ft-{name}"
-    return named(digest({"finetuned": variant_identity(cfg, model, stage), "device": cfg.get("device")}), model, stage)
+    hexdigest = digest({"finetuned": variant_identity(cfg, model, stage), "device": cfg.get("device")})
+    return named(hexdigest, model, stage)
 
 
 def measurement_digest(cfg: dict[str, Any], model: str, variant: str, dataset: str) -> str:
