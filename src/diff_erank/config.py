@@ -41,7 +41,6 @@ from diff_erank.variants import Variant, variants
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
-
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
     text = resources.files("diff_erank").joinpath("schemas/config.schema.yaml").read_text()
@@ -277,10 +276,8 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         if not ds["source"].get("annotations") and not ds["source"].get("hub"):
             raise ConfigError(f"multimodal.datasets.{name}.source: needs 'annotations' (a file) or 'hub'")
     for name, model in cfg["models"].items():
-        if (
-            model.get("source") is None
-            and model.get("train") is None
-            and not (model.get("gguf") or {}).get("packages")
+        if model.get("source") is None and model.get("train") is None and not (model.get("gguf") or {}).get(
+            "packages"
         ):
             raise ConfigError(
                 f"models.{name}: needs a 'source' (hub id or local path), a 'train' recipe or 'gguf.packages'"

@@ -44,14 +44,10 @@ def _stats(dump_dir: str | Path, manifest: dict[str, Any]):
             yield pos, loss, {name: _text(n_tokens, dims[name], *sd) for name, sd in layers.items()}
     else:
         for pos, loss, layers in iter_texts(dump_dir):
-            yield (
-                pos,
-                loss,
-                {
-                    name: _text(int(hidden.shape[0]), int(hidden.shape[1]), *spectrum_and_dropped(hidden))
-                    for name, hidden in layers.items()
-                },
-            )
+            yield pos, loss, {
+                name: _text(int(hidden.shape[0]), int(hidden.shape[1]), *spectrum_and_dropped(hidden))
+                for name, hidden in layers.items()
+            }
 
 
 def measure(dump_dir: str | Path, texts_path: str | Path | None = None) -> pd.DataFrame:

@@ -236,8 +236,6 @@ def download_line(cfg: dict[str, Any]) -> str:
         f"download: {size / 1e9:,.1f} GB for {n_models} model checkpoint(s) (params x dtype bytes) "
         f"+ {n_datasets} hub dataset(s), into {where}"
     )
-
-
 # -- a paper run (experiment=paper, diff_erank.paper): one bill over its experiments' modules ------
 
 #: Bytes per parameter of the published checkpoints the download estimate assumes (16-bit weights).

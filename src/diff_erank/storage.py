@@ -414,10 +414,7 @@ class FileLock:
             if not warned and owner and owner[0] != socket.gethostname():
                 log.warning(
                     "%s is held by pid %d on %s: waiting (if that process is gone, delete %s)",
-                    self.path,
-                    owner[1],
-                    owner[0],
-                    self.excl,
+                    self.path, owner[1], owner[0], self.excl,
                 )
                 warned = True
             time.sleep(poll)
