@@ -14,13 +14,14 @@ cache entry is keyed by that set of variant keys. Two experiments that measure t
 (fig1, table4 and table9 on OPT x dolly-15k) share one dump and one table set, whatever they are
 called, and a change to any part gives a new key: nothing stale is read.
 
-    cache/texts/<texts key>.parquet               prepared texts
-    cache/dumps/<key>/<layers>/<variant>/         hidden states per variant (temp() unless keep_dumps)
-    cache/erank/<key>/<layers>/<variant>.parquet  per-text eRank, with <layers>.json: what the key is
-    cache/demo/<corpus key>/corpus/, zoo/         the demo corpus, its tokenizer, zoo/<model key>/
-    cache/finetuned/<key>/, cache/gguf/<key>/hf/  further-trained stages, converted GGUF checkpoints
-    cache/sha256/                                 SHA-256 of local files, remembered by path and stat
-    cache/specs/<digest>.json                     what a rule hands its step (:func:`spec_file`)
+    cache/texts/<dataset>.<digest>.parquet                prepared texts
+    cache/dumps/<model>.<dataset>.<digest>/<layers>/...   hidden states per variant (temp() unless keep_dumps)
+    cache/erank/<model>.<dataset>.<digest>/<layers>/...   per-text eRank per variant, <layers>.json: the key
+    cache/demo/corpus.<digest>/corpus/, zoo/              the demo corpus; its tokenizer, zoo/<model>.<digest>
+    cache/finetuned/<model>.ft-<name>.<digest>/           further-trained stages
+    cache/gguf/<model>.<digest>/hf/                       converted GGUF checkpoints
+    cache/sha256/                                         SHA-256 of local files, remembered by path and stat
+    cache/specs/<digest>.json                             what a rule hands its step (:func:`spec_file`)
 
 The run folder's ``erank/<model>/<dataset>/<variant>.parquet`` is a view of a cached table (made by
 the ``diff`` step): its layers, or the first k texts of a larger sample drawn with the same seed
@@ -72,7 +73,7 @@ DATASET_NEUTRAL = ("description", "paper_name", "paper_variant", "measure", "siz
 #: The digest part of a cache key: what determines the entry, hashed (:func:`digest`).
 HEX = r"[0-9a-f]{16}"
 #: A cache key as a user reads it in ``snakemake -n``, the cache's folders, logs and benchmarks: the
-#: names the entry is for, then its digest, joined by dots (``opt-125m.dolly-15k.3643a682a89d4b65``,
+#: names the entry is for, then its digest, joined by dots (``zoo-opt-xs.topics.3643a682a89d4b65``,
 #: :func:`named`). Model, dataset and stage names hold no dot (the schema's ``propertyNames``), so
 #: the dots separate them, and the digest is always the last 16 hex digits.
 KEY = rf"(?:[A-Za-z0-9_-]+\.)+{HEX}"
