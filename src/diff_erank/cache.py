@@ -310,16 +310,16 @@ class Keys:
         run: str,
         root: str | None = None,
         measure: dict[str, list[str | int]] | None = None,
-        names: dict[str, str] | None = None,
+        filed: dict[str, str] | None = None,
     ) -> None:
-        """``root``, ``measure`` and ``names`` are a paper run's (:mod:`diff_erank.paper`): its
+        """``root``, ``measure`` and ``filed`` are a paper run's (:mod:`diff_erank.paper`): its
         cache, the layers each job measures (the union of its experiments'), by job key, and the
         key each texts or set digest is filed under (its owner's names: table11's wikipedia-10000
         is fig1's wikipedia, one entry)."""
         self.cfg, self.run, self.root = cfg, run, root or cache_dir(cfg)
         #: digest -> the key its entry is filed under in this DAG: the names of the first dataset or
         #: (model, dataset) that has it, so that two names for one entry are one job, not two
-        self.names: dict[str, str] = {} if names is None else names
+        self.filed: dict[str, str] = {} if filed is None else filed
         self.layers = layers_tag(cfg["layers"])
         self.measure = measure or {}
         self.tag_layers: dict[str, list[str | int]] = {self.layers: cfg["layers"]}
@@ -363,8 +363,8 @@ class Keys:
                 self.jobs_of.setdefault(k, (m, self.prefix.get(d, (d, None))[0]))
 
     def _filed(self, key: str) -> str:
-        """The key an entry is filed under in this DAG: its first names (:attr:`names`)."""
-        return self.names.setdefault(key_digest(key), key)
+        """The key an entry is filed under in this DAG: its first names (:attr:`filed`)."""
+        return self.filed.setdefault(key_digest(key), key)
 
     def measure_layers(self, key: str) -> list[str | int]:
         """The layers a job measures: the run's, or in a paper run the union its experiments ask."""

@@ -95,8 +95,8 @@ class Paper:
             if is_paper(part):
                 raise ConfigError(f"experiments: {e!r} is itself a run of several experiments; list theirs")
         #: digest -> the key its owner files it under, which every experiment's Keys then use
-        self.names: dict[str, str] = {}
-        self.keys = {e: Keys(p, self.run(e), root=self.root, names=self.names) for e, p in self.parts.items()}
+        self.filed: dict[str, str] = {}
+        self.keys = {e: Keys(p, self.run(e), root=self.root, filed=self.filed) for e, p in self.parts.items()}
         self.owner_sets: dict[str, str] = {}
         self.owner_texts: dict[str, str] = {}
         layers: dict[str, set] = {}
@@ -123,7 +123,7 @@ class Paper:
                 "layers": {key: self.layers[key] for key in k.jobs_of},
                 "sets": sorted(key for key, e in self.owner_sets.items() if e == experiment),
                 "texts": sorted(key for key, e in self.owner_texts.items() if e == experiment),
-                "names": {key_digest(key): key for key in [*k.jobs_of, *k.texts.values()]},
+                "filed": {key_digest(key): key for key in [*k.jobs_of, *k.texts.values()]},
             },
         }
 
@@ -144,7 +144,7 @@ def claimers(conf_dir: str | Path) -> dict[str, list[str]]:
 
 def keys_args(part: dict[str, Any] | None) -> dict[str, Any]:
     """``Keys`` arguments of an experiment run inside a paper run (none for a run of its own)."""
-    return {"root": part["root"], "measure": part["layers"], "names": dict(part["names"])} if part else {}
+    return {"root": part["root"], "measure": part["layers"], "filed": dict(part["filed"])} if part else {}
 
 
 def owned(part: dict[str, Any] | None, kind: str) -> str:
