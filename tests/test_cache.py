@@ -106,8 +106,11 @@ def test_the_init_scale_reaches_the_dump_and_its_key() -> None:
         ).initializer_range == 0.04 * (scale or 1)
     trained, init = (("smollm2-x2", v, "topics") for v in ("trained", "init-s0"))
     same = (("smollm2-x1", v, "topics") for v in ("trained", "init-s0"))
-    (t1, i1) = (sweep.measured[j] for j in same)
-    assert sweep.measured[trained] == t1 and sweep.measured[init] != i1
+    (t1, i1) = (cache.key_digest(sweep.measured[j]) for j in same)
+    assert cache.key_digest(sweep.measured[trained]) == t1 and cache.key_digest(sweep.measured[init]) != i1
+    # five entries of one zoo model at five init scales: one zoo key, the first entry's (one training)
+    zoo = {cache.zoo_key(sweep.cfg, m) for m in sweep.cfg["models"] if m.startswith("zoo-opt-m")}
+    assert zoo == set(sweep.zoo) and [k.split(".")[0] for k in zoo] == ["zoo-opt-m-x0_25"]
     demo = cache.Keys(cfg("experiment=demo"), "results/demo")
     assert "untrained" not in demo.dump_spec(demo.sets[("smollm2-135m", "topics")])
 
@@ -378,3 +381,31 @@ def test_a_cache_key_reads_as_the_names_of_what_it_measures() -> None:
     zoo = next(key for key, model in k.zoo.items() if model == "zoo-opt-xs")
     assert f"{about:{zoo}}" == f"'zoo model zoo-opt-xs (cache key {zoo})'"
     assert f"{about:0123456789abcdef}" == "'cache key 0123456789abcdef'"  # not one of this run's
+
+
+def test_a_key_reads_as_its_names_and_its_digest_does_not_depend_on_them() -> None:
+    """``<model>.<dataset>.<digest>``, ``<dataset>.<digest>``, ``<model>.ft-<stage>.<digest>``: a
+    job, its folder and its log read by name. The same entry under another model name has the same
+    digest (its identity) and another key: two entries (the documented price of readable names)."""
+    import re
+
+    base = cfg("experiment=table10")
+    keys = cache.Keys(base, "results/table10")
+    job = ("opt-1_3b", "openbookqa")
+    assert keys.sets[job].startswith("opt-1_3b.openbookqa.") and keys.texts["wikipedia"].startswith(
+        "wikipedia."
+    )
+    assert sorted(k.rsplit(".", 1)[0] for k in keys.finetuned) == [
+        "opt-1_3b.ft-further",
+        "opt-1_3b.ft-overfit",
+    ]
+    every = [*keys.jobs_of, *keys.texts.values(), *keys.finetuned, *keys.measured.values()]
+    assert all(re.fullmatch(cache.KEY, k) and re.fullmatch(cache.HEX, cache.key_digest(k)) for k in every)
+    renamed = {**base, "models": {"opt-other": base["models"]["opt-1_3b"]}}
+    other = cache.Keys(renamed, "results/table10")
+    moved = other.sets[("opt-other", "openbookqa")]
+    assert moved.startswith("opt-other.openbookqa.") and moved != keys.sets[job]
+    assert cache.key_digest(moved) == cache.key_digest(keys.sets[job])
+    assert other.texts == keys.texts and set(map(cache.key_digest, other.finetuned)) == set(
+        map(cache.key_digest, keys.finetuned)
+    )

@@ -373,7 +373,7 @@ def test_cache_gc_deletes_what_no_run_folder_references(tmp_path) -> None:
     from diff_erank.storage import write_parquet
 
     results = tmp_path / "results"
-    k1, k2 = "1" * 16, "2" * 16
+    k1, k2 = "opt-125m.dolly-15k." + "1" * 16, "2" * 16  # k2: a bare digest, an entry from before names
     erank = results / "cache" / "erank"
     (erank / k1).mkdir(parents=True)
     (erank / k2).mkdir(parents=True)
@@ -391,7 +391,7 @@ def test_cache_gc_deletes_what_no_run_folder_references(tmp_path) -> None:
     table = f"results/cache/erank/{k1}/last/trained.parquet"
     write_parquet(pd.DataFrame({"x": [1]}), view, {"cache": {"table": table}})
     (results / "r1" / "config.yaml").write_text("name: r1\n")
-    k3 = "3" * 16  # read by a paper run's experiment folder, one level deeper (results/paper/fig1/)
+    k3 = "m.d." + "3" * 16  # read by a paper run's experiment folder, one level deeper (results/paper/fig1/)
     (erank / k3).mkdir(parents=True)
     nested = cache.publish_entry(_partial(tmp_path, "k3"), erank / k3 / "last")
     part = results / "paper" / "fig1"

@@ -90,6 +90,26 @@ def test_the_paper_dag_dumps_each_model_dataset_pair_once(paper, tmp_path: Path)
     assert {Path(j.output[0]).parts[2] for j in diffs} == set(paper.cfg["experiments"]) - {"table2"}
 
 
+def test_an_entry_two_experiments_name_differently_is_filed_under_its_owners_names(paper) -> None:
+    """table11's 10,000-text wikipedia-10000 is fig1's wikipedia: one key, fig1's (its owner), in both
+    modules' Keys, so the paper DAG measures it once; a run of table11 alone files it under its own."""
+    from diff_erank.cache import Keys, key_digest
+    from diff_erank.paper import PART, keys_args
+
+    fig1 = paper.keys["fig1"].sets[("opt-1_3b", "wikipedia")]
+    assert fig1.startswith("opt-1_3b.wikipedia.") and paper.owner_sets[fig1] == "fig1"
+    assert paper.keys["table11"].sets[("opt-1_3b", "wikipedia-10000")] == fig1
+    part = paper.module_config("table11")[PART]
+    module = Keys(paper.parts["table11"], paper.run("table11"), **keys_args(part))
+    assert module.sets[("opt-1_3b", "wikipedia-1000")] == fig1 and module.texts["wikipedia-10000"].startswith(
+        "wikipedia."
+    )
+    alone = Keys(load_config(CONF, ["experiment=table11"]), "results/table11").sets[
+        ("opt-1_3b", "wikipedia-10000")
+    ]
+    assert alone.startswith("opt-1_3b.wikipedia-10000.") and key_digest(alone) == key_digest(fig1)
+
+
 def test_the_tolerance_policy_is_one_relative_bound() -> None:
     from diff_erank.paper_report import REL_TOL, within
 

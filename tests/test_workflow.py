@@ -93,8 +93,10 @@ def test_job_logs_are_clean_lines(ci_run: Path) -> None:
 
 
 def test_a_cache_job_log_names_what_its_key_measures(ci_run: Path) -> None:
-    """Dump and eRank logs are filed by cache key; the first line of each names the model, dataset and
-    variants the key measures (one job per model on ci's one dataset)."""
+    """Dump and eRank logs and benchmarks are filed by cache key, which reads
+    ``<model>.<dataset>.<digest>``; the first line of each log names the model, dataset and variants
+    the key measures (one job per model on ci's one dataset)."""
+    from diff_erank.cache import KEY
     from diff_erank.variants import variants
 
     cfg = json.loads((ci_run / "config.json").read_text())
@@ -102,8 +104,10 @@ def test_a_cache_job_log_names_what_its_key_measures(ci_run: Path) -> None:
         named = []
         for log in sorted((ci_run / "logs" / kind).glob("*/*.log")):
             first = log.read_text().splitlines()[0]
-            found = re.fullmatch(r"(\S+) on (\S+): (.+) \(cache key (\w+)\)", first)
+            found = re.fullmatch(rf"(\S+) on (\S+): (.+) \(cache key ({KEY})\)", first)
             assert found and found[4] == log.parent.name, f"{log}: {first}"
+            assert found[4].startswith(f"{found[1]}.{found[2]}.")  # the folder reads by model and dataset
+            assert (ci_run / "benchmarks" / kind / found[4] / log.with_suffix(".tsv").name).is_file()
             assert found[2] in cfg["datasets"] and found[3].split() == variants(cfg["models"][found[1]])
             named.append(found[1])
         assert sorted(named) == sorted(cfg["models"])

@@ -14,13 +14,14 @@ cache entry is keyed by that set of variant keys. Two experiments that measure t
 (fig1, table4 and table9 on OPT x dolly-15k) share one dump and one table set, whatever they are
 called, and a change to any part gives a new key: nothing stale is read.
 
-    cache/texts/<texts key>.parquet               prepared texts
-    cache/dumps/<key>/<layers>/<variant>/         hidden states per variant (temp() unless keep_dumps)
-    cache/erank/<key>/<layers>/<variant>.parquet  per-text eRank, with <layers>.json: what the key is
-    cache/demo/<corpus key>/corpus/, zoo/         the demo corpus, its tokenizer, zoo/<model key>/
-    cache/finetuned/<key>/, cache/gguf/<key>/hf/  further-trained stages, converted GGUF checkpoints
-    cache/sha256/                                 SHA-256 of local files, remembered by path and stat
-    cache/specs/<digest>.json                     what a rule hands its step (:func:`spec_file`)
+    cache/texts/<dataset>.<digest>.parquet                prepared texts
+    cache/dumps/<model>.<dataset>.<digest>/<layers>/...   hidden states per variant (temp() unless keep_dumps)
+    cache/erank/<model>.<dataset>.<digest>/<layers>/...   per-text eRank per variant, <layers>.json: the key
+    cache/demo/corpus.<digest>/corpus/, zoo/              the demo corpus; its tokenizer, zoo/<model>.<digest>
+    cache/finetuned/<model>.ft-<name>.<digest>/           further-trained stages
+    cache/gguf/<model>.<digest>/hf/                       converted GGUF checkpoints
+    cache/sha256/                                         SHA-256 of local files, remembered by path and stat
+    cache/specs/<digest>.json                             what a rule hands its step (:func:`spec_file`)
 
 The run folder's ``erank/<model>/<dataset>/<variant>.parquet`` is a view of a cached table (made by
 the ``diff`` step): its layers, or the first k texts of a larger sample drawn with the same seed
@@ -39,7 +40,7 @@ import hashlib
 import json
 import logging
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,32 @@ MODEL_KEYS = (
 )
 #: Dataset fields that do not change the texts.
 DATASET_NEUTRAL = ("description", "paper_name", "paper_variant", "measure", "size_hint")
-KEY = r"[0-9a-f]{16}"
+#: The digest part of a cache key: what determines the entry, hashed (:func:`digest`).
+HEX = r"[0-9a-f]{16}"
+#: A cache key as a user reads it in ``snakemake -n``, the cache's folders, logs and benchmarks: the
+#: names the entry is for, then its digest, joined by dots (``zoo-opt-xs.topics.3643a682a89d4b65``,
+#: :func:`named`). Model, dataset and stage names hold no dot (the schema's ``propertyNames``), so
+#: the dots separate them, and the digest is always the last 16 hex digits.
+KEY = rf"(?:[A-Za-z0-9_-]+\.)+{HEX}"
 #: The cache's folder of spec files (:func:`spec_file`).
 SPECS = "specs"
 
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def named(hexdigest: str, *names: str) -> str:
+    """A cache key: ``<name>.<name>.<digest>``. The digest alone is the entry's identity (what is
+    hashed into another key, e.g. a texts key into a measurement's, is the digest, never the names);
+    the names make a job, its log and its folder readable. The price: one entry reached under two
+    model names (an experiment that names a model otherwise) is two entries, computed twice."""
+    return ".".join((*names, hexdigest))
+
+
+def key_digest(key: str) -> str:
+    """The digest of a key (:func:`named`): what the entry is, whatever names it is filed under."""
+    return key.rsplit(".", 1)[-1]
 
 
 def cache_dir(cfg: dict[str, Any]) -> str:
@@ -109,12 +129,18 @@ def memo_dir(cfg: dict[str, Any]) -> str:
     return f"{cache_dir(cfg)}/sha256"
 
 
-def corpus_key(cfg: dict[str, Any]) -> str | None:
-    """The demo corpus's key: its settings and the Python version whose standard library it is cut
+def corpus_digest(cfg: dict[str, Any]) -> str | None:
+    """What the demo corpus is: its settings and the Python version whose standard library it is cut
     from (:mod:`diff_erank.corpus`). The tokenizer is made from it and its ``vocab_size``."""
     if not cfg.get("corpus"):
         return None
     return digest({"corpus": cfg["corpus"], "python": platform.python_version()})
+
+
+def corpus_key(cfg: dict[str, Any]) -> str | None:
+    """The demo corpus's key, ``corpus.<digest>``."""
+    d = corpus_digest(cfg)
+    return named(d, "corpus") if d else None
 
 
 def corpus_root(cfg: dict[str, Any]) -> str:
@@ -123,16 +149,35 @@ def corpus_root(cfg: dict[str, Any]) -> str:
     return f"{cache_dir(cfg)}/demo/{corpus_key(cfg)}"
 
 
+def _zoo_digest(cfg: dict[str, Any], model: str) -> str | None:
+    spec = cfg["models"][model]
+    return digest({"train": spec["train"], "corpus": corpus_digest(cfg)}) if spec.get("train") else None
+
+
+def _gguf_digest(cfg: dict[str, Any], model: str) -> str | None:
+    spec = cfg["models"][model]
+    return digest({"gguf": spec["gguf"], "dtype": spec.get("dtype")}) if spec.get("gguf") else None
+
+
+def _first_named(cfg: dict[str, Any], model: str, of: Callable[[dict[str, Any], str], str | None]) -> str:
+    """``of``'s digest of a model, named by the configuration's first model entry with that digest:
+    entries that differ only in what it does not hash (init-scale's five entries of one model, M0
+    at five init scales) share one entry, made once."""
+    d = of(cfg, model)
+    if d is None:
+        raise ValueError(f"models.{model} is not made by the workflow (no train or gguf field)")
+    return named(d, next(m for m in cfg["models"] if of(cfg, m) == d))
+
+
 def zoo_key(cfg: dict[str, Any], model: str) -> str:
     """A zoo model's key: its training recipe (architecture, steps, seed, ...) on its corpus."""
-    return digest({"train": cfg["models"][model]["train"], "corpus": corpus_key(cfg)})
+    return _first_named(cfg, model, _zoo_digest)
 
 
 def gguf_key(cfg: dict[str, Any], model: str) -> str:
     """A GGUF entry's converted folder's key: the checkpoint (file, SHA-256, packages, published
     config) and the dtype it is converted to; the run folder and the source folder's path are not."""
-    m = cfg["models"][model]
-    return digest({"gguf": m["gguf"], "dtype": m.get("dtype")})
+    return _first_named(cfg, model, _gguf_digest)
 
 
 def texts_recipe(cfg: dict[str, Any], dataset: str, run: str | None = None) -> dict[str, Any]:
@@ -142,7 +187,7 @@ def texts_recipe(cfg: dict[str, Any], dataset: str, run: str | None = None) -> d
     spec = {k: v for k, v in cfg["datasets"][dataset].items() if k not in DATASET_NEUTRAL}
     source = spec["source"]
     if source["kind"] == "demo":  # made from the corpus, which its key names
-        spec = {**spec, "corpus": corpus_key(cfg)}
+        spec = {**spec, "corpus": corpus_digest(cfg)}
     elif source["kind"] != "hub" and source.get("data_files"):
         spec = {
             **spec,
@@ -151,8 +196,13 @@ def texts_recipe(cfg: dict[str, Any], dataset: str, run: str | None = None) -> d
     return spec
 
 
-def texts_key(cfg: dict[str, Any], dataset: str, run: str | None = None) -> str:
+def texts_digest(cfg: dict[str, Any], dataset: str) -> str:
     return digest({"texts": texts_recipe(cfg, dataset)})
+
+
+def texts_key(cfg: dict[str, Any], dataset: str, run: str | None = None) -> str:
+    """The prepared texts' key, ``<dataset>.<digest>``."""
+    return named(texts_digest(cfg, dataset), dataset)
 
 
 def variant_identity(cfg: dict[str, Any], model: str, variant: str, run: str | None = None) -> dict[str, Any]:
@@ -167,29 +217,30 @@ def variant_identity(cfg: dict[str, Any], model: str, variant: str, run: str | N
     if v.kind == "init" and scale not in (None, 1):  # M0 of another init scale
         ident["init_scale"] = scale
     if m.get("train"):  # a zoo model: its recipe on its corpus
-        ident |= {"train": m["train"], "corpus": corpus_key(cfg)}
+        ident |= {"train": m["train"], "corpus": corpus_digest(cfg)}
     if v.kind == "ft":
         recipe = m["finetune"][v.name]
         ident |= {
             "finetune": recipe,
-            "finetune_texts": texts_key(cfg, recipe["dataset"]),
+            "finetune_texts": texts_digest(cfg, recipe["dataset"]),
             "from": variant_identity(cfg, model, recipe["from"]),
         }
     return ident
 
 
 def finetune_key(cfg: dict[str, Any], model: str, name: str) -> str:
-    """A further-trained stage's key: what its weights are (recipe, texts, starting point)."""
-    return digest({"finetuned": variant_identity(cfg, model, f"ft-{name}"), "device": cfg.get("device")})
+    """A further-trained stage's key, ``<model>.ft-<name>.<digest>``: what its weights are (recipe,
+    texts, starting point)."""
+    stage = f"ft-{name}"
+    hexdigest = digest({"finetuned": variant_identity(cfg, model, stage), "device": cfg.get("device")})
+    return named(hexdigest, model, stage)
 
 
-def measurement_key(
-    cfg: dict[str, Any], model: str, variant: str, dataset: str, run: str | None = None
-) -> str:
+def measurement_digest(cfg: dict[str, Any], model: str, variant: str, dataset: str) -> str:
     return digest(
         {
             "model": variant_identity(cfg, model, variant),
-            "texts": texts_key(cfg, dataset),
+            "texts": texts_digest(cfg, dataset),
             "device": cfg.get("device"),  # auto | cpu | cuda: a GPU's numbers are not a CPU's
             "format": CACHE_FORMAT,
             "measure": MEASURE_VERSION,
@@ -197,13 +248,21 @@ def measurement_key(
     )
 
 
+def measurement_key(
+    cfg: dict[str, Any], model: str, variant: str, dataset: str, run: str | None = None
+) -> str:
+    """One variant's measurement on a dataset, ``<model>.<variant>.<dataset>.<digest>``."""
+    return named(measurement_digest(cfg, model, variant, dataset), model, variant, dataset)
+
+
 def set_key(
     cfg: dict[str, Any], model: str, dataset: str, run: str | None = None, names: list[str] | None = None
 ) -> str:
-    """The key of one job's measurement: the variants ``names`` (default: every variant of ``model``)
-    on ``dataset``, by their keys."""
+    """The key of one job's measurement, ``<model>.<dataset>.<digest>``: the variants ``names``
+    (default: every variant of ``model``) on ``dataset``, by their digests."""
     names = variants(cfg["models"][model]) if names is None else names
-    return digest({"variants": {v: measurement_key(cfg, model, v, dataset) for v in names}})
+    hexdigest = digest({"variants": {v: measurement_digest(cfg, model, v, dataset) for v in names}})
+    return named(hexdigest, model, dataset)
 
 
 def chunks(names: list[str], per_job: int | None) -> list[list[str]]:
@@ -251,10 +310,16 @@ class Keys:
         run: str,
         root: str | None = None,
         measure: dict[str, list[str | int]] | None = None,
+        filed: dict[str, str] | None = None,
     ) -> None:
-        """``root`` and ``measure`` are a paper run's (:mod:`diff_erank.paper`): its cache, and the
-        layers each job measures (the union of its experiments'), by job key."""
+        """``root``, ``measure`` and ``filed`` are a paper run's (:mod:`diff_erank.paper`): its
+        cache, the layers each job measures (the union of its experiments'), by job key, and the
+        key each texts or set digest is filed under (its owner's names: table11's wikipedia-10000
+        is fig1's wikipedia, one entry)."""
         self.cfg, self.run, self.root = cfg, run, root or cache_dir(cfg)
+        #: digest -> the key its entry is filed under in this DAG: the names of the first dataset or
+        #: (model, dataset) that has it, so that two names for one entry are one job, not two
+        self.filed: dict[str, str] = {} if filed is None else filed
         self.layers = layers_tag(cfg["layers"])
         self.measure = measure or {}
         self.tag_layers: dict[str, list[str | int]] = {self.layers: cfg["layers"]}
@@ -271,7 +336,7 @@ class Keys:
                 self.zoo.setdefault(zoo_key(cfg, m), m)
             for name in spec.get("finetune") or {}:
                 self.finetuned.setdefault(finetune_key(cfg, m, name), (m, name))
-        self.texts = {d: texts_key(cfg, d, run) for d in cfg["datasets"]}
+        self.texts = {d: self._filed(texts_key(cfg, d, run)) for d in cfg["datasets"]}
         self.datasets_of = {}
         for d, k in self.texts.items():
             self.datasets_of.setdefault(k, d)
@@ -287,7 +352,7 @@ class Keys:
                     src = self.prefix.get(d, (d, None))[0]
                     keys = []
                     for names in chunks(variants(spec), per_job):
-                        keys.append(set_key(cfg, m, src, run, names))
+                        keys.append(self._filed(set_key(cfg, m, src, run, names)))
                         self._variants.setdefault(keys[-1], names)
                     self.sets[(m, d)], self.set_keys[(m, d)] = keys[0], keys
                     for v in variants(spec):
@@ -296,6 +361,10 @@ class Keys:
         for (m, d), keys in self.set_keys.items():
             for k in keys:
                 self.jobs_of.setdefault(k, (m, self.prefix.get(d, (d, None))[0]))
+
+    def _filed(self, key: str) -> str:
+        """The key an entry is filed under in this DAG: its first names (:attr:`filed`)."""
+        return self.filed.setdefault(key_digest(key), key)
 
     def measure_layers(self, key: str) -> list[str | int]:
         """The layers a job measures: the run's, or in a paper run the union its experiments ask."""
@@ -332,15 +401,36 @@ class Keys:
         """The dataset entry as ``prepare`` reads it: without the fields that do not change the texts."""
         return {k: v for k, v in self.cfg["datasets"][dataset].items() if k not in DATASET_NEUTRAL}
 
-    def texts_path(self, dataset: str) -> str:
-        return f"{self.root}/texts/{self.texts[dataset]}.parquet"
+    # The cache's paths, by key. A rule gives a wildcard for the key (``"{key}"``) and the layer tag
+    # (``"{layers}"``): its output pattern is the same path, so the names a user reads in the job
+    # list, the folders, the logs and the benchmarks are the key's.
+    def texts_file(self, key: str) -> str:
+        """Prepared texts: ``<cache>/texts/<dataset>.<digest>.parquet``."""
+        return f"{self.root}/texts/{key}.parquet"
 
-    def dump_path(self, key: str) -> str:
-        return f"{self.root}/dumps/{key}/{layers_tag(self.measure_layers(key))}"
+    def texts_path(self, dataset: str) -> str:
+        return self.texts_file(self.texts[dataset])
+
+    def dump_path(self, key: str, tag: str | None = None, dumps: str | None = None) -> str:
+        """A job's dump, ``<dumps>/<model>.<dataset>.<digest>/<layers>``: in the cache's ``dumps/``,
+        or under ``dumps`` (node-local scratch when the dumps are not kept)."""
+        return f"{dumps or self.root + '/dumps'}/{key}/{tag or layers_tag(self.measure_layers(key))}"
 
     def table_path(self, key: str, tag: str | None = None) -> str:
-        """The directory of a job's per-variant tables (``<variant>.parquet``)."""
+        """The directory of a job's per-variant tables (``<variant>.parquet``), beside ``<tag>.json``."""
         return f"{self.root}/erank/{key}/{tag or layers_tag(self.measure_layers(key))}"
+
+    def zoo_path(self, key: str) -> str:
+        """A zoo model, beside its corpus and tokenizer: ``<cache>/demo/corpus.<digest>/zoo/<key>``."""
+        return f"{self.corpus or self.root + '/demo/none'}/zoo/{key}"
+
+    def finetuned_path(self, key: str) -> str:
+        """A further-trained stage: ``<cache>/finetuned/<model>.ft-<name>.<digest>``."""
+        return f"{self.root}/finetuned/{key}"
+
+    def gguf_path(self, key: str) -> str:
+        """A GGUF entry's fetched file and converted ``hf/`` folder: ``<cache>/gguf/<model>.<digest>``."""
+        return f"{self.root}/gguf/{key}"
 
     def source_tables(self, model: str, dataset: str) -> list[str]:
         """The cached table folders of every job of a model on a dataset (one per variants_per_job)."""
@@ -668,11 +758,13 @@ def select(
 
 # -- garbage collection: what no run folder references ------------------------------------------------
 def _entries(kind_dir: Path) -> dict[tuple[str, str], list[Path]]:
-    """``{(key, layers): [every path of that entry]}``: its link, data, partial, key file, locks."""
+    """``{(key, layers): [every path of that entry]}``: its link, data, partial, key file, locks.
+    A bare digest is an entry from before keys carried names: no run reads it, so it is collected."""
     import re
 
     out: dict[tuple[str, str], list[Path]] = {}
-    for key_dir in sorted(p for p in kind_dir.glob("*") if p.is_dir() and re.fullmatch(KEY, p.name)):
+    keyed = [p for p in kind_dir.glob("*") if p.is_dir() and re.fullmatch(f"{KEY}|{HEX}", p.name)]
+    for key_dir in sorted(keyed):
         for p in key_dir.iterdir():
             m = re.fullmatch(r"\.?(.+?)(\.data-.*|\.partial|\.json|\.lock(\.excl)?|\.link\..*)?", p.name)
             if m:

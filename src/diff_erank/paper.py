@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diff_erank.cache import KEY, Keys, cache_dir
+from diff_erank.cache import KEY, Keys, cache_dir, key_digest
 from diff_erank.config import ConfigError, load_config
 from diff_erank.layers import NAMES
 
@@ -94,7 +94,9 @@ class Paper:
         for e, part in self.parts.items():
             if is_paper(part):
                 raise ConfigError(f"experiments: {e!r} is itself a run of several experiments; list theirs")
-        self.keys = {e: Keys(p, self.run(e), root=self.root) for e, p in self.parts.items()}
+        #: digest -> the key its owner files it under, which every experiment's Keys then use
+        self.filed: dict[str, str] = {}
+        self.keys = {e: Keys(p, self.run(e), root=self.root, filed=self.filed) for e, p in self.parts.items()}
         self.owner_sets: dict[str, str] = {}
         self.owner_texts: dict[str, str] = {}
         layers: dict[str, set] = {}
@@ -121,6 +123,7 @@ class Paper:
                 "layers": {key: self.layers[key] for key in k.jobs_of},
                 "sets": sorted(key for key, e in self.owner_sets.items() if e == experiment),
                 "texts": sorted(key for key, e in self.owner_texts.items() if e == experiment),
+                "filed": {key_digest(key): key for key in [*k.jobs_of, *k.texts.values()]},
             },
         }
 
@@ -141,7 +144,7 @@ def claimers(conf_dir: str | Path) -> dict[str, list[str]]:
 
 def keys_args(part: dict[str, Any] | None) -> dict[str, Any]:
     """``Keys`` arguments of an experiment run inside a paper run (none for a run of its own)."""
-    return {"root": part["root"], "measure": part["layers"]} if part else {}
+    return {"root": part["root"], "measure": part["layers"], "filed": dict(part["filed"])} if part else {}
 
 
 def owned(part: dict[str, Any] | None, kind: str) -> str:
@@ -149,4 +152,4 @@ def owned(part: dict[str, Any] | None, kind: str) -> str:
     this experiment owns in a paper run (a regex that matches nothing if it owns none)."""
     if not part:
         return KEY
-    return "|".join(part[kind]) or "(?!x)x"
+    return "|".join(re.escape(k) for k in part[kind]) or "(?!x)x"

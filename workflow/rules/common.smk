@@ -47,7 +47,7 @@ def one_of(keys):
     """A wildcard constraint matching exactly these keys (none: a regex that matches nothing). The
     zoo, stage and GGUF rules make only the entries this configuration names: in a paper run every
     experiment's module has those rules, and two rules that can make one file are ambiguous."""
-    return "|".join(sorted(keys)) or "(?!x)x"
+    return "|".join(re.escape(k) for k in sorted(keys)) or "(?!x)x"
 
 
 #: the demo corpus, its tokenizer and zoo models, under the corpus's key (shared by every run name)
@@ -58,7 +58,7 @@ def _check_zoo():
     """Stop before any job if a finished zoo model folder was edited (Snakemake dates a directory by
     its own timestamp file, so the edit would rerun nothing and the next load would refuse it)."""
     for key, model in K.zoo.items():
-        folder = f"{DEMO}/zoo/{key}"
+        folder = K.zoo_path(key)
         changed = changed_trained_file(folder, memo_dir(C)) if Path(folder).is_dir() else None
         if changed:
             sys.exit(
@@ -95,7 +95,7 @@ def model_spec(w):
 def zoo_dir(model):
     """Directory of a zoo model trained by the workflow (the train rule's output): in the cache,
     under the key of its recipe, so a second run name trains nothing."""
-    return f"{DEMO}/zoo/{zoo_key(C, model)}"
+    return K.zoo_path(zoo_key(C, model))
 
 
 def built_dir(model):
@@ -103,7 +103,7 @@ def built_dir(model):
     spec = C["models"][model]
     if spec.get("train"):
         return zoo_dir(model)
-    return f"{CACHE}/gguf/{gguf_key(C, model)}/hf" if spec.get("gguf") else None
+    return f"{K.gguf_path(gguf_key(C, model))}/hf" if spec.get("gguf") else None
 
 
 def trained_input(w):
@@ -116,7 +116,7 @@ def trained_path_arg(w):
 
 def finetuned_dir(model, name):
     """A further-trained stage: in the cache, under the key of what its weights are."""
-    return f"{CACHE}/finetuned/{finetune_key(C, model, name)}"
+    return K.finetuned_path(finetune_key(C, model, name))
 
 
 def variant_dir(model, variant):
@@ -330,7 +330,7 @@ DUMPS = f"{CACHE}/dumps" if C["keep_dumps"] else scratch_root()
 
 
 def dump_path():
-    return f"{DUMPS}/{{key}}/{{layers}}"
+    return K.dump_path("{key}", "{layers}", DUMPS)
 
 
 def dump_output():

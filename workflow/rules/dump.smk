@@ -23,7 +23,7 @@ rule dump:
         trained=lambda w: trained_path_arg(job(w)),
         variant_paths=lambda w: variant_paths_arg(job(w)),
         device=C["device"],
-        tables=lambda w: f"{CACHE}/erank/{w.key}/{w.layers}",
+        tables=lambda w: K.table_path(w.key, w.layers),
     log:
         f"{OUT}/logs/dump/{{key}}/{{layers}}.log",
     benchmark:

@@ -9,8 +9,8 @@ rule erank:
         dump=dump_path(),
         texts=lambda w: texts_path(job(w).dataset),
     output:
-        tables=directory(f"{CACHE}/erank/{{key}}/{{layers}}"),
-        key=f"{CACHE}/erank/{{key}}/{{layers}}.json",
+        tables=directory(K.table_path("{key}", "{layers}")),
+        key=K.table_path("{key}", "{layers}") + ".json",
     wildcard_constraints:
         layers=TAG,
         key=OWNED_SETS,

@@ -7,7 +7,7 @@ rule finetune:
         model=lambda w: trained_input(stage(w)),
         start=lambda w: finetune_from(stage(w)),
     output:
-        directory(f"{CACHE}/finetuned/{{stage}}"),
+        directory(K.finetuned_path("{stage}")),
     wildcard_constraints:
         stage=one_of(K.finetuned),
     params:

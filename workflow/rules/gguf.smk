@@ -17,12 +17,12 @@ def gguf_file(w):
     spec = C["models"][gguf_model(w).model]
     if spec.get("source"):
         return f"{spec['source']}/{spec['gguf']['file']}"
-    return f"{CACHE}/gguf/{w.gguf}/{spec['gguf']['file']}"
+    return f"{K.gguf_path(w.gguf)}/{spec['gguf']['file']}"
 
 
 rule fetch_gguf:
     output:
-        f"{CACHE}/gguf/{{gguf}}/{{file}}.gguf",
+        K.gguf_path("{gguf}") + "/{file}.gguf",
     wildcard_constraints:
         gguf=one_of(K.gguf),
     params:
@@ -45,7 +45,7 @@ rule convert_gguf:
     input:
         gguf_file,
     output:
-        directory(f"{CACHE}/gguf/{{gguf}}/hf"),
+        directory(K.gguf_path("{gguf}") + "/hf"),
     wildcard_constraints:
         gguf=one_of(K.gguf),
     params:

@@ -6,7 +6,7 @@ rule prepare:
     input:
         lambda w: prepare_input(SimpleNamespace(dataset=K.datasets_of[w.key])),
     output:
-        f"{CACHE}/texts/{{key}}.parquet",
+        K.texts_file("{key}"),
     wildcard_constraints:
         key=OWNED_TEXTS,
     params:

@@ -27,7 +27,7 @@ rule train:
         tokenizer=f"{DEMO}/zoo/tokenizer",
         corpus=f"{DEMO}/corpus/train.jsonl",
     output:
-        directory(f"{DEMO}/zoo/{{zoo}}"),
+        directory(K.zoo_path("{zoo}")),
     wildcard_constraints:
         zoo=one_of(K.zoo),
     params:
