@@ -13,6 +13,7 @@ from helpers import REPO
 
 from diff_erank import sizing
 from diff_erank.config import load_config
+from diff_erank.entries import DatasetEntry, ModelEntry
 from diff_erank.provenance import provenance
 from diff_erank.storage import write_parquet
 
@@ -59,14 +60,20 @@ def fig1():
     return load_config(REPO / "conf", ["experiment=fig1"])
 
 
+def entries(cfg: dict[str, Any], model: str, dataset: str | None = None):
+    """A config's model entry (and dataset entry) typed, as the Snakefile builds them."""
+    m = ModelEntry.from_spec(cfg["models"][model])
+    return m if dataset is None else (m, DatasetEntry.from_spec(cfg["datasets"][dataset]))
+
+
 def test_opt13b_on_wikipedia_fits_the_hardware_it_asks_for(fig1) -> None:
     """Each estimate against what OPT-13B's hub config makes of it: its real parameter count, every
     token's hidden state in float32, a batch's activations, one text's eRank counted in FLOPs."""
     hub, P = opt13b()
     L, D = hub.num_hidden_layers, hub.hidden_size
-    opt, wiki = fig1["models"]["opt-13b"], fig1["datasets"]["wikipedia"]
-    assert (opt["shape"]["num_layers"], opt["shape"]["hidden_size"]) == (L, D)
-    assert (opt["shape"]["vocab_size"], opt["params"]) == (hub.vocab_size, pytest.approx(P, rel=0.02))
+    opt, wiki = entries(fig1, "opt-13b", "wikipedia")
+    assert (opt.shape["num_layers"], opt.shape["hidden_size"]) == (L, D)
+    assert (opt.shape["vocab_size"], opt.params) == (hub.vocab_size, pytest.approx(P, rel=0.02))
     texts = sizing.texts_size(wiki, opt)
     dump = sizing.dump_need(opt, texts, ["last"])
     # scratch: every token's last hidden state in float32; 10,000 articles of ~730 tokens is the
@@ -77,14 +84,14 @@ def test_opt13b_on_wikipedia_fits_the_hardware_it_asks_for(fig1) -> None:
     # GPU: the float32 weights plus one 16,384-token batch's 41 hidden states and logits; fits an
     # 80 GB card
     weights = P * 4
-    assert dump.gpu_mem_mb * 1e6 > dump_gpu_bytes(opt["batch_tokens"])
+    assert dump.gpu_mem_mb * 1e6 > dump_gpu_bytes(opt.batch_tokens)
     assert dump.gpu_mem_mb <= 80_000 and dump.gpus == 1
     # host: the weights are loaded on the CPU first
     assert dump.mem_mb * 1e6 > weights
     # the eRank step holds one text (2048 x 5120 in float64), not a shard of 256 (10.7 GB in float32)
     erank = sizing.erank_need(opt, texts, ["last"])
-    one_text = opt["max_length"] * D * 8
-    shard = opt["shard_texts"] * opt["max_length"] * D * 4
+    one_text = opt.max_length * D * 8
+    shard = opt.shard_texts * opt.max_length * D * 4
     assert one_text < erank.mem_mb * 1e6 < shard / 2
     # time: 10,000 texts of 730 x 5120, each a float64 Gram (2 N^2 d) and an N x N eigensolver (about
     # 10 N^3), over 4 threads at no more than 100 GFLOP/s each (a float64 GEMM on one modern core is
@@ -97,15 +104,15 @@ def test_opt13b_on_wikipedia_fits_the_hardware_it_asks_for(fig1) -> None:
 
 def test_finetune_is_sized_for_adamw_and_overrides_win() -> None:
     table10 = load_config(REPO / "conf", ["experiment=table10"])
-    opt = table10["models"]["opt-1_3b"]
-    need = sizing.finetune_need(opt, opt["finetune"]["further"])
+    opt = entries(table10, "opt-1_3b")
+    need = sizing.finetune_need(opt, opt.finetune["further"])
     # float32 weights, gradients and AdamW's two moments: 16 bytes for each of OPT-1.3B's parameters
     # (facebook/opt-1.3b: 24 blocks, d = 2048, 32 heads), 21 GB
     params = real_params(opt_config(2048, 24, 32))
-    assert opt["params"] == pytest.approx(params, rel=0.02)
+    assert opt.params == pytest.approx(params, rel=0.02)
     assert need.gpu_mem_mb * 1e6 > 16 * params > 20 * GB
-    bigger = {**opt, "resources": {"gpus": 1, "gpu_mem_gb": 141, "mem_mb": 123456}}
-    over = sizing.finetune_need(bigger, opt["finetune"]["further"])
+    bigger = opt.updated(resources={"gpus": 1, "gpu_mem_gb": 141, "mem_mb": 123456})
+    over = sizing.finetune_need(bigger, opt.finetune["further"])
     assert (over.gpu_mem_mb, over.mem_mb) == (141_000, 123456)
 
 
@@ -117,18 +124,18 @@ def test_prepared_texts_replace_the_size_hint(tmp_path, fig1) -> None:
 
     import pandas as pd
 
-    opt, wiki = fig1["models"]["opt-125m"], fig1["datasets"]["wikipedia"]
+    opt, wiki = entries(fig1, "opt-125m", "wikipedia")
     short, long, over = "a" * 35, "c" * 7000, "b" * 12000  # 12,000 characters: over 2,048 tokens
     texts = [short, over, *[long] * 200]
     path = tmp_path / "t.parquet"
     df = pd.DataFrame({"text_id": range(len(texts)), "text": texts})
-    write_parquet(df, path, provenance(wiki, n_chars=[len(t) for t in texts]))
+    write_parquet(df, path, provenance(wiki.spec, n_chars=[len(t) for t in texts]))
     size = sizing.texts_size(wiki, opt, path)
-    assert size.known and (size.n, size.longest) == (202, opt["max_length"])
-    bpe = math.ceil(35 / 4.5) + opt["max_length"] + 200 * math.ceil(7000 / 4.5)
-    assert bpe <= size.tokens <= 35 / 2 + opt["max_length"] + 200 * 7000 / 2
+    assert size.known and (size.n, size.longest) == (202, opt.max_length)
+    bpe = math.ceil(35 / 4.5) + opt.max_length + 200 * math.ceil(7000 / 4.5)
+    assert bpe <= size.tokens <= 35 / 2 + opt.max_length + 200 * 7000 / 2
     dump = sizing.dump_need(opt, size, ["embeddings", "last"])
-    d = opt["shape"]["hidden_size"]
+    d = opt.shape["hidden_size"]
     assert dump.disk_mb * 1e6 == pytest.approx(size.tokens * d * 4 * 2, rel=0.05)
     assert dump.disk_mb * 1e6 >= size.tokens * d * 4 * 2
 
@@ -214,10 +221,10 @@ def test_plan_prints_fig1s_bill(capsys, tmp_path, monkeypatch, fig1) -> None:
 def test_spectra_are_sized_for_what_they_write(fig1) -> None:
     """store: spectra writes one float64 eigenvalue per token of a text shorter than d (its Gram
     matrix's rank), at most d per text; the eRank step then reads those, not hidden states."""
-    opt = fig1["models"]["opt-13b"]
+    opt = entries(fig1, "opt-13b")
     texts = sizing.Texts(n=1000, tokens=1000 * 900, longest=2048, known=True)
     hidden = sizing.dump_need(opt, texts, ["last"])
-    spectra = sizing.dump_need({**opt, "store": "spectra"}, texts, ["last", "first"])
+    spectra = sizing.dump_need(opt.updated(store="spectra"), texts, ["last", "first"])
     assert hidden.disk_mb * 1e6 == pytest.approx(900_000 * 5120 * 4, rel=0.03)
     # 2,048-token texts can exceed d = 5120? no: min(tokens, d) = tokens here, 8 bytes each, 2 layers
     assert spectra.disk_mb * 1e6 == pytest.approx(2 * 900_000 * 8 * 1.02 + 50e6, rel=0.01)
@@ -225,7 +232,7 @@ def test_spectra_are_sized_for_what_they_write(fig1) -> None:
     wide = sizing.Texts(n=10, tokens=10 * 8000, longest=8000, known=True)  # texts longer than d
     assert sizing.spectra_bytes(wide, 5120) == 10 * 5120 * 8
     slow = sizing.erank_need(opt, texts, ["last"])
-    fast = sizing.erank_need({**opt, "store": "spectra"}, texts, ["last"])
+    fast = sizing.erank_need(opt.updated(store="spectra"), texts, ["last"])
     assert fast.runtime < slow.runtime and fast.mem_mb < slow.mem_mb
 
 

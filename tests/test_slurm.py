@@ -195,6 +195,7 @@ def test_job_sizes_reach_slurm(cluster, profile, tmp_path) -> None:
     from diff_erank import sizing
     from diff_erank.cache import Keys
     from diff_erank.config import load_config
+    from diff_erank.entries import DatasetEntry, ModelEntry
 
     before = len(cluster.requests())
     big = [*OVERRIDES, "models.zoo-opt-xs.resources.gpus=1", "models.zoo-opt-xs.resources.gpu_mem_gb=100"]
@@ -216,8 +217,9 @@ def test_job_sizes_reach_slurm(cluster, profile, tmp_path) -> None:
     jobs = cluster.requests()[before:]
     cfg = load_config(REPO / "conf", overrides)
     keys = Keys(cfg, str(work / "results" / "ci"))
-    model = cfg["models"]["zoo-opt-xs"]
-    texts = sizing.texts_size(cfg["datasets"]["topics"], model, work / keys.texts_path("topics"))
+    model = ModelEntry.from_spec(cfg["models"]["zoo-opt-xs"])
+    topics = DatasetEntry.from_spec(cfg["datasets"]["topics"])
+    texts = sizing.texts_size(topics, model, work / keys.texts_path("topics"))
     assert texts.known
     # the dump and its eRank: one group job (trained, rev-step0, rev-step20), the larger memory of the two
     groups = [j for j in jobs if not re.match(r"rule_(corpus|tokenizer|train|prepare)", j["comment"])]

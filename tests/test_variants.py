@@ -9,6 +9,7 @@ from helpers import EMPTY_EXPERIMENTS, REPO
 
 from diff_erank import sizing
 from diff_erank.config import ConfigError, load_config
+from diff_erank.entries import ModelEntry
 from diff_erank.erank import ALGORITHMS, STANDARD_ALGORITHM, dataset_erank, dataset_eranks
 from diff_erank.layers import check_layers, layer_indices, n_distinct
 from diff_erank.report import step_of
@@ -82,7 +83,7 @@ def test_layers() -> None:
 
 def test_sizing_refuses_an_unknown_layer() -> None:
     """Once treated as ``last``: a dump would refuse the name, so its estimate does too."""
-    model = {"params": 1e8, "dtype": "float32", "dump_dtype": "float32", "resources": {}}
+    model = ModelEntry.from_spec({"params": 1e8, "dtype": "float32", "dump_dtype": "float32"})
     texts = sizing.Texts(10, 1000, 100, False)
     assert sizing.dump_need(model, texts, ["last"], "cpu").mem_mb > 0
     with pytest.raises(ConfigError, match="layer 'top'"):

@@ -7,23 +7,31 @@ text's length in characters (``prepare`` writes it; tokens are taken as characte
 deliberate over-estimate for English BPE's ~4-4.5, each text capped at ``max_length``). Snakemake
 re-evaluates a job's resources once its inputs exist, so a dump asks for what its texts need.
 
-The Snakefile imports this module on every job and every node: stdlib (and PyArrow for the
-footer of the texts table) only. The same functions size the rules and print ``diff-erank plan``.
-Every estimate can be overridden per model (``models.<name>.resources``: mem_mb, gpu_mem_gb,
-runtime, threads); a job that exceeds one fails with a message naming that override.
+The Snakefile builds the typed entries once (:class:`diff_erank.entries.ModelEntry`,
+:class:`~diff_erank.entries.DatasetEntry`) and passes those; a multi-modal entry has no typed
+class yet, so :func:`mm_need` and :func:`minigpt_convert_need` read its dict. The Snakefile imports
+this module on every job and every node: stdlib (and PyArrow for the footer of the texts table)
+only (the entries are imported for their types alone). The same functions size the rules and
+print ``diff-erank plan``. Every estimate can be overridden per model (``models.<name>.resources``:
+mem_mb, gpu_mem_gb, runtime, threads); a job that exceeds one fails with a message naming that
+override.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diff_erank.errors import UserError
 from diff_erank.layers import n_distinct
+
+if TYPE_CHECKING:  # the Snakefile builds the entries; sizing only reads their fields
+    from diff_erank.entries import DatasetEntry, ModelEntry
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: Characters per token assumed for prepared texts (English BPE gives ~4-4.5: this errs high).
@@ -101,26 +109,26 @@ class Need:
         return self.gpus * self.runtime / 60
 
 
-def shape(model: dict[str, Any]) -> Shape:
+def shape(model: ModelEntry) -> Shape:
     """The model's sizes: ``shape`` and ``params`` of a hub entry, ``train`` of a zoo model.
 
     A hub entry without ``shape`` is sized as a GPT-style model of its ``params`` with 128-wide
     heads per layer (d = 128 L, P = 12 L d^2), which over-estimates hidden size for small models.
     """
-    dtype, dump_dtype = model.get("dtype", "float32"), model.get("dump_dtype", "float32")
-    s = model.get("shape") or {}
-    train = model.get("train") or {}
+    dtype = model.dtype or "float32"
+    s = model.shape or {}
+    train = model.train or {}
     hidden = s.get("hidden_size") or train.get("hidden_size")
     layers = s.get("num_layers") or train.get("num_layers")
     vocab = s.get("vocab_size") or 50272
-    params = model.get("params")
+    params = model.params
     if not (hidden and layers):
         p = float(params or 1e9)
         layers = max(1, round((p / (12 * 128**2)) ** (1 / 3)))
         hidden = 128 * layers
     if not params:
         params = 12 * layers * hidden**2 + vocab * hidden
-    return Shape(float(params), int(hidden), int(layers), int(vocab), dtype, dump_dtype)
+    return Shape(float(params), int(hidden), int(layers), int(vocab), dtype, model.dump_dtype)
 
 
 @lru_cache(maxsize=256)
@@ -138,28 +146,30 @@ def _prepared_chars(path: str, mtime: float) -> tuple[int, ...]:
     return tuple(len(t or "") for t in col)
 
 
-def texts_size(dataset: dict[str, Any], model: dict[str, Any], texts_path: str | Path | None = None) -> Texts:
+def texts_size(dataset: DatasetEntry, model: ModelEntry, texts_path: str | Path | None = None) -> Texts:
     """Tokens of a dataset's texts for a model: counted from the prepared table when it exists."""
-    max_length = int(model.get("max_length") or 2048)
+    max_length = int(model.max_length or 2048)
     if texts_path and Path(texts_path).is_file():
         chars = _prepared_chars(str(texts_path), Path(texts_path).stat().st_mtime)
         toks = [min(max_length, math.ceil(c / CHARS_PER_TOKEN) + 1) for c in chars]
         return Texts(len(toks), sum(toks), max(toks, default=0), True)
-    hint = dataset.get("size_hint") or {}
-    n = dataset.get("max_texts") or hint.get("texts") or 10000
-    if dataset.get("max_texts") and hint.get("texts"):
-        n = min(n, hint["texts"])
-    mean = min(max_length, hint.get("mean_tokens") or max_length / 2)
+    hint_texts = dataset.size_hint.texts if dataset.size_hint else None
+    hint_mean = dataset.size_hint.mean_tokens if dataset.size_hint else None
+    n = dataset.max_texts or hint_texts or 10000
+    if dataset.max_texts and hint_texts:
+        n = min(n, hint_texts)
+    mean = min(max_length, hint_mean or max_length / 2)
     return Texts(int(n), int(n * mean), max_length, False)
 
 
-def _overrides(model: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in (model.get("resources") or {}).items() if v is not None}
+def _overrides(resources: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``resources`` an entry sets (a model entry's, or a multi-modal entry's, still a dict)."""
+    return {k: v for k, v in (resources or {}).items() if v is not None}
 
 
-def _apply(need: Need, model: dict[str, Any]) -> Need:
-    """A model entry's ``resources`` override the estimates (and are named in failure messages)."""
-    o = _overrides(model)
+def _apply(need: Need, resources: Mapping[str, Any] | None) -> Need:
+    """An entry's ``resources`` override the estimates (and are named in failure messages)."""
+    o = _overrides(resources)
     need.overrides = o
     if "mem_mb" in o:
         need.mem_mb = int(o["mem_mb"])
@@ -181,14 +191,15 @@ def _minutes(seconds: float) -> int:
     return math.ceil(seconds * 1.5 / 60) + 10
 
 
-def gpu_count(model: dict[str, Any], device: str) -> int:
+def gpu_count(resources: Mapping[str, Any] | None, device: str) -> int:
+    """GPUs a job asks for: none on ``device: cpu``, else the entry's ``resources.gpus`` or one."""
     if device == "cpu":
         return 0
-    return int(_overrides(model).get("gpus", 1))
+    return int(_overrides(resources).get("gpus", 1))
 
 
 def dump_need(
-    model: dict[str, Any],
+    model: ModelEntry,
     texts: Texts,
     layers: list[str | int],
     device: str = "auto",
@@ -201,22 +212,22 @@ def dump_need(
     s = shape(model)
     b, sb = BYTES[s.dtype], BYTES[s.dump_dtype]
     n_layers = n_distinct(layers, s.layers)
-    batch = min(int(model.get("batch_tokens") or 16384), max(texts.tokens, 1))
+    batch = min(int(model.batch_tokens or 16384), max(texts.tokens, 1))
     weights = s.params * b
     # all L+1 hidden states of the batch (output_hidden_states), the logits and their float copy,
     # one block's MLP intermediate (4d), and 1.5 GB for the CUDA context and allocator slack
     act = batch * (s.hidden * b * (s.layers + 1) + s.vocab * (b + 4) + 4 * s.hidden * b)
     gpu = weights + act + 1.5e9
-    shard_tokens = min(texts.tokens, int(model.get("shard_texts") or 256) * texts.longest)
-    spectra = (model.get("store") or "hidden") == "spectra"
+    shard_tokens = min(texts.tokens, int(model.shard_texts or 256) * texts.longest)
+    spectra = model.store == "spectra"
     if spectra:  # per text and layer min(tokens, d) float64 eigenvalues, computed on the device
-        shard = min(shard_tokens, s.hidden * int(model.get("shard_texts") or 256)) * 8 * n_layers * 2
+        shard = min(shard_tokens, s.hidden * int(model.shard_texts or 256)) * 8 * n_layers * 2
         disk = spectra_bytes(texts, s.hidden) * n_layers * 1.02 + 50 * MB
     else:
         shard = shard_tokens * s.hidden * max(b, sb) * n_layers * 2  # the collected states + their concat
         disk = texts.tokens * s.hidden * sb * n_layers * 1.02 + 50 * MB
     host = weights * 1.2 + shard + 3e9
-    gpus = gpu_count(model, device)
+    gpus = gpu_count(model.resources, device)
     flops = 2 * s.params * texts.tokens
     if spectra:  # each text's Gram matrix, per layer, in float64 (its eigenvalues cost less)
         flops += n_layers * 2 * texts.tokens * s.hidden * min(texts.longest, s.hidden)
@@ -231,7 +242,7 @@ def dump_need(
         gpu_mem_mb=int(gpu / MB) + 1 if gpus else 0,
         disk_mb=int(disk / MB) + 1,
     )
-    return _apply(need, model)
+    return _apply(need, model.resources)
 
 
 def spectra_bytes(texts: Texts, hidden: int) -> float:
@@ -242,23 +253,23 @@ def spectra_bytes(texts: Texts, hidden: int) -> float:
     return min(texts.tokens, texts.n * hidden) * 8.0
 
 
-def table_bytes(texts: Texts, layers: list[str | int], model: dict[str, Any], n_variants: int = 1) -> float:
+def table_bytes(texts: Texts, layers: list[str | int], model: ModelEntry, n_variants: int = 1) -> float:
     """What a measurement leaves on the shared filesystem: one eRank row per text, layer and variant."""
     return texts.n * n_distinct(layers, shape(model).layers) * n_variants * TABLE_ROW_BYTES + 1 * MB
 
 
 def erank_need(
-    model: dict[str, Any], texts: Texts, layers: list[str | int], threads: int = 4, n_variants: int = 1
+    model: ModelEntry, texts: Texts, layers: list[str | int], threads: int = 4, n_variants: int = 1
 ) -> Need:
     """The per-text eRank of a dump, reading one text at a time: one text's states in float64
     (a few copies while centring and normalising), the d x d Gram matrix and its eigensolver;
     ``n_variants`` dumps one after the other. A model entry's ``resources.threads`` sets the threads."""
-    threads = int(_overrides(model).get("threads") or threads)
+    threads = int(_overrides(model.resources).get("threads") or threads)
     s = shape(model)
     n_layers = n_distinct(layers, s.layers)
     one_text = texts.longest * s.hidden * 8 * 4 + s.hidden**2 * 8 * 3
     mem = one_text + 1.5e9 + texts.n * 2000  # + the result rows
-    if (model.get("store") or "hidden") == "spectra":  # the dump computed the spectra: entropies only
+    if model.store == "spectra":  # the dump computed the spectra: entropies only
         one_text = min(texts.longest, s.hidden) * 8 * 4
         mem = one_text + 1.5e9 + texts.n * 2000
         disk_read = spectra_bytes(texts, s.hidden) * n_layers * 2
@@ -271,16 +282,14 @@ def erank_need(
     return Need(mem_mb=int(mem / MB) + 1, runtime=_minutes(seconds * n_variants), threads=threads)
 
 
-def finetune_need(
-    model: dict[str, Any], recipe: dict[str, Any], device: str = "auto", threads: int = 4
-) -> Need:
+def finetune_need(model: ModelEntry, recipe: dict[str, Any], device: str = "auto", threads: int = 4) -> Need:
     """Full fine-tuning with AdamW in float32: weights, gradients and two moments (16 bytes per
     parameter) plus the activations of one batch kept for the backward pass."""
     s = shape(model)
     tokens = recipe["batch_size"] * recipe["max_length"]
     states = 16 * s.params
     act = tokens * s.hidden * s.layers * 34 + tokens * s.vocab * 4 * 3
-    gpus = gpu_count(model, device)
+    gpus = gpu_count(model.resources, device)
     flops = 6 * s.params * tokens * recipe["steps"]
     rate = GPU_FLOPS["float32"] if gpus else CPU_FLOPS_PER_THREAD * threads
     host = (states + act if not gpus else 3 * 4 * s.params) + 3e9  # load + save copies on a GPU job
@@ -292,17 +301,17 @@ def finetune_need(
         gpu_mem_mb=int((states + act + 1.5e9) / MB) + 1 if gpus else 0,
         disk_mb=int(4 * s.params / MB) + 1,
     )
-    return _apply(need, model)
+    return _apply(need, model.resources)
 
 
 def accuracy_need(
-    model: dict[str, Any], accuracy: dict[str, Any], device: str = "auto", threads: int = 4
+    model: ModelEntry, accuracy: dict[str, Any], device: str = "auto", threads: int = 4
 ) -> Need:
     """lm-eval zero-shot scoring: the weights and one batch of short multiple-choice contexts."""
     s = shape(model)
     b = BYTES[s.dtype]
     batch_tokens = int(accuracy.get("batch_size") or 8) * 512
-    gpus = gpu_count(model, device)
+    gpus = gpu_count(model.resources, device)
     examples = 3000 * len(accuracy.get("tasks") or [1]) * 2
     flops = 2 * s.params * examples * 128
     rate = GPU_FLOPS[s.dtype] if gpus else CPU_FLOPS_PER_THREAD * threads
@@ -313,7 +322,7 @@ def accuracy_need(
         gpus=gpus,
         gpu_mem_mb=int((s.params * b + batch_tokens * s.vocab * (b + 4) + 1.5e9) / MB) + 1 if gpus else 0,
     )
-    return _apply(need, model)
+    return _apply(need, model.resources)
 
 
 #: Parameters of a multi-modal model besides its LLM (``size``), by ``arch``, where they are not
@@ -342,7 +351,7 @@ def mm_need(mm_model: dict[str, Any], device: str = "auto", threads: int = 4) ->
     hundred items."""
     params = _mm_params(mm_model)
     b = BYTES[mm_model.get("dtype", "float16")]
-    gpus = gpu_count(mm_model, device)
+    gpus = gpu_count(mm_model.get("resources"), device)
     need = Need(
         mem_mb=int((params * b * 1.5 + 8e9) / MB) + 1,
         runtime=240,
@@ -350,7 +359,7 @@ def mm_need(mm_model: dict[str, Any], device: str = "auto", threads: int = 4) ->
         gpus=gpus,
         gpu_mem_mb=int((params * b * 1.2 + 4e9) / MB) + 1 if gpus else 0,
     )
-    return _apply(need, mm_model)
+    return _apply(need, mm_model.get("resources"))
 
 
 def minigpt_convert_need(mm_model: dict[str, Any]) -> Need:

@@ -9,6 +9,7 @@ from diff_erank import sizing
 from diff_erank.cache import KEY, About, Keys, finetune_key, gguf_key, layers_tag, memo_dir, zoo_key
 from diff_erank.variants import TRAINED, Variant, untrained_variants, variants
 from diff_erank.data import demo_corpus_file
+from diff_erank.entries import DatasetEntry, ModelEntry
 from diff_erank.sources import changed_trained_file, dataset_files, image_files, model_files
 from diff_erank.outputs import multimodal_files, report_files
 from diff_erank.paper import keys_args as paper_keys_args, owned
@@ -25,6 +26,11 @@ wildcard_constraints:
 
 
 MEASURED = [d for d, spec in C["datasets"].items() if spec.get("measure", True)]
+
+#: the config's model and dataset entries, typed once from the validated config (diff_erank.entries):
+#: what the job estimates read (a multi-modal entry has no typed class: MM stays dicts)
+MODELS = {name: ModelEntry.from_spec(spec) for name, spec in C["models"].items()}
+DATASETS = {name: DatasetEntry.from_spec(spec) for name, spec in C["datasets"].items()}
 
 # The shared measurement cache (diff_erank.cache): prepared texts, dumps and per-text eRank tables
 # live under <results_dir>/cache/, keyed by what determines their numbers; the run folder holds views.
@@ -226,25 +232,25 @@ def job_layers(w):
 
 def dump_estimate(w):
     j = job(w)
-    model = C["models"][j.model]
-    size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
+    model = MODELS[j.model]
+    size = sizing.texts_size(DATASETS[j.dataset], model, texts_path(j.dataset))
     layers = job_layers(w)  # what this job measures, or a wider set a view reads from
     return sizing.dump_need(model, size, layers, C["device"], THREADS, n_variants=len(j.variants))
 
 
 def erank_estimate(w):
     j = job(w)
-    model = C["models"][j.model]
-    size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
+    model = MODELS[j.model]
+    size = sizing.texts_size(DATASETS[j.dataset], model, texts_path(j.dataset))
     return sizing.erank_need(model, size, job_layers(w), THREADS, n_variants=len(j.variants))
 
 
 def finetune_estimate(w):
-    return sizing.finetune_need(C["models"][w.model], finetune_recipe(w), C["device"], THREADS)
+    return sizing.finetune_need(MODELS[w.model], finetune_recipe(w), C["device"], THREADS)
 
 
 def accuracy_estimate(w):
-    return sizing.accuracy_need(C["models"][w.model], C["accuracy"] or {}, C["device"], THREADS)
+    return sizing.accuracy_need(MODELS[w.model], C["accuracy"] or {}, C["device"], THREADS)
 
 
 def mm_estimate(w):
@@ -353,8 +359,8 @@ def scratch_request(w):
 def shared_mb(w):
     """MB a measurement leaves on the shared filesystem: its eRank tables, and the dump if kept."""
     j = job(w)
-    model = C["models"][j.model]
-    size = sizing.texts_size(C["datasets"][j.dataset], model, texts_path(j.dataset))
+    model = MODELS[j.model]
+    size = sizing.texts_size(DATASETS[j.dataset], model, texts_path(j.dataset))
     mb = int(sizing.table_bytes(size, C["layers"], model, len(j.variants)) / 1e6) + 1
     return mb + (dump_estimate(w).disk_mb if C["keep_dumps"] else 0)
 
