@@ -154,17 +154,17 @@ def test_cpu_runs_and_site_limits_under_the_slurm_profile(tmp_path: Path) -> Non
     r = snakemake(tmp_path / "t", "-n", "--profile", str(REPO / "profiles" / "slurm"),
                   overrides=["experiment=fig1", "cluster.max_runtime=600"])  # fmt: skip
     out = r.stdout + r.stderr
-    assert r.returncode != 0 and re.search(r"job dump \(key=\w+, layers=last\) asks for \d+ minutes", out)
+    assert r.returncode != 0 and re.search(r"job dump \(key=[\w.-]+, layers=last\) asks for \d+ minutes", out)
     r = snakemake(tmp_path / "g", "-n", overrides=["experiment=fig1", "cluster.gpu_mem_gb=40"])
     out = r.stdout + r.stderr
-    refused = re.search(r"job dump \(key=\w+, layers=last\) needs (\d+\.\d) GB .* have 40 GB", out)
+    refused = re.search(r"job dump \(key=[\w.-]+, layers=last\) needs (\d+\.\d) GB .* have 40 GB", out)
     assert r.returncode != 0 and refused and float(refused.group(1)) > 40, out[-2000:]
     # a retry (Snakemake's attempt 2) asks 1.5 x the memory and time of the first attempt
     asked = []
     for attempt in ("1", "2"):
         r = snakemake(tmp_path / f"a{attempt}", "-n", "--attempt", attempt, overrides=["experiment=fig3"])
         assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
-        pattern = r"rule dump:.*?key=(\w+).*?resources: .*?runtime=(\d+).*?mem_mb=(\d+)"
+        pattern = r"rule dump:.*?key=([\w.-]+).*?resources: .*?runtime=(\d+).*?mem_mb=(\d+)"
         found = re.findall(pattern, r.stdout, re.S)
         asked.append({key: (int(t), int(m)) for key, t, m in found})
     assert asked[0] and asked[0].keys() == asked[1].keys()
