@@ -420,9 +420,15 @@ class Keys:
         """The directory of a job's per-variant tables (``<variant>.parquet``), beside ``<tag>.json``."""
         return f"{self.root}/erank/{key}/{tag or layers_tag(self.measure_layers(key))}"
 
+    @property
+    def demo(self) -> str:
+        """The demo's folder: its corpus, tokenizer and zoo models (``<cache>/demo/corpus.<digest>``;
+        ``<cache>/demo/none`` in a configuration without a corpus, where nothing is made there)."""
+        return self.corpus or f"{self.root}/demo/none"
+
     def zoo_path(self, key: str) -> str:
         """A zoo model, beside its corpus and tokenizer: ``<cache>/demo/corpus.<digest>/zoo/<key>``."""
-        return f"{self.corpus or self.root + '/demo/none'}/zoo/{key}"
+        return f"{self.demo}/zoo/{key}"
 
     def finetuned_path(self, key: str) -> str:
         """A further-trained stage: ``<cache>/finetuned/<model>.ft-<name>.<digest>``."""

@@ -220,7 +220,7 @@ def model_entry(source: str | Path, **overrides: Any) -> ModelEntry:
     """The entry the config composes for a hub id or local folder in a model list (``models=[...]``):
     ``conf/model/hf-base.yaml`` with this source, ``overrides`` on top (family and size default as
     :func:`diff_erank.overrides.entry_key` and the folder's size label)."""
-    from diff_erank.overrides import _size_label, entry_key
+    from diff_erank.overrides import entry_key, size_label
 
     text = str(source)
     base = yaml.safe_load((DEFAULT_CONF_DIR / "model" / "hf-base.yaml").read_text())
@@ -228,7 +228,7 @@ def model_entry(source: str | Path, **overrides: Any) -> ModelEntry:
         **base,
         "source": text,
         "family": entry_key(text),
-        "size": _size_label(Path(text.rstrip("/")).name),
+        "size": size_label(text),
         "params": None,
         **overrides,
     }

@@ -436,7 +436,7 @@ def weights_identity(
     ident: dict[str, Any] = {"format": getattr(model, "weights_format", None)}
     if Path(name).is_dir():
         files = sorted(p for p in Path(name).iterdir() if p.is_file())
-        if v.kind == "init":  # built from the config alone: no need to hash the weights
+        if v.made_from == "config":  # built from the config alone (init-s): no need to hash the weights
             files = [p for p in files if p.name == "config.json"]
         return {**ident, "local_files": {p.name: file_sha256(p, memo_dir) for p in files}}
     commit = getattr(model, "hub_commit", None) or hub_commit(name, rev)

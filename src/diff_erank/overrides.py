@@ -101,8 +101,10 @@ def looks_local(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
 
-def _size_label(name: str) -> str:
-    """``pythia-160m`` -> ``160m``, ``Qwen2.5-0.5B`` -> ``0.5B``; ``-`` when the name has none."""
+def size_label(source: str) -> str:
+    """The size in a hub id's or folder's last name: ``EleutherAI/pythia-160m`` -> ``160m``,
+    ``Qwen2.5-0.5B`` -> ``0.5B``; ``-`` when the name has none (an hf-base entry's ``size``)."""
+    name = Path(source.rstrip("/")).name
     found = re.findall(r"(?<![A-Za-z0-9.])(\d+(?:[._]\d+)?[mMbBkK])(?![A-Za-z])", name)
     return found[-1] if found else "-"
 
@@ -115,7 +117,7 @@ def _source_entry(group: str, key: str, source: str) -> list[str]:
         f"+{group}@{at}=hf-base",
         f"{at}.source={quote(path)}",
         f"{at}.family={value(key)}",
-        f"{at}.size={quote(_size_label(Path(path.rstrip('/')).name))}",
+        f"{at}.size={quote(size_label(path))}",
         f"{at}.params=null",
     ]
 

@@ -57,7 +57,7 @@ def one_of(keys):
 
 
 #: the demo corpus, its tokenizer and zoo models, under the corpus's key (shared by every run name)
-DEMO = K.corpus or f"{CACHE}/demo/none"
+DEMO = K.demo
 
 
 def _check_zoo():
